@@ -1,0 +1,64 @@
+"""Connection strings: where they come from and how they are shown.
+
+A connection string may hold a password; everything that prints one goes through
+:func:`redact`, so the password cannot leak into logs, progress output or errors.
+"""
+
+from __future__ import annotations
+
+import os
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from ferry.errors import ConnectionSettingsError
+
+SOURCE_ENV = "FERRY_SOURCE"
+TARGET_ENV = "FERRY_TARGET"
+
+
+def redact(conninfo: str) -> str:
+    """Return the connection string with any password replaced by ``***``."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "<unparseable connection string>"
+    if "password" in params:
+        params["password"] = "***"
+    return make_conninfo(**{k: str(v) for k, v in params.items()})
+
+
+def resolve(value: str | None, env: str, what: str) -> str:
+    """Pick the connection string from the option or the environment, validating its syntax."""
+    conninfo = value or os.environ.get(env)
+    if not conninfo:
+        raise ConnectionSettingsError(f"no {what} database: pass --{what} or set {env}")
+    try:
+        conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        # psycopg's message may quote the string, password included: do not chain it.
+        raise ConnectionSettingsError(f"the {what} connection string is malformed") from None
+    return conninfo
+
+
+def connect(conninfo: str, *, autocommit: bool = False, app: str = "ferry") -> psycopg.Connection:
+    """Open a connection whose failures never reveal the password.
+
+    ferry sets its own ``statement_timeout`` because Supabase may set one on the role that
+    would cut a long COPY short.
+    """
+    try:
+        conn = psycopg.connect(
+            conninfo, autocommit=autocommit, application_name=app, connect_timeout=15
+        )
+    except psycopg.OperationalError as exc:
+        detail = str(exc).replace(conninfo_to_dict(conninfo).get("password") or "\0", "***")
+        raise ConnectionSettingsError(
+            f"cannot connect to {redact(conninfo)}: {detail.strip()}"
+        ) from None
+    with conn.cursor() as cur:
+        cur.execute("SET statement_timeout = 0")
+        cur.execute("SET lock_timeout = '60s'")
+    if not autocommit:
+        conn.commit()
+    return conn

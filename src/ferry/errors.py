@@ -1,0 +1,33 @@
+"""One error hierarchy, as psycopg has: callers catch ``FerryError`` and get everything.
+
+Messages carry table names, keys, counts and reasons -- never row contents and never a
+password -- because they end up in terminals, CI logs and tickets.
+"""
+
+
+class FerryError(Exception):
+    """Base class of every error ferry raises on purpose."""
+
+
+class SpecError(FerryError):
+    """The migration spec is invalid: the message names the file, the place and the problem."""
+
+
+class ConnectionSettingsError(FerryError):
+    """A connection string is missing or malformed (the message never echoes a password)."""
+
+
+class EmbeddedServerError(FerryError):
+    """The local PostgreSQL cluster could not be created, started or stopped."""
+
+
+class InvariantError(FerryError):
+    """The ledger does not account for every staged row: a run must fail loudly."""
+
+
+class VerifyError(FerryError):
+    """The target differs from what the spec yields, or a fate differs from the ground truth."""
+
+
+class SyncConflictError(FerryError):
+    """Raised only where a caller asked for conflicts to be fatal."""

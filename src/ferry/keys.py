@@ -1,0 +1,45 @@
+"""Deterministic target keys.
+
+A target UUID is a pure function of (namespace, name, legacy key): the same legacy row gets
+the same UUID on every run and every machine, so a re-run cannot duplicate anything and a
+foreign key can be computed anywhere.
+
+The function: ``md5(utf8(namespace || ':' || name || ':' || key))``, with the version nibble
+set to 8 and the variant bits to ``10``: an RFC 9562 UUIDv8 ("custom") built on MD5, 120 bits
+of the digest kept. Why not uuid5 (SHA-1) or uuid3 (MD5)? PostgreSQL has SHA-1 only through
+pgcrypto, an extension Supabase's non-superuser roles may not create; and uuid3 needs the
+digest's variant nibble in two places, which in SQL either evaluates md5 twice per row or
+blocks inlining. MD5's weakness is collision *attacks*: the inputs here are legacy keys, not
+chosen by an adversary, and 120 bits leave accidental collisions out of reach.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+from psycopg import sql
+
+
+def key_uuid(namespace: uuid.UUID, name: str, key: object) -> uuid.UUID:
+    """The UUID of legacy row ``key`` of ``name`` (a source table or a derived model)."""
+    digest = bytearray(hashlib.md5(f"{namespace}:{name}:{key}".encode()).digest())
+    digest[6] = 0x80 | (digest[6] & 0x0F)
+    digest[8] = 0x80 | (digest[8] & 0x0F)
+    return uuid.UUID(bytes=bytes(digest))
+
+
+def function_ddl(schema: str) -> sql.Composed:
+    """The same function in SQL: one md5 per call, and simple enough for the planner to inline.
+
+    Every function in the body is immutable (``convert_to`` is not, and would block inlining),
+    so md5 runs over the text in the database encoding: ferry checks that it is UTF8.
+    """
+    return sql.SQL(
+        """
+        CREATE OR REPLACE FUNCTION {schema}.key_uuid(ns uuid, name text, key text)
+        RETURNS uuid LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+          SELECT overlay(overlay(md5(ns::text || ':' || name || ':' || key)
+                 placing '8' from 13) placing '8' from 17)::uuid
+        $$"""
+    ).format(schema=sql.Identifier(schema))

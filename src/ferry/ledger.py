@@ -1,0 +1,263 @@
+"""The ledger: one row per (model, source key) saying what became of that source row.
+
+It lives in the target database, next to what it describes, so that a chunk's target rows and
+their ledger rows commit in one transaction: a crash cannot leave one without the other.
+ferry changes or deletes only target rows whose ledger row says ferry wrote them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from ferry import keys
+from ferry.errors import InvariantError
+from ferry.spec import Spec
+
+STATUSES = ("migrated", "merged", "quarantined", "excluded", "deleted")
+# Roles that Supabase hands to every API caller: ferry's schemas must stay closed to them.
+API_ROLES = ("anon", "authenticated")
+
+_DDL = """
+CREATE SCHEMA IF NOT EXISTS {schema};
+REVOKE ALL ON SCHEMA {schema} FROM PUBLIC;
+CREATE TABLE IF NOT EXISTS {schema}.runs (
+    run_id      bigserial PRIMARY KEY,
+    kind        text NOT NULL,
+    spec        text NOT NULL,
+    started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz,
+    status      text NOT NULL DEFAULT 'running'
+                CHECK (status IN ('running', 'ok', 'failed')),
+    counts      jsonb NOT NULL DEFAULT '{{}}',
+    error       text
+);
+CREATE TABLE IF NOT EXISTS {schema}.ledger (
+    model        text NOT NULL,
+    source_key   text NOT NULL,
+    source_table text NOT NULL,
+    accounts     boolean NOT NULL,
+    status       text NOT NULL
+                 CHECK (status IN ('migrated', 'merged', 'quarantined', 'excluded', 'deleted')),
+    reason       text,
+    repairs      text[] NOT NULL DEFAULT '{{}}',
+    sqlstate     text,
+    message      text,
+    target_table text NOT NULL,
+    target_uuid  uuid,
+    row_hash     text,
+    conflict     boolean NOT NULL DEFAULT false,
+    run_id       bigint NOT NULL,
+    first_run_id bigint NOT NULL,
+    first_seen   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    tries        integer NOT NULL DEFAULT 1,
+    PRIMARY KEY (model, source_key)
+);
+CREATE INDEX IF NOT EXISTS ledger_source_idx ON {schema}.ledger (source_table, status);
+CREATE TABLE IF NOT EXISTS {schema}.staged (
+    source     text PRIMARY KEY,
+    rows       bigint NOT NULL,
+    bytes      bigint NOT NULL,
+    seconds    double precision NOT NULL,
+    run_id     bigint NOT NULL,
+    staged_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE TABLE IF NOT EXISTS {schema}.model_runs (
+    run_id  bigint NOT NULL,
+    model   text NOT NULL,
+    rows    bigint NOT NULL,
+    written bigint NOT NULL,
+    seconds double precision NOT NULL,
+    PRIMARY KEY (run_id, model)
+);
+"""
+
+
+def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:
+    """Create ferry's schemas and key function; idempotent, and closed to the API roles."""
+    encoding = conn.execute("SHOW server_encoding").fetchone()
+    if encoding is None or encoding[0] != "UTF8":
+        raise InvariantError("the target database must use UTF8 (ferry's keys hash UTF-8 text)")
+    ident = sql.Identifier(spec.ledger_schema)
+    for statement in _DDL.split(";\n"):
+        if statement.strip():
+            conn.execute(sql.SQL(statement).format(schema=ident))
+    conn.execute(keys.function_ddl(spec.ledger_schema))
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.stage_schema)))
+    conn.execute(
+        sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(spec.stage_schema))
+    )
+    present = [
+        r[0]
+        for r in conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [list(API_ROLES)]
+        )
+    ]
+    for role in present:
+        for schema in (spec.ledger_schema, spec.stage_schema):
+            conn.execute(
+                sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(
+                    sql.Identifier(schema), sql.Identifier(role)
+                )
+            )
+    conn.commit()
+
+
+def start_run(conn: psycopg.Connection, spec: Spec, kind: str) -> int:
+    row = conn.execute(
+        sql.SQL("INSERT INTO {}.runs (kind, spec) VALUES (%s, %s) RETURNING run_id").format(
+            sql.Identifier(spec.ledger_schema)
+        ),
+        [kind, spec.name],
+    ).fetchone()
+    conn.commit()
+    assert row is not None
+    return int(row[0])
+
+
+def finish_run(
+    conn: psycopg.Connection, spec: Spec, run_id: int, counts: dict[str, Any], error: str | None
+) -> None:
+    conn.rollback()
+    conn.execute(
+        sql.SQL(
+            "UPDATE {}.runs SET finished_at = clock_timestamp(), status = %s, counts = %s, "
+            "error = %s WHERE run_id = %s"
+        ).format(sql.Identifier(spec.ledger_schema)),
+        ["failed" if error else "ok", Jsonb(counts), error, run_id],
+    )
+    conn.commit()
+
+
+@dataclass
+class SourceCounts:
+    """The fates of one source table's rows; ``check`` proves they add up."""
+
+    source: str
+    staged: int = 0
+    migrated: int = 0
+    merged: int = 0
+    quarantined: Counter[str] = field(default_factory=Counter)
+    excluded: Counter[str] = field(default_factory=Counter)
+    repaired: Counter[str] = field(default_factory=Counter)
+    deleted: int = 0
+
+    @property
+    def accounted(self) -> int:
+        return (
+            self.migrated + self.merged + sum(self.quarantined.values())
+            + sum(self.excluded.values())
+        )  # fmt: skip
+
+
+def source_counts(conn: psycopg.Connection, spec: Spec) -> dict[str, SourceCounts]:
+    """Per accounted source: staged rows and their fates, straight from stage and ledger."""
+    out: dict[str, SourceCounts] = {}
+    modelled = {m.source for m in spec.models if m.accounts}
+    for src in spec.sources:
+        if src.lookup or src.name not in modelled:
+            continue
+        out[src.name] = SourceCounts(src.name, staged=stage_rows(conn, spec, src.name))
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT source_table, status, coalesce(reason, ''), repairs, count(*) "
+            "FROM {}.ledger WHERE accounts GROUP BY 1, 2, 3, 4"
+        ).format(sql.Identifier(spec.ledger_schema))
+    ).fetchall()
+    for source, status, reason, repairs, n in rows:
+        c = out.setdefault(source, SourceCounts(source))
+        if status == "migrated":
+            c.migrated += n
+            for rule in repairs:
+                c.repaired[rule] += n
+        elif status == "merged":
+            c.merged += n
+        elif status == "quarantined":
+            c.quarantined[reason] += n
+        elif status == "excluded":
+            c.excluded[reason] += n
+        elif status == "deleted":
+            c.deleted += n
+    return out
+
+
+def stage_rows(conn: psycopg.Connection, spec: Spec, source: str) -> int:
+    table = spec.source(source).stage_table
+    exists = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL",
+        [sql.Identifier(spec.stage_schema, table).as_string(conn)],
+    ).fetchone()
+    if not exists or not exists[0]:
+        return 0
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(spec.stage_schema, table))
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def check_invariant(conn: psycopg.Connection, spec: Spec) -> dict[str, SourceCounts]:
+    """``staged = migrated + merged + quarantined + excluded`` for every source, key by key.
+
+    Counting alone could balance a missing row against a duplicate; so the check also looks
+    for staged keys without a fate and fates without a staged key.
+    """
+    counts = source_counts(conn, spec)
+    problems: list[str] = []
+    led = sql.Identifier(spec.ledger_schema, "ledger")
+    for name, c in counts.items():
+        src = spec.source(name)
+        stage = sql.Identifier(spec.stage_schema, src.stage_table)
+        key = sql.Identifier(src.key)
+        unclaimed = conn.execute(
+            sql.SQL(
+                "SELECT s.{key}::text FROM {stage} s WHERE NOT EXISTS (SELECT 1 FROM {led} l "
+                "WHERE l.accounts AND l.source_table = %s AND l.source_key = s.{key}::text "
+                "AND l.status <> 'deleted') ORDER BY 1 LIMIT 10"
+            ).format(key=key, stage=stage, led=led),
+            [name],
+        ).fetchall()
+        stale = conn.execute(
+            sql.SQL(
+                "SELECT l.source_key FROM {led} l WHERE l.accounts AND l.source_table = %s "
+                "AND l.status <> 'deleted' AND NOT EXISTS (SELECT 1 FROM {stage} s "
+                "WHERE s.{key}::text = l.source_key) ORDER BY 1 LIMIT 10"
+            ).format(key=key, stage=stage, led=led),
+            [name],
+        ).fetchall()
+        twice = conn.execute(
+            sql.SQL(
+                "SELECT source_key FROM {led} WHERE accounts AND source_table = %s "
+                "AND status <> 'deleted' GROUP BY 1 HAVING count(*) > 1 ORDER BY 1 LIMIT 10"
+            ).format(led=led),
+            [name],
+        ).fetchall()
+        if c.staged != c.accounted or unclaimed or stale or twice:
+            detail = [f"staged {c.staged} but accounted {c.accounted}"]
+            if unclaimed:
+                detail.append("no fate for keys " + ", ".join(r[0] for r in unclaimed))
+            if stale:
+                detail.append("fates for keys not staged " + ", ".join(r[0] for r in stale))
+            if twice:
+                detail.append("two fates for keys " + ", ".join(r[0] for r in twice))
+            problems.append(f"{name}: " + "; ".join(detail))
+    if problems:
+        raise InvariantError("the ledger does not add up: " + " | ".join(problems))
+    return counts
+
+
+def model_totals(conn: psycopg.Connection, spec: Spec) -> dict[str, dict[str, int]]:
+    """Per model: ledger rows by status (derived models included)."""
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    for model, status, n in conn.execute(
+        sql.SQL("SELECT model, status, count(*) FROM {}.ledger GROUP BY 1, 2").format(
+            sql.Identifier(spec.ledger_schema)
+        )
+    ):
+        out[model][status] = n
+    return dict(out)

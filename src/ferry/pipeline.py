@@ -1,0 +1,187 @@
+"""The whole run: stage every source, transform every model, prove the ledger adds up.
+
+The CLI and the tests call these functions; they take connection strings, not connections,
+because stage and transform open their own sessions (one per parallel job).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from ferry import ledger, stage, transform
+from ferry.conninfo import connect
+from ferry.errors import FerryError
+from ferry.spec import Spec
+
+
+class Progress:
+    """What a run reports as it goes; the CLI renders it with rich, tests ignore it."""
+
+    def stage_started(self, source: str, total_bytes: int | None) -> None: ...
+    def stage_advanced(self, source: str, nbytes: int) -> None: ...
+    def stage_done(self, result: stage.StageResult) -> None: ...
+    def model_started(self, model: str, total_rows: int) -> None: ...
+    def model_advanced(self, model: str, rows: int) -> None: ...
+    def model_done(self, result: transform.ModelResult) -> None: ...
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    kind: str
+    staged: list[stage.StageResult] = field(default_factory=list)
+    models: list[transform.ModelResult] = field(default_factory=list)
+    counts: dict[str, ledger.SourceCounts] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@contextmanager
+def _run_lock(conn: psycopg.Connection, spec: Spec) -> Iterator[None]:
+    """One ferry run per ledger at a time: a second one fails at once instead of interleaving."""
+    key = f"ferry:{spec.ledger_schema}"
+    got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key]).fetchone()
+    conn.commit()
+    if not got or not got[0]:
+        raise FerryError(
+            f"another ferry run holds the lock on ledger schema {spec.ledger_schema}; "
+            "wait for it to finish (session pooler or direct connection required)"
+        )
+    try:
+        yield
+    finally:
+        conn.rollback()
+        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])
+        conn.commit()
+
+
+def stage_all(
+    source: str, target: str, spec: Spec, run_id: int, data_dir: Path, jobs: int,
+    progress: Progress,
+) -> list[stage.StageResult]:  # fmt: skip
+    """Copy every source into the stage schema, ``jobs`` tables at a time."""
+    local = threading.local()
+    conns: list[psycopg.Connection] = []
+    lock = threading.Lock()
+
+    def conn_pair() -> tuple[psycopg.Connection, psycopg.Connection]:
+        if not hasattr(local, "pair"):
+            local.pair = (connect(source, app="ferry-stage"), connect(target, app="ferry-stage"))
+            with lock:
+                conns.extend(local.pair)
+        return local.pair
+
+    def one(src_name: str) -> stage.StageResult:
+        src = spec.source(src_name)
+        s, t = conn_pair()
+        progress.stage_started(src.name, None)
+
+        def adv(n: int) -> None:
+            progress.stage_advanced(src.name, n)
+
+        if src.csv is not None:
+            result = stage.stage_csv(t, spec, src, data_dir, adv)
+        else:
+            result = stage.stage_table(s, t, spec, src, adv)
+        stage.record(t, spec, result, run_id)
+        t.commit()
+        progress.stage_done(result)
+        return result
+
+    # Largest first keeps the pool busy to the end.
+    names = [s.name for s in spec.sources]
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            return list(pool.map(one, names))
+    finally:
+        for c in conns:
+            c.close()
+
+
+def transform_all(
+    target: str, spec: Spec, run_id: int, progress: Progress,
+    only: Callable[[str], list[str] | None] | None = None,
+) -> list[transform.ModelResult]:  # fmt: skip
+    """Run the models in dependency order on one session."""
+    results: list[transform.ModelResult] = []
+    with connect(target, app="ferry-transform") as conn:
+        for model in spec.order():
+            conn.execute(
+                sql.SQL("SET search_path = {}, pg_catalog").format(
+                    sql.Identifier(spec.stage_schema)
+                )
+            )
+            conn.commit()
+            plan = transform.Plan(conn, spec, model)
+            keys = only(model.name) if only else None
+            total = ledger.stage_rows(conn, spec, model.source) if model.accounts else 0
+            if keys is not None:
+                total = len(keys)
+            progress.model_started(model.name, total)
+            runner = transform.Runner(
+                conn, plan, run_id, lambda n, m=model.name: progress.model_advanced(m, n)
+            )
+            result = runner.run(keys)
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {}.model_runs (run_id, model, rows, written, seconds) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id, model) DO UPDATE SET "
+                    "rows = EXCLUDED.rows, written = EXCLUDED.written, seconds = EXCLUDED.seconds"
+                ).format(sql.Identifier(spec.ledger_schema)),
+                [run_id, model.name, result.rows, result.written, result.seconds],
+            )
+            conn.commit()
+            progress.model_done(result)
+            results.append(result)
+    return results
+
+
+def migrate(
+    source: str, target: str, spec: Spec, *, data_dir: Path | None = None, jobs: int = 2,
+    progress: Progress | None = None,
+) -> RunResult:  # fmt: skip
+    """Full run: re-stage everything, then bring every model's rows up to date.
+
+    Safe to repeat and to resume after a crash: rows whose outcome did not change are not
+    written again.
+    """
+    import time
+
+    progress = progress or Progress()
+    t0 = time.perf_counter()
+    with connect(target, app="ferry") as conn:
+        ledger.ensure_schema(conn, spec)
+        with _run_lock(conn, spec):
+            run_id = ledger.start_run(conn, spec, "migrate")
+            result = RunResult(run_id, "migrate")
+            try:
+                result.staged = stage_all(
+                    source, target, spec, run_id, data_dir or spec.base_dir, jobs, progress
+                )
+                result.models = transform_all(target, spec, run_id, progress)
+                result.counts = ledger.check_invariant(conn, spec)
+            except BaseException as exc:
+                message = str(exc) if isinstance(exc, FerryError) else type(exc).__name__
+                ledger.finish_run(conn, spec, run_id, {}, message)
+                raise
+            result.seconds = time.perf_counter() - t0
+            ledger.finish_run(conn, spec, run_id, run_counts(result), None)
+    return result
+
+
+def run_counts(result: RunResult) -> dict[str, object]:
+    """What a run record keeps: enough for the history in reports, no row contents."""
+    return {
+        "seconds": round(result.seconds, 3),
+        "staged": {s.source: s.rows for s in result.staged},
+        "written": {m.model: m.written for m in result.models},
+        "quarantined_by_error": sum(m.quarantined_by_error for m in result.models),
+        "rows": sum(m.rows for m in result.models),
+    }

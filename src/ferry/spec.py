@@ -1,0 +1,273 @@
+"""The migration spec: what to stage, which models build the target, and their rules.
+
+A spec is a TOML file (stdlib ``tomllib``: no extra dependency) validated by pydantic. Model
+SQL lives in ``.sql`` files beside it, as dbt models do: SQL is the clearest way to say how
+target rows come from staged rows, and a reviewer can read it without knowing ferry.
+Errors name the file, the place (``models[3].parents[0].model``) and the problem.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ferry.errors import SpecError
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _ident(value: str) -> str:
+    if not _IDENT.match(value):
+        raise ValueError(f"{value!r} is not a plain SQL identifier")
+    return value
+
+
+class Source(_Strict):
+    """A source table (or CSV file) copied into the stage schema."""
+
+    name: str = Field(description="Name of the stage table and of the source in the ledger.")
+    table: str | None = Field(None, description="schema.table in the source database.")
+    csv: str | None = Field(None, description="CSV file, relative to the data directory.")
+    key: str = Field("id", description="Key column: one column, unique and not null.")
+    columns: tuple[str, ...] | None = Field(
+        None, description="CSV only: the header's column names, in order (staged as text)."
+    )
+    lookup: bool = Field(
+        False, description="Staged for joins only; its rows have no fate of their own."
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _key_ident(cls, v: str) -> str:
+        return _ident(v)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"{v!r}: use letters, digits, '_', '.', '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> Source:
+        if (self.table is None) == (self.csv is None):
+            raise ValueError("give exactly one of 'table' or 'csv'")
+        if self.csv is not None and self.columns is None:
+            raise ValueError("a CSV source needs 'columns': its header's names, in order")
+        return self
+
+    @property
+    def stage_table(self) -> str:
+        """Stage tables are named after the source; dots and dashes become underscores."""
+        return re.sub(r"[^A-Za-z0-9_]", "_", self.name.removesuffix(".csv"))
+
+
+class Rule(_Strict):
+    """A named predicate over the model's output row ``m``.
+
+    ``exclude`` is a business decision, ``reject`` a known defect (quarantine), ``repair`` a
+    fix that the model's SQL already applied and that the ledger should name.
+    """
+
+    exclude: str | None = None
+    reject: str | None = None
+    repair: str | None = None
+    when: str = Field(description="SQL boolean over the model's output columns.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Rule:
+        if sum(x is not None for x in (self.exclude, self.reject, self.repair)) != 1:
+            raise ValueError("a rule has exactly one of 'exclude', 'reject' or 'repair'")
+        return self
+
+    @property
+    def kind(self) -> Literal["exclude", "reject", "repair"]:
+        if self.exclude is not None:
+            return "exclude"
+        return "reject" if self.reject is not None else "repair"
+
+    @property
+    def name(self) -> str:
+        return self.exclude or self.reject or self.repair or ""
+
+
+class Parent(_Strict):
+    """A reference to a row of another model, resolved through the ledger.
+
+    The foreign key is taken from the parent's ledger row, so a merged parent resolves to the
+    row it was merged into, and an excluded or quarantined parent takes this row with it.
+    """
+
+    model: str
+    key: str = Field(description="Output column holding the parent's source key (NULL: none).")
+    column: str | None = Field(None, description="Target column that receives the parent UUID.")
+    missing: str | None = Field(
+        None, description="Quarantine reason when the parent key is set but unknown."
+    )
+
+    @field_validator("key", "column")
+    @classmethod
+    def _cols(cls, v: str | None) -> str | None:
+        return None if v is None else _ident(v)
+
+
+class Model(_Strict):
+    """One target table fed by one source table: ``sql`` yields its rows, one per source key.
+
+    The SQL selects from stage tables by their plain names and must return ``_key`` (the
+    source key). Columns starting with ``_`` are for rules only and are not written.
+    """
+
+    name: str
+    target: str = Field(description="schema.table in the target database.")
+    source: str = Field(description="The source whose rows this model accounts for.")
+    sql: str = Field(description="Inline SQL, or a path to a .sql file beside the spec.")
+    key_column: str = Field("id", description="Target primary key (a UUID).")
+    accounts: bool = Field(
+        True,
+        description="Each row of this model is a source row's fate. False for rows derived "
+        "from another model's source rows (a split list, a role row).",
+    )
+    parents: tuple[Parent, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    merge_into: str | None = Field(
+        None, description="Output column with the key of the row this one merges into."
+    )
+    merge_rule: str = "merged"
+    on_delete: Literal["delete", "keep", "flag"] = "delete"
+    chunk_size: int | None = Field(None, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ident(cls, v: str) -> str:
+        return _ident(v)
+
+    @field_validator("target")
+    @classmethod
+    def _qualified(cls, v: str) -> str:
+        parts = v.split(".")
+        if len(parts) != 2 or not all(_IDENT.match(p) for p in parts):
+            raise ValueError(f"{v!r}: write the target as schema.table")
+        return v
+
+    @property
+    def target_schema(self) -> str:
+        return self.target.split(".")[0]
+
+    @property
+    def target_table(self) -> str:
+        return self.target.split(".")[1]
+
+
+class Spec(_Strict):
+    name: str
+    namespace: uuid.UUID = Field(description="UUID namespace of this migration's keys.")
+    stage_schema: str = "ferry_stage"
+    ledger_schema: str = "ferry"
+    chunk_size: int = Field(50_000, ge=1)
+    sources: tuple[Source, ...]
+    models: tuple[Model, ...]
+    base_dir: Path = Field(Path("."), exclude=True)
+
+    @field_validator("stage_schema", "ledger_schema")
+    @classmethod
+    def _schemas(cls, v: str) -> str:
+        return _ident(v)
+
+    @model_validator(mode="after")
+    def _references(self) -> Spec:
+        sources = {s.name: s for s in self.sources}
+        if len(sources) != len(self.sources):
+            raise ValueError("two sources share a name")
+        if len({s.stage_table for s in self.sources}) != len(self.sources):
+            raise ValueError("two sources map to the same stage table name")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("two models share a name")
+        for i, m in enumerate(self.models):
+            if m.source not in sources:
+                raise ValueError(f"models[{i}] ({m.name}): unknown source {m.source!r}")
+            if sources[m.source].lookup and m.accounts:
+                raise ValueError(
+                    f"models[{i}] ({m.name}): source {m.source!r} is a lookup; "
+                    "set accounts = false or make the source migrated"
+                )
+            for j, p in enumerate(m.parents):
+                if p.model not in names:
+                    raise ValueError(
+                        f"models[{i}].parents[{j}]: unknown model {p.model!r} (in {m.name})"
+                    )
+                if p.model == m.name:
+                    raise ValueError(f"models[{i}].parents[{j}]: a model cannot be its own parent")
+        self.order()  # raises on cycles
+        return self
+
+    def source(self, name: str) -> Source:
+        return next(s for s in self.sources if s.name == name)
+
+    def model(self, name: str) -> Model:
+        return next(m for m in self.models if m.name == name)
+
+    def model_sql(self, model: Model) -> str:
+        text = model.sql.strip()
+        if text.endswith(".sql") and "\n" not in text:
+            path = self.base_dir / text
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise SpecError(f"model {model.name}: cannot read {path}: {exc.strerror}") from None
+        return text.strip().rstrip(";")
+
+    def order(self) -> list[Model]:
+        """Models in dependency order (parents first), stable in file order otherwise."""
+        done: list[str] = []
+        pending = list(self.models)
+        while pending:
+            ready = [m for m in pending if all(p.model in done for p in m.parents)]
+            if not ready:
+                cycle = ", ".join(m.name for m in pending)
+                raise ValueError(f"the parents of these models form a cycle: {cycle}")
+            for m in ready:
+                done.append(m.name)
+                pending.remove(m)
+        return [self.model(n) for n in done]
+
+    def children(self, model: str) -> list[Model]:
+        return [m for m in self.models if any(p.model == model for p in m.parents)]
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "top level"
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file; every problem becomes a :class:`SpecError`."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: not valid TOML: {exc}") from None
+    raw["base_dir"] = path.parent
+    try:
+        spec = Spec.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise SpecError(f"{path}: {problems}") from None
+    for m in spec.models:
+        spec.model_sql(m)  # fail now, not halfway through a run
+    return spec

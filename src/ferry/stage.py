@@ -1,0 +1,168 @@
+"""Stage: copy every source table and CSV file into the stage schema of the target database.
+
+Rows stream from COPY to COPY in blocks, never parsed in Python, so memory stays flat and the
+speed is close to what the two servers can do. Binary COPY is used where both sides read the
+column types the same way (built-in types); other columns travel as text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from ferry.errors import FerryError
+from ferry.spec import Source, Spec
+
+_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    binary: bool
+
+
+@dataclass(frozen=True)
+class StageResult:
+    source: str
+    rows: int
+    bytes: int
+    seconds: float
+
+
+def source_columns(conn: psycopg.Connection, table: str) -> list[Column]:
+    """Columns of a source table; types outside pg_catalog (enums, domains) travel as text."""
+    rows = conn.execute(
+        """
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod),
+               t.typnamespace = 'pg_catalog'::regnamespace AND t.typtype = 'b'
+        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+        WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum
+        """,
+        [table],
+    ).fetchall()
+    if not rows:
+        raise FerryError(f"source table {table} does not exist or has no columns")
+    return [Column(n, t if b else "text", bool(b)) for n, t, b in rows]
+
+
+def _create(conn: psycopg.Connection, spec: Spec, src: Source, cols: list[Column]) -> sql.Composed:
+    target = sql.Identifier(spec.stage_schema, src.stage_table)
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))
+    conn.execute(
+        sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(
+            target,
+            sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type)) for c in cols
+            ),
+        )
+    )
+    return target
+
+
+def _finish(conn: psycopg.Connection, spec: Spec, src: Source, target: sql.Composed) -> int:
+    try:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
+                target, sql.Identifier(src.key)
+            )
+        )
+    except (psycopg.errors.UniqueViolation, psycopg.errors.NotNullViolation) as exc:
+        raise FerryError(
+            f"source {src.name}: key column {src.key} is not unique and not null "
+            f"({type(exc).__name__})"
+        ) from None
+    conn.execute(sql.SQL("ANALYZE {}").format(target))
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def stage_table(
+    source: psycopg.Connection, target: psycopg.Connection, spec: Spec, src: Source,
+    progress: Callable[[int], None] | None = None,
+) -> StageResult:  # fmt: skip
+    """Replace the stage copy of one source table, in one target transaction."""
+    assert src.table is not None
+    t0 = time.perf_counter()
+    cols = source_columns(source, src.table)
+    if src.key not in {c.name for c in cols}:
+        raise FerryError(f"source {src.name}: key column {src.key} is not in {src.table}")
+    binary = all(c.binary for c in cols)
+    fmt = sql.SQL("(FORMAT BINARY)" if binary else "(FORMAT TEXT)")
+    select = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT {}").format(
+        sql.SQL(", ").join(
+            sql.Identifier(c.name) if c.binary else sql.SQL("{}::text").format(sql.Identifier(c.name))
+            for c in cols
+        ),
+        sql.Identifier(*src.table.split(".")),
+        fmt,
+    )
+    nbytes = 0
+    with target.transaction():
+        dest = _create(target, spec, src, cols)
+        with (
+            source.cursor().copy(select) as out,
+            target.cursor().copy(sql.SQL("COPY {} FROM STDIN {}").format(dest, fmt)) as into,
+        ):
+            for block in out:
+                into.write(block)
+                nbytes += len(block)
+                if progress:
+                    progress(len(block))
+        rows = _finish(target, spec, src, dest)
+    source.rollback()
+    return StageResult(src.name, rows, nbytes, time.perf_counter() - t0)
+
+
+def stage_csv(
+    target: psycopg.Connection, spec: Spec, src: Source, data_dir: Path,
+    progress: Callable[[int], None] | None = None,
+) -> StageResult:  # fmt: skip
+    """Stage a CSV file with every column as text: casts belong to the models, where a bad
+    value quarantines one row instead of failing the whole file."""
+    assert src.csv is not None and src.columns is not None
+    t0 = time.perf_counter()
+    path = data_dir / src.csv
+    names = list(src.columns)
+    try:
+        with path.open("rb") as fh:
+            header = fh.readline().decode("utf-8").strip().split(",")
+    except OSError as exc:
+        raise FerryError(f"source {src.name}: cannot read {path}: {exc.strerror}") from None
+    if [h.strip().strip('"') for h in header] != names:
+        raise FerryError(
+            f"source {src.name}: the header of {path.name} has columns {header}, "
+            f"the spec declares {names}"
+        )
+    cols = [Column(n, "text", False) for n in names]
+    nbytes = 0
+    with target.transaction():
+        dest = _create(target, spec, src, cols)
+        copy = sql.SQL("COPY {} FROM STDIN (FORMAT CSV, HEADER true)").format(dest)
+        with path.open("rb") as fh, target.cursor().copy(copy) as into:
+            while block := fh.read(_BLOCK):
+                into.write(block)
+                nbytes += len(block)
+                if progress:
+                    progress(len(block))
+        rows = _finish(target, spec, src, dest)
+    return StageResult(src.name, rows, nbytes, time.perf_counter() - t0)
+
+
+def record(conn: psycopg.Connection, spec: Spec, result: StageResult, run_id: int) -> None:
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {}.staged (source, rows, bytes, seconds, run_id) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (source) DO UPDATE SET rows = EXCLUDED.rows, "
+            "bytes = EXCLUDED.bytes, seconds = EXCLUDED.seconds, run_id = EXCLUDED.run_id, "
+            "staged_at = clock_timestamp()"
+        ).format(sql.Identifier(spec.ledger_schema)),
+        [result.source, result.rows, result.bytes, result.seconds, run_id],
+    )

@@ -1,0 +1,563 @@
+"""Transform: run each model over key-range chunks and write target rows with their fates.
+
+One chunk is one transaction holding its target rows and their ledger rows. Inside it, each
+row's fate is decided in SQL (rules, parents, merges), compared with the ledger, and only the
+rows whose outcome changed are written, so a re-run or a resumed run writes nothing twice.
+An error nobody predicted (unique violation, check constraint, bad cast) is bisected under
+savepoints until the failing rows stand alone; they are quarantined with their SQLSTATE and
+the rest of the chunk is written.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ferry.errors import FerryError, SpecError
+from ferry.spec import Model, Spec
+
+# Errors that belong to rows, not to the run: data exceptions (22), integrity (23), and
+# exceptions raised by the target's triggers (P0001). Anything else stops the run.
+BISECTABLE = (
+    psycopg.errors.DataError,
+    psycopg.errors.IntegrityError,
+    psycopg.errors.RaiseException,
+)
+
+
+@dataclass
+class Fates:
+    """The ordered outcomes a row of a model can have, as decided by the fate CASE."""
+
+    statuses: list[str]
+    reasons: list[str | None]
+
+
+@dataclass
+class ModelResult:
+    model: str
+    rows: int
+    written: int
+    quarantined_by_error: int
+    seconds: float
+
+
+def condition_name(exc: psycopg.Error) -> str:
+    """``UniqueViolation`` -> ``unique_violation``: PostgreSQL's own condition names."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+
+
+def safe_message(exc: psycopg.Error) -> str:
+    """The primary message without quoted values: it may be stored and shown, row data not."""
+    diag = exc.diag
+    text = diag.message_primary or type(exc).__name__
+    text = re.sub(r':\s*".*$', "", text, flags=re.S)
+    if diag.constraint_name and diag.constraint_name not in text:
+        text += f" (constraint {diag.constraint_name})"
+    return text[:300]
+
+
+class Plan:
+    """Everything about one model that does not change between chunks."""
+
+    def __init__(self, conn: psycopg.Connection, spec: Spec, model: Model) -> None:
+        self.spec, self.model = spec, model
+        self.led = sql.Identifier(spec.ledger_schema, "ledger")
+        self.target = sql.Identifier(model.target_schema, model.target_table)
+        self.body = spec.model_sql(model)
+        self.uuid_name = model.source if model.accounts else model.name
+        self.source_table = model.source
+        out = self._output_columns(conn)
+        tcols = dict(
+            conn.execute(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
+                [model.target],
+            ).fetchall()
+        )
+        where = f"model {model.name}"
+        if not tcols:
+            raise SpecError(f"{where}: target table {model.target} does not exist")
+        if "_key" not in out:
+            raise SpecError(f"{where}: its SQL must return a column named _key")
+        if model.key_column not in tcols:
+            raise SpecError(f"{where}: {model.target} has no column {model.key_column}")
+        fk_cols = {p.column: i for i, p in enumerate(model.parents) if p.column}
+        self.columns: list[tuple[str, str, sql.Composable]] = []
+        for name in out:
+            if name.startswith("_"):
+                continue
+            if name not in tcols:
+                raise SpecError(f"{where}: output column {name} is not a column of {model.target}")
+            if name in fk_cols or name == model.key_column:
+                raise SpecError(f"{where}: column {name} is filled by ferry; drop it from the SQL")
+            self.columns.append((name, tcols[name], sql.SQL("m.{}").format(sql.Identifier(name))))
+        for col, i in fk_cols.items():
+            if col not in tcols:
+                raise SpecError(f"{where}: parent column {col} is not a column of {model.target}")
+            self.columns.append((col, tcols[col], sql.SQL("m._ferry_pu{}").format(sql.Literal(i))))
+        for p in model.parents:
+            if p.key not in out:
+                raise SpecError(f"{where}: parent key {p.key} is not an output column of its SQL")
+        if model.merge_into and model.merge_into not in out:
+            raise SpecError(f"{where}: merge_into {model.merge_into} is not an output column")
+        self.fates = self._fates()
+
+    def _output_columns(self, conn: psycopg.Connection) -> list[str]:
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(
+                    sql.SQL("SELECT * FROM ({}) m LIMIT 0").format(sql.SQL(self.body))  # type: ignore[arg-type]
+                )
+                return [d.name for d in cur.description or []]
+        except psycopg.Error as exc:
+            raise SpecError(
+                f"model {self.model.name}: its SQL does not run: {safe_message(exc)}"
+            ) from None
+
+    def _fates(self) -> Fates:
+        st: list[str] = ["migrated"]
+        rs: list[str | None] = [None]
+        m = self.model
+        for r in m.rules:
+            if r.kind == "exclude":
+                st.append("excluded")
+                rs.append(r.name)
+        for p in m.parents:
+            st.append("excluded")
+            rs.append("parent_excluded")
+        for r in m.rules:
+            if r.kind == "reject":
+                st.append("quarantined")
+                rs.append(r.name)
+        for p in m.parents:
+            st.append("quarantined")
+            rs.append(p.missing or f"orphan_{p.model}")
+        for p in m.parents:
+            st.append("quarantined")
+            rs.append("parent_quarantined")
+        st.append("merged")
+        rs.append(m.merge_rule)
+        return Fates(st, rs)
+
+    def fate_case(self) -> sql.Composable:
+        """One CASE per row: predicates run once, in the order exclude > reject > merge."""
+        m = self.model
+        whens: list[sql.Composable] = []
+        ri = {id(r): i for i, r in enumerate(m.rules)}
+
+        def rule(i: int) -> sql.Composable:
+            return sql.SQL("m.{}").format(sql.Identifier(f"_ferry_r{i}"))
+
+        def pkey(j: int) -> sql.Composable:
+            return sql.SQL("m.{}").format(sql.Identifier(m.parents[j].key))
+
+        def ps(j: int) -> sql.Composable:
+            return sql.Identifier(f"p{j}", "status")
+
+        for r in m.rules:
+            if r.kind == "exclude":
+                whens.append(rule(ri[id(r)]))
+        for j in range(len(m.parents)):
+            whens.append(sql.SQL("{} IS NOT NULL AND {} = 'excluded'").format(pkey(j), ps(j)))
+        for r in m.rules:
+            if r.kind == "reject":
+                whens.append(rule(ri[id(r)]))
+        for j in range(len(m.parents)):
+            whens.append(
+                sql.SQL("{k} IS NOT NULL AND ({s} IS NULL OR {s} = 'deleted')").format(
+                    k=pkey(j), s=ps(j)
+                )
+            )
+        for j in range(len(m.parents)):
+            whens.append(sql.SQL("{} IS NOT NULL AND {} = 'quarantined'").format(pkey(j), ps(j)))
+        if m.merge_into:
+            merge = sql.SQL("m.{}").format(sql.Identifier(m.merge_into))
+            whens.append(sql.SQL("{0} IS NOT NULL AND {0}::text <> m._key::text").format(merge))
+        else:
+            whens.append(sql.SQL("false"))
+        parts = [
+            sql.SQL("WHEN {} THEN {}").format(w, sql.Literal(i + 1)) for i, w in enumerate(whens)
+        ]
+        return sql.SQL("CASE {} ELSE 0 END").format(sql.SQL(" ").join(parts))
+
+    def candidates(self, bounds: sql.Composable) -> sql.Composed:
+        """The CREATE TEMP TABLE statement computing every row's fate and target values."""
+        m, spec = self.model, self.spec
+        rule_cols = [
+            sql.SQL("({}) AS {}").format(sql.SQL(r.when), sql.Identifier(f"_ferry_r{i}"))  # type: ignore[arg-type]
+            for i, r in enumerate(m.rules)
+        ]
+        inner = sql.SQL("SELECT m0.*{} FROM ({}) m0 WHERE {} OFFSET 0").format(
+            sql.SQL("").join(sql.SQL(", ") + c for c in rule_cols),
+            sql.SQL(self.body),  # type: ignore[arg-type]
+            bounds,
+        )
+        joins = sql.SQL(" ").join(
+            sql.SQL("LEFT JOIN {led} {a} ON {a}.model = {pm} AND {a}.source_key = m.{k}::text").format(
+                led=self.led,
+                a=sql.Identifier(f"p{j}"),
+                pm=sql.Literal(p.model),
+                k=sql.Identifier(p.key),
+            )
+            for j, p in enumerate(m.parents)
+        )
+        parent_cols = sql.SQL("").join(
+            sql.SQL(", {a}.target_uuid AS {u}").format(
+                a=sql.Identifier(f"p{j}"), u=sql.Identifier(f"_ferry_pu{j}")
+            )
+            for j in range(len(m.parents))
+        )
+        with_fate = sql.SQL(
+            "SELECT m.*{pc}, {case} AS _ferry_fate FROM ({inner}) m {joins} OFFSET 0"
+        ).format(pc=parent_cols, case=self.fate_case(), inner=inner, joins=joins)
+        repairs = [r for r in m.rules if r.kind == "repair"]
+        ri = {id(r): i for i, r in enumerate(m.rules)}
+        repair_arr = sql.SQL("array_remove(ARRAY[{}]::text[], NULL)").format(
+            sql.SQL(", ").join(
+                sql.SQL("CASE WHEN m.{} THEN {} END").format(
+                    sql.Identifier(f"_ferry_r{ri[id(r)]}"), sql.Literal(r.name)
+                )
+                for r in repairs
+            )
+        ) if repairs else sql.SQL("'{}'::text[]")
+        fn = sql.Identifier(spec.ledger_schema, "key_uuid")
+        ns, name = sql.Literal(str(spec.namespace)), sql.Literal(self.uuid_name)
+        own = sql.SQL("{}({}::uuid, {}, m._key::text)").format(fn, ns, name)
+        if m.merge_into:
+            into = sql.SQL("{}({}::uuid, {}, m.{}::text)").format(
+                fn, ns, name, sql.Identifier(m.merge_into)
+            )
+            merged = len(self.fates.statuses) - 1
+            uuid = sql.SQL("CASE m._ferry_fate WHEN 0 THEN {} WHEN {} THEN {} END").format(
+                own, sql.Literal(merged), into
+            )
+        else:
+            uuid = sql.SQL("CASE m._ferry_fate WHEN 0 THEN {} END").format(own)
+        values = [
+            sql.SQL("CASE WHEN m._ferry_fate = 0 THEN ({})::{} END AS {}").format(
+                expr, sql.SQL(typ), sql.Identifier(col)
+            )
+            for col, typ, expr in self.columns
+        ]
+        statuses = sql.Literal(self.fates.statuses)
+        reasons = sql.Literal(self.fates.reasons)
+        shaped = sql.SQL(
+            "SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, "
+            "m._ferry_fate, ({st}::text[])[m._ferry_fate + 1] AS _ferry_status, "
+            "({rs}::text[])[m._ferry_fate + 1] AS _ferry_reason, {rep} AS _ferry_repairs, "
+            "{uuid} AS _ferry_uuid, {vals} FROM ({wf}) m OFFSET 0"
+        ).format(
+            st=statuses, rs=reasons, rep=repair_arr, uuid=uuid,
+            vals=sql.SQL(", ").join(values), wf=with_fate,
+        )  # fmt: skip
+        hashed = sql.SQL(
+            "SELECT c.*, CASE WHEN c._ferry_fate = 0 THEN md5(ROW({cols})::text) END AS _ferry_hash "
+            "FROM ({shaped}) c"
+        ).format(
+            cols=sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(n)) for n, _, _ in self.columns),
+            shaped=shaped,
+        )
+        return sql.SQL(
+            "CREATE TEMP TABLE _ferry_c ON COMMIT DROP AS "
+            "SELECT c.*, l.status AS _old_status, l.target_uuid AS _old_uuid, "
+            "l.row_hash AS _old_hash, false AS _conflict "
+            "FROM ({hashed}) c LEFT JOIN {led} l ON l.model = {model} AND l.source_key = c._ferry_key "
+            "WHERE l.model IS NULL OR l.status IS DISTINCT FROM c._ferry_status "
+            "OR l.reason IS DISTINCT FROM c._ferry_reason OR l.repairs <> c._ferry_repairs "
+            "OR l.target_uuid IS DISTINCT FROM c._ferry_uuid "
+            "OR l.row_hash IS DISTINCT FROM c._ferry_hash OR l.sqlstate IS NOT NULL"
+        ).format(hashed=hashed, led=self.led, model=sql.Literal(m.name))
+
+    def target_hash(self, alias: str) -> sql.Composable:
+        cols = sql.SQL(", ").join(sql.Identifier(alias, n) for n, _, _ in self.columns)
+        return sql.SQL("md5(ROW({})::text)").format(cols)
+
+
+class Runner:
+    """Runs one model's chunks on one connection."""
+
+    def __init__(
+        self, conn: psycopg.Connection, plan: Plan, run_id: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:  # fmt: skip
+        self.conn, self.plan, self.run_id, self.progress = conn, plan, run_id, progress
+        self.rows = self.written = self.errors = 0
+
+    # -- chunk boundaries -------------------------------------------------------------------
+    def bounds(self) -> list[tuple[Any, Any]]:
+        plan, spec = self.plan, self.plan.spec
+        if not plan.model.accounts:
+            return [(None, None)]
+        src = spec.source(plan.model.source)
+        size = plan.model.chunk_size or spec.chunk_size
+        starts = [
+            r[0]
+            for r in self.conn.execute(
+                sql.SQL(
+                    "SELECT k FROM (SELECT {key} AS k, row_number() OVER (ORDER BY {key}) - 1 AS n "
+                    "FROM {stage}) s WHERE n % {size} = 0 ORDER BY k"
+                ).format(
+                    key=sql.Identifier(src.key),
+                    stage=sql.Identifier(spec.stage_schema, src.stage_table),
+                    size=sql.Literal(size),
+                )
+            )
+        ]
+        self.conn.commit()
+        if not starts:
+            return []
+        return [(None if i == 0 else k, starts[i + 1] if i + 1 < len(starts) else None)
+                for i, k in enumerate(starts)]  # fmt: skip
+
+    @staticmethod
+    def _where(
+        lo: Any, hi: Any, keys: Sequence[Any] | None = None, col: str | None = None
+    ) -> sql.Composable:
+        """Bounds on the model's ``_key`` (or, with ``col``, on the stage table's key)."""
+        ref = sql.SQL("m0.{}").format(sql.Identifier(col or "_key"))
+        parts: list[sql.Composable] = []
+        if lo is not None:
+            parts.append(sql.SQL("{} >= {}").format(ref, sql.Literal(lo)))
+        if hi is not None:
+            parts.append(sql.SQL("{} < {}").format(ref, sql.Literal(hi)))
+        if keys is not None:
+            parts.append(sql.SQL("{}::text = ANY({}::text[])").format(ref, sql.Literal(list(keys))))
+        return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
+
+    def _stage(self) -> tuple[sql.Identifier, str]:
+        src = self.plan.spec.source(self.plan.model.source)
+        return sql.Identifier(self.plan.spec.stage_schema, src.stage_table), src.key
+
+    def run(self, keys: Sequence[str] | None = None) -> ModelResult:
+        t0 = time.perf_counter()
+        if keys is not None:
+            if keys:
+                self._chunk(None, None, keys)
+        else:
+            for lo, hi in self.bounds():
+                self._chunk(lo, hi, None)
+        return ModelResult(
+            self.plan.model.name, self.rows, self.written, self.errors, time.perf_counter() - t0
+        )
+
+    def _chunk(self, lo: Any, hi: Any, keys: Sequence[str] | None) -> None:
+        # Model SQL names stage tables plainly, as dbt models name their sources.
+        self.conn.execute(
+            sql.SQL("SET LOCAL search_path = {}, pg_catalog").format(
+                sql.Identifier(self.plan.spec.stage_schema)
+            )
+        )
+        self._range(lo, hi, keys)
+        self.conn.commit()
+
+    def _range(self, lo: Any, hi: Any, keys: Sequence[str] | None) -> None:
+        """Compute and write [lo, hi); bisect by source key when computing it fails."""
+        conn = self.conn
+        try:
+            with conn.transaction():
+                conn.execute(self.plan.candidates(self._where(lo, hi, keys)))
+                self._check_unique()
+                n = self._count("SELECT count(*) FROM _ferry_c")
+                seen = self._seen(lo, hi, keys)
+                if n:
+                    self._write(1, self._count("SELECT max(_ferry_n) FROM _ferry_c"))
+                conn.execute("DROP TABLE _ferry_c")
+            self.rows += seen
+            if self.progress:
+                self.progress(seen)
+        except BISECTABLE as exc:
+            split = self._split(lo, hi, keys)
+            if split is None:
+                self._quarantine_source_key(lo, hi, keys, exc)
+                return
+            for sub in split:
+                self._range(*sub)
+
+    def _seen(self, lo: Any, hi: Any, keys: Sequence[str] | None) -> int:
+        plan = self.plan
+        if not plan.model.accounts:
+            return 0
+        stage, key = self._stage()
+        return self._count(
+            sql.SQL("SELECT count(*) FROM {} m0 WHERE {}").format(
+                stage, self._where(lo, hi, keys, key)
+            )
+        )
+
+    def _count(self, query: sql.Composable | str) -> int:
+        row = self.conn.execute(query).fetchone()  # type: ignore[arg-type]
+        return int(row[0] or 0) if row else 0
+
+    def _check_unique(self) -> None:
+        dup = self.conn.execute(
+            "SELECT _ferry_key FROM _ferry_c GROUP BY 1 HAVING count(*) > 1 LIMIT 3"
+        ).fetchall()
+        if dup:
+            keys = ", ".join(r[0] for r in dup)
+            raise FerryError(f"model {self.plan.model.name} yields the same _key twice: {keys}")
+
+    def _split(
+        self, lo: Any, hi: Any, keys: Sequence[str] | None
+    ) -> list[tuple[Any, Any, Sequence[str] | None]] | None:
+        plan = self.plan
+        if keys is not None:
+            if len(keys) <= 1:
+                return None
+            half = len(keys) // 2
+            ordered = sorted(keys)
+            return [(lo, hi, ordered[:half]), (lo, hi, ordered[half:])]
+        if not plan.model.accounts:
+            return None
+        stage, col = self._stage()
+        where = self._where(lo, hi, None, col)
+        n = self._count(sql.SQL("SELECT count(*) FROM {} m0 WHERE {}").format(stage, where))
+        if n <= 1:
+            return None
+        mid = self.conn.execute(
+            sql.SQL("SELECT {k} FROM {s} m0 WHERE {w} ORDER BY {k} OFFSET {o} LIMIT 1").format(
+                k=sql.Identifier(col), s=stage, w=where, o=sql.Literal(n // 2)
+            )
+        ).fetchone()
+        assert mid is not None
+        return [(lo, mid[0], None), (mid[0], hi, None)]
+
+    def _quarantine_source_key(
+        self, lo: Any, hi: Any, keys: Sequence[str] | None, exc: psycopg.Error
+    ) -> None:
+        """A single source row whose model SQL fails: quarantine it with the database's error."""
+        plan = self.plan
+        if keys is not None:
+            key = keys[0] if keys else None
+        else:
+            stage, col = self._stage()
+            row = self.conn.execute(
+                sql.SQL("SELECT {}::text FROM {} m0 WHERE {}").format(
+                    sql.Identifier(col), stage, self._where(lo, hi, None, col)
+                )
+            ).fetchone()
+            key = row[0] if row else None
+        if key is None:
+            raise FerryError(
+                f"model {plan.model.name}: a chunk failed with {condition_name(exc)} "
+                f"({exc.sqlstate}) that could not be narrowed to a row: {safe_message(exc)}"
+            ) from None
+        self._ledger_error(key, exc)
+        self.rows += 1
+        if self.progress:
+            self.progress(1)
+
+    def _ledger_error(self, key: str, exc: psycopg.Error) -> None:
+        plan = self.plan
+        self.conn.execute(
+            sql.SQL(
+                "INSERT INTO {led} AS l (model, source_key, source_table, accounts, status, reason, "
+                "sqlstate, message, target_table, run_id, first_run_id) VALUES "
+                "(%s, %s, %s, %s, 'quarantined', %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (model, source_key) DO UPDATE SET status = 'quarantined', "
+                "reason = EXCLUDED.reason, repairs = '{{}}', sqlstate = EXCLUDED.sqlstate, "
+                "message = EXCLUDED.message, target_uuid = NULL, row_hash = NULL, "
+                "run_id = EXCLUDED.run_id, updated_at = clock_timestamp(), tries = l.tries + 1"
+            ).format(led=plan.led),
+            [plan.model.name, key, plan.source_table, plan.model.accounts, condition_name(exc),
+             exc.sqlstate, safe_message(exc), plan.model.target, self.run_id, self.run_id],
+        )  # fmt: skip
+        self.errors += 1
+
+    # -- writing ----------------------------------------------------------------------------
+    def _write(self, a: int, b: int) -> None:
+        """Write rows a..b of the chunk; on an unpredicted error, bisect until rows stand alone."""
+        conn = self.conn
+        try:
+            with conn.transaction():
+                self._write_rows(a, b)
+        except BISECTABLE as exc:
+            if a >= b:
+                self._quarantine_row(a, exc)
+                return
+            mid = (a + b) // 2
+            self._write(a, mid)
+            self._write(mid + 1, b)
+
+    def _write_rows(self, a: int, b: int) -> None:
+        plan, conn = self.plan, self.conn
+        rng = sql.SQL("_ferry_n BETWEEN {} AND {}").format(sql.Literal(a), sql.Literal(b))
+        names = [n for n, _, _ in plan.columns]
+        ident = sql.SQL(", ").join(sql.Identifier(n) for n in names)
+        key = sql.Identifier(plan.model.key_column)
+        has_old = self._count(
+            sql.SQL("SELECT count(*) FROM _ferry_c WHERE {} AND _old_status = 'migrated'").format(rng)  # type: ignore[arg-type]
+        )
+        if has_old:
+            # Rows ferry wrote earlier and now changes: the application may have edited them.
+            conn.execute(
+                sql.SQL(
+                    "UPDATE _ferry_c c SET _conflict = true WHERE {rng} AND c._old_status = 'migrated' "
+                    "AND NOT EXISTS (SELECT 1 FROM {t} t WHERE t.{key} = c._old_uuid "
+                    "AND {h} = c._old_hash)"
+                ).format(rng=rng, t=plan.target, key=key, h=plan.target_hash("t"))
+            )
+            conn.execute(
+                sql.SQL(
+                    "DELETE FROM {t} t USING _ferry_c c WHERE {rng} AND NOT c._conflict "
+                    "AND c._old_status = 'migrated' AND t.{key} = c._old_uuid "
+                    "AND (c._ferry_fate <> 0 OR c._ferry_uuid IS DISTINCT FROM c._old_uuid)"
+                ).format(t=plan.target, rng=rng, key=key)
+            )
+        if names:
+            upsert = sql.SQL(
+                "INSERT INTO {t} ({key}, {cols}) SELECT _ferry_uuid, {cols} FROM _ferry_c "
+                "WHERE {rng} AND _ferry_fate = 0 AND NOT _conflict "
+                "ON CONFLICT ({key}) DO UPDATE SET {sets}"
+            ).format(
+                t=plan.target, key=key, cols=ident, rng=rng,
+                sets=sql.SQL(", ").join(
+                    sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names
+                ),
+            )  # fmt: skip
+        else:
+            upsert = sql.SQL(
+                "INSERT INTO {t} ({key}) SELECT _ferry_uuid FROM _ferry_c WHERE {rng} "
+                "AND _ferry_fate = 0 AND NOT _conflict ON CONFLICT DO NOTHING"
+            ).format(t=plan.target, key=key, rng=rng)
+        cur = conn.execute(upsert)
+        self.written += max(cur.rowcount, 0)
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {led} AS l (model, source_key, source_table, accounts, status, reason, "
+                "repairs, target_table, target_uuid, row_hash, run_id, first_run_id) "
+                "SELECT {model}, _ferry_key, {src}, {acc}, _ferry_status, _ferry_reason, "
+                "_ferry_repairs, {tt}, _ferry_uuid, _ferry_hash, {run}, {run} FROM _ferry_c "
+                "WHERE {rng} AND NOT _conflict "
+                "ON CONFLICT (model, source_key) DO UPDATE SET status = EXCLUDED.status, "
+                "reason = EXCLUDED.reason, repairs = EXCLUDED.repairs, sqlstate = NULL, "
+                "message = NULL, target_uuid = EXCLUDED.target_uuid, row_hash = EXCLUDED.row_hash, "
+                "conflict = false, run_id = EXCLUDED.run_id, updated_at = clock_timestamp(), "
+                "tries = l.tries + 1"
+            ).format(
+                led=plan.led, model=sql.Literal(plan.model.name),
+                src=sql.Literal(plan.source_table), acc=sql.Literal(plan.model.accounts),
+                tt=sql.Literal(plan.model.target), run=sql.Literal(self.run_id), rng=rng,
+            )  # fmt: skip
+        )
+        if has_old:
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {led} l SET conflict = true, updated_at = clock_timestamp() "
+                    "FROM _ferry_c c WHERE {rng} AND c._conflict AND l.model = {model} "
+                    "AND l.source_key = c._ferry_key"
+                ).format(led=plan.led, rng=rng, model=sql.Literal(plan.model.name))
+            )
+
+    def _quarantine_row(self, n: int, exc: psycopg.Error) -> None:
+        row = self.conn.execute(
+            "SELECT _ferry_key FROM _ferry_c WHERE _ferry_n = %s", [n]
+        ).fetchone()
+        if row is not None:
+            self._ledger_error(row[0], exc)

@@ -1,0 +1,29 @@
+"""Session fixtures: one real PostgreSQL cluster for the whole test session.
+
+The cluster lives under a temporary directory (or FERRY_TEST_WORKDIR, to inspect it after a
+run). Tests create their own databases on it, so they stay independent of each other.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ferry.embedded import LocalCluster, running
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    base = os.environ.get("FERRY_TEST_WORKDIR")
+    if base:
+        workdir = Path(base)
+        workdir.mkdir(parents=True, exist_ok=True)
+        with running(workdir) as c:
+            yield c
+    else:
+        with tempfile.TemporaryDirectory(prefix="ferry-test-") as tmp, running(Path(tmp)) as c:
+            yield c

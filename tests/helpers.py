@@ -1,0 +1,52 @@
+"""Small helpers shared by tests: databases from SQL files, table checksums."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from ferry.embedded import LocalCluster
+
+
+def fresh_db(cluster: LocalCluster, name: str, script: Path | None = None, owner: str | None = None) -> str:
+    """Create a database (dropping any old one) and run a SQL script in it."""
+    conninfo = cluster.create_database(name, drop=True)
+    if script is not None or owner is not None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            if owner is not None:
+                conn.execute(
+                    sql.SQL(
+                        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {r}) "
+                        "THEN CREATE ROLE {i} LOGIN NOSUPERUSER; END IF; END $$"
+                    ).format(r=sql.Literal(owner), i=sql.Identifier(owner))
+                )
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                        sql.Identifier(name), sql.Identifier(owner)
+                    )
+                )
+                conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(owner)))
+                conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
+            if script is not None:
+                conn.execute(script.read_text())
+    return conninfo
+
+
+def table_checksum(conninfo: str, table: str, order: str = "id") -> tuple[int, str]:
+    """Row count and md5 of all rows in a stable order: equal checksums, equal tables."""
+    schema, name = table.split(".")
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute(
+            sql.SQL(
+                "SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t.{o})), '') "
+                "FROM {t} t"
+            ).format(t=sql.Identifier(schema, name), o=sql.Identifier(order))
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])
+
+
+def as_role(cluster: LocalCluster, dbname: str, role: str) -> str:
+    return cluster.conninfo(dbname, user=role)

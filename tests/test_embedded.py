@@ -1,0 +1,19 @@
+import psycopg
+
+from ferry.conninfo import redact
+from ferry.embedded import LocalCluster
+
+
+def test_cluster_serves_fresh_databases(cluster: LocalCluster) -> None:
+    conninfo = cluster.create_database("embedded_smoke", drop=True)
+    with psycopg.connect(conninfo) as conn:
+        major = conn.execute("SHOW server_version_num").fetchone()[0]
+        assert int(major) >= 150000
+        assert conn.execute("SHOW fsync").fetchone()[0] == "off"
+
+
+def test_redact_hides_password() -> None:
+    shown = redact("host=db.example port=5432 user=postgres password=s3cr3t dbname=app")
+    assert "s3cr3t" not in shown
+    assert "***" in shown
+    assert "s3cr3t" not in redact("postgresql://postgres:s3cr3t@db.example:5432/app")

@@ -1,0 +1,119 @@
+"""The engine end to end on a made-up library schema that exists only in these tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ferry.embedded import LocalCluster
+from ferry.errors import SpecError
+from ferry.keys import key_uuid
+from ferry.pipeline import migrate
+from ferry.spec import load_spec
+from tests.helpers import fresh_db, table_checksum
+
+SPEC_DIR = Path(__file__).parent / "specs" / "library"
+OWNER = "lib_owner"
+
+
+@pytest.fixture()
+def library(cluster: LocalCluster) -> tuple[str, str]:
+    source = fresh_db(cluster, "lib_src", SPEC_DIR / "source.sql")
+    fresh_db(cluster, "lib_tgt", SPEC_DIR / "target.sql", owner=OWNER)
+    # ferry runs as the role that owns the target tables, and nothing more.
+    return source, cluster.conninfo("lib_tgt", user=OWNER)
+
+
+def fates(target: str) -> dict[tuple[str, str], tuple[str, str | None]]:
+    with psycopg.connect(target) as conn:
+        rows = conn.execute(
+            "SELECT model, source_key, status, reason FROM ferry.ledger"
+        ).fetchall()
+    return {(m, k): (s, r) for m, k, s, r in rows}
+
+
+def test_every_row_gets_its_fate(library: tuple[str, str]) -> None:
+    source, target = library
+    spec = load_spec(SPEC_DIR / "spec.toml")
+    app_row = table_checksum(target, "public.authors")
+    result = migrate(source, target, spec)
+    got = fates(target)
+    assert got == {
+        ("authors", "1"): ("migrated", None),
+        ("authors", "2"): ("migrated", None),
+        ("authors", "3"): ("merged", "duplicate_author"),
+        ("authors", "4"): ("quarantined", "unknown_country"),
+        ("authors", "5"): ("migrated", None),
+        ("books", "10"): ("migrated", None),
+        ("books", "11"): ("migrated", None),
+        ("books", "12"): ("excluded", "draft"),
+        ("books", "13"): ("quarantined", "parent_quarantined"),
+        ("books", "14"): ("quarantined", "orphan_author"),
+        ("books", "15"): ("quarantined", "unique_violation"),
+        ("books", "16"): ("quarantined", "check_violation"),
+        ("books", "17"): ("migrated", None),
+        ("loans", "L-1"): ("migrated", None),
+        ("loans", "L-2"): ("migrated", None),
+        ("loans", "L-3"): ("excluded", "parent_excluded"),
+        ("loans", "L-4"): ("quarantined", "orphan_books"),
+    }
+    assert result.counts["lib_book"].staged == 8
+    assert result.counts["lib_author"].repaired == {"country_normalized": 2}
+    ns = spec.namespace
+    with psycopg.connect(target) as conn:
+        # The merged duplicate's book points at the surviving author.
+        author = conn.execute(
+            "SELECT author_id FROM books WHERE legacy_book_id = 11"
+        ).fetchone()
+        assert author == (key_uuid(ns, "lib_author", 1),)
+        book = conn.execute(
+            "SELECT id, price::text, published_at AT TIME ZONE 'UTC' FROM books "
+            "WHERE legacy_book_id = 10"
+        ).fetchone()
+        assert book is not None
+        assert book[0] == key_uuid(ns, "lib_book", 10)
+        assert book[1] == "10.50"
+        assert str(book[2]) == "2020-01-02 03:04:05"
+        sqlstate = conn.execute(
+            "SELECT sqlstate, message FROM ferry.ledger WHERE model = 'books' "
+            "AND source_key = '15'"
+        ).fetchone()
+        assert sqlstate is not None and sqlstate[0] == "23505"
+        assert "ISBN-1" not in sqlstate[1] and "isbn-1" not in sqlstate[1]
+    # The application's own row is untouched.
+    after = table_checksum(target, "public.authors")
+    assert after[0] == app_row[0] + 3
+    with psycopg.connect(target) as conn:
+        assert conn.execute(
+            "SELECT name FROM authors WHERE legacy_author_id IS NULL"
+        ).fetchall() == [("App author",)]
+
+
+def test_second_run_changes_nothing(library: tuple[str, str]) -> None:
+    source, target = library
+    spec = load_spec(SPEC_DIR / "spec.toml")
+    migrate(source, target, spec)
+    before = {t: table_checksum(target, t) for t in ("public.authors", "public.books", "public.loans")}
+    ledger_before = table_checksum(target, "ferry.ledger", order="source_key")
+    second = migrate(source, target, spec)
+    assert sum(m.written for m in second.models) == 0
+    assert {t: table_checksum(target, t) for t in before} == before
+    with psycopg.connect(target) as conn:
+        runs = conn.execute("SELECT count(*) FROM ferry.ledger WHERE run_id = %s", [second.run_id])
+        # Only rows that failed on the database are tried again.
+        assert runs.fetchone() == (2,)
+    assert ledger_before[0] == table_checksum(target, "ferry.ledger", order="source_key")[0]
+
+
+def test_spec_errors_name_the_place(tmp_path: Path) -> None:
+    bad = tmp_path / "spec.toml"
+    bad.write_text(
+        (SPEC_DIR / "spec.toml").read_text().replace('model = "authors"', 'model = "writers"')
+    )
+    with pytest.raises(SpecError, match=r"models\[1\]\.parents\[0\]: unknown model 'writers'"):
+        load_spec(bad)
+    bad.write_text("name = 'x'\nnamespace = 'not-a-uuid'\nsources = []\nmodels = []\n")
+    with pytest.raises(SpecError, match="namespace"):
+        load_spec(bad)
