@@ -187,8 +187,14 @@ class Plan:
         ]
         return sql.SQL("CASE {} ELSE 0 END").format(sql.SQL(" ").join(parts))
 
-    def candidates(self, bounds: sql.Composable) -> sql.Composed:
-        """The CREATE TEMP TABLE statement computing every row's fate and target values."""
+    def expected(self, bounds: sql.Composable) -> sql.Composed:
+        """Every row the model yields within ``bounds``: fate, target UUID, values, row hash.
+
+        Columns: ``_ferry_key``, ``_ferry_n``, ``_ferry_fate``, ``_ferry_status``,
+        ``_ferry_reason``, ``_ferry_repairs``, ``_ferry_uuid``, the target columns (NULL unless
+        migrated) and ``_ferry_hash`` (md5 of the target columns, as ``target_hash`` computes
+        it from a stored row). ``bounds`` is a predicate on ``m0._key``.
+        """
         m, spec = self.model, self.spec
         rule_cols = [
             sql.SQL("({}) AS {}").format(sql.SQL(r.when), sql.Identifier(f"_ferry_r{i}"))  # type: ignore[arg-type]
@@ -257,25 +263,26 @@ class Plan:
             st=statuses, rs=reasons, rep=repair_arr, uuid=uuid,
             vals=sql.SQL(", ").join(values), wf=with_fate,
         )  # fmt: skip
-        hashed = sql.SQL(
-            "SELECT c.*, CASE WHEN c._ferry_fate = 0 THEN md5(ROW({cols})::text) END AS _ferry_hash "
-            "FROM ({shaped}) c"
-        ).format(
-            cols=sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(n)) for n, _, _ in self.columns),
-            shaped=shaped,
-        )
+        return sql.SQL(
+            "SELECT c.*, CASE WHEN c._ferry_fate = 0 THEN {h} END AS _ferry_hash FROM ({shaped}) c"
+        ).format(h=self.target_hash("c"), shaped=shaped)
+
+    def candidates(self, bounds: sql.Composable) -> sql.Composed:
+        """A temp table of the rows whose outcome differs from what the ledger records."""
         return sql.SQL(
             "CREATE TEMP TABLE _ferry_c ON COMMIT DROP AS "
             "SELECT c.*, l.status AS _old_status, l.target_uuid AS _old_uuid, "
             "l.row_hash AS _old_hash, false AS _conflict "
-            "FROM ({hashed}) c LEFT JOIN {led} l ON l.model = {model} AND l.source_key = c._ferry_key "
+            "FROM ({expected}) c LEFT JOIN {led} l ON l.model = {model} "
+            "AND l.source_key = c._ferry_key "
             "WHERE l.model IS NULL OR l.status IS DISTINCT FROM c._ferry_status "
             "OR l.reason IS DISTINCT FROM c._ferry_reason OR l.repairs <> c._ferry_repairs "
             "OR l.target_uuid IS DISTINCT FROM c._ferry_uuid "
             "OR l.row_hash IS DISTINCT FROM c._ferry_hash OR l.sqlstate IS NOT NULL"
-        ).format(hashed=hashed, led=self.led, model=sql.Literal(m.name))
+        ).format(expected=self.expected(bounds), led=self.led, model=sql.Literal(self.model.name))
 
     def target_hash(self, alias: str) -> sql.Composable:
+        """md5 of the written columns of a row, the same from a candidate and a stored row."""
         cols = sql.SQL(", ").join(sql.Identifier(alias, n) for n, _, _ in self.columns)
         return sql.SQL("md5(ROW({})::text)").format(cols)
 
