@@ -7,19 +7,51 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ferry import conninfo
 from ferry.errors import FerryError
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Move a live legacy PostgreSQL database into a new schema and account for every row.",
 )
 console = Console(stderr=True)
 
+SPEC = typer.Option(..., "--spec", help="The migration spec (TOML).", exists=True, dir_okay=False)
+SOURCE = typer.Option(None, "--source", help=f"Legacy database conninfo (or ${conninfo.SOURCE_ENV}).")
+TARGET = typer.Option(None, "--target", help=f"Target database conninfo (or ${conninfo.TARGET_ENV}).")
+JOBS = typer.Option(2, "--jobs", min=1, help="Parallel sessions (stay below the pool size).")
 
-def fail(exc: FerryError) -> typer.Exit:
+
+def _fail(exc: FerryError) -> typer.Exit:
     console.print(f"[bold red]error:[/] {exc}")
     return typer.Exit(code=2)
+
+
+@app.command()
+def migrate(
+    spec: Path = SPEC,
+    source: str | None = SOURCE,
+    target: str | None = TARGET,
+    data_dir: Path | None = typer.Option(None, help="Where CSV sources are (default: the spec's folder)."),
+    jobs: int = JOBS,
+) -> None:
+    """Stage every source, run every model, and prove every source row has a fate."""
+    from ferry.pipeline import migrate as run
+    from ferry.progress import RichProgress, summary
+    from ferry.spec import load_spec
+
+    try:
+        loaded = load_spec(spec)
+        src = conninfo.resolve(source, conninfo.SOURCE_ENV, "source")
+        tgt = conninfo.resolve(target, conninfo.TARGET_ENV, "target")
+        console.print(f"ferry migrate [bold]{loaded.name}[/]: {conninfo.redact(src)} → {conninfo.redact(tgt)}")
+        with RichProgress(console) as progress:
+            result = run(src, tgt, loaded, data_dir=data_dir, jobs=jobs, progress=progress)
+    except FerryError as exc:
+        raise _fail(exc) from None
+    console.print(summary(result.counts, result.seconds))
 
 
 @app.command("demo-data")
@@ -35,7 +67,7 @@ def demo_data(
     try:
         world.cli_generate(workdir, scale=scale, seed=seed, delta=delta, console=console)
     except FerryError as exc:
-        raise fail(exc) from None
+        raise _fail(exc) from None
 
 
 if __name__ == "__main__":

@@ -110,6 +110,13 @@ def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:
 
 
 def start_run(conn: psycopg.Connection, spec: Spec, kind: str) -> int:
+    """Record a new run; call it holding the run lock, so any run still 'running' is dead."""
+    conn.execute(
+        sql.SQL(
+            "UPDATE {}.runs SET status = 'failed', error = 'interrupted: the process ended "
+            "before recording its end' WHERE status = 'running'"
+        ).format(sql.Identifier(spec.ledger_schema))
+    )
     row = conn.execute(
         sql.SQL("INSERT INTO {}.runs (kind, spec) VALUES (%s, %s) RETURNING run_id").format(
             sql.Identifier(spec.ledger_schema)

@@ -1,0 +1,113 @@
+"""Progress bars and the end-of-run summary, rendered with rich.
+
+Only names, counts and rates are shown: never row contents.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from ferry import ledger, pipeline, stage, transform
+
+
+class _RowRate(TextColumn):
+    def __init__(self) -> None:
+        super().__init__("")
+
+    def render(self, task):  # type: ignore[no-untyped-def]
+        from rich.text import Text
+
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} rows/s" if speed else "", style="cyan")
+
+
+class RichProgress(pipeline.Progress):
+    """A bar per source while staging and per model while transforming."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bars = Progress(
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _RowRate(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> RichProgress:
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.stop()
+
+    def stage_started(self, source: str, total_bytes: int | None) -> None:
+        self.tasks["s:" + source] = self.bars.add_task(f"stage {source}", total=None)
+
+    def stage_advanced(self, source: str, nbytes: int) -> None:
+        pass
+
+    def stage_done(self, result: stage.StageResult) -> None:
+        task = self.tasks["s:" + result.source]
+        self.bars.update(task, total=result.rows, completed=result.rows)
+
+    def model_started(self, model: str, total_rows: int) -> None:
+        self.tasks["m:" + model] = self.bars.add_task(f"model {model}", total=total_rows or None)
+
+    def model_advanced(self, model: str, rows: int) -> None:
+        self.bars.advance(self.tasks["m:" + model], rows)
+
+    def model_done(self, result: transform.ModelResult) -> None:
+        task = self.tasks["m:" + result.model]
+        total = self.bars.tasks[task].total
+        self.bars.update(task, total=total or result.rows, completed=total or result.rows)
+
+
+def _fmt(counter: dict[str, int]) -> str:
+    return "\n".join(f"{k} {v:,}" for k, v in sorted(counter.items())) or "-"
+
+
+def summary(counts: dict[str, ledger.SourceCounts], seconds: float | None = None) -> Table:
+    """Per source table: every fate, and a column proving the row adds up."""
+    table = Table(title="ferry: fate of every source row", title_justify="left")
+    for col in ("source", "staged", "migrated", "repaired", "merged", "quarantined",
+                "excluded", "adds up"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("source", "repaired", "quarantined",
+                                                         "excluded") else "right")  # fmt: skip
+    total = ledger.SourceCounts("total")
+    for name, c in sorted(counts.items()):
+        ok = c.staged == c.accounted
+        table.add_row(
+            name, f"{c.staged:,}", f"{c.migrated:,}", _fmt(c.repaired), f"{c.merged:,}",
+            _fmt(c.quarantined), _fmt(c.excluded), "[green]yes[/]" if ok else "[red]NO[/]",
+        )  # fmt: skip
+        total.staged += c.staged
+        total.migrated += c.migrated
+        total.merged += c.merged
+        total.quarantined.update(c.quarantined)
+        total.excluded.update(c.excluded)
+        total.repaired.update(c.repaired)
+    table.add_section()
+    table.add_row(
+        "total", f"{total.staged:,}", f"{total.migrated:,}", f"{sum(total.repaired.values()):,}",
+        f"{total.merged:,}", f"{sum(total.quarantined.values()):,}",
+        f"{sum(total.excluded.values()):,}",
+        "[green]yes[/]" if total.staged == total.accounted else "[red]NO[/]",
+    )  # fmt: skip
+    if seconds:
+        table.caption = f"{total.staged:,} rows in {seconds:.1f} s ({total.staged / seconds:,.0f} rows/s)"
+    return table
