@@ -1,0 +1,1 @@
+"""Demo worlds that ferry builds, migrates and checks itself against."""

@@ -1,0 +1,1 @@
+"""The dispatch world of DOMAIN.md, shipped as SQL scripts (package data)."""
