@@ -54,6 +54,76 @@ def migrate(
     console.print(summary(result.counts, result.seconds))
 
 
+@app.command()
+def verify(
+    spec: Path = SPEC,
+    target: str | None = TARGET,
+    truth: Path | None = typer.Option(None, "--truth", help="Ground truth CSV to compare fates with."),
+) -> None:
+    """Check the target independently: recomputed models, ledger, foreign keys, truth."""
+    from ferry.spec import load_spec
+    from ferry.verify import verify as run
+
+    try:
+        result = run(conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec), truth)
+    except FerryError as exc:
+        raise _fail(exc) from None
+    console.print(result.summary())
+    if not result.ok:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def report(
+    spec: Path = SPEC,
+    target: str | None = TARGET,
+    fmt: str = typer.Option("md", "--format", help="md, html or json."),
+    out: Path | None = typer.Option(None, "--out", help="File to write (default: stdout)."),
+) -> None:
+    """Per source and target table: every count, computed from the ledger and the databases."""
+    from ferry import report as reporting
+    from ferry.spec import load_spec
+
+    if fmt not in ("md", "html", "json"):
+        raise typer.BadParameter("choose md, html or json", param_hint="--format")
+    try:
+        data = reporting.collect(conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec))
+    except FerryError as exc:
+        raise _fail(exc) from None
+    text = reporting.render(data, fmt)  # type: ignore[arg-type]
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text)
+        console.print(f"wrote {out}")
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path(".ferry/demo"), help="Cluster, exports, truth and reports."),
+    scale: float = typer.Option(0.1, "--scale", help="Scale factor: 1.0 is DOMAIN.md's size."),
+    seed: int = typer.Option(1, "--seed", help="Same seed and scale give identical data."),
+    jobs: int = JOBS,
+) -> None:
+    """Generate the dispatch world, migrate it, report, and check every planted row's fate."""
+    from ferry.demo.run import run_demo
+    from ferry.progress import RichProgress, summary
+
+    try:
+        with RichProgress(console) as progress:
+            result = run_demo(
+                workdir, scale=scale, seed=seed, jobs=jobs, console=console, progress=progress
+            )
+    except FerryError as exc:
+        raise _fail(exc) from None
+    console.print(summary(result.run.counts, result.run.seconds))
+    for path in result.reports:
+        console.print(f"report: {path}")
+    console.print(result.verify.summary())
+    if not result.verify.ok:
+        raise typer.Exit(code=1)
+
+
 @app.command("demo-data")
 def demo_data(
     workdir: Path = typer.Option(Path(".ferry/demo"), help="Where the cluster and files live."),

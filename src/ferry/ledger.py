@@ -59,7 +59,6 @@ CREATE TABLE IF NOT EXISTS {schema}.ledger (
     tries        integer NOT NULL DEFAULT 1,
     PRIMARY KEY (model, source_key)
 );
-CREATE INDEX IF NOT EXISTS ledger_source_idx ON {schema}.ledger (source_table, status);
 CREATE TABLE IF NOT EXISTS {schema}.staged (
     source     text PRIMARY KEY,
     rows       bigint NOT NULL,
@@ -79,6 +78,19 @@ CREATE TABLE IF NOT EXISTS {schema}.model_runs (
 """
 
 
+# Helpers that specs may call in their rules (PostgreSQL 15 has no pg_input_is_valid).
+_IS_JSON = """
+CREATE OR REPLACE FUNCTION {schema}.is_json(value text) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    PERFORM value::jsonb;
+    RETURN true;
+EXCEPTION WHEN others THEN
+    RETURN false;
+END
+$$"""
+
+
 def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:
     """Create ferry's schemas and key function; idempotent, and closed to the API roles."""
     encoding = conn.execute("SHOW server_encoding").fetchone()
@@ -89,6 +101,7 @@ def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:
         if statement.strip():
             conn.execute(sql.SQL(statement).format(schema=ident))
     conn.execute(keys.function_ddl(spec.ledger_schema))
+    conn.execute(sql.SQL(_IS_JSON).format(schema=ident))
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.stage_schema)))
     conn.execute(
         sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(spec.stage_schema))
@@ -216,42 +229,34 @@ def check_invariant(conn: psycopg.Connection, spec: Spec) -> dict[str, SourceCou
     """
     counts = source_counts(conn, spec)
     problems: list[str] = []
-    led = sql.Identifier(spec.ledger_schema, "ledger")
     for name, c in counts.items():
         src = spec.source(name)
-        stage = sql.Identifier(spec.stage_schema, src.stage_table)
-        key = sql.Identifier(src.key)
-        unclaimed = conn.execute(
+        # One hash full join per source: a per-key NOT EXISTS would be quadratic here.
+        rows = conn.execute(
             sql.SQL(
-                "SELECT s.{key}::text FROM {stage} s WHERE NOT EXISTS (SELECT 1 FROM {led} l "
-                "WHERE l.accounts AND l.source_table = %s AND l.source_key = s.{key}::text "
-                "AND l.status <> 'deleted') ORDER BY 1 LIMIT 10"
-            ).format(key=key, stage=stage, led=led),
+                "SELECT coalesce(s.k, l.k), s.k IS NULL, l.k IS NULL, coalesce(l.n, 0) > 1 "
+                "FROM (SELECT {key}::text AS k FROM {stage}) s FULL JOIN "
+                "(SELECT source_key AS k, count(*) AS n FROM {led} WHERE accounts "
+                "AND source_table = %s AND status <> 'deleted' GROUP BY 1) l ON l.k = s.k "
+                "WHERE s.k IS NULL OR l.k IS NULL OR l.n > 1"
+            ).format(
+                key=sql.Identifier(src.key),
+                stage=sql.Identifier(spec.stage_schema, src.stage_table),
+                led=sql.Identifier(spec.ledger_schema, "ledger"),
+            ),
             [name],
         ).fetchall()
-        stale = conn.execute(
-            sql.SQL(
-                "SELECT l.source_key FROM {led} l WHERE l.accounts AND l.source_table = %s "
-                "AND l.status <> 'deleted' AND NOT EXISTS (SELECT 1 FROM {stage} s "
-                "WHERE s.{key}::text = l.source_key) ORDER BY 1 LIMIT 10"
-            ).format(key=key, stage=stage, led=led),
-            [name],
-        ).fetchall()
-        twice = conn.execute(
-            sql.SQL(
-                "SELECT source_key FROM {led} WHERE accounts AND source_table = %s "
-                "AND status <> 'deleted' GROUP BY 1 HAVING count(*) > 1 ORDER BY 1 LIMIT 10"
-            ).format(led=led),
-            [name],
-        ).fetchall()
-        if c.staged != c.accounted or unclaimed or stale or twice:
+        unclaimed = sorted(r[0] for r in rows if r[2])
+        stale = sorted(r[0] for r in rows if r[1])
+        twice = sorted(r[0] for r in rows if r[3])
+        if c.staged != c.accounted or rows:
             detail = [f"staged {c.staged} but accounted {c.accounted}"]
             if unclaimed:
-                detail.append("no fate for keys " + ", ".join(r[0] for r in unclaimed))
+                detail.append(f"{len(unclaimed)} keys without a fate: " + ", ".join(unclaimed[:10]))
             if stale:
-                detail.append("fates for keys not staged " + ", ".join(r[0] for r in stale))
+                detail.append(f"{len(stale)} fates of keys not staged: " + ", ".join(stale[:10]))
             if twice:
-                detail.append("two fates for keys " + ", ".join(r[0] for r in twice))
+                detail.append(f"{len(twice)} keys with two fates: " + ", ".join(twice[:10]))
             problems.append(f"{name}: " + "; ".join(detail))
     if problems:
         raise InvariantError("the ledger does not add up: " + " | ".join(problems))

@@ -86,8 +86,9 @@ def summary(counts: dict[str, ledger.SourceCounts], seconds: float | None = None
     table = Table(title="ferry: fate of every source row", title_justify="left")
     for col in ("source", "staged", "migrated", "repaired", "merged", "quarantined",
                 "excluded", "adds up"):  # fmt: skip
-        table.add_column(col, justify="left" if col in ("source", "repaired", "quarantined",
-                                                         "excluded") else "right")  # fmt: skip
+        text = col in ("source", "repaired", "quarantined", "excluded")
+        table.add_column(col, justify="left" if text else "right", no_wrap=col == "source",
+                         min_width=None if text else len(col))  # fmt: skip
     total = ledger.SourceCounts("total")
     for name, c in sorted(counts.items()):
         ok = c.staged == c.accounted

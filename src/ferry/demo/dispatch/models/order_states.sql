@@ -1,0 +1,10 @@
+-- dispatch_state rows about an instruction that exists; the others are case_states.
+SELECT s.id AS _key,
+       s.id AS legacy_state_id,
+       s.instruction_id AS _instruction_id,
+       s.status,
+       s.note,
+       s.created_at AT TIME ZONE 'UTC' AS created_at
+FROM dispatch_state s
+WHERE s.instruction_id IS NOT NULL
+  AND EXISTS (SELECT 1 FROM dispatch_instruction i WHERE i.id = s.instruction_id)
