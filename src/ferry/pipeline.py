@@ -105,42 +105,85 @@ def stage_all(
             c.close()
 
 
+def _session(target: str, spec: Spec) -> psycopg.Connection:
+    conn = connect(target, app="ferry-transform")
+    conn.execute(
+        sql.SQL("SET search_path = {}, pg_catalog").format(sql.Identifier(spec.stage_schema))
+    )
+    conn.commit()
+    return conn
+
+
+def run_model(
+    target: str, spec: Spec, model_name: str, run_id: int, progress: Progress, jobs: int = 1,
+    keys: list[str] | None = None,
+) -> transform.ModelResult:  # fmt: skip
+    """One model: its chunks on ``jobs`` sessions when no unique index makes that unsafe."""
+    model = spec.model(model_name)
+    with _session(target, spec) as conn:
+        plan = transform.Plan(conn, spec, model)
+        total = ledger.stage_rows(conn, spec, model.source) if model.accounts else 0
+        progress.model_started(model.name, len(keys) if keys is not None else total)
+
+        def advance(n: int) -> None:
+            progress.model_advanced(model.name, n)
+
+        runner = transform.Runner(conn, plan, run_id, advance)
+        bounds = runner.bounds() if keys is None else []
+        if keys is not None or jobs <= 1 or not plan.parallel_safe or len(bounds) < 2:
+            result = runner.run(keys, bounds if keys is None else None)
+        else:
+            result = _run_parallel(target, spec, plan, run_id, advance, bounds, jobs)
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.model_runs (run_id, model, rows, written, seconds) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id, model) DO UPDATE SET "
+                "rows = EXCLUDED.rows, written = EXCLUDED.written, seconds = EXCLUDED.seconds"
+            ).format(sql.Identifier(spec.ledger_schema)),
+            [run_id, model.name, result.rows, result.written, result.seconds],
+        )
+        conn.commit()
+    progress.model_done(result)
+    return result
+
+
+def _run_parallel(
+    target: str, spec: Spec, plan: transform.Plan, run_id: int, advance: Callable[[int], None],
+    bounds: list[tuple[object, object]], jobs: int,
+) -> transform.ModelResult:  # fmt: skip
+    """Chunks are independent transactions: hand them to ``jobs`` sessions in key order."""
+    import time
+
+    t0 = time.perf_counter()
+    pending = list(reversed(bounds))
+    lock = threading.Lock()
+
+    def worker() -> transform.Runner:
+        with _session(target, spec) as conn:
+            runner = transform.Runner(conn, plan, run_id, advance)
+            while True:
+                with lock:
+                    if not pending:
+                        return runner
+                    lo, hi = pending.pop()
+                runner.run(None, [(lo, hi)])
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        runners = [f.result() for f in [pool.submit(worker) for _ in range(jobs)]]
+    return transform.ModelResult(
+        plan.model.name,
+        sum(r.rows for r in runners),
+        sum(r.written for r in runners),
+        sum(r.errors for r in runners),
+        time.perf_counter() - t0,
+    )
+
+
 def transform_all(
-    target: str, spec: Spec, run_id: int, progress: Progress,
-    only: Callable[[str], list[str] | None] | None = None,
+    target: str, spec: Spec, run_id: int, progress: Progress, jobs: int = 1,
 ) -> list[transform.ModelResult]:  # fmt: skip
-    """Run the models in dependency order on one session."""
-    results: list[transform.ModelResult] = []
-    with connect(target, app="ferry-transform") as conn:
-        for model in spec.order():
-            conn.execute(
-                sql.SQL("SET search_path = {}, pg_catalog").format(
-                    sql.Identifier(spec.stage_schema)
-                )
-            )
-            conn.commit()
-            plan = transform.Plan(conn, spec, model)
-            keys = only(model.name) if only else None
-            total = ledger.stage_rows(conn, spec, model.source) if model.accounts else 0
-            if keys is not None:
-                total = len(keys)
-            progress.model_started(model.name, total)
-            runner = transform.Runner(
-                conn, plan, run_id, lambda n, m=model.name: progress.model_advanced(m, n)
-            )
-            result = runner.run(keys)
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {}.model_runs (run_id, model, rows, written, seconds) "
-                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id, model) DO UPDATE SET "
-                    "rows = EXCLUDED.rows, written = EXCLUDED.written, seconds = EXCLUDED.seconds"
-                ).format(sql.Identifier(spec.ledger_schema)),
-                [run_id, model.name, result.rows, result.written, result.seconds],
-            )
-            conn.commit()
-            progress.model_done(result)
-            results.append(result)
-    return results
+    """Run the models in dependency order."""
+    return [run_model(target, spec, m.name, run_id, progress, jobs) for m in spec.order()]
 
 
 def migrate(
@@ -165,7 +208,7 @@ def migrate(
                 result.staged = stage_all(
                     source, target, spec, run_id, data_dir or spec.base_dir, jobs, progress
                 )
-                result.models = transform_all(target, spec, run_id, progress)
+                result.models = transform_all(target, spec, run_id, progress, jobs)
                 result.counts = ledger.check_invariant(conn, spec)
             except BaseException as exc:
                 message = str(exc) if isinstance(exc, FerryError) else type(exc).__name__

@@ -133,6 +133,11 @@ class Model(_Strict):
     source: str = Field(description="The source whose rows this model accounts for.")
     sql: str = Field(description="Inline SQL, or a path to a .sql file beside the spec.")
     key_column: str = Field("id", description="Target primary key (a UUID).")
+    legacy_column: str | None = Field(
+        None,
+        description="Target column holding the legacy key. When it and the primary key are the "
+        "target's only unique columns, no two chunks can collide, so chunks run in parallel.",
+    )
     accounts: bool = Field(
         True,
         description="Each row of this model is a source row's fate. False for rows derived "

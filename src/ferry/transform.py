@@ -108,6 +108,24 @@ class Plan:
         if model.merge_into and model.merge_into not in out:
             raise SpecError(f"{where}: merge_into {model.merge_into} is not an output column")
         self.fates = self._fates()
+        self.parallel_safe = self._parallel_safe(conn)
+
+    def _parallel_safe(self, conn: psycopg.Connection) -> bool:
+        """Chunks may run at once only if no unique index can make two of them collide.
+
+        Which of two colliding rows is quarantined must not depend on timing: with a unique
+        index on anything but the key columns (an email, say), chunks run in key order.
+        """
+        allowed = {self.model.key_column, self.model.legacy_column}
+        rows = conn.execute(
+            "SELECT i.indexprs IS NOT NULL OR i.indpred IS NOT NULL, "
+            "ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = i.indrelid "
+            "AND a.attnum = ANY(i.indkey)) FROM pg_index i "
+            "WHERE i.indrelid = to_regclass(%s) AND i.indisunique",
+            [self.model.target],
+        ).fetchall()
+        conn.commit()
+        return all(not expr and len(cols) == 1 and cols[0] in allowed for expr, cols in rows)
 
     def _output_columns(self, conn: psycopg.Connection) -> list[str]:
         try:
@@ -206,7 +224,9 @@ class Plan:
             bounds,
         )
         joins = sql.SQL(" ").join(
-            sql.SQL("LEFT JOIN {led} {a} ON {a}.model = {pm} AND {a}.source_key = m.{k}::text").format(
+            sql.SQL(
+                "LEFT JOIN {led} {a} ON {a}.model = {pm} AND {a}.source_key = m.{k}::text"
+            ).format(
                 led=self.led,
                 a=sql.Identifier(f"p{j}"),
                 pm=sql.Literal(p.model),
@@ -225,14 +245,18 @@ class Plan:
         ).format(pc=parent_cols, case=self.fate_case(), inner=inner, joins=joins)
         repairs = [r for r in m.rules if r.kind == "repair"]
         ri = {id(r): i for i, r in enumerate(m.rules)}
-        repair_arr = sql.SQL("array_remove(ARRAY[{}]::text[], NULL)").format(
-            sql.SQL(", ").join(
-                sql.SQL("CASE WHEN m.{} THEN {} END").format(
-                    sql.Identifier(f"_ferry_r{ri[id(r)]}"), sql.Literal(r.name)
+        repair_arr = (
+            sql.SQL("array_remove(ARRAY[{}]::text[], NULL)").format(
+                sql.SQL(", ").join(
+                    sql.SQL("CASE WHEN m.{} THEN {} END").format(
+                        sql.Identifier(f"_ferry_r{ri[id(r)]}"), sql.Literal(r.name)
+                    )
+                    for r in repairs
                 )
-                for r in repairs
             )
-        ) if repairs else sql.SQL("'{}'::text[]")
+            if repairs
+            else sql.SQL("'{}'::text[]")
+        )
         fn = sql.Identifier(spec.ledger_schema, "key_uuid")
         ns, name = sql.Literal(str(spec.namespace)), sql.Literal(self.uuid_name)
         own = sql.SQL("{}({}::uuid, {}, m._key::text)").format(fn, ns, name)
@@ -267,19 +291,34 @@ class Plan:
             "SELECT c.*, CASE WHEN c._ferry_fate = 0 THEN {h} END AS _ferry_hash FROM ({shaped}) c"
         ).format(h=self.target_hash("c"), shaped=shaped)
 
-    def candidates(self, bounds: sql.Composable) -> sql.Composed:
-        """A temp table of the rows whose outcome differs from what the ledger records."""
-        return sql.SQL(
-            "CREATE TEMP TABLE _ferry_c ON COMMIT DROP AS "
-            "SELECT c.*, l.status AS _old_status, l.target_uuid AS _old_uuid, "
-            "l.row_hash AS _old_hash, false AS _conflict "
-            "FROM ({expected}) c LEFT JOIN {led} l ON l.model = {model} "
-            "AND l.source_key = c._ferry_key "
-            "WHERE l.model IS NULL OR l.status IS DISTINCT FROM c._ferry_status "
-            "OR l.reason IS DISTINCT FROM c._ferry_reason OR l.repairs <> c._ferry_repairs "
-            "OR l.target_uuid IS DISTINCT FROM c._ferry_uuid "
-            "OR l.row_hash IS DISTINCT FROM c._ferry_hash OR l.sqlstate IS NOT NULL"
-        ).format(expected=self.expected(bounds), led=self.led, model=sql.Literal(self.model.name))
+    def candidates(self, bounds: sql.Composable) -> list[sql.Composable]:
+        """Statements leaving in ``_ferry_c`` the rows whose outcome the ledger does not have.
+
+        Two steps, because the planner would hash the model's whole ledger (millions of
+        rows) to compare one chunk; with the chunk in a temp table first, index lookups on
+        the ledger's key are forced for that one join without touching the model's own plan.
+        """
+        return [
+            sql.SQL("CREATE TEMP TABLE _ferry_e ON COMMIT DROP AS {}").format(
+                self.expected(bounds)
+            ),
+            sql.SQL("SET LOCAL enable_hashjoin = off"),
+            sql.SQL("SET LOCAL enable_mergejoin = off"),
+            sql.SQL(
+                "CREATE TEMP TABLE _ferry_c ON COMMIT DROP AS "
+                "SELECT c.*, l.status AS _old_status, l.target_uuid AS _old_uuid, "
+                "l.row_hash AS _old_hash, false AS _conflict "
+                "FROM _ferry_e c LEFT JOIN {led} l ON l.model = {model} "
+                "AND l.source_key = c._ferry_key "
+                "WHERE l.model IS NULL OR l.status IS DISTINCT FROM c._ferry_status "
+                "OR l.reason IS DISTINCT FROM c._ferry_reason OR l.repairs <> c._ferry_repairs "
+                "OR l.target_uuid IS DISTINCT FROM c._ferry_uuid "
+                "OR l.row_hash IS DISTINCT FROM c._ferry_hash OR l.sqlstate IS NOT NULL"
+            ).format(led=self.led, model=sql.Literal(self.model.name)),
+            sql.SQL("SET LOCAL enable_hashjoin = on"),
+            sql.SQL("SET LOCAL enable_mergejoin = on"),
+            sql.SQL("DROP TABLE _ferry_e"),
+        ]
 
     def target_hash(self, alias: str) -> sql.Composable:
         """md5 of the written columns of a row, the same from a candidate and a stored row."""
@@ -342,13 +381,16 @@ class Runner:
         src = self.plan.spec.source(self.plan.model.source)
         return sql.Identifier(self.plan.spec.stage_schema, src.stage_table), src.key
 
-    def run(self, keys: Sequence[str] | None = None) -> ModelResult:
+    def run(
+        self, keys: Sequence[str] | None = None, bounds: Sequence[tuple[Any, Any]] | None = None
+    ) -> ModelResult:
+        """Run the given key list, or the given chunks, or else every chunk of the model."""
         t0 = time.perf_counter()
         if keys is not None:
             if keys:
                 self._chunk(None, None, keys)
         else:
-            for lo, hi in self.bounds():
+            for lo, hi in self.bounds() if bounds is None else bounds:
                 self._chunk(lo, hi, None)
         return ModelResult(
             self.plan.model.name, self.rows, self.written, self.errors, time.perf_counter() - t0
@@ -369,7 +411,8 @@ class Runner:
         conn = self.conn
         try:
             with conn.transaction():
-                conn.execute(self.plan.candidates(self._where(lo, hi, keys)))
+                for statement in self.plan.candidates(self._where(lo, hi, keys)):
+                    conn.execute(statement)
                 self._check_unique()
                 n = self._count("SELECT count(*) FROM _ferry_c")
                 seen = self._seen(lo, hi, keys)
@@ -498,9 +541,13 @@ class Runner:
         names = [n for n, _, _ in plan.columns]
         ident = sql.SQL(", ").join(sql.Identifier(n) for n in names)
         key = sql.Identifier(plan.model.key_column)
-        has_old = self._count(
-            sql.SQL("SELECT count(*) FROM _ferry_c WHERE {} AND _old_status = 'migrated'").format(rng)  # type: ignore[arg-type]
-        )
+        old = self.conn.execute(
+            sql.SQL(
+                "SELECT count(*) FILTER (WHERE _old_status IS NOT NULL), "
+                "count(*) FILTER (WHERE _old_status = 'migrated') FROM _ferry_c WHERE {}"
+            ).format(rng)
+        ).fetchone()
+        any_old, has_old = (int(old[0]), int(old[1])) if old else (0, 0)
         if has_old:
             # Rows ferry wrote earlier and now changes: the application may have edited them.
             conn.execute(
@@ -517,42 +564,68 @@ class Runner:
                     "AND (c._ferry_fate <> 0 OR c._ferry_uuid IS DISTINCT FROM c._old_uuid)"
                 ).format(t=plan.target, rng=rng, key=key)
             )
-        if names:
-            upsert = sql.SQL(
-                "INSERT INTO {t} ({key}, {cols}) SELECT _ferry_uuid, {cols} FROM _ferry_c "
-                "WHERE {rng} AND _ferry_fate = 0 AND NOT _conflict "
-                "ON CONFLICT ({key}) DO UPDATE SET {sets}"
-            ).format(
-                t=plan.target, key=key, cols=ident, rng=rng,
-                sets=sql.SQL(", ").join(
-                    sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names
-                ),
-            )  # fmt: skip
-        else:
-            upsert = sql.SQL(
-                "INSERT INTO {t} ({key}) SELECT _ferry_uuid FROM _ferry_c WHERE {rng} "
-                "AND _ferry_fate = 0 AND NOT _conflict ON CONFLICT DO NOTHING"
-            ).format(t=plan.target, key=key, rng=rng)
-        cur = conn.execute(upsert)
+        # New rows are plain INSERTs (cheaper than ON CONFLICT); rows ferry wrote before are
+        # UPDATEd in place. A UUID already taken by a row ferry did not write is a unique
+        # violation, bisected and quarantined like any other.
+        fresh = sql.SQL(
+            "{rng} AND _ferry_fate = 0 AND NOT _conflict AND (_old_status IS DISTINCT FROM "
+            "'migrated' OR _old_uuid IS DISTINCT FROM _ferry_uuid)"
+        ).format(rng=rng)
+        cur = conn.execute(
+            sql.SQL("INSERT INTO {t} ({key}{sep}{cols}) SELECT _ferry_uuid{sep}{cols} "
+                    "FROM _ferry_c WHERE {fresh}").format(
+                t=plan.target, key=key, cols=ident, fresh=fresh,
+                sep=sql.SQL(", ") if names else sql.SQL(""),
+            )
+        )  # fmt: skip
         self.written += max(cur.rowcount, 0)
+        if has_old and names:
+            cur = conn.execute(
+                sql.SQL(
+                    "UPDATE {t} t SET {sets} FROM _ferry_c c WHERE {rng} AND c._ferry_fate = 0 "
+                    "AND NOT c._conflict AND c._old_status = 'migrated' "
+                    "AND c._old_uuid = c._ferry_uuid AND t.{key} = c._ferry_uuid"
+                ).format(
+                    t=plan.target,
+                    key=key,
+                    rng=rng,
+                    sets=sql.SQL(", ").join(
+                        sql.SQL("{0} = c.{0}").format(sql.Identifier(n)) for n in names
+                    ),
+                )  # fmt: skip
+            )
+            self.written += max(cur.rowcount, 0)
+        ledger_cols = sql.SQL(
+            "{model}, _ferry_key, {src}, {acc}, _ferry_status, _ferry_reason, _ferry_repairs, "
+            "{tt}, _ferry_uuid, _ferry_hash, {run}, {run}"
+        ).format(
+            model=sql.Literal(plan.model.name), src=sql.Literal(plan.source_table),
+            acc=sql.Literal(plan.model.accounts), tt=sql.Literal(plan.model.target),
+            run=sql.Literal(self.run_id),
+        )  # fmt: skip
         conn.execute(
             sql.SQL(
-                "INSERT INTO {led} AS l (model, source_key, source_table, accounts, status, reason, "
+                "INSERT INTO {led} (model, source_key, source_table, accounts, status, reason, "
                 "repairs, target_table, target_uuid, row_hash, run_id, first_run_id) "
-                "SELECT {model}, _ferry_key, {src}, {acc}, _ferry_status, _ferry_reason, "
-                "_ferry_repairs, {tt}, _ferry_uuid, _ferry_hash, {run}, {run} FROM _ferry_c "
-                "WHERE {rng} AND NOT _conflict "
-                "ON CONFLICT (model, source_key) DO UPDATE SET status = EXCLUDED.status, "
-                "reason = EXCLUDED.reason, repairs = EXCLUDED.repairs, sqlstate = NULL, "
-                "message = NULL, target_uuid = EXCLUDED.target_uuid, row_hash = EXCLUDED.row_hash, "
-                "conflict = false, run_id = EXCLUDED.run_id, updated_at = clock_timestamp(), "
-                "tries = l.tries + 1"
-            ).format(
-                led=plan.led, model=sql.Literal(plan.model.name),
-                src=sql.Literal(plan.source_table), acc=sql.Literal(plan.model.accounts),
-                tt=sql.Literal(plan.model.target), run=sql.Literal(self.run_id), rng=rng,
-            )  # fmt: skip
+                "SELECT {vals} FROM _ferry_c WHERE {rng} AND NOT _conflict AND _old_status IS NULL"
+            ).format(led=plan.led, vals=ledger_cols, rng=rng)
         )
+        if any_old:
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {led} l SET status = c._ferry_status, reason = c._ferry_reason, "
+                    "repairs = c._ferry_repairs, sqlstate = NULL, message = NULL, "
+                    "target_uuid = c._ferry_uuid, row_hash = c._ferry_hash, conflict = false, "
+                    "run_id = {run}, updated_at = clock_timestamp(), tries = l.tries + 1 "
+                    "FROM _ferry_c c WHERE {rng} AND NOT c._conflict AND c._old_status IS NOT NULL "
+                    "AND l.model = {model} AND l.source_key = c._ferry_key"
+                ).format(
+                    led=plan.led,
+                    run=sql.Literal(self.run_id),
+                    rng=rng,
+                    model=sql.Literal(plan.model.name),
+                )  # fmt: skip
+            )
         if has_old:
             conn.execute(
                 sql.SQL(
