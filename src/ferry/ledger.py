@@ -79,9 +79,10 @@ CREATE TABLE IF NOT EXISTS {schema}.model_runs (
 
 
 # Helpers that specs may call in their rules (PostgreSQL 15 has no pg_input_is_valid).
+# PARALLEL UNSAFE: the exception block opens a subtransaction, which parallel workers cannot.
 _IS_JSON = """
 CREATE OR REPLACE FUNCTION {schema}.is_json(value text) RETURNS boolean
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql IMMUTABLE PARALLEL UNSAFE AS $$
 BEGIN
     PERFORM value::jsonb;
     RETURN true;

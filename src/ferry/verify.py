@@ -1,0 +1,588 @@
+"""Verify: an independent check that the target holds what the spec yields.
+
+The ledger's own counts prove only that the ledger is consistent with itself. Verify instead
+recomputes every model from the stage (``Plan.expected``) and compares the result with the
+target tables, checks the target's foreign keys row by row (a row inserted with triggers
+disabled passes every constraint check but this one), checks the ledger invariant key by key,
+and, given a ground-truth file, compares every planted row's fate with what was planted.
+
+Problems name tables, models, source keys, target UUIDs, reasons and counts -- never row
+contents: they end up in terminals and CI logs, and the rows are health data.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from ferry import ledger
+from ferry.conninfo import connect
+from ferry.errors import FerryError, InvariantError, VerifyError
+from ferry.spec import Model, Spec
+from ferry.transform import Plan, safe_message
+
+# How many keys a problem names: enough to find the rows, few enough to read.
+SAMPLE = 10
+TRUTH_HEADER = ("source_table", "source_key", "status", "reason")
+
+# An order-independent checksum of (uuid, hash) pairs: the sum of 60 bits of an md5 per row.
+# A sum needs no sort, so it stays cheap on millions of rows; with the count beside it, a
+# lost, an added or a changed row shows (a collision needs two changes cancelling to 2^-60).
+_ROWSUM = "coalesce(sum(('x' || substr(md5({u}::text || {h}), 1, 15))::bit(60)::bigint), 0)"
+
+
+@dataclass
+class Problem:
+    """One thing that is wrong, located: which table, which keys, what, how many.
+
+    ``keys`` are source keys where ferry knows them; ``uuids`` are target primary keys. Both
+    are samples (at most ``SAMPLE``); ``count`` is the number of rows affected.
+    """
+
+    kind: str
+    table: str
+    keys: list[str]
+    detail: str
+    count: int = 0
+    uuids: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = f"[{self.kind}] {self.table}: {self.detail}"
+        if self.keys:
+            more = " ..." if self.count > len(self.keys) else ""
+            text += f"; keys {', '.join(self.keys)}{more}"
+        if self.uuids:
+            more = " ..." if self.count > len(self.uuids) else ""
+            text += f"; uuids {', '.join(self.uuids)}{more}"
+        return text
+
+
+@dataclass
+class VerifyReport:
+    """What verify found, and what it looked at (so "no problems" means something)."""
+
+    problems: list[Problem] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        seen = ", ".join(f"{k} {v}" for k, v in self.checked.items())
+        if self.ok:
+            return f"verify ok ({seen})"
+        lines = [f"verify found {len(self.problems)} problem(s) ({seen}):"]
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+    def raise_for_problems(self) -> None:
+        """For callers that want a failed verify to be an exception (CI, scripts)."""
+        if not self.ok:
+            raise VerifyError(self.summary())
+
+
+def verify(target: str, spec: Spec, truth: Path | None = None) -> VerifyReport:
+    """Check the target against the spec, its foreign keys, the ledger and the ground truth.
+
+    Read-only on the target (it creates only temporary tables). Problems come back in the
+    report rather than as an exception, so one run shows all of them.
+    """
+    t0 = time.perf_counter()
+    report = VerifyReport(checked={"models": 0, "rows": 0, "foreign_keys": 0})
+    with connect(target, app="ferry-verify") as conn:
+        if not _ledger_exists(conn, spec):
+            report.problems.append(
+                Problem("ledger", spec.ledger_schema, [], "no ledger: ferry has not run here")
+            )
+            return report
+        # Model SQL names stage tables plainly; temp tables are still found first (pg_temp).
+        conn.execute(
+            sql.SQL("SET search_path = {}, pg_catalog").format(sql.Identifier(spec.stage_schema))
+        )
+        conn.commit()
+        for model in spec.order():
+            _check_model(conn, spec, model, report)
+        _check_invariant(conn, spec, report)
+        _check_foreign_keys(conn, spec, report)
+        if truth is not None:
+            _check_truth(conn, spec, truth, report)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _ledger_exists(conn: psycopg.Connection, spec: Spec) -> bool:
+    row = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL",
+        [sql.Identifier(spec.ledger_schema, "ledger").as_string(conn)],
+    ).fetchone()
+    conn.commit()
+    return bool(row and row[0])
+
+
+def _led(spec: Spec) -> sql.Identifier:
+    return sql.Identifier(spec.ledger_schema, "ledger")
+
+
+def _one(conn: psycopg.Connection, query: sql.Composable, params: Sequence[object] = ()) -> tuple:
+    row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    return tuple(row)
+
+
+# -- (a) models against the target ---------------------------------------------------------
+
+
+def _check_model(conn: psycopg.Connection, spec: Spec, model: Model, report: VerifyReport) -> None:
+    """Recompute one model, compare fates with the ledger and rows with the target.
+
+    A model that cannot be recomputed (its SQL fails, its target is gone) is a problem of
+    that model; verify goes on with the others.
+    """
+    try:
+        plan = Plan(conn, spec, model)
+        _materialize(conn, plan)
+        report.checked["models"] += 1
+        report.checked["rows"] += int(_one(conn, sql.SQL("SELECT count(*) FROM _ferry_v"))[0])
+        if not _duplicates(conn, model, report):
+            _compare_fates(conn, spec, model, report)
+            _compare_rows(conn, spec, plan, report)
+    except FerryError as exc:
+        report.problems.append(Problem("model", model.target, [], f"model {model.name}: {exc}"))
+    except psycopg.Error as exc:
+        report.problems.append(
+            Problem("model", model.target, [], f"model {model.name}: {safe_message(exc)}")
+        )
+    finally:
+        # The temp tables were never committed: rolling back drops them.
+        conn.rollback()
+
+
+def _materialize(conn: psycopg.Connection, plan: Plan) -> None:
+    """What the model yields now, once: every later comparison reads these temp tables.
+
+    ``_ferry_v`` holds every row the model yields with its fate, and ``own``: the UUID the
+    row's own key maps to, whatever its fate. ``_ferry_e`` is what must be in the target: the
+    migrated rows, less those the database refused (a unique or check violation quarantined
+    with its SQLSTATE: the spec yields them, the target rightly lacks them). ``_ferry_ids`` is
+    every target id this model may account for: the own UUID of every row it yields (so an
+    excluded, quarantined or refused row that is present in the target shows) and every UUID
+    the ledger says it wrote. Any other row of the table is the application's own.
+    """
+    spec = plan.spec
+    led, name = _led(spec), sql.Literal(plan.model.name)
+    own = sql.SQL("{}({}::uuid, {}, e._ferry_key)").format(
+        sql.Identifier(spec.ledger_schema, "key_uuid"),
+        sql.Literal(str(spec.namespace)),
+        sql.Literal(plan.uuid_name),
+    )
+    conn.execute("DROP TABLE IF EXISTS _ferry_v, _ferry_e, _ferry_ids")
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE _ferry_v AS SELECT e._ferry_key AS key, e._ferry_fate AS fate, "
+            "e._ferry_status AS status, e._ferry_reason AS reason, e._ferry_repairs AS repairs, "
+            "e._ferry_uuid AS uuid, e._ferry_hash AS hash, {own} AS own FROM ({expected}) e"
+        ).format(own=own, expected=plan.expected(sql.SQL("true")))
+    )
+    conn.execute("ANALYZE _ferry_v")
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE _ferry_e AS SELECT v.key, v.uuid, v.hash FROM _ferry_v v "
+            "WHERE v.fate = 0 AND NOT EXISTS (SELECT 1 FROM {led} l WHERE l.model = {name} "
+            "AND l.source_key = v.key AND l.status = 'quarantined' AND l.sqlstate IS NOT NULL)"
+        ).format(led=led, name=name)
+    )
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE _ferry_ids AS SELECT own AS u FROM _ferry_v "
+            "UNION SELECT target_uuid FROM {led} WHERE model = {name} AND status = 'migrated' "
+            "AND target_uuid IS NOT NULL"
+        ).format(led=led, name=name)
+    )
+    conn.execute("ANALYZE _ferry_e")
+    conn.execute("ANALYZE _ferry_ids")
+
+
+def _duplicates(conn: psycopg.Connection, model: Model, report: VerifyReport) -> bool:
+    n, keys = _one(
+        conn,
+        sql.SQL(
+            "SELECT count(*), (array_agg(key ORDER BY length(key), key))[1:{s}] FROM "
+            "(SELECT key FROM _ferry_v GROUP BY key HAVING count(*) > 1) d"
+        ).format(s=sql.Literal(SAMPLE)),
+    )
+    if n:
+        report.problems.append(
+            Problem(
+                "model",
+                model.target,
+                list(keys or []),
+                f"model {model.name} yields {n} source key(s) more than once",
+                n,
+            )
+        )
+    return bool(n)
+
+
+def _fate(status: str | None, reason: str | None) -> str:
+    if status is None:
+        return "nothing"
+    return f"{status} ({reason})" if reason else status
+
+
+def _compare_fates(
+    conn: psycopg.Connection, spec: Spec, model: Model, report: VerifyReport
+) -> None:
+    """Each source row's fate as the spec decides it now versus as the ledger records it.
+
+    Rows the database refused are the one legitimate difference: the spec says migrated, the
+    ledger says quarantined with the SQLSTATE.
+    """
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT l.status, l.reason, v.status, v.reason, "
+            "coalesce(v.repairs, '{{}}') IS DISTINCT FROM coalesce(l.repairs, '{{}}') "
+            "AND v.status IS NOT DISTINCT FROM l.status AS repairs_differ, "
+            "count(*), (array_agg(coalesce(v.key, l.source_key) "
+            "ORDER BY length(coalesce(v.key, l.source_key)), "
+            "coalesce(v.key, l.source_key)))[1:{s}] "
+            "FROM _ferry_v v FULL JOIN (SELECT * FROM {led} WHERE model = {name} "
+            "AND status <> 'deleted') l ON l.source_key = v.key "
+            "WHERE NOT coalesce(v.fate = 0 AND l.status = 'quarantined' "
+            "AND l.sqlstate IS NOT NULL, false) "
+            "AND (v.key IS NULL OR l.source_key IS NULL OR v.status IS DISTINCT FROM l.status "
+            "OR v.reason IS DISTINCT FROM l.reason OR v.repairs IS DISTINCT FROM l.repairs "
+            "OR v.uuid IS DISTINCT FROM l.target_uuid) "
+            "GROUP BY 1, 2, 3, 4, 5 ORDER BY 6 DESC"
+        ).format(led=_led(spec), name=sql.Literal(model.name), s=sql.Literal(SAMPLE))
+    ).fetchall()
+    for l_status, l_reason, v_status, v_reason, repairs_differ, n, keys in rows:
+        if l_status is None:
+            what = f"the spec yields {_fate(v_status, v_reason)} but the ledger has no fate"
+        elif v_status is None:
+            what = f"the ledger says {_fate(l_status, l_reason)} but the stage has no such row"
+        elif repairs_differ:
+            what = f"{_fate(v_status, v_reason)}, but the repairs differ from the ledger's"
+        elif (l_status, l_reason) == (v_status, v_reason):
+            what = f"{_fate(v_status, v_reason)}, but the target UUID differs from the ledger's"
+        else:
+            what = (
+                f"the spec yields {_fate(v_status, v_reason)} but the ledger says "
+                f"{_fate(l_status, l_reason)}"
+            )
+        report.problems.append(
+            Problem("fate", model.source, list(keys), f"model {model.name}: {n} row(s): {what}", n)
+        )
+
+
+def _compare_rows(conn: psycopg.Connection, spec: Spec, plan: Plan, report: VerifyReport) -> None:
+    """Checksum what must be in the target against what is; on a difference, find the rows."""
+    model = plan.model
+    key = sql.Identifier(model.key_column)
+    actual = sql.SQL(
+        "SELECT t.{key} AS id, {h} AS hash FROM {t} t JOIN _ferry_ids i ON t.{key} = i.u"
+    ).format(key=key, h=plan.target_hash("t"), t=plan.target)
+    rowsum = sql.SQL(_ROWSUM)
+    want = _one(
+        conn,
+        sql.SQL("SELECT count(*), {} FROM _ferry_e").format(
+            rowsum.format(u=sql.SQL("uuid"), h=sql.SQL("hash"))
+        ),
+    )
+    have = _one(
+        conn,
+        sql.SQL("SELECT count(*), {} FROM ({}) a").format(
+            rowsum.format(u=sql.SQL("id"), h=sql.SQL("hash")), actual
+        ),
+    )
+    if want == have:
+        return
+    found = conn.execute(
+        sql.SQL(
+            "WITH a AS ({actual}), d AS ("
+            " SELECT CASE WHEN a.id IS NULL THEN 'missing' WHEN e.uuid IS NULL THEN 'extra'"
+            " ELSE 'content' END AS kind, coalesce(e.uuid, a.id) AS id,"
+            " coalesce(e.key, v.key, x.source_key) AS key, coalesce(l.conflict, false) AS conflict,"
+            " l.status AS l_status, l.reason AS l_reason"
+            " FROM _ferry_e e FULL JOIN a ON a.id = e.uuid"
+            " LEFT JOIN _ferry_v v ON e.uuid IS NULL AND v.own = a.id"
+            " LEFT JOIN {led} x ON e.uuid IS NULL AND x.model = {name}"
+            "  AND x.target_uuid = a.id AND x.status = 'migrated'"
+            " LEFT JOIN {led} l ON l.model = {name}"
+            "  AND l.source_key = coalesce(e.key, v.key, x.source_key)"
+            " WHERE a.id IS NULL OR e.uuid IS NULL OR a.hash IS DISTINCT FROM e.hash)"
+            " SELECT kind, conflict, l_status, l_reason, count(*),"
+            " (array_agg(key ORDER BY length(key), key) FILTER (WHERE key IS NOT NULL))[1:{s}],"
+            " (array_agg(id::text ORDER BY length(key), key, id))[1:{s}]"
+            " FROM d GROUP BY 1, 2, 3, 4 ORDER BY 1, 5 DESC"
+        ).format(actual=actual, led=_led(spec), name=sql.Literal(model.name), s=sql.Literal(SAMPLE))
+    ).fetchall()
+    for kind, conflict, l_status, l_reason, n, keys, uuids in found:
+        if conflict:
+            kind = "conflict"
+            what = "edited in the target since ferry wrote them (the ledger flags a conflict)"
+        elif kind == "missing":
+            what = "yielded as migrated by the spec but not in the target"
+        elif kind == "content":
+            what = "in the target with content that differs from what the spec yields"
+        elif l_status == "migrated":
+            what = "in the target, recorded as migrated, but the spec no longer yields them"
+        else:
+            what = f"in the target although the ledger says {_fate(l_status, l_reason)}"
+        report.problems.append(
+            Problem(
+                kind,
+                model.target,
+                list(keys or []),
+                f"model {model.name}: {n} row(s) {what}",
+                n,
+                list(uuids or []),
+            )
+        )
+    if not found:
+        # Equal sets but unequal checksums cannot happen; say so rather than pass silently.
+        report.problems.append(
+            Problem("content", model.target, [], f"model {model.name}: checksums differ")
+        )
+
+
+# -- (b) the ledger invariant -----------------------------------------------------------------
+
+
+def _check_invariant(conn: psycopg.Connection, spec: Spec, report: VerifyReport) -> None:
+    """The ledger's own key-by-key check, run so that it scales.
+
+    Its anti-joins end in ``ORDER BY .. LIMIT 10``, for which the planner may pick a nested
+    loop over the whole ledger per staged row: hours on millions of rows. Within this
+    transaction only, nested loops are off, so they run as hash anti-joins.
+    """
+    try:
+        conn.execute("SET LOCAL enable_nestloop = off")
+        ledger.check_invariant(conn, spec)
+    except InvariantError as exc:
+        report.problems.append(
+            Problem(
+                "invariant",
+                f"{spec.ledger_schema}.ledger",
+                [],
+                str(exc),
+            )
+        )
+    finally:
+        conn.rollback()
+
+
+# -- (c) foreign keys -------------------------------------------------------------------------
+
+_FKS = """
+SELECT c.conname, c.confmatchtype, pn.nspname, pc.relname,
+       ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),
+       ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i)
+             JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)
+FROM pg_constraint c
+JOIN pg_class pc ON pc.oid = c.confrelid
+JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+WHERE c.contype = 'f' AND c.conrelid = to_regclass(%s)
+ORDER BY c.conname
+"""
+
+
+def _target_tables(spec: Spec) -> dict[str, list[Model]]:
+    out: dict[str, list[Model]] = defaultdict(list)
+    for m in spec.order():
+        out[m.target].append(m)
+    return dict(out)
+
+
+def _check_foreign_keys(conn: psycopg.Connection, spec: Spec, report: VerifyReport) -> None:
+    """Count child rows whose foreign key has no parent row, for every FK of every target.
+
+    PostgreSQL enforces FKs with triggers; a row written while they were off (replica
+    session, DISABLE TRIGGER) breaks the FK silently. Set-based anti-joins, one per FK.
+    """
+    for table, models in _target_tables(spec).items():
+        schema, name = table.split(".")
+        key = models[0].key_column
+        for conname, match, pschema, pname, cols, pcols in conn.execute(_FKS, [table]).fetchall():
+            report.checked["foreign_keys"] += 1
+            child, parent = sql.Identifier(schema, name), sql.Identifier(pschema, pname)
+            ccols = [sql.Identifier("c", col) for col in cols]
+            joined = sql.SQL(" AND ").join(
+                sql.SQL("p.{} = {}").format(sql.Identifier(pc), cc)
+                for pc, cc in zip(pcols, ccols, strict=True)
+            )
+            orphan = sql.SQL("NOT EXISTS (SELECT 1 FROM {} p WHERE {})").format(parent, joined)
+            all_set = sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(c) for c in ccols)
+            if match == "f":  # MATCH FULL: all null, or all set and present
+                any_set = sql.SQL(" OR ").join(sql.SQL("{} IS NOT NULL").format(c) for c in ccols)
+                where = sql.SQL("({}) AND (NOT ({}) OR {})").format(any_set, all_set, orphan)
+            else:  # MATCH SIMPLE: any null column exempts the row
+                where = sql.SQL("{} AND {}").format(all_set, orphan)
+            try:
+                with conn.transaction():
+                    n, ids = _one(
+                        conn,
+                        sql.SQL(
+                            "SELECT count(*), (array_agg(c.{k}::text ORDER BY c.{k}))[1:{s}] "
+                            "FROM {child} c WHERE {where}"
+                        ).format(
+                            k=sql.Identifier(key), s=sql.Literal(SAMPLE), child=child, where=where
+                        ),
+                    )
+            except psycopg.Error as exc:
+                report.problems.append(
+                    Problem("error", table, [], f"cannot check {conname}: {safe_message(exc)}")
+                )
+                continue
+            if not n:
+                continue
+            keys = _source_keys(conn, spec, table, ids or [])
+            report.problems.append(
+                Problem(
+                    "fk",
+                    table,
+                    keys,
+                    f"{n} row(s) reference {pschema}.{pname} ({', '.join(cols)} -> "
+                    f"{', '.join(pcols)}) rows that do not exist [constraint {conname}]",
+                    n,
+                    list(ids or []),
+                )
+            )
+        conn.rollback()
+
+
+def _source_keys(conn: psycopg.Connection, spec: Spec, table: str, ids: Iterable[str]) -> list[str]:
+    """The source keys ferry wrote these target ids from (none for the application's rows)."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT source_key FROM {} WHERE target_table = %s "
+            "AND status = 'migrated' AND target_uuid::text = ANY(%s) ORDER BY 1"
+        ).format(_led(spec)),
+        [table, list(ids)],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+# -- (d) ground truth -------------------------------------------------------------------------
+
+
+def _source_names(spec: Spec) -> dict[str, str]:
+    """Names a truth file may use for a source: its spec name, stage table or legacy table."""
+    names: dict[str, str] = {}
+    for src in spec.sources:
+        for alias in (src.table, (src.table or "").split(".")[-1], src.stage_table, src.name):
+            if alias:
+                names[alias] = src.name
+    return names
+
+
+def read_truth(path: Path, spec: Spec) -> tuple[list[tuple[str, str, str, str]], list[Problem]]:
+    """Parse the ground-truth CSV; rows naming an unknown source become problems."""
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise VerifyError(f"{path}: cannot read the truth file: {exc.strerror}") from None
+    names = _source_names(spec)
+    rows: list[tuple[str, str, str, str]] = []
+    unknown: dict[str, int] = defaultdict(int)
+    with handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != TRUTH_HEADER:
+            raise VerifyError(f"{path}: the header must be {','.join(TRUTH_HEADER)}")
+        for line, rec in enumerate(reader, start=2):
+            if not rec:
+                continue
+            if len(rec) != len(TRUTH_HEADER):
+                raise VerifyError(f"{path}:{line}: expected {len(TRUTH_HEADER)} fields")
+            table, key, status, reason = (f.strip() for f in rec)
+            if status not in ledger.STATUSES:
+                raise VerifyError(f"{path}:{line}: unknown status {status!r}")
+            if table not in names:
+                unknown[table] += 1
+                continue
+            rows.append((names[table], key, status, reason))
+    problems = [
+        Problem("truth", table, [], f"the truth file names an unknown source ({n} row(s))", n)
+        for table, n in sorted(unknown.items())
+    ]
+    return rows, problems
+
+
+def _check_truth(conn: psycopg.Connection, spec: Spec, path: Path, report: VerifyReport) -> None:
+    """Every planted row has its planted fate; every other staged row is plainly migrated."""
+    rows, problems = read_truth(path, spec)
+    report.problems.extend(problems)
+    report.checked["truth_rows"] = len(rows)
+    conn.execute(
+        "CREATE TEMP TABLE _ferry_truth (source_table text, source_key text, status text, "
+        "reason text) ON COMMIT DROP"
+    )
+    with conn.cursor() as cur, cur.copy("COPY _ferry_truth FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    conn.execute("ANALYZE _ferry_truth")
+    led = _led(spec)
+    wrong = conn.execute(
+        sql.SQL(
+            "SELECT t.source_table, t.source_key, t.status, t.reason, l.status, l.reason, "
+            "l.repairs FROM _ferry_truth t LEFT JOIN {led} l ON l.accounts "
+            "AND l.source_table = t.source_table AND l.source_key = t.source_key "
+            "AND l.status <> 'deleted' "
+            "WHERE l.status IS DISTINCT FROM t.status "
+            "OR (t.status = 'migrated' AND t.reason <> '' AND NOT t.reason = ANY(l.repairs)) "
+            "OR (t.status = 'migrated' AND t.reason = '' AND l.repairs <> '{{}}') "
+            "OR (t.status <> 'migrated' AND coalesce(l.reason, '') <> t.reason) "
+            "ORDER BY 1, length(t.source_key), 2"
+        ).format(led=led)
+    ).fetchall()
+    groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    for table, key, status, reason, l_status, l_reason, repairs in wrong:
+        want = _fate(status, reason)
+        if l_status == "migrated" and repairs:
+            got = f"migrated (repairs: {', '.join(repairs)})"
+        else:
+            got = _fate(l_status, l_reason)
+        groups[(table, want, got)].append(key)
+    for (table, want, got), keys in groups.items():
+        report.problems.append(
+            Problem(
+                "truth",
+                table,
+                keys[:SAMPLE],
+                f"{len(keys)} planted row(s) expected {want} but the ledger says {got}",
+                len(keys),
+            )
+        )
+    unplanted = conn.execute(
+        sql.SQL(
+            "SELECT l.source_table, l.status, l.reason, l.repairs, count(*), "
+            "(array_agg(l.source_key ORDER BY length(l.source_key), l.source_key))[1:{s}] "
+            "FROM {led} l "
+            "WHERE l.accounts AND l.status <> 'deleted' "
+            "AND (l.status <> 'migrated' OR l.repairs <> '{{}}') "
+            "AND NOT EXISTS (SELECT 1 FROM _ferry_truth t WHERE t.source_table = l.source_table "
+            "AND t.source_key = l.source_key) GROUP BY 1, 2, 3, 4 ORDER BY 1, 5 DESC"
+        ).format(led=led, s=sql.Literal(SAMPLE))
+    ).fetchall()
+    for table, status, reason, repairs, n, keys in unplanted:
+        got = f"migrated (repairs: {', '.join(repairs)})" if repairs else _fate(status, reason)
+        report.problems.append(
+            Problem(
+                "truth",
+                table,
+                list(keys),
+                f"{n} row(s) not planted, so expected plain migrated, but the ledger says {got}",
+                n,
+            )
+        )
+    conn.rollback()

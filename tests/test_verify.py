@@ -1,0 +1,187 @@
+"""verify on the library world: it passes after a migrate, and catches every change made to the
+target or the ledger behind ferry's back, naming the table and the key -- never row contents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ferry.embedded import LocalCluster
+from ferry.errors import VerifyError
+from ferry.keys import key_uuid
+from ferry.pipeline import migrate
+from ferry.spec import Spec, load_spec
+from ferry.verify import Problem, VerifyReport, verify
+from tests.helpers import fresh_db
+
+SPEC_DIR = Path(__file__).parent / "specs" / "library"
+OWNER = "lib_owner"
+MARKER = "PHI-MARKER-7731"
+
+# The library world's planted fates: every row not listed migrates without a repair.
+TRUTH = """source_table,source_key,status,reason
+lib_author,2,migrated,country_normalized
+lib_author,3,merged,duplicate_author
+lib_author,4,quarantined,unknown_country
+lib_author,5,migrated,country_normalized
+lib_book,12,excluded,draft
+lib_book,13,quarantined,parent_quarantined
+lib_book,14,quarantined,orphan_author
+lib_book,15,quarantined,unique_violation
+lib_book,16,quarantined,check_violation
+loans.csv,L-3,excluded,parent_excluded
+loans.csv,L-4,quarantined,orphan_books
+"""
+
+
+class World:
+    """A migrated library: the owner's and the superuser's connection strings, and the spec."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        source = fresh_db(cluster, "ver_src", SPEC_DIR / "source.sql")
+        with psycopg.connect(source, autocommit=True) as conn:
+            conn.execute("UPDATE lib_book SET title = %s || title WHERE id = 10", [MARKER])
+        fresh_db(cluster, "ver_tgt", SPEC_DIR / "target.sql", owner=OWNER)
+        self.target = cluster.conninfo("ver_tgt", user=OWNER)
+        self.superuser = cluster.conninfo("ver_tgt")
+        self.spec: Spec = load_spec(SPEC_DIR / "spec.toml")
+        migrate(source, self.target, self.spec)
+
+    def run(self, sql: str, params: list[object] | None = None, *, superuser: bool = False) -> None:
+        with psycopg.connect(self.superuser if superuser else self.target, autocommit=True) as c:
+            if superuser:
+                # Triggers off: FK checks do not fire, as in a careless bulk load.
+                c.execute("SET session_replication_role = replica")
+            c.execute(sql, params)  # type: ignore[arg-type]
+
+    def uuid(self, source: str, key: object) -> str:
+        return str(key_uuid(self.spec.namespace, source, key))
+
+
+@pytest.fixture()
+def world(cluster: LocalCluster) -> World:
+    return World(cluster)
+
+
+def only(report: VerifyReport, kind: str) -> Problem:
+    """The single problem of ``kind``; and no row contents anywhere in the report."""
+    assert MARKER not in report.summary()
+    found = [p for p in report.problems if p.kind == kind]
+    assert len(found) == 1, report.summary()
+    return found[0]
+
+
+def test_verify_passes_after_migrate(world: World) -> None:
+    report = verify(world.target, world.spec)
+    assert report.ok, report.summary()
+    assert report.checked == {"models": 3, "rows": 17, "foreign_keys": 2}
+    report.raise_for_problems()
+
+
+def test_changed_value_is_found(world: World) -> None:
+    world.run(f"UPDATE books SET title = '{MARKER} edited' WHERE legacy_book_id = 11")
+    report = verify(world.target, world.spec)
+    assert not report.ok
+    p = only(report, "content")
+    assert (p.table, p.keys, p.uuids, p.count) == (
+        "public.books",
+        ["11"],
+        [world.uuid("lib_book", 11)],
+        1,
+    )
+    assert [x.kind for x in report.problems] == ["content"]
+    with pytest.raises(VerifyError, match=r"public\.books.*keys 11"):
+        report.raise_for_problems()
+
+
+def test_deleted_row_is_found(world: World) -> None:
+    world.run("DELETE FROM loans WHERE legacy_loan_id = 'L-1'")
+    report = verify(world.target, world.spec)
+    p = only(report, "missing")
+    assert (p.table, p.keys, p.uuids) == ("public.loans", ["L-1"], [world.uuid("loans.csv", "L-1")])
+    assert [x.kind for x in report.problems] == ["missing"]
+
+
+def test_row_of_an_excluded_source_row_is_found(world: World) -> None:
+    # Book 12 is a draft: excluded. A row under its UUID is not the application's own.
+    world.run(
+        "INSERT INTO books (id, legacy_book_id, author_id, title, price) "
+        "SELECT %s, 12, author_id, 'x', 1 FROM books WHERE legacy_book_id = 10",
+        [world.uuid("lib_book", 12)],
+    )
+    report = verify(world.target, world.spec)
+    p = only(report, "extra")
+    assert (p.table, p.keys) == ("public.books", ["12"])
+    assert "excluded (draft)" in p.detail
+
+
+def test_dangling_foreign_key_is_found(world: World) -> None:
+    stray = "00000000-0000-4000-8000-00000000beef"
+    nowhere = "00000000-0000-4000-8000-00000000dead"
+    # An application row and a ferry row, both pointing at a book that does not exist.
+    world.run(
+        "INSERT INTO loans (id, legacy_loan_id, book_id, member) VALUES (%s, NULL, %s, 'm')",
+        [stray, nowhere],
+        superuser=True,
+    )
+    world.run(
+        "UPDATE loans SET book_id = %s WHERE legacy_loan_id = 'L-2'", [nowhere], superuser=True
+    )
+    report = verify(world.target, world.spec)
+    p = only(report, "fk")
+    assert p.table == "public.loans" and p.count == 2
+    assert sorted(p.uuids) == sorted([stray, world.uuid("loans.csv", "L-2")])
+    assert p.keys == ["L-2"]
+    assert "public.books" in p.detail and "loans_book_id_fkey" in p.detail
+    # The changed ferry row also differs from what the spec yields.
+    assert only(report, "content").keys == ["L-2"]
+
+
+def test_ledger_changed_behind_ferrys_back(world: World) -> None:
+    world.run("DELETE FROM ferry.ledger WHERE model = 'loans' AND source_key = 'L-4'")
+    world.run(
+        "UPDATE ferry.ledger SET reason = 'draft' WHERE model = 'books' AND source_key = '14'"
+    )
+    report = verify(world.target, world.spec)
+    invariant = only(report, "invariant")
+    assert "loans.csv" in invariant.detail and "L-4" in invariant.detail
+    fates = {tuple(p.keys): p for p in report.problems if p.kind == "fate"}
+    assert set(fates) == {("L-4",), ("14",)}
+    assert fates[("14",)].table == "lib_book"
+    assert "orphan_author" in fates[("14",)].detail and "draft" in fates[("14",)].detail
+
+
+def test_truth_file(world: World, tmp_path: Path) -> None:
+    truth = tmp_path / "ground_truth.csv"
+    truth.write_text(TRUTH)
+    report = verify(world.target, world.spec, truth)
+    assert report.ok, report.summary()
+    assert report.checked["truth_rows"] == 11
+
+    # A wrong expectation, a planted repair left out, and an unknown table.
+    wrong = TRUTH.replace("lib_book,14,quarantined,orphan_author", "lib_book,14,excluded,draft")
+    wrong = wrong.replace("lib_author,5,migrated,country_normalized\n", "")
+    truth.write_text(wrong + "lib_shelf,1,migrated,\n")
+    report = verify(world.target, world.spec, truth)
+    problems = {(p.table, tuple(p.keys)): p for p in report.problems}
+    assert set(problems) == {("lib_book", ("14",)), ("lib_author", ("5",)), ("lib_shelf", ())}
+    assert {p.kind for p in report.problems} == {"truth"}
+    assert "expected excluded (draft)" in problems[("lib_book", ("14",))].detail
+    assert "quarantined (orphan_author)" in problems[("lib_book", ("14",))].detail
+    assert "country_normalized" in problems[("lib_author", ("5",))].detail
+
+    truth.write_text("table,key\n")
+    with pytest.raises(VerifyError, match="header"):
+        verify(world.target, world.spec, truth)
+
+
+def test_a_model_that_cannot_be_recomputed_is_a_problem_and_the_rest_is_checked(
+    world: World,
+) -> None:
+    world.run("ALTER TABLE books DROP COLUMN isbn")
+    report = verify(world.target, world.spec)
+    p = only(report, "model")
+    assert p.table == "public.books" and "isbn" in p.detail
+    assert report.checked["models"] == 2
