@@ -55,6 +55,48 @@ def migrate(
 
 
 @app.command()
+def sync(
+    spec: Path = SPEC,
+    source: str | None = SOURCE,
+    target: str | None = TARGET,
+    data_dir: Path | None = typer.Option(None, help="Where CSV sources are (default: the spec's folder)."),
+    jobs: int = JOBS,
+) -> None:
+    """Bring the target in step with the legacy database: only what changed moves."""
+    from ferry.progress import RichProgress, summary
+    from ferry.spec import load_spec
+    from ferry.sync import sync as run
+
+    try:
+        loaded = load_spec(spec)
+        src = conninfo.resolve(source, conninfo.SOURCE_ENV, "source")
+        tgt = conninfo.resolve(target, conninfo.TARGET_ENV, "target")
+        with RichProgress(console) as progress:
+            result = run(src, tgt, loaded, data_dir=data_dir, jobs=jobs, progress=progress)
+    except FerryError as exc:
+        raise _fail(exc) from None
+    _print_sync(result)
+
+
+def _print_sync(result: object) -> None:
+    from ferry.sync import SyncResult
+
+    assert isinstance(result, SyncResult)
+    c = result.counts
+    if not result.changed and not any(c.get(k) for k in ("fixed_on_retry", "newly_quarantined")):
+        console.print(f"sync: nothing changed ({result.seconds:.2f} s)")
+        return
+    console.print(
+        f"sync run {result.run_id} in {result.seconds:.2f} s, {c['bytes_from_source']:,} bytes "
+        f"from source: source +{c['source_inserted']:,} ~{c['source_updated']:,} "
+        f"-{c['source_deleted']:,}; target inserted {c['inserted']:,}, updated {c['updated']:,}, "
+        f"deleted {c['deleted']:,}; fixed on retry {c['fixed_on_retry']:,}, newly quarantined "
+        f"{c['newly_quarantined']:,}, newly excluded {c['newly_excluded']:,}; "
+        f"conflicts {c['conflicts']:,}"
+    )
+
+
+@app.command()
 def verify(
     spec: Path = SPEC,
     target: str | None = TARGET,

@@ -59,6 +59,15 @@ CREATE TABLE IF NOT EXISTS {schema}.ledger (
     tries        integer NOT NULL DEFAULT 1,
     PRIMARY KEY (model, source_key)
 );
+CREATE TABLE IF NOT EXISTS {schema}.pending_deletes (
+    target_table text NOT NULL,
+    target_uuid  uuid NOT NULL,
+    model        text NOT NULL,
+    source_key   text NOT NULL,
+    row_hash     text,
+    run_id       bigint NOT NULL,
+    PRIMARY KEY (target_table, target_uuid)
+);
 CREATE TABLE IF NOT EXISTS {schema}.staged (
     source     text PRIMARY KEY,
     rows       bigint NOT NULL,

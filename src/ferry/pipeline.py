@@ -7,6 +7,7 @@ because stage and transform open their own sessions (one per parallel job).
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -170,20 +171,28 @@ def _run_parallel(
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         runners = [f.result() for f in [pool.submit(worker) for _ in range(jobs)]]
+    transitions: Counter[tuple[str | None, str]] = Counter()
+    for r in runners:
+        transitions.update(r.transitions)
     return transform.ModelResult(
         plan.model.name,
         sum(r.rows for r in runners),
         sum(r.written for r in runners),
         sum(r.errors for r in runners),
         time.perf_counter() - t0,
+        transitions,
+        set().union(*(r.changed_keys for r in runners)),
     )
 
 
 def transform_all(
     target: str, spec: Spec, run_id: int, progress: Progress, jobs: int = 1,
 ) -> list[transform.ModelResult]:  # fmt: skip
-    """Run the models in dependency order."""
-    return [run_model(target, spec, m.name, run_id, progress, jobs) for m in spec.order()]
+    """Run the models in dependency order, then delete what they queued, children first."""
+    results = [run_model(target, spec, m.name, run_id, progress, jobs) for m in spec.order()]
+    with connect(target, app="ferry-transform") as conn:
+        transform.apply_pending_deletes(conn, spec, run_id)
+    return results
 
 
 def migrate(

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -46,6 +47,8 @@ class ModelResult:
     written: int
     quarantined_by_error: int
     seconds: float
+    transitions: Counter[tuple[str | None, str]] = field(default_factory=Counter)
+    changed_keys: set[str] = field(default_factory=set)
 
 
 def condition_name(exc: psycopg.Error) -> str:
@@ -109,6 +112,16 @@ class Plan:
             raise SpecError(f"{where}: merge_into {model.merge_into} is not an output column")
         self.fates = self._fates()
         self.parallel_safe = self._parallel_safe(conn)
+        self.key_type = "text"
+        if model.accounts:
+            src = spec.source(model.source)
+            row = conn.execute(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = to_regclass(%s) AND attname = %s",
+                [sql.Identifier(spec.stage_schema, src.stage_table).as_string(conn), src.key],
+            ).fetchone()
+            conn.commit()
+            self.key_type = row[0] if row else "text"
 
     def _parallel_safe(self, conn: psycopg.Connection) -> bool:
         """Chunks may run at once only if no unique index can make two of them collide.
@@ -335,6 +348,10 @@ class Runner:
     ) -> None:  # fmt: skip
         self.conn, self.plan, self.run_id, self.progress = conn, plan, run_id, progress
         self.rows = self.written = self.errors = 0
+        # (ledger status before, after) -> rows: what a sync reports as inserted, fixed, ...
+        self.transitions: Counter[tuple[str | None, str]] = Counter()
+        # Keys whose status or UUID changed: their children must be looked at again.
+        self.changed_keys: set[str] = set()
 
     # -- chunk boundaries -------------------------------------------------------------------
     def bounds(self) -> list[tuple[Any, Any]]:
@@ -362,11 +379,14 @@ class Runner:
         return [(None if i == 0 else k, starts[i + 1] if i + 1 < len(starts) else None)
                 for i, k in enumerate(starts)]  # fmt: skip
 
-    @staticmethod
     def _where(
-        lo: Any, hi: Any, keys: Sequence[Any] | None = None, col: str | None = None
+        self, lo: Any, hi: Any, keys: Sequence[Any] | None = None, col: str | None = None
     ) -> sql.Composable:
-        """Bounds on the model's ``_key`` (or, with ``col``, on the stage table's key)."""
+        """Bounds on the model's ``_key`` (or, with ``col``, on the stage table's key).
+
+        Key lists are cast to the key's own type so that the stage's primary key index
+        serves them (a comparison as text would scan the table).
+        """
         ref = sql.SQL("m0.{}").format(sql.Identifier(col or "_key"))
         parts: list[sql.Composable] = []
         if lo is not None:
@@ -374,7 +394,11 @@ class Runner:
         if hi is not None:
             parts.append(sql.SQL("{} < {}").format(ref, sql.Literal(hi)))
         if keys is not None:
-            parts.append(sql.SQL("{}::text = ANY({}::text[])").format(ref, sql.Literal(list(keys))))
+            parts.append(
+                sql.SQL("{} = ANY({}::{}[])").format(
+                    ref, sql.Literal([str(k) for k in keys]), sql.SQL(self.plan.key_type)
+                )
+            )
         return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
 
     def _stage(self) -> tuple[sql.Identifier, str]:
@@ -393,8 +417,9 @@ class Runner:
             for lo, hi in self.bounds() if bounds is None else bounds:
                 self._chunk(lo, hi, None)
         return ModelResult(
-            self.plan.model.name, self.rows, self.written, self.errors, time.perf_counter() - t0
-        )
+            self.plan.model.name, self.rows, self.written, self.errors,
+            time.perf_counter() - t0, self.transitions, self.changed_keys,
+        )  # fmt: skip
 
     def _chunk(self, lo: Any, hi: Any, keys: Sequence[str] | None) -> None:
         # Model SQL names stage tables plainly, as dbt models name their sources.
@@ -504,7 +529,29 @@ class Runner:
             self.progress(1)
 
     def _ledger_error(self, key: str, exc: psycopg.Error) -> None:
+        """Quarantine one row with the database's error; the same error again writes nothing."""
         plan = self.plan
+        old = self.conn.execute(
+            sql.SQL(
+                "SELECT status, sqlstate, target_uuid, row_hash FROM {} "
+                "WHERE model = %s AND source_key = %s"
+            ).format(plan.led),
+            [plan.model.name, key],
+        ).fetchone()
+        self.errors += 1
+        if old is not None and old[0] == "quarantined" and old[1] == exc.sqlstate:
+            return
+        self.transitions[(old[0] if old else None, "quarantined")] += 1
+        if old is not None:
+            self.changed_keys.add(key)
+        if old is not None and old[0] == "migrated" and old[2] is not None:
+            self.conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (target_table, target_uuid, model, source_key, row_hash, "
+                    "run_id) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+                ).format(sql.Identifier(plan.spec.ledger_schema, "pending_deletes")),
+                [plan.model.target, old[2], plan.model.name, key, old[3], self.run_id],
+            )
         self.conn.execute(
             sql.SQL(
                 "INSERT INTO {led} AS l (model, source_key, source_table, accounts, status, reason, "
@@ -518,7 +565,6 @@ class Runner:
             [plan.model.name, key, plan.source_table, plan.model.accounts, condition_name(exc),
              exc.sqlstate, safe_message(exc), plan.model.target, self.run_id, self.run_id],
         )  # fmt: skip
-        self.errors += 1
 
     # -- writing ----------------------------------------------------------------------------
     def _write(self, a: int, b: int) -> None:
@@ -557,12 +603,21 @@ class Runner:
                     "AND {h} = c._old_hash)"
                 ).format(rng=rng, t=plan.target, key=key, h=plan.target_hash("t"))
             )
+            # Rows ferry wrote that must go: queued, and deleted once every model has run,
+            # children first, so that no foreign key (or ON DELETE CASCADE) sees them go early.
             conn.execute(
                 sql.SQL(
-                    "DELETE FROM {t} t USING _ferry_c c WHERE {rng} AND NOT c._conflict "
-                    "AND c._old_status = 'migrated' AND t.{key} = c._old_uuid "
-                    "AND (c._ferry_fate <> 0 OR c._ferry_uuid IS DISTINCT FROM c._old_uuid)"
-                ).format(t=plan.target, rng=rng, key=key)
+                    "INSERT INTO {pend} (target_table, target_uuid, model, source_key, row_hash, "
+                    "run_id) SELECT {tt}, c._old_uuid, {model}, c._ferry_key, c._old_hash, {run} "
+                    "FROM _ferry_c c WHERE {rng} AND NOT c._conflict "
+                    "AND c._old_status = 'migrated' "
+                    "AND (c._ferry_fate <> 0 OR c._ferry_uuid IS DISTINCT FROM c._old_uuid) "
+                    "ON CONFLICT DO NOTHING"
+                ).format(
+                    pend=sql.Identifier(plan.spec.ledger_schema, "pending_deletes"),
+                    tt=sql.Literal(plan.model.target), model=sql.Literal(plan.model.name),
+                    run=sql.Literal(self.run_id), rng=rng,
+                )  # fmt: skip
             )
         # New rows are plain INSERTs (cheaper than ON CONFLICT); rows ferry wrote before are
         # UPDATEd in place. A UUID already taken by a row ferry did not write is a unique
@@ -634,6 +689,23 @@ class Runner:
                     "AND l.source_key = c._ferry_key"
                 ).format(led=plan.led, rng=rng, model=sql.Literal(plan.model.name))
             )
+        # Counted last: a write that fails is rolled back to its savepoint, and so is not news.
+        for prev, new, n in conn.execute(
+            sql.SQL(
+                "SELECT _old_status, _ferry_status, count(*) FROM _ferry_c WHERE {} AND NOT _conflict GROUP BY 1, 2"
+            ).format(rng)
+        ):
+            self.transitions[(prev, new)] += n
+        self.changed_keys.update(
+            r[0]
+            for r in conn.execute(
+                sql.SQL(
+                    "SELECT _ferry_key FROM _ferry_c WHERE {} AND NOT _conflict AND _old_status IS NOT NULL AND "
+                    "(_old_status IS DISTINCT FROM _ferry_status "
+                    "OR _old_uuid IS DISTINCT FROM _ferry_uuid)"
+                ).format(rng)
+            )
+        )
 
     def _quarantine_row(self, n: int, exc: psycopg.Error) -> None:
         row = self.conn.execute(
@@ -641,3 +713,82 @@ class Runner:
         ).fetchone()
         if row is not None:
             self._ledger_error(row[0], exc)
+
+
+def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> tuple[int, int]:
+    """Delete the queued target rows, children's tables first; return (deleted, conflicts).
+
+    A queued row is deleted only if it is still what ferry wrote (its hash matches) and no row
+    ferry did not write references it: the application's own rows are never touched, not even
+    through an ON DELETE CASCADE. Otherwise the ledger row is flagged as a conflict.
+    """
+    pend = sql.Identifier(spec.ledger_schema, "pending_deletes")
+    led = sql.Identifier(spec.ledger_schema, "ledger")
+    deleted = conflicts = 0
+    conn.execute(
+        sql.SQL("SET search_path = {}, pg_catalog").format(sql.Identifier(spec.stage_schema))
+    )
+    for model in reversed(spec.order()):
+        if not conn.execute(
+            sql.SQL("SELECT 1 FROM {} WHERE model = %s LIMIT 1").format(pend), [model.name]
+        ).fetchone():
+            continue
+        plan = Plan(conn, spec, model)
+        key = sql.Identifier(model.key_column)
+        guarded = [sql.SQL("{} = p.row_hash").format(plan.target_hash("t"))]
+        for ref_table, ref_col, ref_pk in _referencing(conn, model.target):
+            ours = (
+                sql.SQL(
+                    " AND NOT EXISTS (SELECT 1 FROM {led} l WHERE l.target_uuid = r.{pk} "
+                    "AND l.status = 'migrated')"
+                ).format(led=led, pk=sql.Identifier(ref_pk))
+                if ref_pk
+                else sql.SQL("")
+            )
+            guarded.append(
+                sql.SQL("NOT EXISTS (SELECT 1 FROM {rt} r WHERE r.{rc} = t.{key}{ours})").format(
+                    rt=sql.SQL(ref_table), rc=sql.Identifier(ref_col), key=key, ours=ours
+                )
+            )
+        with conn.transaction():
+            cur = conn.execute(
+                sql.SQL(
+                    "DELETE FROM {t} t USING {pend} p WHERE p.model = %s AND t.{key} = p.target_uuid "
+                    "AND {ok}"
+                ).format(t=plan.target, pend=pend, key=key, ok=sql.SQL(" AND ").join(guarded)),
+                [model.name],
+            )
+            deleted += max(cur.rowcount, 0)
+            # Whatever is left was edited or is referenced by the application: keep it, say so.
+            cur = conn.execute(
+                sql.SQL(
+                    "UPDATE {led} l SET conflict = true, updated_at = clock_timestamp() "
+                    "FROM {pend} p, {t} t WHERE p.model = %s AND l.model = p.model "
+                    "AND l.source_key = p.source_key AND t.{key} = p.target_uuid"
+                ).format(led=led, pend=pend, t=plan.target, key=key),
+                [model.name],
+            )
+            conflicts += max(cur.rowcount, 0)
+            conn.execute(sql.SQL("DELETE FROM {} WHERE model = %s").format(pend), [model.name])
+    conn.commit()
+    return deleted, conflicts
+
+
+def _referencing(conn: psycopg.Connection, target: str) -> list[tuple[str, str, str | None]]:
+    """Single-column foreign keys pointing at ``target``: (table, column, its uuid primary key).
+
+    Without a single-column UUID primary key the referencing rows cannot be ferry's, so any
+    reference at all protects the row.
+    """
+    rows = conn.execute(
+        "SELECT c.conrelid::regclass::text, a.attname, "
+        "(SELECT pa.attname FROM pg_constraint pk JOIN pg_attribute pa "
+        " ON pa.attrelid = pk.conrelid AND pa.attnum = pk.conkey[1] "
+        " WHERE pk.conrelid = c.conrelid AND pk.contype = 'p' AND cardinality(pk.conkey) = 1 "
+        " AND pa.atttypid = 'uuid'::regtype) "
+        "FROM pg_constraint c "
+        "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
+        "WHERE c.contype = 'f' AND c.confrelid = to_regclass(%s) AND cardinality(c.conkey) = 1",
+        [target],
+    ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]

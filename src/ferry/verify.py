@@ -537,11 +537,11 @@ def _check_truth(conn: psycopg.Connection, spec: Spec, path: Path, report: Verif
             "SELECT t.source_table, t.source_key, t.status, t.reason, l.status, l.reason, "
             "l.repairs FROM _ferry_truth t LEFT JOIN {led} l ON l.accounts "
             "AND l.source_table = t.source_table AND l.source_key = t.source_key "
-            "AND l.status <> 'deleted' "
+            "AND (l.status <> 'deleted' OR t.status = 'deleted') "
             "WHERE l.status IS DISTINCT FROM t.status "
             "OR (t.status = 'migrated' AND t.reason <> '' AND NOT t.reason = ANY(l.repairs)) "
             "OR (t.status = 'migrated' AND t.reason = '' AND l.repairs <> '{{}}') "
-            "OR (t.status <> 'migrated' AND coalesce(l.reason, '') <> t.reason) "
+            "OR (t.status NOT IN ('migrated', 'deleted') AND coalesce(l.reason, '') <> t.reason) "
             "ORDER BY 1, length(t.source_key), 2"
         ).format(led=led)
     ).fetchall()

@@ -445,12 +445,18 @@ def generate(source: str, target: str, out_dir: Path, *, scale: float, seed: int
             _run(conn, "truth.sql")
         counts = legacy_counts(conn)
         _write_csvs(conn, out_dir)
-    with _connect(target) as conn, conn.transaction():
-        _run(conn, "target.sql")
-        _run(conn, "target_only.sql")
+    build_target(target)
     log.info("demo world at scale %g: %d rows in %.1f s", scale, sum(counts.values()),
              time.perf_counter() - started)  # fmt: skip
     return counts
+
+
+def build_target(target: str) -> None:
+    """The target schema and the rows the new application made, alone: a fresh target to
+    migrate into (the tests compare a synced target with a freshly migrated one)."""
+    with _connect(target) as conn, conn.transaction():
+        _run(conn, "target.sql")
+        _run(conn, "target_only.sql")
 
 
 def apply_delta(source: str, out_dir: Path, *, scale: float, seed: int) -> dict[str, int]:
