@@ -10,7 +10,9 @@ from psycopg import sql
 from ferry.embedded import LocalCluster
 
 
-def fresh_db(cluster: LocalCluster, name: str, script: Path | None = None, owner: str | None = None) -> str:
+def fresh_db(
+    cluster: LocalCluster, name: str, script: Path | None = None, owner: str | None = None
+) -> str:
     """Create a database (dropping any old one) and run a SQL script in it."""
     conninfo = cluster.create_database(name, drop=True)
     if script is not None or owner is not None:
@@ -27,7 +29,9 @@ def fresh_db(cluster: LocalCluster, name: str, script: Path | None = None, owner
                         sql.Identifier(name), sql.Identifier(owner)
                     )
                 )
-                conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(owner)))
+                conn.execute(
+                    sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(owner))
+                )
                 conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
             if script is not None:
                 conn.execute(script.read_text())

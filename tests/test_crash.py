@@ -46,7 +46,9 @@ def _spec(tmp: Path) -> Path:
     return spec
 
 
-def test_sigkill_mid_model_then_rerun_equals_clean_run(cluster: LocalCluster, tmp_path: Path) -> None:
+def test_sigkill_mid_model_then_rerun_equals_clean_run(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
     spec_path = _spec(tmp_path)
     spec = load_spec(spec_path)
     clean_src, clean_tgt = _world(cluster, "clean")
@@ -88,9 +90,7 @@ def test_sigkill_mid_model_then_rerun_equals_clean_run(cluster: LocalCluster, tm
     migrate(source, target, spec)
     assert {t: table_checksum(target, t) for t in TABLES} == expected
     with psycopg.connect(target) as conn:
-        dup = conn.execute(
-            "SELECT count(*) - count(DISTINCT legacy_book_id) FROM books"
-        ).fetchone()
+        dup = conn.execute("SELECT count(*) - count(DISTINCT legacy_book_id) FROM books").fetchone()
         assert dup == (0,)
         runs = conn.execute("SELECT status, error FROM ferry.runs ORDER BY run_id").fetchall()
         # The killed run never recorded its end; the next run, holding the lock, marks it.

@@ -28,9 +28,7 @@ def library(cluster: LocalCluster) -> tuple[str, str]:
 
 def fates(target: str) -> dict[tuple[str, str], tuple[str, str | None]]:
     with psycopg.connect(target) as conn:
-        rows = conn.execute(
-            "SELECT model, source_key, status, reason FROM ferry.ledger"
-        ).fetchall()
+        rows = conn.execute("SELECT model, source_key, status, reason FROM ferry.ledger").fetchall()
     return {(m, k): (s, r) for m, k, s, r in rows}
 
 
@@ -64,9 +62,7 @@ def test_every_row_gets_its_fate(library: tuple[str, str]) -> None:
     ns = spec.namespace
     with psycopg.connect(target) as conn:
         # The merged duplicate's book points at the surviving author.
-        author = conn.execute(
-            "SELECT author_id FROM books WHERE legacy_book_id = 11"
-        ).fetchone()
+        author = conn.execute("SELECT author_id FROM books WHERE legacy_book_id = 11").fetchone()
         assert author == (key_uuid(ns, "lib_author", 1),)
         book = conn.execute(
             "SELECT id, price::text, published_at AT TIME ZONE 'UTC' FROM books "
@@ -77,8 +73,7 @@ def test_every_row_gets_its_fate(library: tuple[str, str]) -> None:
         assert book[1] == "10.50"
         assert str(book[2]) == "2020-01-02 03:04:05"
         sqlstate = conn.execute(
-            "SELECT sqlstate, message FROM ferry.ledger WHERE model = 'books' "
-            "AND source_key = '15'"
+            "SELECT sqlstate, message FROM ferry.ledger WHERE model = 'books' AND source_key = '15'"
         ).fetchone()
         assert sqlstate is not None and sqlstate[0] == "23505"
         assert "ISBN-1" not in sqlstate[1] and "isbn-1" not in sqlstate[1]
@@ -95,7 +90,9 @@ def test_second_run_changes_nothing(library: tuple[str, str]) -> None:
     source, target = library
     spec = load_spec(SPEC_DIR / "spec.toml")
     migrate(source, target, spec)
-    before = {t: table_checksum(target, t) for t in ("public.authors", "public.books", "public.loans")}
+    before = {
+        t: table_checksum(target, t) for t in ("public.authors", "public.books", "public.loans")
+    }
     ledger_before = table_checksum(target, "ferry.ledger", order="source_key")
     second = migrate(source, target, spec)
     assert sum(m.written for m in second.models) == 0

@@ -130,8 +130,10 @@ def library(cluster: LocalCluster, tmp_path: Path) -> tuple[str, str, Path]:
 
 
 def _spec(tmp: Path, on_delete: str) -> Path:
-    text = (LIB / "spec.toml").read_text().replace(
-        'name = "books"', f'name = "books"\non_delete = "{on_delete}"'
+    text = (
+        (LIB / "spec.toml")
+        .read_text()
+        .replace('name = "books"', f'name = "books"\non_delete = "{on_delete}"')
     )
     path = tmp / "spec.toml"
     path.write_text(text)

@@ -19,8 +19,12 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 SPEC = typer.Option(..., "--spec", help="The migration spec (TOML).", exists=True, dir_okay=False)
-SOURCE = typer.Option(None, "--source", help=f"Legacy database conninfo (or ${conninfo.SOURCE_ENV}).")
-TARGET = typer.Option(None, "--target", help=f"Target database conninfo (or ${conninfo.TARGET_ENV}).")
+SOURCE = typer.Option(
+    None, "--source", help=f"Legacy database conninfo (or ${conninfo.SOURCE_ENV})."
+)
+TARGET = typer.Option(
+    None, "--target", help=f"Target database conninfo (or ${conninfo.TARGET_ENV})."
+)
 JOBS = typer.Option(2, "--jobs", min=1, help="Parallel sessions (stay below the pool size).")
 
 
@@ -34,7 +38,9 @@ def migrate(
     spec: Path = SPEC,
     source: str | None = SOURCE,
     target: str | None = TARGET,
-    data_dir: Path | None = typer.Option(None, help="Where CSV sources are (default: the spec's folder)."),
+    data_dir: Path | None = typer.Option(
+        None, help="Where CSV sources are (default: the spec's folder)."
+    ),
     jobs: int = JOBS,
 ) -> None:
     """Stage every source, run every model, and prove every source row has a fate."""
@@ -46,7 +52,9 @@ def migrate(
         loaded = load_spec(spec)
         src = conninfo.resolve(source, conninfo.SOURCE_ENV, "source")
         tgt = conninfo.resolve(target, conninfo.TARGET_ENV, "target")
-        console.print(f"ferry migrate [bold]{loaded.name}[/]: {conninfo.redact(src)} → {conninfo.redact(tgt)}")
+        console.print(
+            f"ferry migrate [bold]{loaded.name}[/]: {conninfo.redact(src)} → {conninfo.redact(tgt)}"
+        )
         with RichProgress(console) as progress:
             result = run(src, tgt, loaded, data_dir=data_dir, jobs=jobs, progress=progress)
     except FerryError as exc:
@@ -59,11 +67,13 @@ def sync(
     spec: Path = SPEC,
     source: str | None = SOURCE,
     target: str | None = TARGET,
-    data_dir: Path | None = typer.Option(None, help="Where CSV sources are (default: the spec's folder)."),
+    data_dir: Path | None = typer.Option(
+        None, help="Where CSV sources are (default: the spec's folder)."
+    ),
     jobs: int = JOBS,
 ) -> None:
     """Bring the target in step with the legacy database: only what changed moves."""
-    from ferry.progress import RichProgress, summary
+    from ferry.progress import RichProgress
     from ferry.spec import load_spec
     from ferry.sync import sync as run
 
@@ -100,14 +110,18 @@ def _print_sync(result: object) -> None:
 def verify(
     spec: Path = SPEC,
     target: str | None = TARGET,
-    truth: Path | None = typer.Option(None, "--truth", help="Ground truth CSV to compare fates with."),
+    truth: Path | None = typer.Option(
+        None, "--truth", help="Ground truth CSV to compare fates with."
+    ),
 ) -> None:
     """Check the target independently: recomputed models, ledger, foreign keys, truth."""
     from ferry.spec import load_spec
     from ferry.verify import verify as run
 
     try:
-        result = run(conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec), truth)
+        result = run(
+            conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec), truth
+        )
     except FerryError as exc:
         raise _fail(exc) from None
     console.print(result.summary())
@@ -129,7 +143,9 @@ def report(
     if fmt not in ("md", "html", "json"):
         raise typer.BadParameter("choose md, html or json", param_hint="--format")
     try:
-        data = reporting.collect(conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec))
+        data = reporting.collect(
+            conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec)
+        )
     except FerryError as exc:
         raise _fail(exc) from None
     text = reporting.render(data, fmt)  # type: ignore[arg-type]
@@ -145,12 +161,33 @@ def demo(
     workdir: Path = typer.Option(Path(".ferry/demo"), help="Cluster, exports, truth and reports."),
     scale: float = typer.Option(0.1, "--scale", help="Scale factor: 1.0 is DOMAIN.md's size."),
     seed: int = typer.Option(1, "--seed", help="Same seed and scale give identical data."),
+    delta: bool = typer.Option(
+        False, "--delta", help="Apply a day of legacy changes to an existing demo, then sync."
+    ),
     jobs: int = JOBS,
 ) -> None:
-    """Generate the dispatch world, migrate it, report, and check every planted row's fate."""
-    from ferry.demo.run import run_demo
+    """Generate the dispatch world, migrate it, report, and check every planted row's fate.
+
+    With --delta: apply the day of changes of DOMAIN.md to the demo in WORKDIR, sync, and
+    check the updated ground truth. Exits non-zero on any difference.
+    """
+    from ferry.demo.run import run_delta, run_demo
     from ferry.progress import RichProgress, summary
 
+    if delta:
+        try:
+            with RichProgress(console) as progress:
+                done = run_delta(workdir, jobs=jobs, console=console, progress=progress)
+        except FerryError as exc:
+            raise _fail(exc) from None
+        _print_sync(done.sync)
+        console.print(summary(done.sync.source_counts))
+        for path in done.reports:
+            console.print(f"report: {path}")
+        console.print(done.verify.summary())
+        if not done.verify.ok:
+            raise typer.Exit(code=1)
+        return
     try:
         with RichProgress(console) as progress:
             result = run_demo(

@@ -125,9 +125,7 @@ class LocalCluster:
         if user is not None:
             kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
         try:
-            return subprocess.run(
-                list(args), capture_output=True, text=True, check=check, **kwargs
-            )
+            return subprocess.run(list(args), capture_output=True, text=True, check=check, **kwargs)
         except subprocess.CalledProcessError as exc:
             tail = (exc.stderr or exc.stdout or "").strip()[-800:]
             raise EmbeddedServerError(f"{Path(args[0]).name} failed: {tail}") from None

@@ -112,7 +112,9 @@ def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:
             conn.execute(sql.SQL(statement).format(schema=ident))
     conn.execute(keys.function_ddl(spec.ledger_schema))
     conn.execute(sql.SQL(_IS_JSON).format(schema=ident))
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.stage_schema)))
+    conn.execute(
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.stage_schema))
+    )
     conn.execute(
         sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(spec.stage_schema))
     )

@@ -110,5 +110,7 @@ def summary(counts: dict[str, ledger.SourceCounts], seconds: float | None = None
         "[green]yes[/]" if total.staged == total.accounted else "[red]NO[/]",
     )  # fmt: skip
     if seconds:
-        table.caption = f"{total.staged:,} rows in {seconds:.1f} s ({total.staged / seconds:,.0f} rows/s)"
+        table.caption = (
+            f"{total.staged:,} rows in {seconds:.1f} s ({total.staged / seconds:,.0f} rows/s)"
+        )
     return table

@@ -70,9 +70,7 @@ def _create(conn: psycopg.Connection, spec: Spec, src: Source, cols: list[Column
 def _finish(conn: psycopg.Connection, spec: Spec, src: Source, target: sql.Composed) -> int:
     try:
         conn.execute(
-            sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
-                target, sql.Identifier(src.key)
-            )
+            sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, sql.Identifier(src.key))
         )
     except (psycopg.errors.UniqueViolation, psycopg.errors.NotNullViolation) as exc:
         raise FerryError(
@@ -98,7 +96,9 @@ def stage_table(
     fmt = sql.SQL("(FORMAT BINARY)" if binary else "(FORMAT TEXT)")
     select = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT {}").format(
         sql.SQL(", ").join(
-            sql.Identifier(c.name) if c.binary else sql.SQL("{}::text").format(sql.Identifier(c.name))
+            sql.Identifier(c.name)
+            if c.binary
+            else sql.SQL("{}::text").format(sql.Identifier(c.name))
             for c in cols
         ),
         sql.Identifier(*src.table.split(".")),

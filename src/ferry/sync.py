@@ -75,7 +75,12 @@ def _restage(
             cols = [c.name for c in stage.source_columns(s, src.table)]
             s.rollback()
             result = diff.sync_stage_table(
-                s, tuple(src.table.split(".")), t, stage_rel, [src.key], cols  # type: ignore[arg-type]
+                s,
+                tuple(src.table.split(".")),
+                t,
+                stage_rel,
+                [src.key],
+                cols,  # type: ignore[arg-type]
             )
             s.rollback()
         # The stage side ran inside this session's open transaction: make it durable.
@@ -109,9 +114,10 @@ def _load_csv(conn: psycopg.Connection, src: Source, data_dir: Path) -> None:
     )
     path = data_dir / (src.csv or "")
     try:
-        with path.open("rb") as fh, conn.cursor().copy(
-            "COPY _ferry_csv FROM STDIN (FORMAT CSV, HEADER true)"
-        ) as copy:
+        with (
+            path.open("rb") as fh,
+            conn.cursor().copy("COPY _ferry_csv FROM STDIN (FORMAT CSV, HEADER true)") as copy,
+        ):
             while block := fh.read(1 << 20):
                 copy.write(block)
     except OSError as exc:
@@ -280,12 +286,9 @@ def _sync(
     with _session(target, spec) as conn:
         for name, d in result.diffs.items():
             if d.changed:
-                stage.record(
-                    conn, spec,
-                    stage.StageResult(name, ledger.stage_rows(conn, spec, name), d.bytes_from_source,
-                                      d.seconds),
-                    result.run_id,
-                )  # fmt: skip
+                rows = ledger.stage_rows(conn, spec, name)
+                staged = stage.StageResult(name, rows, d.bytes_from_source, d.seconds)
+                stage.record(conn, spec, staged, result.run_id)
         conn.commit()
         row = conn.execute(
             sql.SQL("SELECT count(*) FROM {} WHERE conflict").format(

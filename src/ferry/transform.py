@@ -160,7 +160,7 @@ class Plan:
             if r.kind == "exclude":
                 st.append("excluded")
                 rs.append(r.name)
-        for p in m.parents:
+        for _ in m.parents:
             st.append("excluded")
             rs.append("parent_excluded")
         for r in m.rules:
@@ -170,7 +170,7 @@ class Plan:
         for p in m.parents:
             st.append("quarantined")
             rs.append(p.missing or f"orphan_{p.model}")
-        for p in m.parents:
+        for _ in m.parents:
             st.append("quarantined")
             rs.append("parent_quarantined")
         st.append("merged")
@@ -554,8 +554,8 @@ class Runner:
             )
         self.conn.execute(
             sql.SQL(
-                "INSERT INTO {led} AS l (model, source_key, source_table, accounts, status, reason, "
-                "sqlstate, message, target_table, run_id, first_run_id) VALUES "
+                "INSERT INTO {led} AS l (model, source_key, source_table, accounts, status, "
+                "reason, sqlstate, message, target_table, run_id, first_run_id) VALUES "
                 "(%s, %s, %s, %s, 'quarantined', %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (model, source_key) DO UPDATE SET status = 'quarantined', "
                 "reason = EXCLUDED.reason, repairs = '{{}}', sqlstate = EXCLUDED.sqlstate, "
@@ -598,7 +598,8 @@ class Runner:
             # Rows ferry wrote earlier and now changes: the application may have edited them.
             conn.execute(
                 sql.SQL(
-                    "UPDATE _ferry_c c SET _conflict = true WHERE {rng} AND c._old_status = 'migrated' "
+                    "UPDATE _ferry_c c SET _conflict = true "
+                    "WHERE {rng} AND c._old_status = 'migrated' "
                     "AND NOT EXISTS (SELECT 1 FROM {t} t WHERE t.{key} = c._old_uuid "
                     "AND {h} = c._old_hash)"
                 ).format(rng=rng, t=plan.target, key=key, h=plan.target_hash("t"))
@@ -615,9 +616,11 @@ class Runner:
                     "ON CONFLICT DO NOTHING"
                 ).format(
                     pend=sql.Identifier(plan.spec.ledger_schema, "pending_deletes"),
-                    tt=sql.Literal(plan.model.target), model=sql.Literal(plan.model.name),
-                    run=sql.Literal(self.run_id), rng=rng,
-                )  # fmt: skip
+                    tt=sql.Literal(plan.model.target),
+                    model=sql.Literal(plan.model.name),
+                    run=sql.Literal(self.run_id),
+                    rng=rng,
+                )
             )
         # New rows are plain INSERTs (cheaper than ON CONFLICT); rows ferry wrote before are
         # UPDATEd in place. A UUID already taken by a row ferry did not write is a unique
@@ -647,7 +650,7 @@ class Runner:
                     sets=sql.SQL(", ").join(
                         sql.SQL("{0} = c.{0}").format(sql.Identifier(n)) for n in names
                     ),
-                )  # fmt: skip
+                )
             )
             self.written += max(cur.rowcount, 0)
         ledger_cols = sql.SQL(
@@ -679,7 +682,7 @@ class Runner:
                     run=sql.Literal(self.run_id),
                     rng=rng,
                     model=sql.Literal(plan.model.name),
-                )  # fmt: skip
+                )
             )
         if has_old:
             conn.execute(
@@ -692,7 +695,8 @@ class Runner:
         # Counted last: a write that fails is rolled back to its savepoint, and so is not news.
         for prev, new, n in conn.execute(
             sql.SQL(
-                "SELECT _old_status, _ferry_status, count(*) FROM _ferry_c WHERE {} AND NOT _conflict GROUP BY 1, 2"
+                "SELECT _old_status, _ferry_status, count(*) FROM _ferry_c "
+                "WHERE {} AND NOT _conflict GROUP BY 1, 2"
             ).format(rng)
         ):
             self.transitions[(prev, new)] += n
@@ -700,7 +704,8 @@ class Runner:
             r[0]
             for r in conn.execute(
                 sql.SQL(
-                    "SELECT _ferry_key FROM _ferry_c WHERE {} AND NOT _conflict AND _old_status IS NOT NULL AND "
+                    "SELECT _ferry_key FROM _ferry_c WHERE {} AND NOT _conflict "
+                    "AND _old_status IS NOT NULL AND "
                     "(_old_status IS DISTINCT FROM _ferry_status "
                     "OR _old_uuid IS DISTINCT FROM _ferry_uuid)"
                 ).format(rng)
@@ -753,7 +758,8 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
         with conn.transaction():
             cur = conn.execute(
                 sql.SQL(
-                    "DELETE FROM {t} t USING {pend} p WHERE p.model = %s AND t.{key} = p.target_uuid "
+                    "DELETE FROM {t} t USING {pend} p WHERE p.model = %s "
+                    "AND t.{key} = p.target_uuid "
                     "AND {ok}"
                 ).format(t=plan.target, pend=pend, key=key, ok=sql.SQL(" AND ").join(guarded)),
                 [model.name],

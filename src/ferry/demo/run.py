@@ -16,6 +16,7 @@ from ferry import report, verify
 from ferry.embedded import LocalCluster, running
 from ferry.pipeline import Progress, RunResult, migrate
 from ferry.spec import Spec, load_spec
+from ferry.sync import SyncResult
 
 MIGRATOR = "migrator"  # the target.sql role: owns the target tables, is not a superuser
 
@@ -72,3 +73,40 @@ def run_demo(
         paths = write_reports(tgt, spec, workdir)
         checked = verify.verify(tgt, spec, truth=workdir / "ground_truth.csv")
     return DemoResult(result, checked, paths)
+
+
+@dataclass
+class DeltaResult:
+    sync: SyncResult
+    applied: dict[str, int]
+    verify: verify.VerifyReport
+    reports: list[Path]
+
+
+def run_delta(
+    workdir: Path, *, jobs: int, console: Console, progress: Progress | None = None
+) -> DeltaResult:
+    """Apply one day of the legacy app to the demo's legacy database, sync, report, verify."""
+    import psycopg
+
+    from ferry.demo import world
+    from ferry.errors import FerryError
+    from ferry.sync import sync
+
+    if not (workdir / "pgdata" / "PG_VERSION").exists():
+        raise FerryError(f"no demo in {workdir}: run ferry demo --workdir {workdir} first")
+    spec = dispatch_spec()
+    with running(workdir) as cluster:
+        src, tgt = connections(cluster)
+        with psycopg.connect(src) as conn:
+            row = conn.execute("SELECT seed, scale FROM ferry_demo.params").fetchone()
+        assert row is not None
+        applied = world.apply_delta(src, workdir, scale=float(row[1]), seed=int(row[0]))
+        console.print(
+            "delta applied to the legacy database: "
+            + ", ".join(f"{k} {v:,}" for k, v in applied.items())
+        )
+        result = sync(src, tgt, spec, data_dir=workdir, jobs=jobs, progress=progress)
+        paths = write_reports(tgt, spec, workdir)
+        checked = verify.verify(tgt, spec, truth=workdir / "ground_truth.csv")
+    return DeltaResult(result, applied, checked, paths)

@@ -1,0 +1,127 @@
+"""The benchmark suite runs end to end at SF=0.05 and writes every figure it promises.
+
+Why a test for a benchmark: a benchmark nobody runs rots, and a figure that silently turns
+into null (a tool that stopped working, sync quietly skipped) is worse than none. So the
+suite runs here as a user would run it, in a subprocess with the project's interpreter, and
+the JSON must hold a number for every key -- null only where a tool is not installed or sync
+is not available, and then with the reason written next to it. No timing is asserted: the
+machine is shared.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ferry.demo import world
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "run.py"
+SCALE = 0.05
+MULTIPLES = ("1", "10", "100")
+
+
+def _python() -> str:
+    venv = ROOT / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    """One quick run of the suite, shared by the checks below (it takes ~15-60 s)."""
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "bench.json"
+    done = subprocess.run(
+        [_python(), str(SCRIPT), "--scale", str(SCALE), "--quick", "--json", str(out),
+         "--workdir", str(tmp / "work")],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(out.read_text()), done.stdout + done.stderr
+
+
+def test_ferry_migrate_figures(bench: tuple[dict[str, Any], str]) -> None:
+    doc, _ = bench
+    f = doc["ferry"]
+    assert _is_number(f["migrate_s"]) and f["migrate_s"] > 0
+    assert _is_number(f["peak_rss_mb"]) and f["peak_rss_mb"] > 0
+    # Every legacy row and CSV row the generator made is staged by the migrate.
+    expected = sum(world.expected_counts(SCALE).values())
+    assert doc["world"]["rows"] == expected
+    assert f["migrate_rows"] == expected
+
+
+def test_sync_figures_are_numbers_or_said_to_be_missing(
+    bench: tuple[dict[str, Any], str],
+) -> None:
+    doc, output = bench
+    f = doc["ferry"]
+    assert set(f["sync_delta_s"]) == set(MULTIPLES)
+    assert set(f["sync_delta_bytes"]) == set(MULTIPLES)
+    figures = [f["sync_noop_s"], *f["sync_delta_s"].values(), *f["sync_delta_bytes"].values()]
+    if f["sync_status"] == "ok":
+        assert all(_is_number(x) for x in figures), figures
+    else:
+        # Only "not written yet" excuses a null, and the run must say so out loud.
+        assert f["sync_status"] == "not_available", f["sync_note"]
+        assert all(x is None for x in figures)
+        assert f["sync_note"]
+        assert "sync was NOT measured" in output
+    # The deltas were applied either way, 10x and 100x the first one.
+    changes = f["sync_delta_changes"]
+    first = sum(changes["1"].values())
+    assert first > 0
+    for multiple in MULTIPLES[1:]:
+        assert sum(changes[multiple].values()) == pytest.approx(int(multiple) * first, rel=0.05)
+
+
+def test_baselines_present_or_explained(bench: tuple[dict[str, Any], str]) -> None:
+    doc, _ = bench
+    b = doc["baselines"]
+    table_rows = sum(world.expected_counts(SCALE)[t] for t in world.LEGACY_TABLES)
+    assert _is_number(b["copy_pipe_s"])
+    assert b["copy_pipe_rows"] == table_rows
+    for tool in ("pgcopydb", "pgloader"):
+        if shutil.which(tool) is None:
+            assert b[f"{tool}_s"] is None
+            assert "not installed" in b[f"{tool}_note"]
+        else:
+            assert _is_number(b[f"{tool}_s"]), b[f"{tool}_note"]
+            assert b[f"{tool}_rows"] == table_rows
+
+
+def test_scaling_machine_and_when(bench: tuple[dict[str, Any], str]) -> None:
+    doc, output = bench
+    # --quick: the series is the main scale alone.
+    assert [p["scale"] for p in doc["scaling"]] == [SCALE]
+    point = doc["scaling"][0]
+    assert point["rows"] == doc["ferry"]["migrate_rows"]
+    assert _is_number(point["migrate_s"])
+    m = doc["machine"]
+    assert isinstance(m["cpu_count"], int) and m["cpu_count"] >= 1
+    assert m["cpu_model"] and m["postgres_version"]
+    assert _is_number(m["memory_gb"])
+    assert len(m["load_average"]) == 3 and all(_is_number(x) for x in m["load_average"])
+    assert dt.datetime.fromisoformat(doc["when"]).tzinfo is not None
+    assert doc["failed"] == []
+    assert "password" not in output.lower()
+
+
+def test_bad_scaling_is_refused_before_anything_starts() -> None:
+    done = subprocess.run(
+        [_python(), str(SCRIPT), "--scaling", "0,1", "--quick"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "scale must be" in done.stderr
