@@ -304,13 +304,23 @@ class Plan:
             "SELECT c.*, CASE WHEN c._ferry_fate = 0 THEN {h} END AS _ferry_hash FROM ({shaped}) c"
         ).format(h=self.target_hash("c"), shaped=shaped)
 
-    def candidates(self, bounds: sql.Composable) -> list[sql.Composable]:
+    def candidates(self, bounds: sql.Composable, fresh: bool = False) -> list[sql.Composable]:
         """Statements leaving in ``_ferry_c`` the rows whose outcome the ledger does not have.
 
         Two steps, because the planner would hash the model's whole ledger (millions of
         rows) to compare one chunk; with the chunk in a temp table first, index lookups on
         the ledger's key are forced for that one join without touching the model's own plan.
+        ``fresh``: the ledger holds no row of this model yet (a first load), so every row is
+        new and one step does.
         """
+        if fresh:
+            return [
+                sql.SQL(
+                    "CREATE TEMP TABLE _ferry_c ON COMMIT DROP AS SELECT c.*, "
+                    "NULL::text AS _old_status, NULL::uuid AS _old_uuid, NULL::text AS _old_hash, "
+                    "false AS _conflict FROM ({}) c"
+                ).format(self.expected(bounds))
+            ]
         return [
             sql.SQL("CREATE TEMP TABLE _ferry_e ON COMMIT DROP AS {}").format(
                 self.expected(bounds)
@@ -352,6 +362,14 @@ class Runner:
         self.transitions: Counter[tuple[str | None, str]] = Counter()
         # Keys whose status or UUID changed: their children must be looked at again.
         self.changed_keys: set[str] = set()
+        # No ledger row of this model yet: a first load. Stays true for this run, since the
+        # run lock keeps anyone else from writing this model's rows and chunks are disjoint.
+        row = conn.execute(
+            sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {} WHERE model = %s)").format(plan.led),
+            [plan.model.name],
+        ).fetchone()
+        conn.commit()
+        self.fresh = bool(row and row[0])
 
     # -- chunk boundaries -------------------------------------------------------------------
     def bounds(self) -> list[tuple[Any, Any]]:
@@ -436,7 +454,7 @@ class Runner:
         conn = self.conn
         try:
             with conn.transaction():
-                for statement in self.plan.candidates(self._where(lo, hi, keys)):
+                for statement in self.plan.candidates(self._where(lo, hi, keys), self.fresh):
                     conn.execute(statement)
                 self._check_unique()
                 n = self._count("SELECT count(*) FROM _ferry_c")
