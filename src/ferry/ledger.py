@@ -59,6 +59,8 @@ CREATE TABLE IF NOT EXISTS {schema}.ledger (
     tries        integer NOT NULL DEFAULT 1,
     PRIMARY KEY (model, source_key)
 );
+CREATE INDEX IF NOT EXISTS ledger_quarantined_idx ON {schema}.ledger (model)
+    WHERE status = 'quarantined';
 CREATE TABLE IF NOT EXISTS {schema}.pending_deletes (
     target_table text NOT NULL,
     target_uuid  uuid NOT NULL,
@@ -188,19 +190,23 @@ class SourceCounts:
         )  # fmt: skip
 
 
-def source_counts(conn: psycopg.Connection, spec: Spec) -> dict[str, SourceCounts]:
-    """Per accounted source: staged rows and their fates, straight from stage and ledger."""
+def source_counts(
+    conn: psycopg.Connection, spec: Spec, only: set[str] | None = None
+) -> dict[str, SourceCounts]:
+    """Per accounted source (or only those named): staged rows and their fates, straight
+    from stage and ledger."""
     out: dict[str, SourceCounts] = {}
     modelled = {m.source for m in spec.models if m.accounts}
     for src in spec.sources:
-        if src.lookup or src.name not in modelled:
+        if src.lookup or src.name not in modelled or (only is not None and src.name not in only):
             continue
         out[src.name] = SourceCounts(src.name, staged=stage_rows(conn, spec, src.name))
     rows = conn.execute(
         sql.SQL(
             "SELECT source_table, status, coalesce(reason, ''), repairs, count(*) "
-            "FROM {}.ledger WHERE accounts GROUP BY 1, 2, 3, 4"
-        ).format(sql.Identifier(spec.ledger_schema))
+            "FROM {}.ledger WHERE accounts AND source_table = ANY(%s) GROUP BY 1, 2, 3, 4"
+        ).format(sql.Identifier(spec.ledger_schema)),
+        [list(out)],
     ).fetchall()
     for source, status, reason, repairs, n in rows:
         c = out.setdefault(source, SourceCounts(source))
@@ -233,30 +239,39 @@ def stage_rows(conn: psycopg.Connection, spec: Spec, source: str) -> int:
     return int(row[0]) if row else 0
 
 
-def check_invariant(conn: psycopg.Connection, spec: Spec) -> dict[str, SourceCounts]:
+def check_invariant(
+    conn: psycopg.Connection, spec: Spec, touched: dict[str, set[str]] | None = None
+) -> dict[str, SourceCounts]:
     """``staged = migrated + merged + quarantined + excluded`` for every source, key by key.
 
     Counting alone could balance a missing row against a duplicate; so the check also looks
-    for staged keys without a fate and fates without a staged key.
+    for staged keys without a fate and fates without a staged key. A sync passes ``touched``
+    (source -> keys it changed): the sources it did not touch held the invariant after the
+    previous run and still do, so only the touched ones are counted, and key by key only
+    for the touched keys. That keeps a sync's cost proportional to its changes.
     """
-    counts = source_counts(conn, spec)
+    counts = source_counts(conn, spec, None if touched is None else set(touched))
     problems: list[str] = []
     for name, c in counts.items():
         src = spec.source(name)
         # One hash full join per source: a per-key NOT EXISTS would be quadratic here.
+        some = touched is not None
+        keys = sorted(touched.get(name, set())) if touched is not None else []
         rows = conn.execute(
             sql.SQL(
                 "SELECT coalesce(s.k, l.k), s.k IS NULL, l.k IS NULL, coalesce(l.n, 0) > 1 "
-                "FROM (SELECT {key}::text AS k FROM {stage}) s FULL JOIN "
-                "(SELECT source_key AS k, count(*) AS n FROM {led} WHERE accounts "
-                "AND source_table = %s AND status <> 'deleted' GROUP BY 1) l ON l.k = s.k "
+                "FROM (SELECT {key}::text AS k FROM {stage} "
+                "WHERE NOT %s OR {key}::text = ANY(%s)) s "
+                "FULL JOIN (SELECT source_key AS k, count(*) AS n FROM {led} WHERE accounts "
+                "AND source_table = %s AND status <> 'deleted' "
+                "AND (NOT %s OR source_key = ANY(%s)) GROUP BY 1) l ON l.k = s.k "
                 "WHERE s.k IS NULL OR l.k IS NULL OR l.n > 1"
             ).format(
                 key=sql.Identifier(src.key),
                 stage=sql.Identifier(spec.stage_schema, src.stage_table),
                 led=sql.Identifier(spec.ledger_schema, "ledger"),
             ),
-            [name],
+            [some, keys, name, some, keys],
         ).fetchall()
         unclaimed = sorted(r[0] for r in rows if r[2])
         stale = sorted(r[0] for r in rows if r[1])

@@ -206,11 +206,13 @@ def _release(
         return set()
     led = sql.Identifier(spec.ledger_schema, "ledger")
     body = sql.SQL(spec.model_sql(model))  # type: ignore[arg-type]
+    # Typed like the stage key, so that the stage's primary key index finds them.
+    key_type = sql.SQL(transform.Plan(conn, spec, model).key_type)
     yielded = {
         r[0]
         for r in conn.execute(
-            sql.SQL("SELECT m0._key::text FROM ({}) m0 WHERE m0._key::text = ANY({})").format(
-                body, sql.Literal(sorted(keys))
+            sql.SQL("SELECT m0._key::text FROM ({}) m0 WHERE m0._key = ANY({}::{}[])").format(
+                body, sql.Literal(sorted(keys)), key_type
             )
         )
     }
@@ -331,7 +333,16 @@ def _sync(
             outcome_changed[model.name] |= released
             transitions[("migrated", "released")] += len(released)
         deleted_rows, conflicts = transform.apply_pending_deletes(conn, spec, result.run_id)
-        result.source_counts = ledger.check_invariant(conn, spec)
+        touched: dict[str, set[str]] = defaultdict(set)
+        for name in result.diffs:
+            touched_keys = changed.get(name, set()) | set(deleted.get(name, []))
+            if touched_keys:
+                touched[name] |= touched_keys
+        for m in result.models:
+            model = spec.model(m.model)
+            if model.accounts and (m.written or m.transitions or m.changed_keys):
+                touched[model.source] |= m.changed_keys
+        result.source_counts = ledger.check_invariant(conn, spec, dict(touched))
         row = conn.execute(
             sql.SQL("SELECT count(*) FROM {} WHERE conflict").format(
                 sql.Identifier(spec.ledger_schema, "ledger")
