@@ -52,12 +52,23 @@ CREATE TABLE IF NOT EXISTS {schema}.ledger (
     target_uuid  uuid,
     row_hash     text,
     conflict     boolean NOT NULL DEFAULT false,
+    decided_by   text,
+    decision     text,
+    decided_at   timestamptz,
     run_id       bigint NOT NULL,
     first_run_id bigint NOT NULL,
     first_seen   timestamptz NOT NULL DEFAULT clock_timestamp(),
     updated_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     tries        integer NOT NULL DEFAULT 1,
     PRIMARY KEY (model, source_key)
+);
+CREATE TABLE IF NOT EXISTS {schema}.history (
+    run_id        bigint NOT NULL,
+    model         text NOT NULL,
+    source_key    text NOT NULL,
+    ledger_before jsonb NOT NULL,
+    target_before jsonb,
+    PRIMARY KEY (run_id, model, source_key)
 );
 CREATE INDEX IF NOT EXISTS ledger_quarantined_idx ON {schema}.ledger (model)
     WHERE status = 'quarantined';
@@ -134,6 +145,35 @@ def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:
                 )
             )
     conn.commit()
+
+
+def record_history(
+    conn: psycopg.Connection,
+    spec: Spec,
+    run_id: int,
+    model: str,
+    target: str,
+    key_column: str,
+    keys: list[str],
+) -> None:
+    """Keep the before-image of ledger rows (and of the target rows they wrote) that a run is
+    about to change, so that a rollback can restore them. The first image in a run wins."""
+    if not keys:
+        return
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {hist} (run_id, model, source_key, ledger_before, target_before) "
+            "SELECT %s, l.model, l.source_key, to_jsonb(l), to_jsonb(t) FROM {led} l "
+            "LEFT JOIN {t} t ON t.{k} = l.target_uuid AND l.status IN ('migrated', 'deleted') "
+            "WHERE l.model = %s AND l.source_key = ANY(%s) ON CONFLICT DO NOTHING"
+        ).format(
+            hist=sql.Identifier(spec.ledger_schema, "history"),
+            led=sql.Identifier(spec.ledger_schema, "ledger"),
+            t=sql.Identifier(*target.split(".")),
+            k=sql.Identifier(key_column),
+        ),
+        [run_id, model, keys],
+    )
 
 
 def start_run(conn: psycopg.Connection, spec: Spec, kind: str) -> int:

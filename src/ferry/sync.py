@@ -144,6 +144,7 @@ def _mark_deleted(
     pend = sql.Identifier(spec.ledger_schema, "pending_deletes")
     reason = {"delete": "source_deleted", "keep": "kept", "flag": "flagged"}[model.on_delete]
     with conn.transaction():
+        ledger.record_history(conn, spec, run_id, model.name, model.target, model.key_column, keys)
         if model.on_delete == "delete":
             conn.execute(
                 sql.SQL(
@@ -221,6 +222,7 @@ def _release(
         conn.commit()
         return set()
     with conn.transaction():
+        ledger.record_history(conn, spec, run_id, model.name, model.target, model.key_column, gone)
         conn.execute(
             sql.SQL(
                 "INSERT INTO {pend} (target_table, target_uuid, model, source_key, row_hash, "

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ferry import ledger
 from ferry.errors import FerryError, SpecError
 from ferry.spec import Model, Spec
 
@@ -333,10 +334,12 @@ class Plan:
                 "l.row_hash AS _old_hash, false AS _conflict "
                 "FROM _ferry_e c LEFT JOIN {led} l ON l.model = {model} "
                 "AND l.source_key = c._ferry_key "
-                "WHERE l.model IS NULL OR l.status IS DISTINCT FROM c._ferry_status "
+                "WHERE (l.model IS NULL OR l.status IS DISTINCT FROM c._ferry_status "
                 "OR l.reason IS DISTINCT FROM c._ferry_reason OR l.repairs <> c._ferry_repairs "
                 "OR l.target_uuid IS DISTINCT FROM c._ferry_uuid "
-                "OR l.row_hash IS DISTINCT FROM c._ferry_hash OR l.sqlstate IS NOT NULL"
+                "OR l.row_hash IS DISTINCT FROM c._ferry_hash OR l.sqlstate IS NOT NULL) "
+                # An operator's decision (ferry quarantine exclude) stands until they undo it.
+                "AND l.decided_by IS NULL"
             ).format(led=self.led, model=sql.Literal(self.model.name)),
             sql.SQL("SET LOCAL enable_hashjoin = on"),
             sql.SQL("SET LOCAL enable_mergejoin = on"),
@@ -562,6 +565,11 @@ class Runner:
         self.transitions[(old[0] if old else None, "quarantined")] += 1
         if old is not None:
             self.changed_keys.add(key)
+        if old is not None:
+            ledger.record_history(
+                self.conn, plan.spec, self.run_id, plan.model.name, plan.model.target,
+                plan.model.key_column, [key],
+            )  # fmt: skip
         if old is not None and old[0] == "migrated" and old[2] is not None:
             self.conn.execute(
                 sql.SQL(
@@ -622,6 +630,28 @@ class Runner:
                     "AND {h} = c._old_hash)"
                 ).format(rng=rng, t=plan.target, key=key, h=plan.target_hash("t"))
             )
+        if any_old:
+            # Before-images for rollback, of every row this write changes (not the conflicts).
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {hist} (run_id, model, source_key, ledger_before, target_before) "
+                    "SELECT {run}, l.model, l.source_key, to_jsonb(l), to_jsonb(t) "
+                    "FROM _ferry_c c JOIN {led} l ON l.model = {model} "
+                    "AND l.source_key = c._ferry_key "
+                    "LEFT JOIN {t} t ON t.{key} = l.target_uuid "
+                    "AND l.status IN ('migrated', 'deleted') "
+                    "WHERE {rng} AND NOT c._conflict ON CONFLICT DO NOTHING"
+                ).format(
+                    hist=sql.Identifier(plan.spec.ledger_schema, "history"),
+                    run=sql.Literal(self.run_id),
+                    led=plan.led,
+                    model=sql.Literal(plan.model.name),
+                    t=plan.target,
+                    key=key,
+                    rng=rng,
+                )
+            )
+        if has_old:
             # Rows ferry wrote that must go: queued, and deleted once every model has run,
             # children first, so that no foreign key (or ON DELETE CASCADE) sees them go early.
             conn.execute(
