@@ -22,8 +22,9 @@ Buckets
   that finds each key's range by binary search (``width_bucket``). Empty buckets are never
   returned, so sparse keys cost nothing.
 * Any other key (text, uuid, composite, or an integer range wider than 2**63) is bucketed by
-  the top bits of a 64-bit hash of the key's text: ``hashtextextended(ROW(k...)::text, seed)
-  >> shift``. Each level is one scan per side, filtered by a hash semi-join on the parents.
+  the top bits of a 64-bit hash of the key (the fingerprint below, over the key columns,
+  with another seed). Each level is one scan per side, filtered by a hash semi-join on the
+  parents, so a change costs one more scan per level than a no-op.
 
 A differing bucket is listed row by row when that is expected to be cheaper than splitting
 it, by a small cost model (returned bucket rows and listed rows against fingerprinting rows
@@ -139,6 +140,7 @@ MAX_SPLIT_BITS = 12
 BUCKET_ROW_COST = 3.0
 LEAF_ROW_COST = 3.0
 REHASH_ROW_COST = 0.4
+SCAN_ROW_COST = 0.15  # a level that must scan the whole table (hashed key, no index): per row
 COPY_KEYS_PER_STATEMENT = 50_000
 INT8_MAX = 2**63 - 1
 FIRST_USER_OID = 16384
@@ -169,6 +171,11 @@ class TableDiff:
 
     ``inserted``: keys only in the source; ``updated``: keys on both sides whose rows differ;
     ``deleted``: keys only in the stage. Each a sorted list of key tuples.
+    ``source_rows``/``stage_rows``: row counts seen at level 0; ``buckets_compared``: bucket
+    (count, checksum) pairs compared over all levels; ``levels``: bucket levels run;
+    ``rows_compared``: keys whose strong row hashes were compared; ``bytes_from_source``:
+    bytes the source server sent (result rows, and COPY data when applied); ``seconds``:
+    wall time; ``applied``: what :func:`sync_stage_table` wrote, else None.
     """
 
     source: str
@@ -400,19 +407,18 @@ class _Plan:
         """The integer key as int8 (range arithmetic is done in int8)."""
         return sql.SQL("{}::int8").format(sql.Identifier("t", self.key[0]))
 
-    @property
-    def hash_expr(self) -> sql.Composable:
-        """A 64-bit hash of the key's text: its top bits name a bucket of a hashed key."""
-        keys = sql.SQL(", ").join(sql.Identifier("t", k) for k in self.key)
-        return sql.SQL('hashtextextended(ROW({})::text COLLATE "C", {})').format(
-            keys, sql.Literal(_KEY_SEED)
-        )
+    hash_expr: sql.Composable  # 64-bit hash of the key: its top bits name a hashed bucket
 
 
 def _fingerprint(
-    columns: Sequence[str], types: dict[str, tuple[int, str, str, bool]]
+    columns: Sequence[str], types: dict[str, tuple[int, str, str, bool]], seed: int = 0
 ) -> sql.Composable:
-    """The 64-bit per-row fingerprint (see the module docstring for why this shape)."""
+    """The 64-bit fingerprint of ``columns`` (see the module docstring for why this shape).
+
+    Also the bucket hash of a non-integer key (over the key columns, another seed): equal
+    keys get equal hashes on both sides, and a uuid or text key is hashed without its text
+    output.
+    """
     parts: list[sql.Composable] = []
     rest: list[sql.Composable] = []
     for pos, col in enumerate(columns):
@@ -424,15 +430,15 @@ def _fingerprint(
         null_mark = ((pos + 1) * 0x9E3779B97F4A7C15) % 2**64 - 2**63
         parts.append(
             sql.SQL("coalesce({}, {})").format(
-                sql.SQL(template).format(c=ident, s=sql.Literal(pos + 1)),
+                sql.SQL(template).format(c=ident, s=sql.Literal(seed + pos + 1)),
                 sql.Literal(null_mark),
             )
         )
     if rest:
         # Record text quotes '' as "" and leaves NULL empty, so the two stay apart.
         parts.append(
-            sql.SQL('hashtextextended(ROW({})::text COLLATE "C", 0)').format(
-                sql.SQL(", ").join(rest)
+            sql.SQL('hashtextextended(ROW({})::text COLLATE "C", {})').format(
+                sql.SQL(", ").join(rest), sql.Literal(seed)
             )
         )
     expr: sql.Composable = parts[0]
@@ -482,6 +488,7 @@ def _make_plan(source: _Side, stage: _Side, key: Sequence[str], columns: Sequenc
         key_types=tuple(stage.types[k][2] for k in key),
         binary_keys=not any(stage.types[k][3] for k in key),
         fingerprint=_fingerprint(columns, stage.types),
+        hash_expr=_fingerprint(key, stage.types, seed=_KEY_SEED),
         row_hash=sql.SQL("substr(sha256(textsend(ROW({})::text)), 1, 16)").format(all_cols),
         key_list=sql.SQL(", ").join(sql.Identifier("t", k) for k in key),
     )
@@ -555,8 +562,8 @@ def _sums(side: _Side, query: sql.Composable, params: Any = None) -> Sums:
 class _IntBuckets:
     """Key-range buckets of a single integer key, read by index range scans where possible."""
 
-    def __init__(self, plan: _Plan, lo: int, hi: int, rows: float) -> None:
-        self.plan, self.lo, self.hi, self.rows = plan, lo, hi, rows
+    def __init__(self, plan: _Plan, lo: int, hi: int, rows: float, indexed: bool) -> None:
+        self.plan, self.lo, self.hi, self.rows, self.indexed = plan, lo, hi, rows, indexed
 
     def level0(self, hist: Sequence[int] | None) -> list[_Range]:
         """Intervals covering lo..hi, each with a width giving ~LEVEL0_ROWS_PER_BUCKET rows.
@@ -669,6 +676,10 @@ class _IntBuckets:
     def max_bits(self, bucket: _Bucket) -> int:
         return bucket.shift
 
+    def level_cost(self, rows: int) -> float:
+        """Fixed cost of one more level: nothing by index, a full scan without one."""
+        return 0.0 if self.indexed else rows * SCAN_ROW_COST
+
     def split(self, buckets: list[tuple[_Bucket, int]]) -> list[_Range]:
         parents = [_Range(b.name, b.hi, b.shift - bits, b.name) for b, bits in buckets]
         return sorted(parents, key=lambda r: r.lo)
@@ -741,6 +752,10 @@ class _HashBuckets:
     def max_bits(self, bucket: _Bucket) -> int:
         return bucket.shift - (64 - HASH_KEY_MAX_BITS)
 
+    def level_cost(self, rows: int) -> float:
+        """Fixed cost of one more level: a scan of the whole table, hashing every key."""
+        return rows * SCAN_ROW_COST
+
     def split(self, buckets: list[tuple[_Bucket, int]]) -> list[_Prefixes]:
         """One shift per level (the filter is one hash semi-join): the median bucket's bits."""
         bits = sorted(b for _, b in buckets)[len(buckets) // 2]
@@ -769,8 +784,9 @@ def _leaf_hashes(side: _Side, plan: _Plan, scope: sql.Composable, params: Any) -
     return out
 
 
-def _split_bits(n: int, rate: float, max_bits: int) -> int:
-    """Bits to split a differing bucket of ``n`` rows by; 0 means list its rows now.
+def _split_bits(n: int, rate: float, max_bits: int) -> tuple[int, float]:
+    """Bits to split a differing bucket of ``n`` rows by (0: list its rows now), and the
+    expected saving of that split over listing.
 
     Expected cost (see BUCKET_ROW_COST ...): listing costs ``n`` key/hash rows; splitting
     into ``f`` children costs up to ``min(f, n)`` bucket rows, fingerprinting ``n`` rows
@@ -779,7 +795,7 @@ def _split_bits(n: int, rate: float, max_bits: int) -> int:
     with probability ``(1 - exp(-rate n/f)) / (1 - exp(-rate n))``.
     """
     if n <= LEAF_MIN_ROWS or max_bits <= 0:
-        return 0
+        return 0, 0.0
     best_bits, best_cost = 0, n * LEAF_ROW_COST
     at_least_one = -math.expm1(-rate * n) or 1e-300
     for bits in range(1, min(max_bits, MAX_SPLIT_BITS) + 1):
@@ -788,7 +804,7 @@ def _split_bits(n: int, rate: float, max_bits: int) -> int:
         cost = min(f, n) * BUCKET_ROW_COST + n * REHASH_ROW_COST + n * q * LEAF_ROW_COST
         if cost < best_cost:
             best_bits, best_cost = bits, cost
-    return best_bits
+    return best_bits, n * LEAF_ROW_COST - best_cost
 
 
 def _int_setup(pair: _Pair, plan: _Plan) -> _IntBuckets | _HashBuckets | None:
@@ -812,7 +828,8 @@ def _int_setup(pair: _Pair, plan: _Plan) -> _IntBuckets | _HashBuckets | None:
     if hi - lo > INT8_MAX:
         plan.int_key = False
         return _HashBuckets(plan, rows)
-    return _IntBuckets(plan, lo, hi, rows)
+    indexed = pair.source.key_indexed and pair.stage.key_indexed
+    return _IntBuckets(plan, lo, hi, rows, indexed)
 
 
 def _histogram(side: _Side, column: str) -> list[int] | None:
@@ -876,16 +893,22 @@ def _run_diff(pair: _Pair, plan: _Plan, result: TableDiff) -> None:
         rate = -math.log1p(-share) / max(rows / compared, 1.0)
         leaves: list[_Bucket] = []
         splits: list[tuple[_Bucket, int]] = []
-        memo: dict[tuple[int, int], int] = {}  # (rows, max bits) -> bits: sizes repeat
+        memo: dict[tuple[int, int], tuple[int, float]] = {}  # sizes repeat; the model is pure
+        saving = 0.0
         for bucket in buckets.children(parents, differing, sizes):
             cap = buckets.max_bits(bucket)
-            bits = memo.get((bucket.rows, cap))
-            if bits is None:
-                bits = memo[(bucket.rows, cap)] = _split_bits(bucket.rows, rate, cap)
-            if bits:
-                splits.append((bucket, bits))
+            choice = memo.get((bucket.rows, cap))
+            if choice is None:
+                choice = memo[(bucket.rows, cap)] = _split_bits(bucket.rows, rate, cap)
+            if choice[0]:
+                splits.append((bucket, choice[0]))
+                saving += choice[1]
             else:
                 leaves.append(bucket)
+        if splits and saving < buckets.level_cost(max(result.source_rows, result.stage_rows)):
+            # another level would scan the whole table for less than it saves: list now
+            leaves += [b for b, _ in splits]
+            splits = []
         if leaves:
             src_rows, stg_rows = pair.both(
                 lambda side, lv=leaves: _leaf_hashes(side, plan, *buckets.leaf_scope(side, lv))
