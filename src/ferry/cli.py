@@ -42,6 +42,12 @@ def migrate(
         None, help="Where CSV sources are (default: the spec's folder)."
     ),
     jobs: int = JOBS,
+    defer_constraints: bool = typer.Option(
+        False,
+        "--defer-constraints",
+        help="First loads of big tables: drop the target's foreign keys and add them back "
+        "after (much faster; the application could write dangling rows meanwhile).",
+    ),
 ) -> None:
     """Stage every source, run every model, and prove every source row has a fate."""
     from ferry.pipeline import migrate as run
@@ -56,7 +62,10 @@ def migrate(
             f"ferry migrate [bold]{loaded.name}[/]: {conninfo.redact(src)} → {conninfo.redact(tgt)}"
         )
         with RichProgress(console) as progress:
-            result = run(src, tgt, loaded, data_dir=data_dir, jobs=jobs, progress=progress)
+            result = run(
+                src, tgt, loaded, data_dir=data_dir, jobs=jobs, progress=progress,
+                defer_constraints=defer_constraints,
+            )  # fmt: skip
     except FerryError as exc:
         raise _fail(exc) from None
     console.print(summary(result.counts, result.seconds))

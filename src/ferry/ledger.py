@@ -81,6 +81,14 @@ CREATE TABLE IF NOT EXISTS {schema}.pending_deletes (
     run_id       bigint NOT NULL,
     PRIMARY KEY (target_table, target_uuid)
 );
+CREATE TABLE IF NOT EXISTS {schema}.suspended_constraints (
+    target_table text NOT NULL,
+    name         text NOT NULL,
+    definition   text NOT NULL,
+    run_id       bigint NOT NULL,
+    suspended_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (target_table, name)
+);
 CREATE TABLE IF NOT EXISTS {schema}.staged (
     source     text PRIMARY KEY,
     rows       bigint NOT NULL,

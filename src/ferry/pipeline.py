@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from ferry import ledger, stage, transform
+from ferry import constraints, ledger, stage, transform
 from ferry.conninfo import connect
 from ferry.errors import FerryError
 from ferry.spec import Spec
@@ -115,11 +115,19 @@ def _session(target: str, spec: Spec) -> psycopg.Connection:
     return conn
 
 
+# A first load smaller than this is not worth dropping and re-adding foreign keys for.
+DEFER_MIN_ROWS = 50_000
+
+
 def run_model(
     target: str, spec: Spec, model_name: str, run_id: int, progress: Progress, jobs: int = 1,
-    keys: list[str] | None = None,
+    keys: list[str] | None = None, defer_constraints: bool = False,
 ) -> transform.ModelResult:  # fmt: skip
-    """One model: its chunks on ``jobs`` sessions when no unique index makes that unsafe."""
+    """One model: its chunks on ``jobs`` sessions when no unique index makes that unsafe.
+
+    With ``defer_constraints``, a model's first load of at least ``DEFER_MIN_ROWS`` rows runs
+    with the target's foreign keys dropped and re-added after (see ``constraints.py``).
+    """
     model = spec.model(model_name)
     with _session(target, spec) as conn:
         plan = transform.Plan(conn, spec, model)
@@ -131,10 +139,18 @@ def run_model(
 
         runner = transform.Runner(conn, plan, run_id, advance)
         bounds = runner.bounds() if keys is None else []
-        if keys is not None or jobs <= 1 or not plan.parallel_safe or len(bounds) < 2:
-            result = runner.run(keys, bounds if keys is None else None)
-        else:
-            result = _run_parallel(target, spec, plan, run_id, advance, bounds, jobs)
+        deferred = defer_constraints and keys is None and runner.fresh and total >= DEFER_MIN_ROWS
+        if deferred:
+            constraints.suspend(conn, spec, model.target, run_id)
+        try:
+            if keys is not None or jobs <= 1 or not plan.parallel_safe or len(bounds) < 2:
+                result = runner.run(keys, bounds if keys is None else None)
+            else:
+                result = _run_parallel(target, spec, plan, run_id, advance, bounds, jobs)
+        finally:
+            if deferred:
+                conn.rollback()
+                constraints.restore(conn, spec, model.target)
         conn.execute(
             sql.SQL(
                 "INSERT INTO {}.model_runs (run_id, model, rows, written, seconds) "
@@ -187,9 +203,13 @@ def _run_parallel(
 
 def transform_all(
     target: str, spec: Spec, run_id: int, progress: Progress, jobs: int = 1,
+    defer_constraints: bool = False,
 ) -> list[transform.ModelResult]:  # fmt: skip
     """Run the models in dependency order, then delete what they queued, children first."""
-    results = [run_model(target, spec, m.name, run_id, progress, jobs) for m in spec.order()]
+    results = [
+        run_model(target, spec, m.name, run_id, progress, jobs, None, defer_constraints)
+        for m in spec.order()
+    ]
     with connect(target, app="ferry-transform") as conn:
         transform.apply_pending_deletes(conn, spec, run_id)
     return results
@@ -197,7 +217,7 @@ def transform_all(
 
 def migrate(
     source: str, target: str, spec: Spec, *, data_dir: Path | None = None, jobs: int = 2,
-    progress: Progress | None = None,
+    progress: Progress | None = None, defer_constraints: bool = False,
 ) -> RunResult:  # fmt: skip
     """Full run: re-stage everything, then bring every model's rows up to date.
 
@@ -211,13 +231,16 @@ def migrate(
     with connect(target, app="ferry") as conn:
         ledger.ensure_schema(conn, spec)
         with _run_lock(conn, spec):
+            constraints.restore(conn, spec)  # whatever a crashed run left deferred
             run_id = ledger.start_run(conn, spec, "migrate")
             result = RunResult(run_id, "migrate")
             try:
                 result.staged = stage_all(
                     source, target, spec, run_id, data_dir or spec.base_dir, jobs, progress
                 )
-                result.models = transform_all(target, spec, run_id, progress, jobs)
+                result.models = transform_all(
+                    target, spec, run_id, progress, jobs, defer_constraints
+                )
                 result.counts = ledger.check_invariant(conn, spec)
             except BaseException as exc:
                 message = str(exc) if isinstance(exc, FerryError) else type(exc).__name__

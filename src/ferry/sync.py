@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import diff, ledger, stage, transform
+from ferry import constraints, diff, ledger, stage, transform
 from ferry.conninfo import connect
 from ferry.errors import FerryError
 from ferry.pipeline import Progress, _run_lock, _session, run_model
@@ -262,6 +262,7 @@ def sync(
     with connect(target, app="ferry") as conn:
         ledger.ensure_schema(conn, spec)
         with _run_lock(conn, spec):
+            constraints.restore(conn, spec)  # whatever a crashed migrate left deferred
             run_id = ledger.start_run(conn, spec, "sync")
             result = SyncResult(run_id)
             try:
