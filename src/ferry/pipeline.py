@@ -168,11 +168,16 @@ def _run_parallel(
     target: str, spec: Spec, plan: transform.Plan, run_id: int, advance: Callable[[int], None],
     bounds: list[tuple[object, object]], jobs: int,
 ) -> transform.ModelResult:  # fmt: skip
-    """Chunks are independent transactions: hand them to ``jobs`` sessions in key order."""
+    """Chunks are independent transactions: hand them to ``jobs`` sessions."""
     import time
 
     t0 = time.perf_counter()
-    pending = list(reversed(bounds))
+    # Chunks far apart run at once: neighbours would insert into the same last pages of the
+    # legacy-key and ledger indexes and wait on each other's buffer locks.
+    stride = -(-len(bounds) // jobs)
+    order = [bounds[i + j * stride] for i in range(stride) for j in range(jobs)
+             if i + j * stride < len(bounds)]  # fmt: skip
+    pending = list(reversed(order))
     lock = threading.Lock()
 
     def worker() -> transform.Runner:
