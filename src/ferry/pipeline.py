@@ -63,25 +63,43 @@ def _run_lock(conn: psycopg.Connection, spec: Spec) -> Iterator[None]:
         conn.commit()
 
 
+class SessionPairs:
+    """One (source, target) session pair per worker thread, all closed at the end."""
+
+    def __init__(self, source: str, target: str, app: str) -> None:
+        self.source, self.target, self.app = source, target, app
+        self._local = threading.local()
+        self._all: list[psycopg.Connection] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> tuple[psycopg.Connection, psycopg.Connection]:
+        if not hasattr(self._local, "pair"):
+            self._local.pair = (
+                connect(self.source, app=self.app),
+                connect(self.target, app=self.app),
+            )
+            with self._lock:
+                self._all.extend(self._local.pair)
+        return self._local.pair
+
+    def __enter__(self) -> SessionPairs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for conn in self._all:
+            conn.close()
+
+
 def stage_all(
     source: str, target: str, spec: Spec, run_id: int, data_dir: Path, jobs: int,
     progress: Progress,
 ) -> list[stage.StageResult]:  # fmt: skip
     """Copy every source into the stage schema, ``jobs`` tables at a time."""
-    local = threading.local()
-    conns: list[psycopg.Connection] = []
-    lock = threading.Lock()
-
-    def conn_pair() -> tuple[psycopg.Connection, psycopg.Connection]:
-        if not hasattr(local, "pair"):
-            local.pair = (connect(source, app="ferry-stage"), connect(target, app="ferry-stage"))
-            with lock:
-                conns.extend(local.pair)
-        return local.pair
+    pairs = SessionPairs(source, target, "ferry-stage")
 
     def one(src_name: str) -> stage.StageResult:
         src = spec.source(src_name)
-        s, t = conn_pair()
+        s, t = pairs.get()
         progress.stage_started(src.name, None)
 
         def adv(n: int) -> None:
@@ -96,14 +114,22 @@ def stage_all(
         progress.stage_done(result)
         return result
 
-    # Largest first keeps the pool busy to the end.
-    names = [s.name for s in spec.sources]
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            return list(pool.map(one, names))
-    finally:
-        for c in conns:
-            c.close()
+    with pairs, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(one, _largest_first(pairs.get()[0], spec, data_dir)))
+
+
+def _largest_first(source: psycopg.Connection, spec: Spec, data_dir: Path) -> list[str]:
+    """Big tables first, so that no worker is left alone with the biggest one at the end."""
+    sizes: dict[str, float] = {}
+    for src in spec.sources:
+        if src.table is not None:
+            row = source.execute("SELECT pg_relation_size(to_regclass(%s))", [src.table]).fetchone()
+            sizes[src.name] = float(row[0] or 0) if row else 0.0
+        else:
+            path = data_dir / (src.csv or "")
+            sizes[src.name] = float(path.stat().st_size) if path.exists() else 0.0
+    source.rollback()
+    return sorted(sizes, key=lambda name: -sizes[name])
 
 
 def _session(target: str, spec: Spec) -> psycopg.Connection:
