@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
 import typer
 from rich.console import Console
 
@@ -28,8 +29,16 @@ TARGET = typer.Option(
 JOBS = typer.Option(2, "--jobs", min=1, help="Parallel sessions (stay below the pool size).")
 
 
-def _fail(exc: FerryError) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc}")
+def _fail(exc: Exception) -> typer.Exit:
+    """The error for the operator, without row contents: a database error shows its
+    condition, SQLSTATE and message with any quoted value cut out."""
+    if isinstance(exc, psycopg.Error):
+        from ferry.transform import condition_name, safe_message
+
+        text = f"{condition_name(exc)} ({exc.sqlstate}): {safe_message(exc)}"
+        console.print(f"[bold red]database error:[/] {text}")
+    else:
+        console.print(f"[bold red]error:[/] {exc}")
     return typer.Exit(code=2)
 
 
@@ -66,7 +75,7 @@ def migrate(
                 src, tgt, loaded, data_dir=data_dir, jobs=jobs, progress=progress,
                 defer_constraints=defer_constraints,
             )  # fmt: skip
-    except FerryError as exc:
+    except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
     console.print(summary(result.counts, result.seconds))
 
@@ -92,7 +101,7 @@ def sync(
         tgt = conninfo.resolve(target, conninfo.TARGET_ENV, "target")
         with RichProgress(console) as progress:
             result = run(src, tgt, loaded, data_dir=data_dir, jobs=jobs, progress=progress)
-    except FerryError as exc:
+    except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
     _print_sync(result)
 
@@ -131,7 +140,7 @@ def verify(
         result = run(
             conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec), truth
         )
-    except FerryError as exc:
+    except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
     console.print(result.summary())
     if not result.ok:
@@ -155,7 +164,7 @@ def report(
         data = reporting.collect(
             conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec)
         )
-    except FerryError as exc:
+    except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
     text = reporting.render(data, fmt)  # type: ignore[arg-type]
     if out is None:
@@ -187,7 +196,7 @@ def demo(
         try:
             with RichProgress(console) as progress:
                 done = run_delta(workdir, jobs=jobs, console=console, progress=progress)
-        except FerryError as exc:
+        except (FerryError, psycopg.Error) as exc:
             raise _fail(exc) from None
         _print_sync(done.sync)
         console.print(summary(done.sync.source_counts))
@@ -202,7 +211,7 @@ def demo(
             result = run_demo(
                 workdir, scale=scale, seed=seed, jobs=jobs, console=console, progress=progress
             )
-    except FerryError as exc:
+    except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
     console.print(summary(result.run.counts, result.run.seconds))
     for path in result.reports:
@@ -224,7 +233,7 @@ def demo_data(
 
     try:
         world.cli_generate(workdir, scale=scale, seed=seed, delta=delta, console=console)
-    except FerryError as exc:
+    except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
 
 
