@@ -1,0 +1,60 @@
+"""The command line: what an operator sees carries no row contents and no password."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+from ferry.embedded import LocalCluster
+from tests.helpers import fresh_db
+
+LIB = Path(__file__).parent / "specs" / "library"
+MARKER = "PHI-SECRET-4417"
+
+
+def test_migrate_output_has_no_row_contents_nor_password(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    source = fresh_db(cluster, "cli_src", LIB / "source.sql")
+    fresh_db(cluster, "cli_tgt", LIB / "target.sql", owner="lib_owner")
+    for name in ("spec.toml", "books.sql"):
+        (tmp_path / name).write_text((LIB / name).read_text())
+    # A loan whose book id is text: the model's cast fails on it, with the value in the
+    # database's message.
+    (tmp_path / "loans.csv").write_text((LIB / "loans.csv").read_text() + f"L-9,{MARKER},m9\n")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("UPDATE lib_book SET title = %s WHERE id = 16", [MARKER])
+    target = cluster.conninfo("cli_tgt", user="lib_owner")
+    done = subprocess.run(
+        [sys.executable, "-m", "ferry.cli", "migrate", "--spec", str(tmp_path / "spec.toml"),
+         "--source", source + " password=hunter2-secret", "--target", target],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-2000:]
+    assert MARKER not in output
+    assert "hunter2-secret" not in output
+    assert "password=***" in output
+    with psycopg.connect(target) as conn:
+        row = conn.execute(
+            "SELECT status, reason, sqlstate, message FROM ferry.ledger "
+            "WHERE model = 'loans' AND source_key = 'L-9'"
+        ).fetchone()
+    assert row is not None
+    assert row[:3] == ("quarantined", "invalid_text_representation", "22P02")
+    assert MARKER not in row[3]
+
+
+def test_unreachable_database_error_hides_password(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ferry.cli", "migrate", "--spec", str(LIB / "spec.toml"),
+         "--source", "host=127.0.0.1 port=1 user=x password=topsecret-99 dbname=x",
+         "--target", "host=127.0.0.1 port=1 user=x password=topsecret-99 dbname=y"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "topsecret-99" not in done.stdout + done.stderr
+    assert "cannot connect" in done.stdout + done.stderr
