@@ -194,3 +194,31 @@ def test_orphan_resolved_when_parent_arrives(library: tuple[str, str, Path]) -> 
         assert conn.execute(
             "SELECT status FROM ferry.ledger WHERE model = 'books' AND source_key = '14'"
         ).fetchone() == ("migrated",)
+
+
+def test_row_referenced_by_the_application_is_not_deleted(
+    library: tuple[str, str, Path],
+) -> None:
+    source, target, tmp = library
+    spec = load_spec(_spec(tmp, "delete"))
+    migrate(source, target, spec)
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO loans (id, legacy_loan_id, book_id, member) SELECT "
+            "'00000000-0000-4000-8000-0000000000aa', NULL, id, 'app member' FROM books "
+            "WHERE legacy_book_id = 17"
+        )
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("DELETE FROM lib_book WHERE id = 17")
+    result = sync(source, target, spec)
+    assert result.counts["deleted"] == 0
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM books WHERE legacy_book_id = 17").fetchone() == (
+            1,
+        )
+        assert conn.execute("SELECT member FROM loans WHERE legacy_loan_id IS NULL").fetchall() == [
+            ("app member",)
+        ]
+        assert conn.execute(
+            "SELECT status, conflict FROM ferry.ledger WHERE model = 'books' AND source_key = '17'"
+        ).fetchone() == ("deleted", True)

@@ -620,6 +620,10 @@ class Runner:
             ).format(rng)
         ).fetchone()
         any_old, has_old = (int(old[0]), int(old[1])) if old else (0, 0)
+        if any_old:
+            # Without statistics the planner guesses the temp table big and hashes whole
+            # target and ledger tables to join it; a few rows want index lookups.
+            conn.execute("ANALYZE _ferry_c")
         if has_old:
             # Rows ferry wrote earlier and now changes: the application may have edited them.
             conn.execute(
@@ -788,20 +792,11 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
             continue
         plan = Plan(conn, spec, model)
         key = sql.Identifier(model.key_column)
-        guarded = [sql.SQL("{} = p.row_hash").format(plan.target_hash("t"))]
-        for ref_table, ref_col, ref_pk in _referencing(conn, model.target):
-            ours = (
-                sql.SQL(
-                    " AND NOT EXISTS (SELECT 1 FROM {led} l WHERE l.target_uuid = r.{pk} "
-                    "AND l.status = 'migrated')"
-                ).format(led=led, pk=sql.Identifier(ref_pk))
-                if ref_pk
-                else sql.SQL("")
-            )
+        guarded: list[sql.Composable] = [sql.SQL("{} = p.row_hash").format(plan.target_hash("t"))]
+        protected = _referenced_by_others(conn, spec, model)
+        if protected:
             guarded.append(
-                sql.SQL("NOT EXISTS (SELECT 1 FROM {rt} r WHERE r.{rc} = t.{key}{ours})").format(
-                    rt=sql.SQL(ref_table), rc=sql.Identifier(ref_col), key=key, ours=ours
-                )
+                sql.SQL("NOT t.{} = ANY({}::uuid[])").format(key, sql.Literal(sorted(protected)))
             )
         with conn.transaction():
             cur = conn.execute(
@@ -826,6 +821,48 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
             conn.execute(sql.SQL("DELETE FROM {} WHERE model = %s").format(pend), [model.name])
     conn.commit()
     return deleted, conflicts
+
+
+def _referenced_by_others(conn: psycopg.Connection, spec: Spec, model: Model) -> set[str]:
+    """Queued rows of ``model`` that a row ferry did not write still references.
+
+    Two steps so that the ledger (millions of rows, no index on target_uuid) is read at most
+    once, and only when queued rows are referenced at all: children are deleted first, so
+    usually nothing references them by now.
+    """
+    pend = sql.Identifier(spec.ledger_schema, "pending_deletes")
+    refs: dict[str, set[str]] = {}
+    for ref_table, ref_col, ref_pk in _referencing(conn, model.target):
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT p.target_uuid::text, {pk} FROM {pend} p "
+                "JOIN {rt} r ON r.{rc} = p.target_uuid WHERE p.model = %s"
+            ).format(
+                pk=sql.SQL("r.{}::text").format(sql.Identifier(ref_pk))
+                if ref_pk
+                else sql.SQL("NULL"),
+                pend=pend,
+                rt=sql.SQL(ref_table),
+                rc=sql.Identifier(ref_col),
+            ),
+            [model.name],
+        ).fetchall()
+        for parent, child in rows:
+            refs.setdefault(parent, set()).add(child)
+    if not refs:
+        return set()
+    children = sorted({c for cs in refs.values() for c in cs if c is not None})
+    ours = {
+        r[0]
+        for r in conn.execute(
+            sql.SQL(
+                "SELECT target_uuid::text FROM {} WHERE status = 'migrated' "
+                "AND target_uuid = ANY(%s::uuid[])"
+            ).format(sql.Identifier(spec.ledger_schema, "ledger")),
+            [children],
+        )
+    }
+    return {p for p, cs in refs.items() if any(c is None or c not in ours for c in cs)}
 
 
 def _referencing(conn: psycopg.Connection, target: str) -> list[tuple[str, str, str | None]]:
