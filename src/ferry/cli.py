@@ -89,16 +89,50 @@ def sync(
         None, help="Where CSV sources are (default: the spec's folder)."
     ),
     jobs: int = JOBS,
+    every: str | None = typer.Option(
+        None, "--every", help="Sync again at this interval (90s, 15m, 1h) until SIGTERM/SIGINT."
+    ),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", help="With --every: Prometheus /metrics on 127.0.0.1:PORT."
+    ),
+    max_backoff: str = typer.Option(
+        "10m", "--max-backoff", help="With --every: longest wait after failed syncs."
+    ),
 ) -> None:
-    """Bring the target in step with the legacy database: only what changed moves."""
+    """Bring the target in step with the legacy database: only what changed moves.
+
+    With --every, keep doing so: a failed sync is logged and retried with exponential
+    backoff; SIGTERM or SIGINT lets the current sync finish, then exits 0.
+    """
     from ferry.progress import RichProgress
     from ferry.spec import load_spec
     from ferry.sync import sync as run
 
+    if metrics_port is not None and every is None:
+        raise typer.BadParameter("metrics are served only with --every", param_hint="--every")
     try:
         loaded = load_spec(spec)
         src = conninfo.resolve(source, conninfo.SOURCE_ENV, "source")
         tgt = conninfo.resolve(target, conninfo.TARGET_ENV, "target")
+        if every is not None:
+            from ferry import watch
+            from ferry.status import parse_duration
+
+            interval, backoff = parse_duration(every), parse_duration(max_backoff)
+            console.print(
+                f"ferry sync every {every} ({loaded.name}): "
+                f"{conninfo.redact(src)} → {conninfo.redact(tgt)}"
+                + (f"; metrics on 127.0.0.1:{metrics_port}/metrics" if metrics_port else "")
+            )
+            try:
+                watch.watch(
+                    src, tgt, loaded, every=interval, max_backoff=backoff, data_dir=data_dir,
+                    jobs=jobs, metrics_port=metrics_port, on_result=_print_sync, say=console.print,
+                )  # fmt: skip
+            except KeyboardInterrupt:  # a second Ctrl-C cut the sync in progress short
+                console.print("interrupted: the chunk in progress was rolled back")
+                raise typer.Exit(code=130) from None
+            return
         with RichProgress(console) as progress:
             result = run(src, tgt, loaded, data_dir=data_dir, jobs=jobs, progress=progress)
     except (FerryError, psycopg.Error) as exc:
@@ -235,6 +269,278 @@ def demo_data(
         world.cli_generate(workdir, scale=scale, seed=seed, delta=delta, console=console)
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
+
+
+# -- operating a migration until cutover: status, quarantine review, rollback ----------------
+
+stdout = Console()  # the product of status and review commands goes to stdout
+
+
+@app.command()
+def status(
+    spec: Path = SPEC,
+    target: str | None = TARGET,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    check: bool = typer.Option(
+        False, "--check", help="Exit 1 if the last sync failed or is older than --max-age."
+    ),
+    max_age: str = typer.Option("15m", "--max-age", help="With --check: 90s, 15m, 2h, ..."),
+) -> None:
+    """Where the migration stands: last runs, fates, conflicts, quarantine by reason.
+
+    Shows the last migrate and sync with outcome and duration and the time since the last
+    successful one. With --check, exits 1 when the last sync failed or is older than
+    --max-age, or when rolled-back keys await a sync: for cron and alerting.
+    """
+    import json
+
+    from ferry import status as st
+    from ferry.spec import load_spec
+
+    try:
+        limit = st.parse_duration(max_age)
+    except FerryError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--max-age") from None
+    try:
+        found = st.collect(conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec))
+    except (FerryError, psycopg.Error) as exc:
+        raise _fail(exc) from None
+    problems = st.check(found, limit) if check else []
+    if as_json:
+        data = found.as_json()
+        if check:
+            data["check"] = {"ok": not problems, "max_age_seconds": limit, "problems": problems}
+        typer.echo(json.dumps(data, indent=2, default=str))
+    else:
+        stdout.print(st.render(found))
+    if check:
+        for problem in problems:
+            console.print(f"[bold red]check failed:[/] {problem}")
+        if problems:
+            raise typer.Exit(code=1)
+        console.print(f"check ok: last successful sync within {max_age}")
+
+
+quarantine_app = typer.Typer(
+    no_args_is_help=True,
+    help="Review quarantined rows: list, show one, retry, exclude with a note, undo.",
+)
+app.add_typer(quarantine_app, name="quarantine")
+
+TABLE_FILTER = typer.Option(None, "--table", help="A source table or a model name.")
+REASON_FILTER = typer.Option(None, "--reason", help="Only rows quarantined for this reason.")
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    spec: Path = SPEC,
+    target: str | None = TARGET,
+    table: str | None = TABLE_FILTER,
+    reason: str | None = REASON_FILTER,
+    decided: bool = typer.Option(False, "--decided", help="List the operator's decisions instead."),
+    limit: int = typer.Option(200, "--limit", min=1, help="Show at most this many rows."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Quarantined rows: keys, reasons, SQLSTATE, first seen, tries (no row contents)."""
+    import json
+
+    from rich.table import Table
+
+    from ferry import quarantine as q
+    from ferry.spec import load_spec
+
+    try:
+        entries, total = q.list_entries(
+            conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec),
+            table=table, reason=reason, decided=decided, limit=limit,
+        )  # fmt: skip
+    except (FerryError, psycopg.Error) as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps({"total": total, "rows": [e.as_json() for e in entries]}, indent=2))
+        return
+    grid = Table(title=f"{total:,} operator decision(s)" if decided else f"{total:,} quarantined")
+    cols = ["Model", "Source", "Key", "Reason", "SQLSTATE", "First seen", "Tries"]
+    cols += ["Decided by", "Note"] if decided else ["Message"]
+    for c in cols:
+        grid.add_column(c, justify="right" if c == "Tries" else "left")
+    for e in entries:
+        row = [e.model, e.source_table, e.source_key, e.reason or "", e.sqlstate or "",
+               e.first_seen.strftime("%Y-%m-%d %H:%M"), str(e.tries)]  # fmt: skip
+        row += [e.decided_by or "", e.decision or ""] if decided else [e.message or ""]
+        grid.add_row(*row)
+    stdout.print(grid)
+    if total > len(entries):
+        console.print(f"... and {total - len(entries):,} more (use --limit, --table, --reason)")
+
+
+@quarantine_app.command("show")
+def quarantine_show(
+    table: str = typer.Argument(..., help="A source table or a model name."),
+    key: str = typer.Argument(..., help="The source key."),
+    spec: Path = SPEC,
+    target: str | None = TARGET,
+) -> None:
+    """Print one staged row and its fates, to this terminal only.
+
+    This is the one command that shows row contents (health data): nothing of it is logged
+    or recorded. Do not redirect it into files or tickets.
+    """
+    from rich.table import Table
+
+    from ferry import quarantine as q
+    from ferry.spec import load_spec
+
+    try:
+        source, values, fates = q.show_row(
+            conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec), table, key
+        )
+    except (FerryError, psycopg.Error) as exc:
+        raise _fail(exc) from None
+    if values is None:
+        console.print(f"source {source} has no staged row with key {key}")
+    else:
+        row = Table(title=f"staged row {source} {key} (health data: do not copy)")
+        row.add_column("Column")
+        row.add_column("Value")
+        for name, value in values.items():
+            row.add_row(name, "NULL" if value is None else str(value))
+        stdout.print(row)
+    for f in fates:
+        extra = f", SQLSTATE {f.sqlstate}: {f.message}" if f.sqlstate else ""
+        decided = f", decided by {f.decided_by}: {f.decision}" if f.decided_by else ""
+        stdout.print(f"{f.model}: {f.status} ({f.reason or '-'}){extra}, tries {f.tries}{decided}")
+    if not fates:
+        stdout.print("no ledger row for this key")
+
+
+@quarantine_app.command("retry")
+def quarantine_retry(
+    spec: Path = SPEC,
+    target: str | None = TARGET,
+    table: str | None = TABLE_FILTER,
+    reason: str | None = REASON_FILTER,
+) -> None:
+    """Run the models again for matching quarantined keys, in a run of kind 'retry'.
+
+    For after something that held them was fixed outside the stage (a target constraint, a
+    trigger). A sync retries every quarantined row anyway.
+    """
+    from ferry import quarantine as q
+    from ferry.progress import RichProgress
+    from ferry.spec import load_spec
+
+    try:
+        with RichProgress(console) as progress:
+            result = q.retry(
+                conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec),
+                table=table, reason=reason, progress=progress,
+            )  # fmt: skip
+    except (FerryError, psycopg.Error) as exc:
+        raise _fail(exc) from None
+    if result.run_id is None:
+        console.print("nothing in quarantine matches")
+        return
+    console.print(
+        f"retry run {result.run_id}: {result.keys:,} keys retried, {result.fixed:,} left "
+        f"quarantine, {result.still_quarantined:,} still quarantined"
+    )
+
+
+@quarantine_app.command("exclude")
+def quarantine_exclude(
+    table: str = typer.Argument(..., help="A source table or a model name."),
+    key: str = typer.Argument(..., help="The source key."),
+    note: str = typer.Option(..., "--note", help="Why the row is left behind (shown in reports)."),
+    by: str | None = typer.Option(None, "--by", help="Who decides (default: the OS user)."),
+    spec: Path = SPEC,
+    target: str | None = TARGET,
+) -> None:
+    """Leave a quarantined row behind on purpose, with a note.
+
+    The row becomes excluded (reason 'operator'), stays so across syncs until undone, and is
+    listed with its note in reports.
+    """
+    from ferry import quarantine as q
+    from ferry.spec import load_spec
+
+    try:
+        models = q.exclude(
+            conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec), table,
+            key, note, by,
+        )  # fmt: skip
+    except (FerryError, psycopg.Error) as exc:
+        raise _fail(exc) from None
+    console.print(f"excluded {table} key {key} ({', '.join(models)}) by operator decision")
+
+
+@quarantine_app.command("undo")
+def quarantine_undo(
+    table: str = typer.Argument(..., help="A source table or a model name."),
+    key: str = typer.Argument(..., help="The source key."),
+    spec: Path = SPEC,
+    target: str | None = TARGET,
+) -> None:
+    """Clear an operator's decision: the next sync evaluates the row afresh."""
+    from ferry import quarantine as q
+    from ferry.spec import load_spec
+
+    try:
+        models = q.undo(
+            conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec), table, key
+        )
+    except (FerryError, psycopg.Error) as exc:
+        raise _fail(exc) from None
+    console.print(f"decision on {table} key {key} ({', '.join(models)}) undone")
+
+
+@app.command()
+def rollback(
+    spec: Path = SPEC,
+    target: str | None = TARGET,
+    run: int | None = typer.Option(
+        None, "--run", help="Undo this run and every later one, newest first."
+    ),
+    everything: bool = typer.Option(False, "--all", help="Undo every run; empties the stage."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Undo runs: remove the target rows they inserted, restore the rows they changed.
+
+    --run N undoes runs N, N+1, ... up to the latest, newest first: a run cannot be undone
+    underneath the runs that came after it. --all undoes every run and empties the stage (the
+    next migrate starts afresh). Rows the application wrote are never touched; a row it
+    edited since ferry wrote it stops the rollback, which then changes nothing. Keys rolled
+    back are taken again by the next sync.
+    """
+    from ferry import rollback as rb
+    from ferry.spec import load_spec
+
+    if (run is None) == (not everything):
+        raise typer.BadParameter("give either --run N or --all", param_hint="--run/--all")
+    try:
+        loaded = load_spec(spec)
+        tgt = conninfo.resolve(target, conninfo.TARGET_ENV, "target")
+        todo = rb.plan(tgt, loaded, run=run, all_=everything)
+        listed = ", ".join(f"{r.run_id} ({r.kind}, {r.status})" for r in todo.runs)
+        console.print(
+            f"rollback on {conninfo.redact(tgt)}: undo run(s) {listed}: {todo.keys:,} ledger "
+            "keys" + ("; the ledger ends empty and the stage is emptied" if todo.everything else "")
+        )
+        if not yes and not typer.confirm("Roll back?", default=False, err=True):
+            console.print("nothing was changed")
+            raise typer.Exit(code=1)
+        result = rb.rollback(tgt, loaded, run=run, all_=everything)
+    except (FerryError, psycopg.Error) as exc:
+        raise _fail(exc) from None
+    c = result.counts
+    console.print(
+        f"rollback run {result.run_id} undid run(s) {', '.join(map(str, result.undone)) or '-'} "
+        f"in {result.seconds:.2f} s: target deleted {c['target_deleted']:,}, re-created "
+        f"{c['target_recreated']:,}, restored {c['target_restored']:,}; ledger removed "
+        f"{c['ledger_removed']:,}, restored {c['ledger_restored']:,}"
+        + ("; stage emptied (run migrate next)" if result.stage_cleared
+           else f"; {c['keys']:,} keys will be taken again by the next sync")
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def collect(target: str, spec: Spec) -> dict[str, Any]:
         sources = _sources(conn, spec)
         targets = _targets(conn, spec)
         runs = _runs(conn, spec)
+        decisions = _decisions(conn, spec)
     totals: dict[str, Any] = {
         key: sum(s[key] for s in sources)
         for key in ("staged", "migrated", "merged", "repaired_rows", "deleted")
@@ -66,6 +67,7 @@ def collect(target: str, spec: Spec) -> dict[str, Any]:
         "sources": sources,
         "targets": targets,
         "runs": runs,
+        "decisions": decisions,
         "totals": totals,
     }
 
@@ -201,6 +203,36 @@ def _targets(conn: psycopg.Connection, spec: Spec) -> list[dict[str, Any]]:
         )
     conn.rollback()
     return out
+
+
+def _decisions(conn: psycopg.Connection, spec: Spec) -> list[dict[str, Any]]:
+    """Rows an operator decided on (``ferry quarantine exclude``): key, who, when, and the
+    note, which is the operator's own words and the reason the row was left behind."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT model, source_table, source_key, status, reason, decided_by, decided_at, "
+            "decision FROM {}.ledger WHERE decided_by IS NOT NULL "
+            "ORDER BY decided_at, model, source_key"
+        ).format(sql.Identifier(spec.ledger_schema))
+    ).fetchall()
+    conn.rollback()
+    return [
+        {"model": m, "source_table": src, "source_key": key, "status": status, "reason": reason,
+         "decided_by": by, "decided_at": at.isoformat() if at else None, "note": note}
+        for m, src, key, status, reason, by, at, note in rows
+    ]  # fmt: skip
+
+
+def _decisions_rows(data: dict[str, Any]) -> list[list[object]]:
+    return [
+        [d["source_table"], d["model"], d["source_key"],
+         "excluded by the operator" if d["status"] == "excluded" else d["status"],
+         d["decided_by"] or "", _when(d["decided_at"]), d["note"] or ""]
+        for d in data.get("decisions", [])
+    ]  # fmt: skip
+
+
+DECISION_HEADER = ["Source", "Model", "Key", "Fate", "Decided by", "When", "Note"]
 
 
 def _runs(conn: psycopg.Connection, spec: Spec) -> list[dict[str, Any]]:
@@ -391,6 +423,11 @@ def _markdown(data: dict[str, Any]) -> str:
           _target_equation(x)] for x in data["targets"]],
         {1, 2, 3, 4},
     )  # fmt: skip
+    out += ["", "## Operator decisions", ""]
+    if data.get("decisions"):
+        out += _md_table(DECISION_HEADER, _decisions_rows(data), set())
+    else:
+        out.append("No operator decision.")
     out += ["", "## Runs", ""]
     if data["runs"]:
         out += _md_table(
@@ -639,6 +676,13 @@ def _html(data: dict[str, Any]) -> str:
            "")] for r in data["runs"]],
         {0, 4},
     )  # fmt: skip
+    decisions = (
+        _html_table(
+            DECISION_HEADER, [[(_e(c), "") for c in row] for row in _decisions_rows(data)], set()
+        )
+        if data.get("decisions")
+        else "<p>No operator decision.</p>"
+    )
     more_runs = (
         f'<p class="note">The chart shows the last {MAX_RUN_BARS} of {len(data["runs"])} runs.</p>'
         if len(data["runs"]) > MAX_RUN_BARS
@@ -660,6 +704,8 @@ Time is the source's last run: staging plus its models.</p>
 {sources}
 <h2>Quarantined by reason, excluded by rule, repaired by rule</h2>
 {detail}
+<h2>Operator decisions</h2>
+{decisions}
 <h2>Target tables</h2>
 <p class="note">Each row states <code>rows = written by ferry + kept + target-only</code>.
 Written by ferry counts the ledger's migrated rows; kept, rows ferry wrote whose

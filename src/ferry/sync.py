@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import constraints, diff, ledger, stage, transform
+from ferry import constraints, diff, ledger, rollback, stage, transform
 from ferry.conninfo import connect
 from ferry.errors import FerryError
 from ferry.pipeline import Progress, _run_lock, _session, run_model
@@ -39,7 +39,7 @@ class SyncResult:
 
     @property
     def changed(self) -> bool:
-        return any(d.changed for d in self.diffs.values())
+        return any(d.changed for d in self.diffs.values()) or bool(self.counts.get("resynced"))
 
 
 def _restage(
@@ -302,6 +302,16 @@ def _sync(
         ).fetchone()
         conflicts_before = int(row[0]) if row else 0
         conn.commit()
+        # Keys a rollback handed back: the stage is ahead of the ledger for them, so the diff
+        # alone would never bring them back (see rollback.py).
+        again, gone, rederive = rollback.pending_resync(conn, spec)
+        for name, ks in again.items():
+            changed.setdefault(name, set()).update(ks)
+        for name, ks in gone.items():
+            deleted[name] = sorted(set(deleted.get(name, [])) | ks)
+        resynced = sum(map(len, again.values())) + sum(map(len, gone.values())) + len(rederive)
+        if resynced:
+            result.counts["resynced"] = resynced
         for model in spec.order():
             src_changed = changed.get(model.source, set())
             src_deleted = deleted.get(model.source, [])
@@ -316,7 +326,7 @@ def _sync(
                 keys -= set(src_deleted)
             else:
                 # Derived rows (a list split into rows): small, recomputed whole when touched.
-                touched = bool(src_changed or src_deleted) or any(
+                touched = bool(src_changed or src_deleted or model.name in rederive) or any(
                     outcome_changed[p.model] for p in model.parents
                 )
                 keys = None if touched else set(_quarantined(conn, spec, model))
@@ -351,6 +361,7 @@ def _sync(
                 sql.Identifier(spec.ledger_schema, "ledger")
             )
         ).fetchone()
+        rollback.clear_resync(conn, spec)
         conn.commit()
     result.counts.update(
         {

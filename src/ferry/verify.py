@@ -197,7 +197,8 @@ def _materialize(conn: psycopg.Connection, plan: Plan) -> None:
         sql.SQL(
             "CREATE TEMP TABLE _ferry_e AS SELECT v.key, v.uuid, v.hash FROM _ferry_v v "
             "WHERE v.fate = 0 AND NOT EXISTS (SELECT 1 FROM {led} l WHERE l.model = {name} "
-            "AND l.source_key = v.key AND l.status = 'quarantined' AND l.sqlstate IS NOT NULL)"
+            "AND l.source_key = v.key AND ((l.status = 'quarantined' AND l.sqlstate IS NOT NULL) "
+            "OR l.decided_by IS NOT NULL))"
         ).format(led=led, name=name)
     )
     conn.execute(
@@ -258,6 +259,8 @@ def _compare_fates(
             "AND status <> 'deleted') l ON l.source_key = v.key "
             "WHERE NOT coalesce(v.fate = 0 AND l.status = 'quarantined' "
             "AND l.sqlstate IS NOT NULL, false) "
+            # An operator's decision on a staged row overrides the spec, on purpose.
+            "AND NOT coalesce(v.key IS NOT NULL AND l.decided_by IS NOT NULL, false) "
             "AND (v.key IS NULL OR l.source_key IS NULL OR v.status IS DISTINCT FROM l.status "
             "OR v.reason IS DISTINCT FROM l.reason OR v.repairs IS DISTINCT FROM l.repairs "
             "OR v.uuid IS DISTINCT FROM l.target_uuid) "

@@ -1,0 +1,272 @@
+"""Continuous sync (``ferry sync --every 60s``) with Prometheus metrics.
+
+Why: until cutover the target must follow the legacy database within minutes, unattended,
+and whoever runs it needs to know when it stops doing so. One process syncs at a fixed
+interval; a failed sync (the legacy server restarting, the run lock held by a manual run) is
+logged and retried at the next tick, backing off exponentially up to ``max_backoff`` so a
+long outage does not hammer either database. SIGTERM or SIGINT lets the sync in progress
+finish (it is short and chunked; every chunk is its own transaction anyway) and then ends
+the loop with exit code 0, so a service manager can stop it at any moment. A second signal
+during that sync interrupts it outright (a chunk's transaction is then rolled back).
+
+Metrics are plain Prometheus text on ``127.0.0.1:<port>/metrics`` (stdlib ``http.server``
+in a daemon thread: no new dependency, loopback only because nothing here needs to be
+public). They are refreshed after each sync, so a scrape never queries the database.
+
+Health data: logs carry table names, counts and error conditions only; a database error's
+quoted values and its DETAIL (which may quote a row) are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ferry.conninfo import connect
+from ferry.errors import FerryError
+from ferry.spec import Spec
+
+log = logging.getLogger(__name__)
+
+
+class WatchError(FerryError):
+    """Continuous sync could not start (a bad interval, the metrics port taken)."""
+
+
+class Metrics:
+    """The gauges and counters a scrape returns; updated by the loop, read by the server."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.ledger_rows: dict[str, int] = {}
+        self.conflicts = 0
+        self.last_sync_timestamp: float | None = None
+        self.last_sync_duration: float | None = None
+        self.last_sync_ok: bool | None = None
+        self.syncs_total = 0
+        self.failures_total = 0
+
+    def update(self, **values: Any) -> None:
+        with self._lock:
+            for k, v in values.items():
+                setattr(self, k, v)
+
+    def render(self) -> str:
+        """Prometheus text exposition format 0.0.4."""
+        with self._lock:
+            lines = [
+                "# HELP ferry_ledger_rows Ledger rows by status.",
+                "# TYPE ferry_ledger_rows gauge",
+            ]
+            for status, n in sorted(self.ledger_rows.items()):
+                lines.append(f'ferry_ledger_rows{{status="{status}"}} {n}')
+
+            def one(name: str, kind: str, text: str, value: float | None) -> None:
+                lines.extend([f"# HELP {name} {text}", f"# TYPE {name} {kind}"])
+                if value is not None:
+                    lines.append(f"{name} {value:g}" if kind == "counter" else f"{name} {value}")
+
+            one(
+                "ferry_last_sync_timestamp_seconds",
+                "gauge",
+                "Unix time the last successful sync finished.",
+                self.last_sync_timestamp,
+            )
+            one(
+                "ferry_last_sync_duration_seconds",
+                "gauge",
+                "Duration of the last sync, successful or not.",
+                self.last_sync_duration,
+            )
+            one(
+                "ferry_last_sync_success",
+                "gauge",
+                "1 if the last sync succeeded, else 0.",
+                None if self.last_sync_ok is None else float(self.last_sync_ok),
+            )
+            one(
+                "ferry_conflicts",
+                "gauge",
+                "Ledger rows in conflict (edited in the target since ferry wrote them).",
+                float(self.conflicts),
+            )
+            one(
+                "ferry_sync_failures_total",
+                "counter",
+                "Syncs that failed since start.",
+                float(self.failures_total),
+            )
+            one("ferry_syncs_total", "counter", "Syncs attempted since start.",
+                float(self.syncs_total))  # fmt: skip
+        return "\n".join(lines) + "\n"
+
+
+def serve_metrics(metrics: Metrics, port: int) -> ThreadingHTTPServer:
+    """Serve ``/metrics`` on 127.0.0.1:``port`` from a daemon thread; call ``shutdown()``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?")[0] != "/metrics":
+                self.send_error(404)
+                return
+            body = metrics.render().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # a scrape every 15 s is not news
+
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    except OSError as exc:
+        raise WatchError(f"cannot serve metrics on 127.0.0.1:{port}: {exc.strerror}") from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="ferry-metrics", daemon=True).start()
+    return server
+
+
+def refresh(metrics: Metrics, target: str, spec: Spec) -> None:
+    """Ledger counts into the metrics; a database that is down keeps the old values."""
+    led = sql.Identifier(spec.ledger_schema, "ledger")
+    try:
+        with connect(target, app="ferry-metrics") as conn:
+            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [led.as_string(conn)])
+            row = exists.fetchone()
+            if not row or not row[0]:
+                return
+            rows = conn.execute(
+                sql.SQL(
+                    "SELECT status, count(*), count(*) FILTER (WHERE conflict) FROM {} GROUP BY 1"
+                ).format(led)
+            ).fetchall()
+            last = conn.execute(
+                sql.SQL(
+                    "SELECT extract(epoch FROM finished_at)::float8, "
+                    "extract(epoch FROM finished_at - started_at)::float8 FROM {} "
+                    "WHERE kind = 'sync' AND status = 'ok' ORDER BY run_id DESC LIMIT 1"
+                ).format(sql.Identifier(spec.ledger_schema, "runs"))
+            ).fetchone()
+    except (FerryError, psycopg.Error):
+        return
+    values: dict[str, Any] = {
+        "ledger_rows": {status: int(n) for status, n, _ in rows},
+        "conflicts": sum(int(c) for _, _, c in rows),
+    }
+    if last is not None and metrics.last_sync_timestamp is None:
+        values["last_sync_timestamp"] = float(last[0])
+        values["last_sync_duration"] = float(last[1])
+    metrics.update(**values)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """What a log may say about a failure: ferry's own messages (written to carry names,
+    keys and counts only); a database error's condition, SQLSTATE and primary message with
+    any quoted value cut out (as the CLI shows it); else just the exception's class."""
+    if isinstance(exc, FerryError):
+        return str(exc)
+    if isinstance(exc, psycopg.Error):
+        from ferry.transform import condition_name, safe_message
+
+        return f"{condition_name(exc)} ({exc.sqlstate or '-'}): {safe_message(exc)}"
+    return type(exc).__name__
+
+
+def next_delay(every: float, failures: int, max_backoff: float) -> float:
+    """After ``failures`` failures in a row: the interval, doubled per failure beyond the
+    first, capped at ``max_backoff`` (never below the interval itself)."""
+    if failures <= 0:
+        return every
+    return min(every * 2 ** (failures - 1), max(max_backoff, every))
+
+
+def watch(
+    source: str, target: str, spec: Spec, *, every: float, max_backoff: float = 600.0,
+    data_dir: Path | None = None, jobs: int = 2, metrics_port: int | None = None,
+    on_result: Callable[[Any], None] | None = None, say: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+) -> Metrics:  # fmt: skip
+    """Sync every ``every`` seconds until SIGTERM/SIGINT (or ``stop`` is set).
+
+    Returns the final metrics. Signal handlers are installed only when called from the main
+    thread (tests may drive the loop from another thread with ``stop``).
+    """
+    from ferry.sync import sync
+
+    if every <= 0:
+        raise WatchError("the sync interval must be positive")
+    say = say or log.info
+    stop = stop or threading.Event()
+    metrics = Metrics()
+    refresh(metrics, target, spec)
+    server = serve_metrics(metrics, metrics_port) if metrics_port is not None else None
+    previous: dict[int, Any] = {}
+    received: list[str] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Only a flag: printing from a signal handler could interleave with a print.
+        received.append(signal.Signals(signum).name)
+        stop.set()
+        # A second signal interrupts the sync in progress instead of waiting for it.
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, on_signal)
+    failures = 0
+    try:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                result = sync(source, target, spec, data_dir=data_dir, jobs=jobs)
+            except Exception as exc:
+                failures += 1
+                delay = next_delay(every, failures, max_backoff)
+                metrics.update(
+                    syncs_total=metrics.syncs_total + 1,
+                    failures_total=metrics.failures_total + 1,
+                    last_sync_ok=False,
+                    last_sync_duration=time.perf_counter() - t0,
+                )
+                say(
+                    f"sync failed ({failures} in a row): {describe_failure(exc)}; "
+                    f"next try in {delay:g} s"
+                )
+            else:
+                failures = 0
+                delay = every
+                metrics.update(
+                    syncs_total=metrics.syncs_total + 1,
+                    last_sync_ok=True,
+                    last_sync_timestamp=time.time(),
+                    last_sync_duration=result.seconds,
+                )
+                if on_result is not None:
+                    on_result(result)
+            refresh(metrics, target, spec)
+            # Wait for the next tick; a signal (or ``stop``) ends the wait at once.
+            stop.wait(max(0.0, delay - (time.perf_counter() - t0)) if failures == 0 else delay)
+    finally:
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is on_signal:
+                signal.signal(sig, handler)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    why = f"{received[0]} received: " if received else ""
+    say(f"{why}stopped after {metrics.syncs_total} syncs ({metrics.failures_total} failed)")
+    return metrics
