@@ -76,7 +76,8 @@ data_dir = Path(job["data_dir"])
 if job["step"] == "migrate":
     from ferry.pipeline import migrate
 
-    r = migrate(job["source"], job["target"], spec, data_dir=data_dir, jobs=job["jobs"])
+    r = migrate(job["source"], job["target"], spec, data_dir=data_dir, jobs=job["jobs"],
+                defer_constraints=job["defer"])
     out = {"seconds": r.seconds, "rows": sum(s.rows for s in r.staged),
            "bytes": sum(s.bytes for s in r.staged), "written": sum(m.written for m in r.models)}
 else:
@@ -139,6 +140,7 @@ class Ferry:
     data_dir: Path
     jobs: int
     runner: str  # "api": python -c over ferry's API; "cli": python -m ferry.cli
+    defer_constraints: bool = False
 
     def _conninfos(self) -> tuple[str, str]:
         return self.cluster.conninfo("legacy"), self.cluster.conninfo("target", user=MIGRATOR)
@@ -173,6 +175,7 @@ class Ferry:
             "target": tgt,
             "data_dir": str(self.data_dir),
             "jobs": self.jobs,
+            "defer": self.defer_constraints,
         }
         done = baselines.run_measured(
             [sys.executable, "-c", _CHILD], log=log, stdin=json.dumps(job).encode(), capture=True
@@ -588,7 +591,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"world SF={scale:g}: {world_rows:,} rows ({table_rows:,} in "
                 f"{len(world.LEGACY_TABLES)} tables) built in {gen_s:.1f} s"
             )
-            ferry = Ferry(cluster, workdir, data_dir, args.jobs, args.runner)
+            ferry = Ferry(
+                cluster, workdir, data_dir, args.jobs, args.runner, args.defer_constraints
+            )
 
             # Baselines first: they only read the legacy database, ferry's sync changes it.
             base_results: list[baselines.BaselineResult] = []
@@ -705,6 +710,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "scale": scale,
         "seed": args.seed,
         "jobs": args.jobs,
+        "defer_constraints": args.defer_constraints,
         "quick": args.quick,
         "runner": args.runner,
         "machine": machine,
@@ -901,6 +907,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=2, help="parallel sessions, for all")
     parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument(
+        "--defer-constraints",
+        action="store_true",
+        help="migrate with --defer-constraints (foreign keys re-added after first loads)",
+    )
     parser.add_argument(
         "--scaling",
         default=None,
