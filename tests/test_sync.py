@@ -222,3 +222,13 @@ def test_row_referenced_by_the_application_is_not_deleted(
         assert conn.execute(
             "SELECT status, conflict FROM ferry.ledger WHERE model = 'books' AND source_key = '17'"
         ).fetchone() == ("deleted", True)
+
+
+def test_ferry_schemas_are_closed_to_the_api_roles(synced: dict, cluster: LocalCluster) -> None:
+    admin = cluster.conninfo("sync_target")
+    for role in ("anon", "authenticated"):
+        for table in ("ferry.ledger", "ferry.runs", "ferry.history", "ferry_stage.auth_user"):
+            with psycopg.connect(admin) as conn:
+                conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(table)))

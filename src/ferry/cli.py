@@ -233,7 +233,7 @@ def demo(
         except (FerryError, psycopg.Error) as exc:
             raise _fail(exc) from None
         _print_sync(done.sync)
-        console.print(summary(done.sync.source_counts))
+        console.print(summary(done.counts))
         for path in done.reports:
             console.print(f"report: {path}")
         console.print(done.verify.summary())

@@ -9,7 +9,6 @@ A row the application edited since ferry wrote it is not overwritten: it is a co
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ from psycopg import sql
 from ferry import constraints, diff, ledger, rollback, stage, transform
 from ferry.conninfo import connect
 from ferry.errors import FerryError
-from ferry.pipeline import Progress, _run_lock, _session, run_model
+from ferry.pipeline import Progress, SessionPairs, _run_lock, _session, run_model
 from ferry.spec import Model, Source, Spec
 
 
@@ -46,19 +45,10 @@ def _restage(
     source: str, target: str, spec: Spec, data_dir: Path, jobs: int
 ) -> dict[str, diff.TableDiff]:
     """Diff every source against its stage and copy only what changed."""
-    local = threading.local()
-    conns: list[psycopg.Connection] = []
-    lock = threading.Lock()
-
-    def pair() -> tuple[psycopg.Connection, psycopg.Connection]:
-        if not hasattr(local, "pair"):
-            local.pair = (connect(source, app="ferry-sync"), connect(target, app="ferry-sync"))
-            with lock:
-                conns.extend(local.pair)
-        return local.pair
+    pairs = SessionPairs(source, target, "ferry-sync")
 
     def one(src: Source) -> tuple[str, diff.TableDiff]:
-        s, t = pair()
+        s, t = pairs.get()
         stage_rel = (spec.stage_schema, src.stage_table)
         if ledger.stage_rows(t, spec, src.name) == 0 and not _stage_exists(t, spec, src):
             raise FerryError(f"source {src.name} was never staged: run ferry migrate first")
@@ -87,12 +77,8 @@ def _restage(
         t.commit()
         return src.name, result
 
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            return dict(pool.map(one, spec.sources))
-    finally:
-        for c in conns:
-            c.close()
+    with pairs, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return dict(pool.map(one, spec.sources))
 
 
 def _stage_exists(conn: psycopg.Connection, spec: Spec, src: Source) -> bool:
@@ -132,6 +118,25 @@ def _key_text(key: tuple[Any, ...]) -> str:
     return str(key[0])
 
 
+def _queue_deletes(
+    conn: psycopg.Connection, spec: Spec, model: Model, keys: list[str], run_id: int
+) -> None:
+    """Queue the target rows ferry wrote for these keys; ``apply_pending_deletes`` removes
+    them once every model has run, children first."""
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {pend} (target_table, target_uuid, model, source_key, row_hash, "
+            "run_id) SELECT target_table, target_uuid, model, source_key, row_hash, %s "
+            "FROM {led} WHERE model = %s AND source_key = ANY(%s) AND status = 'migrated' "
+            "AND target_uuid IS NOT NULL ON CONFLICT DO NOTHING"
+        ).format(
+            pend=sql.Identifier(spec.ledger_schema, "pending_deletes"),
+            led=sql.Identifier(spec.ledger_schema, "ledger"),
+        ),
+        [run_id, model.name, keys],
+    )
+
+
 def _mark_deleted(
     conn: psycopg.Connection, spec: Spec, model: Model, keys: list[str], run_id: int
 ) -> set[str]:
@@ -141,20 +146,11 @@ def _mark_deleted(
     if not keys:
         return set()
     led = sql.Identifier(spec.ledger_schema, "ledger")
-    pend = sql.Identifier(spec.ledger_schema, "pending_deletes")
     reason = {"delete": "source_deleted", "keep": "kept", "flag": "flagged"}[model.on_delete]
     with conn.transaction():
         ledger.record_history(conn, spec, run_id, model.name, model.target, model.key_column, keys)
         if model.on_delete == "delete":
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {pend} (target_table, target_uuid, model, source_key, row_hash, "
-                    "run_id) SELECT target_table, target_uuid, model, source_key, row_hash, %s "
-                    "FROM {led} WHERE model = %s AND source_key = ANY(%s) AND status = 'migrated' "
-                    "AND target_uuid IS NOT NULL ON CONFLICT DO NOTHING"
-                ).format(pend=pend, led=led),
-                [run_id, model.name, keys],
-            )
+            _queue_deletes(conn, spec, model, keys, run_id)
         rows = conn.execute(
             sql.SQL(
                 "UPDATE {led} SET status = 'deleted', reason = %s, run_id = %s, "
@@ -223,15 +219,7 @@ def _release(
         return set()
     with conn.transaction():
         ledger.record_history(conn, spec, run_id, model.name, model.target, model.key_column, gone)
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {pend} (target_table, target_uuid, model, source_key, row_hash, "
-                "run_id) SELECT target_table, target_uuid, model, source_key, row_hash, %s "
-                "FROM {led} WHERE model = %s AND source_key = ANY(%s) AND status = 'migrated' "
-                "AND target_uuid IS NOT NULL ON CONFLICT DO NOTHING"
-            ).format(pend=sql.Identifier(spec.ledger_schema, "pending_deletes"), led=led),
-            [run_id, model.name, gone],
-        )
+        _queue_deletes(conn, spec, model, gone, run_id)
         rows = conn.execute(
             sql.SQL(
                 "DELETE FROM {} WHERE model = %s AND source_key = ANY(%s) RETURNING source_key"
@@ -345,7 +333,7 @@ def _sync(
             released = _release(conn, spec, model, before if keys is None else keys, result.run_id)
             outcome_changed[model.name] |= released
             transitions[("migrated", "released")] += len(released)
-        deleted_rows, conflicts = transform.apply_pending_deletes(conn, spec, result.run_id)
+        deleted_rows, _ = transform.apply_pending_deletes(conn, spec, result.run_id)
         touched: dict[str, set[str]] = defaultdict(set)
         for name in result.diffs:
             touched_keys = changed.get(name, set()) | set(deleted.get(name, []))
@@ -380,6 +368,6 @@ def _sync(
                 n for (old, new), n in transitions.items() if new == "excluded" and old != new
             ),
             "conflicts": int(row[0]) if row else 0,
-            "new_conflicts": max(0, (int(row[0]) if row else 0) - conflicts_before) + conflicts,
+            "new_conflicts": max(0, (int(row[0]) if row else 0) - conflicts_before),
         }
     )

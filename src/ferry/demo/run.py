@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ferry import report, verify
+from ferry import ledger, report, verify
 from ferry.embedded import LocalCluster, running
 from ferry.pipeline import Progress, RunResult, migrate
 from ferry.spec import Spec, load_spec
@@ -81,6 +81,7 @@ class DeltaResult:
     applied: dict[str, int]
     verify: verify.VerifyReport
     reports: list[Path]
+    counts: dict[str, ledger.SourceCounts]
 
 
 def run_delta(
@@ -109,4 +110,6 @@ def run_delta(
         result = sync(src, tgt, spec, data_dir=workdir, jobs=jobs, progress=progress)
         paths = write_reports(tgt, spec, workdir)
         checked = verify.verify(tgt, spec, truth=workdir / "ground_truth.csv")
-    return DeltaResult(result, applied, checked, paths)
+        with psycopg.connect(tgt) as conn:
+            counts = ledger.source_counts(conn, spec)
+    return DeltaResult(result, applied, checked, paths, counts)
