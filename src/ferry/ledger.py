@@ -89,6 +89,12 @@ CREATE TABLE IF NOT EXISTS {schema}.suspended_constraints (
     suspended_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (target_table, name)
 );
+CREATE TABLE IF NOT EXISTS {schema}.resync (
+    model      text NOT NULL,
+    source_key text NOT NULL,
+    run_id     bigint NOT NULL,
+    PRIMARY KEY (model, source_key)
+);
 CREATE TABLE IF NOT EXISTS {schema}.staged (
     source     text PRIMARY KEY,
     rows       bigint NOT NULL,

@@ -319,6 +319,16 @@ def _decide(
                             ).format(led),
                             [UNDONE, run_id, chosen, key],
                         )
+                        # Handed to the next sync like a rolled-back key: with nothing else
+                        # changed, a sync would otherwise only retry the refused rows.
+                        for name in chosen:
+                            conn.execute(
+                                sql.SQL(
+                                    "INSERT INTO {} (model, source_key, run_id) "
+                                    "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
+                                ).format(sql.Identifier(spec.ledger_schema, "resync")),
+                                [name, key, run_id],
+                            )
             except BaseException as exc:
                 message = str(exc) if isinstance(exc, FerryError) else type(exc).__name__
                 ledger.finish_run(conn, spec, run_id, {}, message)

@@ -164,12 +164,18 @@ def _mark_deleted(
     return {r[0] for r in rows}
 
 
-def _quarantined(conn: psycopg.Connection, spec: Spec, model: Model) -> list[str]:
+def _quarantined(
+    conn: psycopg.Connection, spec: Spec, model: Model, refused_only: bool = False
+) -> list[str]:
+    """Quarantined keys to try again. A rule's verdict is a function of the stage and the
+    parents' fates: when no stage row changed it cannot change, and only the rows the
+    database refused (the target may have changed under them) are worth another try."""
     rows = conn.execute(
-        sql.SQL("SELECT source_key FROM {} WHERE model = %s AND status = 'quarantined'").format(
-            sql.Identifier(spec.ledger_schema, "ledger")
-        ),
-        [model.name],
+        sql.SQL(
+            "SELECT source_key FROM {} WHERE model = %s AND status = 'quarantined' "
+            "AND (NOT %s OR sqlstate IS NOT NULL)"
+        ).format(sql.Identifier(spec.ledger_schema, "ledger")),
+        [model.name, refused_only],
     ).fetchall()
     return [r[0] for r in rows]
 
@@ -300,6 +306,7 @@ def _sync(
         resynced = sum(map(len, again.values())) + sum(map(len, gone.values())) + len(rederive)
         if resynced:
             result.counts["resynced"] = resynced
+        quiet = not any(changed.values()) and not any(deleted.values()) and not rederive
         for model in spec.order():
             src_changed = changed.get(model.source, set())
             src_deleted = deleted.get(model.source, [])
@@ -308,7 +315,7 @@ def _sync(
                                                              result.run_id)  # fmt: skip
                 keys: set[str] | None = set(src_changed)
                 assert keys is not None
-                keys |= set(_quarantined(conn, spec, model))
+                keys |= set(_quarantined(conn, spec, model, refused_only=quiet))
                 for p in {p.model for p in model.parents}:
                     keys |= _children_of(conn, spec, model, p, outcome_changed[p])
                 keys -= set(src_deleted)
@@ -317,7 +324,7 @@ def _sync(
                 touched = bool(src_changed or src_deleted or model.name in rederive) or any(
                     outcome_changed[p.model] for p in model.parents
                 )
-                keys = None if touched else set(_quarantined(conn, spec, model))
+                keys = None if touched else set(_quarantined(conn, spec, model, quiet))
             conn.commit()
             if keys is not None and not keys:
                 continue
