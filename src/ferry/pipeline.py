@@ -143,6 +143,8 @@ def _session(target: str, spec: Spec) -> psycopg.Connection:
 
 # A first load smaller than this is not worth dropping and re-adding foreign keys for.
 DEFER_MIN_ROWS = 50_000
+# A model that wrote this many rows refreshes the planner's statistics of what it wrote.
+ANALYZE_AFTER = 10_000
 
 
 def run_model(
@@ -177,6 +179,11 @@ def run_model(
             if deferred:
                 conn.rollback()
                 constraints.restore(conn, spec, model.target)
+        if result.written >= ANALYZE_AFTER:
+            # Fresh statistics before the next model joins the ledger: with the ones taken
+            # while it was small the planner picks nested loops over whole-table scans.
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(spec.ledger_schema, "ledger")))
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(*model.target.split("."))))
         conn.execute(
             sql.SQL(
                 "INSERT INTO {}.model_runs (run_id, model, rows, written, seconds) "
