@@ -58,3 +58,17 @@ def test_unreachable_database_error_hides_password(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "topsecret-99" not in done.stdout + done.stderr
     assert "cannot connect" in done.stdout + done.stderr
+
+
+def test_readme_demo_command_end_to_end(tmp_path: Path) -> None:
+    """The Quick start's demo, as a user runs it (relative work directory), then --delta."""
+    for extra in ([], ["--delta"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ferry.cli", "demo", "--scale", "0.01", *extra],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False,
+        )  # fmt: skip
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output[-3000:]
+        assert "verify ok" in output
+    for name in ("report.md", "report.html", "report.json", "ground_truth.csv"):
+        assert (tmp_path / ".ferry" / "demo" / name).exists()

@@ -1,7 +1,10 @@
+from pathlib import Path
+
 import psycopg
+import pytest
 
 from ferry.conninfo import redact
-from ferry.embedded import LocalCluster
+from ferry.embedded import LocalCluster, running
 
 
 def test_cluster_serves_fresh_databases(cluster: LocalCluster) -> None:
@@ -17,3 +20,12 @@ def test_redact_hides_password() -> None:
     assert "s3cr3t" not in shown
     assert "***" in shown
     assert "s3cr3t" not in redact("postgresql://postgres:s3cr3t@db.example:5432/app")
+
+
+def test_relative_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's demo runs with a relative work directory: the server must still start."""
+    monkeypatch.chdir(tmp_path)
+    with running(Path("rel/demo")) as cluster:
+        assert cluster.workdir.is_absolute()
+        with psycopg.connect(cluster.create_database("rel")) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -117,6 +117,10 @@ class LocalCluster:
     port: int = 0
     bindir: Path = field(default_factory=find_bindir)
 
+    def __post_init__(self) -> None:
+        # The server changes into its data directory: every path it is given must be absolute.
+        self.workdir = Path(self.workdir).resolve()
+
     @property
     def datadir(self) -> Path:
         return self.workdir / "pgdata"
