@@ -7,12 +7,14 @@ because stage and transform open their own sessions (one per parallel job).
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -202,8 +204,6 @@ def _run_parallel(
     bounds: list[tuple[object, object]], jobs: int,
 ) -> transform.ModelResult:  # fmt: skip
     """Chunks are independent transactions: hand them to ``jobs`` sessions."""
-    import time
-
     t0 = time.perf_counter()
     # Chunks far apart run at once: neighbours would insert into the same last pages of the
     # legacy-key and ledger indexes and wait on each other's buffer locks.
@@ -253,6 +253,28 @@ def transform_all(
     return results
 
 
+@contextmanager
+def recorded_run(
+    target: str, spec: Spec, kind: str
+) -> Iterator[tuple[psycopg.Connection, int, dict[str, Any]]]:
+    """A run as the ledger sees it: schema ready, lock held, deferred keys restored, a run
+    row opened; closed as ``ok`` with the counts the block fills in, or as ``failed`` with
+    ferry's message (never a database message that could quote a row)."""
+    with connect(target, app="ferry") as conn:
+        ledger.ensure_schema(conn, spec)
+        with _run_lock(conn, spec):
+            constraints.restore(conn, spec)  # whatever a crashed run left deferred
+            run_id = ledger.start_run(conn, spec, kind)
+            counts: dict[str, Any] = {}
+            try:
+                yield conn, run_id, counts
+            except BaseException as exc:
+                message = str(exc) if isinstance(exc, FerryError) else type(exc).__name__
+                ledger.finish_run(conn, spec, run_id, {}, message)
+                raise
+            ledger.finish_run(conn, spec, run_id, counts, None)
+
+
 def migrate(
     source: str, target: str, spec: Spec, *, data_dir: Path | None = None, jobs: int = 2,
     progress: Progress | None = None, defer_constraints: bool = False,
@@ -262,30 +284,17 @@ def migrate(
     Safe to repeat and to resume after a crash: rows whose outcome did not change are not
     written again.
     """
-    import time
-
     progress = progress or Progress()
     t0 = time.perf_counter()
-    with connect(target, app="ferry") as conn:
-        ledger.ensure_schema(conn, spec)
-        with _run_lock(conn, spec):
-            constraints.restore(conn, spec)  # whatever a crashed run left deferred
-            run_id = ledger.start_run(conn, spec, "migrate")
-            result = RunResult(run_id, "migrate")
-            try:
-                result.staged = stage_all(
-                    source, target, spec, run_id, data_dir or spec.base_dir, jobs, progress
-                )
-                result.models = transform_all(
-                    target, spec, run_id, progress, jobs, defer_constraints
-                )
-                result.counts = ledger.check_invariant(conn, spec)
-            except BaseException as exc:
-                message = str(exc) if isinstance(exc, FerryError) else type(exc).__name__
-                ledger.finish_run(conn, spec, run_id, {}, message)
-                raise
-            result.seconds = time.perf_counter() - t0
-            ledger.finish_run(conn, spec, run_id, run_counts(result), None)
+    with recorded_run(target, spec, "migrate") as (conn, run_id, counts):
+        result = RunResult(run_id, "migrate")
+        result.staged = stage_all(
+            source, target, spec, run_id, data_dir or spec.base_dir, jobs, progress
+        )
+        result.models = transform_all(target, spec, run_id, progress, jobs, defer_constraints)
+        result.counts = ledger.check_invariant(conn, spec)
+        result.seconds = time.perf_counter() - t0
+        counts.update(run_counts(result))
     return result
 
 

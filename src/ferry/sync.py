@@ -19,10 +19,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import constraints, diff, ledger, rollback, stage, transform
-from ferry.conninfo import connect
+from ferry import diff, ledger, rollback, stage, transform
 from ferry.errors import FerryError
-from ferry.pipeline import Progress, SessionPairs, _run_lock, _session, run_model
+from ferry.pipeline import Progress, SessionPairs, _session, recorded_run, run_model
 from ferry.spec import Model, Source, Spec
 
 
@@ -253,21 +252,12 @@ def sync(
     its run record."""
     progress = progress or Progress()
     t0 = time.perf_counter()
-    with connect(target, app="ferry") as conn:
-        ledger.ensure_schema(conn, spec)
-        with _run_lock(conn, spec):
-            constraints.restore(conn, spec)  # whatever a crashed migrate left deferred
-            run_id = ledger.start_run(conn, spec, "sync")
-            result = SyncResult(run_id)
-            try:
-                _sync(source, target, spec, data_dir or spec.base_dir, jobs, progress, result)
-            except BaseException as exc:
-                message = str(exc) if isinstance(exc, FerryError) else type(exc).__name__
-                ledger.finish_run(conn, spec, run_id, {}, message)
-                raise
-            result.seconds = time.perf_counter() - t0
-            result.counts["seconds"] = round(result.seconds, 3)
-            ledger.finish_run(conn, spec, run_id, result.counts, None)
+    with recorded_run(target, spec, "sync") as (_, run_id, counts):
+        result = SyncResult(run_id)
+        _sync(source, target, spec, data_dir or spec.base_dir, jobs, progress, result)
+        result.seconds = time.perf_counter() - t0
+        result.counts["seconds"] = round(result.seconds, 3)
+        counts.update(result.counts)
     return result
 
 
