@@ -515,3 +515,29 @@ def test_non_autocommit_connections_are_left_idle_and_committed(
             assert conn.execute("SHOW TimeZone").fetchone() == ("Europe/Paris",)
             conn.rollback()
     _assert_equal(item)  # seen from other connections: committed
+
+
+def test_dense_changes_are_listed_in_bounded_batches(
+    item: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nearly every bucket differs: rows are listed batch by batch, and still exactly."""
+    import ferry.diff
+
+    monkeypatch.setattr(ferry.diff, "LIST_ROWS_PER_BATCH", 500)
+    calls: list[int] = []
+    listed = ferry.diff._leaf_hashes
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return listed(*args, **kwargs)
+
+    monkeypatch.setattr(ferry.diff, "_leaf_hashes", counting)
+    t = sql.Identifier(item.table)
+    item.src.execute(sql.SQL("UPDATE {} SET flag = NOT flag WHERE id % 7 = 0").format(t))
+    diff = item.diff()
+    expected = item.src.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE id % 7 = 0").format(t)
+    ).fetchone()
+    assert expected is not None and len(diff.updated) == expected[0]
+    assert not diff.inserted and not diff.deleted
+    assert len(calls) > 2 * 10  # two sides, many batches

@@ -846,6 +846,25 @@ def _histogram(side: _Side, column: str) -> list[int] | None:
     return list(row[0][0]) if row and row[0][0] else None
 
 
+# Leaf rows listed per round trip: when changes are dense nearly every bucket differs, and
+# listing them all at once would hold the whole table's (key, hash) pairs in memory.
+LIST_ROWS_PER_BATCH = 100_000
+
+
+def _batches(leaves: list[_Bucket], rows: int) -> Iterator[list[_Bucket]]:
+    """Consecutive groups of leaves holding about ``rows`` rows each."""
+    batch: list[_Bucket] = []
+    held = 0
+    for leaf in leaves:
+        batch.append(leaf)
+        held += leaf.rows
+        if held >= rows:
+            yield batch
+            batch, held = [], 0
+    if batch:
+        yield batch
+
+
 def _run_diff(pair: _Pair, plan: _Plan, result: TableDiff) -> None:
     source, stage = pair.source, pair.stage
     buckets: _IntBuckets | _HashBuckets | None
@@ -909,9 +928,9 @@ def _run_diff(pair: _Pair, plan: _Plan, result: TableDiff) -> None:
             # another level would scan the whole table for less than it saves: list now
             leaves += [b for b, _ in splits]
             splits = []
-        if leaves:
+        for batch in _batches(leaves, LIST_ROWS_PER_BATCH):
             src_rows, stg_rows = pair.both(
-                lambda side, lv=leaves: _leaf_hashes(side, plan, *buckets.leaf_scope(side, lv))
+                lambda side, lv=batch: _leaf_hashes(side, plan, *buckets.leaf_scope(side, lv))
             )
             gone = stg_rows.keys() - src_rows.keys()
             result.rows_compared += len(src_rows) + len(gone)
