@@ -638,12 +638,17 @@ class Runner:
         names = [n for n, _, _ in plan.columns]
         ident = sql.SQL(", ").join(sql.Identifier(n) for n in names)
         key = sql.Identifier(plan.model.key_column)
-        old = self.conn.execute(
-            sql.SQL(
-                "SELECT count(*) FILTER (WHERE _old_status IS NOT NULL), "
-                "count(*) FILTER (WHERE _old_status = 'migrated') FROM _ferry_c WHERE {}"
-            ).format(rng)
-        ).fetchone()
+        # A first load has no earlier outcome to compare with: skip the scans that look.
+        old = (
+            None
+            if self.fresh
+            else self.conn.execute(
+                sql.SQL(
+                    "SELECT count(*) FILTER (WHERE _old_status IS NOT NULL), "
+                    "count(*) FILTER (WHERE _old_status = 'migrated') FROM _ferry_c WHERE {}"
+                ).format(rng)
+            ).fetchone()
+        )
         any_old, has_old = (int(old[0]), int(old[1])) if old else (0, 0)
         if any_old:
             # Without statistics the planner guesses the temp table big and hashes whole
@@ -777,6 +782,8 @@ class Runner:
             ).format(rng)
         ):
             self.transitions[(prev, new)] += n
+        if not any_old:
+            return
         self.changed_keys.update(
             r[0]
             for r in conn.execute(
