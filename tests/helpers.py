@@ -50,7 +50,3 @@ def table_checksum(conninfo: str, table: str, order: str = "id") -> tuple[int, s
         ).fetchone()
     assert row is not None
     return int(row[0]), str(row[1])
-
-
-def as_role(cluster: LocalCluster, dbname: str, role: str) -> str:
-    return cluster.conninfo(dbname, user=role)

@@ -27,7 +27,3 @@ class InvariantError(FerryError):
 
 class VerifyError(FerryError):
     """The target differs from what the spec yields, or a fate differs from the ground truth."""
-
-
-class SyncConflictError(FerryError):
-    """Raised only where a caller asked for conflicts to be fatal."""

@@ -7,7 +7,7 @@ ferry changes or deletes only target rows whose ledger row says ferry wrote them
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -409,15 +409,3 @@ def _diagnose(
     stale = sorted(r[0] for r in rows if r[1])
     twice = sorted(r[0] for r in rows if r[3])
     return unclaimed, stale, twice
-
-
-def model_totals(conn: psycopg.Connection, spec: Spec) -> dict[str, dict[str, int]]:
-    """Per model: ledger rows by status (derived models included)."""
-    out: dict[str, dict[str, int]] = defaultdict(dict)
-    for model, status, n in conn.execute(
-        sql.SQL("SELECT model, status, count(*) FROM {}.ledger GROUP BY 1, 2").format(
-            sql.Identifier(spec.ledger_schema)
-        )
-    ):
-        out[model][status] = n
-    return dict(out)

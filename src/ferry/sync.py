@@ -49,7 +49,7 @@ def _restage(
     def one(src: Source) -> tuple[str, diff.TableDiff]:
         s, t = pairs.get()
         stage_rel = (spec.stage_schema, src.stage_table)
-        if ledger.stage_rows(t, spec, src.name) == 0 and not _stage_exists(t, spec, src):
+        if not _stage_exists(t, spec, src):
             raise FerryError(f"source {src.name} was never staged: run ferry migrate first")
         if src.csv is not None:
             assert src.columns is not None
@@ -329,7 +329,6 @@ def _sync(
             # Keys the model was asked about but no longer yields leave it.
             released = _release(conn, spec, model, before if keys is None else keys, result.run_id)
             outcome_changed[model.name] |= released
-            transitions[("migrated", "released")] += len(released)
         deleted_rows, _ = transform.apply_pending_deletes(conn, spec, result.run_id)
         touched: dict[str, set[str]] = defaultdict(set)
         for name in result.diffs:
