@@ -140,7 +140,7 @@ class Ferry:
     data_dir: Path
     jobs: int
     runner: str  # "api": python -c over ferry's API; "cli": python -m ferry.cli
-    defer_constraints: bool = False
+    defer_constraints: bool = True
 
     def _conninfos(self) -> tuple[str, str]:
         return self.cluster.conninfo("legacy"), self.cluster.conninfo("target", user=MIGRATOR)
@@ -218,6 +218,8 @@ class Ferry:
             if probe.returncode != 0:
                 return Step(name, "not_available", note="the CLI has no 'sync' command yet")
         cmd = [*self._cli(step), "--jobs", str(self.jobs)]
+        if step == "migrate" and not self.defer_constraints:
+            cmd.append("--keep-constraints")
         done = baselines.run_measured(cmd, log=log)
         if done.returncode != 0:
             return Step(
@@ -592,7 +594,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"{len(world.LEGACY_TABLES)} tables) built in {gen_s:.1f} s"
             )
             ferry = Ferry(
-                cluster, workdir, data_dir, args.jobs, args.runner, args.defer_constraints
+                cluster, workdir, data_dir, args.jobs, args.runner, not args.keep_constraints
             )
 
             # Baselines first: they only read the legacy database, ferry's sync changes it.
@@ -710,7 +712,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "scale": scale,
         "seed": args.seed,
         "jobs": args.jobs,
-        "defer_constraints": args.defer_constraints,
+        "defer_constraints": not args.keep_constraints,
         "quick": args.quick,
         "runner": args.runner,
         "machine": machine,
@@ -908,9 +910,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="parallel sessions, for all")
     parser.add_argument("--skip-baselines", action="store_true")
     parser.add_argument(
-        "--defer-constraints",
+        "--keep-constraints",
         action="store_true",
-        help="migrate with --defer-constraints (foreign keys re-added after first loads)",
+        help="migrate with --keep-constraints (foreign keys checked row by row on first loads)",
     )
     parser.add_argument(
         "--scaling",

@@ -12,6 +12,7 @@ from ferry.errors import SpecError
 from ferry.keys import key_uuid
 from ferry.pipeline import migrate
 from ferry.spec import load_spec
+from ferry.transform import Plan
 from tests.helpers import fresh_db, table_checksum
 
 SPEC_DIR = Path(__file__).parent / "specs" / "library"
@@ -114,3 +115,32 @@ def test_spec_errors_name_the_place(tmp_path: Path) -> None:
     bad.write_text("name = 'x'\nnamespace = 'not-a-uuid'\nsources = []\nmodels = []\n")
     with pytest.raises(SpecError, match="namespace"):
         load_spec(bad)
+
+
+def test_a_column_type_without_a_hash_function_falls_back_to_md5(
+    library: tuple[str, str], tmp_path: Path
+) -> None:
+    source, target = library
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("ALTER TABLE loans ALTER COLUMN member TYPE json USING to_json(member)")
+    text = (SPEC_DIR / "spec.toml").read_text().replace("l.member,", "to_json(l.member) AS member,")
+    (tmp_path / "spec.toml").write_text(text)
+    for name in ("books.sql", "loans.csv"):
+        (tmp_path / name).write_text((SPEC_DIR / name).read_text())
+    spec = load_spec(tmp_path / "spec.toml")
+    migrate(source, target, spec)
+    with psycopg.connect(target) as conn:
+        conn.execute("SET search_path = ferry_stage, pg_catalog")
+        assert not Plan(conn, spec, spec.model("loans")).hashable  # json has no hash function
+        assert Plan(conn, spec, spec.model("books")).hashable
+        hashes = conn.execute(
+            "SELECT model, min(length(row_hash)) FROM ferry.ledger "
+            "WHERE status = 'migrated' GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    # md5's 32 hex digits for loans; a signed 64-bit integer, as text, for the others.
+    assert [(m, n == 32) for m, n in hashes] == [
+        ("authors", False),
+        ("books", False),
+        ("loans", True),
+    ]
+    assert sum(m.written for m in migrate(source, target, spec).models) == 0

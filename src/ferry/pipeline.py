@@ -10,8 +10,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,14 +149,37 @@ DEFER_MIN_ROWS = 50_000
 ANALYZE_AFTER = 10_000
 
 
+def _first_big_load(fresh: bool, total: int) -> bool:
+    """Whether a load sets the target's foreign keys aside (when allowed to)."""
+    return fresh and total >= DEFER_MIN_ROWS
+
+
+def _locks_parents(conn: psycopg.Connection, spec: Spec, model_name: str) -> set[tuple[str, str]]:
+    """The tables whose ``SHARE`` lock a model's first load will hold, if it sets keys aside."""
+    model = spec.model(model_name)
+    if not model.accounts:
+        return set()
+    fresh = conn.execute(
+        sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {} WHERE model = %s)").format(
+            sql.Identifier(spec.ledger_schema, "ledger")
+        ),
+        [model.name],
+    ).fetchone()
+    total = ledger.stage_rows(conn, spec, model.source)
+    found = set(constraints.parents(conn, model.target))
+    conn.commit()
+    return found if fresh and _first_big_load(bool(fresh[0]), total) else set()
+
+
 def run_model(
     target: str, spec: Spec, model_name: str, run_id: int, progress: Progress, jobs: int = 1,
     keys: list[str] | None = None, defer_constraints: bool = False,
+    slots: transform.Slots | None = None,
 ) -> transform.ModelResult:  # fmt: skip
     """One model: its chunks on ``jobs`` sessions when no unique index makes that unsafe.
 
     With ``defer_constraints``, a model's first load of at least ``DEFER_MIN_ROWS`` rows runs
-    with the target's foreign keys dropped and re-added after (see ``constraints.py``).
+    with the target's foreign keys set aside and put back after (see ``constraints.py``).
     """
     model = spec.model(model_name)
     with _session(target, spec) as conn:
@@ -167,20 +190,17 @@ def run_model(
         def advance(n: int) -> None:
             progress.model_advanced(model.name, n)
 
-        runner = transform.Runner(conn, plan, run_id, advance)
+        runner = transform.Runner(conn, plan, run_id, advance, slots)
         bounds = runner.bounds() if keys is None else []
-        deferred = defer_constraints and keys is None and runner.fresh and total >= DEFER_MIN_ROWS
-        if deferred:
-            constraints.suspend(conn, spec, model.target, run_id)
-        try:
+        deferred = defer_constraints and keys is None and _first_big_load(runner.fresh, total)
+        with ExitStack() as stack:
+            if deferred:
+                guard = stack.enter_context(_session(target, spec))
+                stack.enter_context(constraints.suspended(guard, spec, model.target, run_id))
             if keys is not None or jobs <= 1 or not plan.parallel_safe or len(bounds) < 2:
                 result = runner.run(keys, bounds if keys is None else None)
             else:
-                result = _run_parallel(target, spec, plan, run_id, advance, bounds, jobs)
-        finally:
-            if deferred:
-                conn.rollback()
-                constraints.restore(conn, spec, model.target)
+                result = _run_parallel(target, spec, plan, run_id, advance, bounds, jobs, slots)
         if result.written >= ANALYZE_AFTER:
             # Fresh statistics before the next model joins the ledger: with the ones taken
             # while it was small the planner picks nested loops over whole-table scans.
@@ -201,7 +221,7 @@ def run_model(
 
 def _run_parallel(
     target: str, spec: Spec, plan: transform.Plan, run_id: int, advance: Callable[[int], None],
-    bounds: list[tuple[object, object]], jobs: int,
+    bounds: list[tuple[object, object]], jobs: int, slots: transform.Slots | None = None,
 ) -> transform.ModelResult:  # fmt: skip
     """Chunks are independent transactions: hand them to ``jobs`` sessions."""
     t0 = time.perf_counter()
@@ -215,7 +235,7 @@ def _run_parallel(
 
     def worker() -> transform.Runner:
         with _session(target, spec) as conn:
-            runner = transform.Runner(conn, plan, run_id, advance)
+            runner = transform.Runner(conn, plan, run_id, advance, slots)
             while True:
                 with lock:
                     if not pending:
@@ -241,16 +261,47 @@ def _run_parallel(
 
 def transform_all(
     target: str, spec: Spec, run_id: int, progress: Progress, jobs: int = 1,
-    defer_constraints: bool = False,
+    defer_constraints: bool = True,
 ) -> list[transform.ModelResult]:  # fmt: skip
-    """Run the models in dependency order, then delete what they queued, children first."""
-    results = [
-        run_model(target, spec, m.name, run_id, progress, jobs, None, defer_constraints)
-        for m in spec.order()
-    ]
+    """Run each model once its parents are done, then delete what they queued, children first.
+
+    Models that share only an ancestor (jaws, case_files and payments under orders) run side
+    by side, up to ``jobs`` of them: most are one chunk, which one session runs on one core,
+    and the other core would idle. However many models run, at most ``jobs`` chunks compute
+    at once. Two models writing one table run in file order, so that which of two colliding
+    rows a unique index keeps does not depend on timing; two first loads whose foreign keys
+    are set aside run one after the other if they point at a common parent, which each
+    locks (``constraints.suspended``).
+    """
+    deps = {m.name: {p.model for p in m.parents} for m in spec.models}
+    for i, m in enumerate(spec.models):
+        deps[m.name] |= {o.name for o in spec.models[:i] if o.target == m.target}
+    with connect(target, app="ferry-transform") as conn:
+        locks = {
+            m.name: _locks_parents(conn, spec, m.name) if defer_constraints else set()
+            for m in spec.models
+        }
+    pending = [m.name for m in spec.order()]
+    done: dict[str, transform.ModelResult] = {}
+    slots = transform.Slots(max(1, jobs))
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        running: dict[Future[transform.ModelResult], str] = {}
+        while pending or running:
+            for name in list(pending):
+                held = set().union(*(locks[r] for r in running.values()))
+                # Two loads locking one parent would wait on each other's locks: not at once.
+                if len(running) < jobs and deps[name] <= done.keys() and not locks[name] & held:
+                    pending.remove(name)
+                    running[pool.submit(
+                        run_model, target, spec, name, run_id, progress, jobs, None,
+                        defer_constraints, slots,
+                    )] = name  # fmt: skip
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done[running.pop(future)] = future.result()
     with connect(target, app="ferry-transform") as conn:
         transform.apply_pending_deletes(conn, spec, run_id)
-    return results
+    return [done[m.name] for m in spec.order()]
 
 
 @contextmanager
@@ -277,7 +328,7 @@ def recorded_run(
 
 def migrate(
     source: str, target: str, spec: Spec, *, data_dir: Path | None = None, jobs: int = 2,
-    progress: Progress | None = None, defer_constraints: bool = False,
+    progress: Progress | None = None, defer_constraints: bool = True,
 ) -> RunResult:  # fmt: skip
     """Full run: re-stage everything, then bring every model's rows up to date.
 
