@@ -215,7 +215,7 @@ def test_renderings(world: tuple[str, Spec]) -> None:
     assert json.loads(outputs["json"]) == data
 
     md = outputs["md"]
-    assert "| `lib_book` | 8 | 3 | 0 | 0 | 4 | 1 | 37.50% | 42.85% |" in md
+    assert "| `lib_book` | 8 | 3 | 0 | 0 | 4 | 1 | 37.50% | 42.85% | migrate 2: " in md
     assert "✓ 8 = 3 + 0 + 4 + 1" in md
     assert "| `lib_book` | quarantined | `unique_violation` | 1 |" in md
     assert "✓ 4 = 3 + 0 + 1" in md  # public.authors: 3 by ferry, 1 the application's own
@@ -308,3 +308,35 @@ def test_derived_model_counts_per_target_not_per_source(
     report = verify(target, spec)
     assert report.ok, report.summary()
     assert report.checked["models"] == 4
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_html_fits_a_1280_pixel_window_with_millions_of_rows(
+    world: tuple[str, Spec], tmp_path: Path
+) -> None:
+    target, spec = world
+    data = collect(target, spec)
+    big = 271_828  # SF=1-sized numbers: the widest cells are the "adds up" equations
+    for s in data["sources"]:
+        s["source_table"] = s["source_table"].ljust(23, "_")  # as long as DOMAIN's longest
+        for key in ("staged", "migrated", "merged", "accounted", "quarantined_total",
+                    "excluded_total", "repaired_rows", "rows_processed"):  # fmt: skip
+            s[key] *= big
+        for key in ("quarantined", "excluded", "repaired"):
+            s[key] = {k: v * big for k, v in s[key].items()}
+        s["rows_per_s"] = 12_280.8
+    page = tmp_path / "report.html"
+    probe = (
+        "<script>document.body.dataset.overflow = String("
+        "document.documentElement.scrollWidth > document.documentElement.clientWidth)</script>"
+    )
+    page.write_text(render(data, "html").replace("</body>", probe + "</body>"))
+    proc = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900",
+         "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'data-overflow="false"' in proc.stdout

@@ -287,6 +287,12 @@ def _pct(value: float | None) -> str:
     return f"{floored:.2f}%"
 
 
+def _last_run(s: dict[str, Any], data: dict[str, Any]) -> str:
+    """``sync 7: 1.48 s``: a sync's few seconds must not read as the load's."""
+    kind = {r["run_id"]: r["kind"] for r in data["runs"]}.get(s["run_id"])
+    return f"{kind} {s['run_id']}: {_secs(s['seconds'])}" if kind else _secs(s["seconds"])
+
+
 def _secs(value: float | None) -> str:
     if value is None:
         return "-"
@@ -383,16 +389,17 @@ def _markdown(data: dict[str, Any]) -> str:
         "## Source tables",
         "",
         "Each row states `staged = migrated + merged + quarantined + excluded`. Completion is "
-        "(migrated + merged) / staged, and the same over staged rows less excluded ones. Time is "
-        "the source's last run: staging plus its models.",
+        "(migrated + merged) / staged, and the same over staged rows less excluded ones. Last run "
+        "is the latest run that staged the source, a migrate or a sync (its number is that of "
+        "the run history): its staging plus its models, and rows/s over the rows they processed.",
         "",
     ]
     out += _md_table(
         ["Source", "Staged", "Migrated", "Repaired", "Merged", "Quarantined", "Excluded",
-         "Completion", "Excl. excluded", "Time", "Rows/s", "Adds up"],
+         "Completion", "Excl. excluded", "Last run", "Rows/s", "Adds up"],
         [[f"`{s['source_table']}`", _n(s["staged"]), _n(s["migrated"]), _n(s["repaired_rows"]),
           _n(s["merged"]), _n(s["quarantined_total"]), _n(s["excluded_total"]),
-          _pct(s["completion"]), _pct(s["completion_excl_excluded"]), _secs(s["seconds"]),
+          _pct(s["completion"]), _pct(s["completion_excl_excluded"]), _last_run(s, data),
           _n(s["rows_per_s"]), _equation(s)] for s in data["sources"]],
         set(range(1, 11)),
     )  # fmt: skip
@@ -464,12 +471,13 @@ h2 { font-size: 18px; margin: 32px 0 8px; border-bottom: 1px solid var(--line);
   padding-bottom: 4px; }
 p.note { color: var(--muted); margin: 4px 0 12px; }
 table { border-collapse: collapse; width: 100%; margin: 8px 0 16px; }
-th, td { padding: 4px 8px; border-bottom: 1px solid var(--line); text-align: left;
+th, td { padding: 4px 6px; border-bottom: 1px solid var(--line); text-align: left;
   vertical-align: top; }
 th { background: var(--band); font-weight: 600; }
-td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
+td.n { white-space: nowrap; } td.wrap { white-space: normal; min-width: 6em; }
 td.ok { color: #137a5a; } td.bad { color: #b3261e; font-weight: 700; }
-td.eq { font-size: 12px; min-width: 14em; }
+td.eq { font-size: 12px; min-width: 11em; }
 code { font: 12.5px ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 12px 0; }
 .card { border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px; min-width: 130px; }
@@ -502,7 +510,7 @@ def _fates_svg(sources: list[dict[str, Any]]) -> str:
     A fate with any rows gets at least 2 px, so 40 quarantined rows among two million are
     still seen; the exact counts are in each segment's tooltip and in the table below.
     """
-    label_w, bar_w, right_w, row_h = 220, 700, 150, 26
+    label_w, bar_w, right_w, row_h = 220, 680, 190, 26
     width = label_w + bar_w + right_w
     height = max(1, len(sources)) * row_h + 8
     parts = [
@@ -638,12 +646,12 @@ def _html(data: dict[str, Any]) -> str:
 
     sources = _html_table(
         ["Source", "Staged", "Migrated", "Repaired", "Merged", "Quarantined", "Excluded",
-         "Completion", "Excl. excluded", "Time", "Rows/s", "Adds up"],
+         "Completion", "Excl. excluded", "Last run", "Rows/s", "Adds up"],
         [[(f"<code>{_e(s['source_table'])}</code>", ""), num(_n(s["staged"])),
           num(_n(s["migrated"])), num(_n(s["repaired_rows"])), num(_n(s["merged"])),
           num(_n(s["quarantined_total"])), num(_n(s["excluded_total"])),
           num(_pct(s["completion"])), num(_pct(s["completion_excl_excluded"])),
-          num(_secs(s["seconds"])), num(_n(s["rows_per_s"])),
+          (_e(_last_run(s, data)), "n wrap"), num(_n(s["rows_per_s"])),
           equation(s["adds_up"], _equation(s))] for s in data["sources"]],
         set(range(1, 11)),
     )  # fmt: skip
@@ -700,7 +708,8 @@ counted when the report is made; none is typed in.</p>
 <h2>Source tables</h2>
 <p class="note">Each row states <code>staged = migrated + merged + quarantined + excluded</code>.
 Completion is (migrated + merged) / staged, and the same over staged rows less excluded ones.
-Time is the source's last run: staging plus its models.</p>
+Last run is the latest run that staged the source, a migrate or a sync (numbered as in the run
+history): its staging plus its models, and rows/s over the rows they processed.</p>
 {sources}
 <h2>Quarantined by reason, excluded by rule, repaired by rule</h2>
 {detail}
