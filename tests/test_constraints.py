@@ -56,14 +56,17 @@ def test_a_crash_while_deferred_is_repaired_by_the_next_run(
     spec = load_spec(_spec(tmp_path))
     source, target = _world(cluster, "fk_crash")
     with psycopg.connect(target) as conn:
+        conn.execute("CREATE INDEX books_author ON public.books (author_id)")
         before = conn.execute(FKS).fetchall()
         ledger.ensure_schema(conn, spec)
         # As if a run had dropped them and died.
-        assert constraints.suspend(conn, spec, "public.books", run_id=0) == 1
+        assert constraints.suspend(conn, spec, "public.books", run_id=0) == 2
         assert len(conn.execute(FKS).fetchall()) == len(before) - 1
+        assert conn.execute(INDEX_OID).fetchone() == (None,)
     migrate(source, target, spec)
     with psycopg.connect(target) as conn:
         assert conn.execute(FKS).fetchall() == before
+        assert conn.execute(INDEX_OID).fetchone() != (None,)
 
 
 def test_parents_cannot_be_written_while_keys_are_aside(
