@@ -159,7 +159,7 @@ def _locks_parents(conn: psycopg.Connection, spec: Spec, model_name: str) -> set
     model = spec.model(model_name)
     if not model.accounts:
         return set()
-    fresh = conn.execute(
+    row = conn.execute(
         sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {} WHERE model = %s)").format(
             sql.Identifier(spec.ledger_schema, "ledger")
         ),
@@ -168,7 +168,7 @@ def _locks_parents(conn: psycopg.Connection, spec: Spec, model_name: str) -> set
     total = ledger.stage_rows(conn, spec, model.source)
     found = set(constraints.parents(conn, model.target))
     conn.commit()
-    return found if fresh and _first_big_load(bool(fresh[0]), total) else set()
+    return found if _first_big_load(bool(row and row[0]), total) else set()
 
 
 def run_model(
@@ -268,40 +268,53 @@ def transform_all(
     Models that share only an ancestor (jaws, case_files and payments under orders) run side
     by side, up to ``jobs`` of them: most are one chunk, which one session runs on one core,
     and the other core would idle. However many models run, at most ``jobs`` chunks compute
-    at once. Two models writing one table run in file order, so that which of two colliding
-    rows a unique index keeps does not depend on timing; two first loads whose foreign keys
-    are set aside run one after the other if they point at a common parent, which each
-    locks (``constraints.suspended``).
+    at once. Two models writing one table run in turn, so that which of two colliding
+    rows a unique index keeps does not depend on timing. A first load whose foreign keys are
+    set aside locks their parent tables (``constraints.suspended``): it runs alone beside any
+    model that writes or locks one of them.
     """
-    deps = {m.name: {p.model for p in m.parents} for m in spec.models}
-    for i, m in enumerate(spec.models):
-        deps[m.name] |= {o.name for o in spec.models[:i] if o.target == m.target}
+    order = spec.order()
+    deps = {m.name: {p.model for p in m.parents} for m in order}
+    for i, m in enumerate(order):
+        deps[m.name] |= {o.name for o in order[:i] if o.target == m.target}
     with connect(target, app="ferry-transform") as conn:
         locks = {
             m.name: _locks_parents(conn, spec, m.name) if defer_constraints else set()
             for m in spec.models
         }
-    pending = [m.name for m in spec.order()]
+    pending = [m.name for m in order]
     done: dict[str, transform.ModelResult] = {}
-    slots = transform.Slots(max(1, jobs))
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    limit = max(1, jobs)
+    slots = transform.Slots(limit)
+
+    def table(name: str) -> tuple[str, str]:
+        schema, _, rel = spec.model(name).target.partition(".")
+        return schema, rel
+
+    with ThreadPoolExecutor(max_workers=limit) as pool:
         running: dict[Future[transform.ModelResult], str] = {}
         while pending or running:
             for name in list(pending):
+                if len(running) >= limit or not deps[name] <= done.keys():
+                    continue
                 held = set().union(*(locks[r] for r in running.values()))
-                # Two loads locking one parent would wait on each other's locks: not at once.
-                if len(running) < jobs and deps[name] <= done.keys() and not locks[name] & held:
+                written = {table(r) for r in running.values()}
+                # A load locking a table that another model running writes or locks would
+                # wait on it, and could hold a chunk slot while it waits: not at once.
+                if not locks[name] & (held | written) and table(name) not in held:
                     pending.remove(name)
                     running[pool.submit(
                         run_model, target, spec, name, run_id, progress, jobs, None,
                         defer_constraints, slots,
                     )] = name  # fmt: skip
+            if not running:  # cannot happen: deps follow spec.order(), and locks need company
+                raise FerryError(f"no model can start: {', '.join(pending)}")
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 done[running.pop(future)] = future.result()
     with connect(target, app="ferry-transform") as conn:
         transform.apply_pending_deletes(conn, spec, run_id)
-    return [done[m.name] for m in spec.order()]
+    return [done[m.name] for m in order]
 
 
 @contextmanager
