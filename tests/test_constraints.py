@@ -110,3 +110,29 @@ def test_a_dangling_row_written_meanwhile_fails_loudly(
         assert [r[3] for r in app.execute(FKS).fetchall() if r[0] == "books"] == [False]
         with pytest.raises(psycopg.errors.ForeignKeyViolation):
             app.execute(dangling)
+
+
+def test_a_parent_the_role_may_not_lock_is_left_to_validate(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Like Supabase's auth.users: ferry may reference it, not lock it."""
+    spec = load_spec(_spec(tmp_path))
+    _, target = _world(cluster, "fk_unlockable")
+    admin = cluster.conninfo("crash_tgt_fk_unlockable")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.accounts (id uuid PRIMARY KEY)")
+        conn.execute("GRANT SELECT, REFERENCES ON public.accounts TO lib_owner")
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE public.notes (id uuid PRIMARY KEY, "
+            "account_id uuid REFERENCES public.accounts (id))"
+        )
+    with psycopg.connect(target) as guard:
+        ledger.ensure_schema(guard, spec)
+        guard.commit()
+        with constraints.suspended(guard, spec, "public.notes", run_id=0) as n:
+            assert n == 1
+        valid = guard.execute(
+            "SELECT convalidated FROM pg_constraint WHERE conname = 'notes_account_id_fkey'"
+        ).fetchone()
+    assert valid == (True,)
