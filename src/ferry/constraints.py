@@ -14,7 +14,8 @@ Why this is the default for first loads, and what guards it:
   rows ferry wrote, and a merge re-points children to a row that exists.
 - While the keys are off, a guard session holds ``SHARE`` locks on the parent tables: the
   application can read them but its writes to them wait, so no parent can be deleted (and no
-  ``ON DELETE CASCADE`` skipped) behind ferry's back.
+  ``ON DELETE CASCADE`` skipped) behind ferry's back. The locks come a few milliseconds
+  after the drop commits; ``VALIDATE`` covers that moment too.
 - A row the application writes into the child table meanwhile is not checked when written;
   ``VALIDATE CONSTRAINT`` checks it afterwards, and if it dangles the run fails, naming the
   key, which stays enforced for new rows.
