@@ -178,8 +178,10 @@ def restore(conn: psycopg.Connection, spec: Spec, target: str | None = None) -> 
         ).format(_table(spec)),
         [target, target],
     ).fetchall()
-    for table, name, definition in rows:
-        if not _is_index(definition) and not _exists(conn, table, name):
+    keys = [r for r in rows if not _is_index(r[2])]
+    indexes = [r for r in rows if _is_index(r[2])]
+    for table, name, definition in keys:
+        if not _exists(conn, table, name):
             conn.execute(
                 sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
                     sql.Identifier(*table.split(".")),
@@ -188,18 +190,14 @@ def restore(conn: psycopg.Connection, spec: Spec, target: str | None = None) -> 
                 )
             )
     conn.commit()
-    for table, name, definition in rows:
-        if not _is_index(definition):
-            continue
+    for table, name, definition in indexes:
         with conn.transaction():
             if not _exists(conn, table, name):
                 conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
                 conn.execute(sql.SQL(definition))  # type: ignore[arg-type]
             _forget(conn, spec, table, name)
         conn.commit()
-    for table, name, definition in rows:
-        if _is_index(definition):
-            continue
+    for table, name, _ in keys:
         try:
             with conn.transaction():
                 conn.execute(

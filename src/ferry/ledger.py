@@ -293,6 +293,17 @@ def source_counts(
     return out
 
 
+def first_load(conn: psycopg.Connection, spec: Spec, model: str) -> bool:
+    """No ledger row of ``model`` yet: nothing ferry wrote for it to compare with."""
+    row = conn.execute(
+        sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {} WHERE model = %s)").format(
+            sql.Identifier(spec.ledger_schema, "ledger")
+        ),
+        [model],
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def stage_rows(conn: psycopg.Connection, spec: Spec, source: str) -> int:
     table = spec.source(source).stage_table
     exists = conn.execute(

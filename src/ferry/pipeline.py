@@ -159,16 +159,11 @@ def _locks_parents(conn: psycopg.Connection, spec: Spec, model_name: str) -> set
     model = spec.model(model_name)
     if not model.accounts:
         return set()
-    row = conn.execute(
-        sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {} WHERE model = %s)").format(
-            sql.Identifier(spec.ledger_schema, "ledger")
-        ),
-        [model.name],
-    ).fetchone()
+    fresh = ledger.first_load(conn, spec, model.name)
     total = ledger.stage_rows(conn, spec, model.source)
     found = set(constraints.parents(conn, model.target))
     conn.commit()
-    return found if _first_big_load(bool(row and row[0]), total) else set()
+    return found if _first_big_load(fresh, total) else set()
 
 
 def run_model(

@@ -422,12 +422,8 @@ class Runner:
         self.changed_keys: set[str] = set()
         # No ledger row of this model yet: a first load. Stays true for this run, since the
         # run lock keeps anyone else from writing this model's rows and chunks are disjoint.
-        row = conn.execute(
-            sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {} WHERE model = %s)").format(plan.led),
-            [plan.model.name],
-        ).fetchone()
+        self.fresh = ledger.first_load(conn, plan.spec, plan.model.name)
         conn.commit()
-        self.fresh = bool(row and row[0])
 
     # -- chunk boundaries -------------------------------------------------------------------
     def bounds(self) -> list[tuple[Any, Any]]:
