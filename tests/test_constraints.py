@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from ferry import constraints, ledger
+from ferry import constraints, ledger, pipeline
 from ferry.embedded import LocalCluster
 from ferry.errors import FerryError
-from ferry.pipeline import migrate
+from ferry.pipeline import Progress, migrate
 from ferry.spec import load_spec
+from ferry.transform import ModelResult
 from tests.helpers import table_checksum
 from tests.test_crash import TABLES, _spec, _world
 
@@ -136,3 +138,97 @@ def test_a_parent_the_role_may_not_lock_is_left_to_validate(
             "SELECT convalidated FROM pg_constraint WHERE conname = 'notes_account_id_fkey'"
         ).fetchone()
     assert valid == (True,)
+
+
+def test_parents_are_free_once_the_keys_are_back_before_validation(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    spec = load_spec(_spec(tmp_path))
+    _, target = _world(cluster, "fk_released")
+    seen: list[tuple[bool, bool]] = []
+    with psycopg.connect(target) as guard, psycopg.connect(target) as other:
+        ledger.ensure_schema(guard, spec)
+        guard.commit()
+        other.execute("SET lock_timeout = '300ms'")
+
+        def keys_back() -> None:
+            valid = other.execute(
+                "SELECT convalidated FROM pg_constraint WHERE conname = 'books_author_id_fkey'"
+            ).fetchone()
+            # What another load needs to set its own keys to authors aside.
+            other.execute("LOCK TABLE public.authors IN SHARE ROW EXCLUSIVE MODE")
+            other.rollback()
+            seen.append((valid is not None, bool(valid and valid[0])))
+
+        with constraints.suspended(guard, spec, "public.books", 0, keys_back) as n:
+            assert n == 1
+            assert seen == []  # parents locked while the keys are aside
+        # Called once, with the key back but not yet validated; validated by the end.
+        assert seen == [(True, False)]
+        assert other.execute(FKS).fetchall()[0][3] is True
+
+
+def test_a_load_sharing_a_locked_parent_starts_once_the_keys_are_back(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two first loads under one parent: the second need not wait for the first's VALIDATE."""
+    path = _spec(tmp_path)
+    path.write_text(
+        path.read_text()
+        + '\n[[sources]]\nname = "lib_review"\ntable = "public.lib_review"\n'
+        + '\n[[models]]\nname = "reviews"\ntarget = "public.reviews"\nsource = "lib_review"\n'
+        + 'sql = "SELECT r.id AS _key, r.id AS legacy_review_id, r.author_id AS _author_id '
+        + 'FROM lib_review r"\n'
+        + 'parents = [{ model = "authors", key = "_author_id", column = "author_id" }]\n'
+    )
+    spec = load_spec(path)
+    source, target = _world(cluster, "fk_two_loads")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE lib_review AS SELECT i AS id, 1 + i % 5 AS author_id "
+            "FROM generate_series(1, 50) i"
+        )
+        conn.execute("ALTER TABLE lib_review ADD PRIMARY KEY (id)")
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE public.reviews (id uuid PRIMARY KEY, legacy_review_id bigint UNIQUE, "
+            "author_id uuid NOT NULL REFERENCES public.authors (id))"
+        )
+    monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)  # both are first loads that defer
+    events: list[tuple[str, str]] = []
+    started = {"books": threading.Event(), "reviews": threading.Event()}
+
+    class Recorder(Progress):
+        def model_started(self, model: str, total_rows: int) -> None:
+            events.append(("start", model))
+            if model in started:
+                started[model].set()
+
+        def model_done(self, result: ModelResult) -> None:
+            events.append(("done", result.model))
+
+    real_restore = constraints.restore
+
+    def restore(conn, spec, target=None, keys_back=None):  # type: ignore[no-untyped-def]
+        def back() -> None:
+            assert keys_back is not None
+            keys_back()
+            # Hold this load's validation until the other load has started (or 10 s).
+            other = "reviews" if target == "public.books" else "books"
+            started[other].wait(10)
+
+        return real_restore(conn, spec, target, back if keys_back else None)
+
+    monkeypatch.setattr(constraints, "restore", restore)
+    migrate(source, target, spec, progress=Recorder())
+    first = next(m for e, m in events if e == "start" and m in started)
+    second = "reviews" if first == "books" else "books"
+    assert events.index(("start", second)) < events.index(("done", first))
+    with psycopg.connect(target) as conn:
+        migrated = conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'migrated'), count(*) FROM ferry.ledger "
+            "WHERE model = 'reviews'"
+        ).fetchone()
+        assert migrated is not None and migrated[1] == 50
+        assert conn.execute("SELECT count(*) FROM public.reviews").fetchone() == (migrated[0],)
+        assert all(r[3] for r in conn.execute(FKS).fetchall())

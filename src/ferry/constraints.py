@@ -28,7 +28,7 @@ Why this is the default for first loads, and what guards it:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
@@ -110,10 +110,14 @@ def parents(conn: psycopg.Connection, target: str) -> list[tuple[str, str]]:
 
 
 @contextmanager
-def suspended(guard: psycopg.Connection, spec: Spec, target: str, run_id: int) -> Iterator[int]:
+def suspended(
+    guard: psycopg.Connection, spec: Spec, target: str, run_id: int,
+    released: Callable[[], None] | None = None,
+) -> Iterator[int]:  # fmt: skip
     """Keys of ``target`` off for the block, parents locked by ``guard``; yields how many.
 
     ``guard`` must be a session of its own: it holds a transaction open for the whole block.
+    ``released`` is called once the parents are unlocked again (see ``restore``).
     """
     locked = parents(guard, target)
     guard.commit()
@@ -121,10 +125,12 @@ def suspended(guard: psycopg.Connection, spec: Spec, target: str, run_id: int) -
     try:
         if n:
             _lock(guard, locked)
+        elif released:
+            released()
         yield n
     finally:
         if n:
-            restore(guard, spec, target)
+            restore(guard, spec, target, released)
 
 
 def _lock(conn: psycopg.Connection, tables: list[tuple[str, str]]) -> None:
@@ -164,12 +170,17 @@ def _forget(conn: psycopg.Connection, spec: Spec, table: str, name: str) -> None
     )
 
 
-def restore(conn: psycopg.Connection, spec: Spec, target: str | None = None) -> int:
+def restore(
+    conn: psycopg.Connection, spec: Spec, target: str | None = None,
+    keys_back: Callable[[], None] | None = None,
+) -> int:  # fmt: skip
     """Add back what was suspended (for one table, or all); returns how many.
 
     Every key comes back ``NOT VALID`` in one transaction (enforced for new rows from its
-    commit on, which also ends a guard's locks); then the indexes are built and each key is
-    validated, each on its own.
+    commit on, which also ends a guard's locks; ``keys_back`` is told then); then the indexes
+    are built and each key is validated, each on its own. Those hold no lock that keeps
+    another load from setting its own keys aside (``VALIDATE`` takes ``ROW SHARE`` on the
+    parent), so the scheduler lets the next loads start meanwhile.
     """
     rows = conn.execute(
         sql.SQL(
@@ -190,6 +201,8 @@ def restore(conn: psycopg.Connection, spec: Spec, target: str | None = None) -> 
                 )
             )
     conn.commit()
+    if keys_back:
+        keys_back()
     for table, name, definition in indexes:
         with conn.transaction():
             if not _exists(conn, table, name):

@@ -169,12 +169,13 @@ def _locks_parents(conn: psycopg.Connection, spec: Spec, model_name: str) -> set
 def run_model(
     target: str, spec: Spec, model_name: str, run_id: int, progress: Progress, jobs: int = 1,
     keys: list[str] | None = None, defer_constraints: bool = False,
-    slots: transform.Slots | None = None,
+    slots: transform.Slots | None = None, released: Callable[[], None] | None = None,
 ) -> transform.ModelResult:  # fmt: skip
     """One model: its chunks on ``jobs`` sessions when no unique index makes that unsafe.
 
     With ``defer_constraints``, a model's first load of at least ``DEFER_MIN_ROWS`` rows runs
-    with the target's foreign keys set aside and put back after (see ``constraints.py``).
+    with the target's foreign keys set aside and put back after (see ``constraints.py``);
+    ``released`` is called when it no longer locks their parent tables.
     """
     model = spec.model(model_name)
     with _session(target, spec) as conn:
@@ -191,15 +192,27 @@ def run_model(
         with ExitStack() as stack:
             if deferred:
                 guard = stack.enter_context(_session(target, spec))
-                stack.enter_context(constraints.suspended(guard, spec, model.target, run_id))
+                stack.enter_context(
+                    constraints.suspended(guard, spec, model.target, run_id, released)
+                )
             if keys is not None or jobs <= 1 or not plan.parallel_safe or len(bounds) < 2:
                 result = runner.run(keys, bounds if keys is None else None)
             else:
                 result = _run_parallel(target, spec, plan, run_id, advance, bounds, jobs, slots)
+            if result.written >= ANALYZE_AFTER:
+                # Fresh statistics before the next model joins the ledger (with the ones taken
+                # while it was small the planner picks nested loops over whole-table scans),
+                # and so before the keys come back, when the next models may start. Only the
+                # columns ferry's queries join, filter and group on: the others (hashes, times,
+                # messages) cost as much again to summarise, and no plan reads them.
+                conn.execute(
+                    sql.SQL(
+                        "ANALYZE {} (model, source_key, source_table, accounts, status, reason, "
+                        "repairs, target_uuid)"
+                    ).format(sql.Identifier(spec.ledger_schema, "ledger"))
+                )
+                conn.commit()
         if result.written >= ANALYZE_AFTER:
-            # Fresh statistics before the next model joins the ledger: with the ones taken
-            # while it was small the planner picks nested loops over whole-table scans.
-            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(spec.ledger_schema, "ledger")))
             conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(*model.target.split("."))))
         conn.execute(
             sql.SQL(
@@ -266,7 +279,8 @@ def transform_all(
     at once. Two models writing one table run in turn, so that which of two colliding
     rows a unique index keeps does not depend on timing. A first load whose foreign keys are
     set aside locks their parent tables (``constraints.suspended``): it runs alone beside any
-    model that writes or locks one of them.
+    model that writes or locks one of them, until its keys are back (they are validated after
+    that without locks that stop the others, so the next models start meanwhile).
     """
     order = spec.order()
     deps = {m.name: {p.model for p in m.parents} for m in order}
@@ -286,13 +300,19 @@ def transform_all(
         schema, _, rel = spec.model(name).target.partition(".")
         return schema, rel
 
+    # Set when a model's parents are unlocked again, which is before the model is done.
+    released: dict[str, Future[None]] = {m.name: Future() for m in order}
+
+    def release(name: str) -> Callable[[], None]:
+        return lambda: released[name].set_result(None)
+
     with ThreadPoolExecutor(max_workers=limit) as pool:
         running: dict[Future[transform.ModelResult], str] = {}
         while pending or running:
             for name in list(pending):
                 if len(running) >= limit or not deps[name] <= done.keys():
                     continue
-                held = set().union(*(locks[r] for r in running.values()))
+                held = set().union(*(locks[r] for r in running.values() if not released[r].done()))
                 written = {table(r) for r in running.values()}
                 # A load locking a table that another model running writes or locks would
                 # wait on it, and could hold a chunk slot while it waits: not at once.
@@ -300,13 +320,17 @@ def transform_all(
                     pending.remove(name)
                     running[pool.submit(
                         run_model, target, spec, name, run_id, progress, jobs, None,
-                        defer_constraints, slots,
+                        defer_constraints, slots, release(name),
                     )] = name  # fmt: skip
             if not running:  # cannot happen: deps follow spec.order(), and locks need company
                 raise FerryError(f"no model can start: {', '.join(pending)}")
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            unlocking = [
+                released[r] for r in running.values() if locks[r] and not released[r].done()
+            ]
+            finished, _ = wait([*running, *unlocking], return_when=FIRST_COMPLETED)
             for future in finished:
-                done[running.pop(future)] = future.result()
+                if future in running:
+                    done[running.pop(future)] = future.result()
     with connect(target, app="ferry-transform") as conn:
         transform.apply_pending_deletes(conn, spec, run_id)
     return [done[m.name] for m in order]

