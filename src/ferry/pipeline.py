@@ -145,33 +145,27 @@ def _session(target: str, spec: Spec) -> psycopg.Connection:
 
 # A first load smaller than this is not worth dropping and re-adding foreign keys for.
 DEFER_MIN_ROWS = 50_000
-# A model that wrote this many rows (and a tenth of the ledger) refreshes the planner's
-# statistics of what it wrote.
+# A model that wrote this many rows refreshes the planner's statistics of what it wrote.
 ANALYZE_AFTER = 10_000
 
 
 def _analyze_ledger(conn: psycopg.Connection, spec: Spec, written: int) -> None:
-    """Fresh ledger statistics once a model grew the ledger by a tenth.
+    """Fresh ledger statistics after a model wrote ``ANALYZE_AFTER`` rows or more.
 
-    The next models join it: with statistics taken while it was small the planner picks
-    nested loops over whole-table scans. A tenth is autovacuum's own threshold
-    (``autovacuum_analyze_scale_factor``), met now rather than whenever autovacuum comes by;
-    below it the estimates stay close, and each ANALYZE of a fresh 2M-row ledger costs
-    0.3-1 s. Only the columns ferry's queries join, filter and group on: the others (hashes,
-    times, messages) cost as much again to summarise, and no plan reads them.
+    The next models (and the next sync) join the ledger by model: with statistics that do
+    not know a model's rows yet, the planner estimates a handful and picks nested loops over
+    whole-table scans (a sync at 100 times DOMAIN.md's delta took twice as long when only a
+    tenth of new rows triggered this). Only the columns ferry's queries join, filter and
+    group on: the others (hashes, times, messages) cost as much again to summarise, and no
+    plan reads them.
     """
-    led = sql.Identifier(spec.ledger_schema, "ledger")
-    row = conn.execute(
-        "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", [led.as_string(conn)]
-    ).fetchone()
-    if written < max(ANALYZE_AFTER, 0.1 * max(row[0] if row else 0, 0)):
-        conn.commit()
+    if written < ANALYZE_AFTER:
         return
     conn.execute(
         sql.SQL(
             "ANALYZE {} (model, source_key, source_table, accounts, status, reason, repairs, "
             "target_uuid)"
-        ).format(led)
+        ).format(sql.Identifier(spec.ledger_schema, "ledger"))
     )
     conn.commit()
 
