@@ -304,17 +304,21 @@ def first_load(conn: psycopg.Connection, spec: Spec, model: str) -> bool:
     return bool(row and row[0])
 
 
-def stage_rows(conn: psycopg.Connection, spec: Spec, source: str) -> int:
-    table = spec.source(source).stage_table
-    exists = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL",
-        [sql.Identifier(spec.stage_schema, table).as_string(conn)],
-    ).fetchone()
+def stage_rows(conn: psycopg.Connection, spec: Spec, source: str, limit: int | None = None) -> int:
+    """Rows in the stage table of ``source``; with ``limit``, counted only up to it (a
+    threshold test need not scan 2M rows)."""
+    stage = sql.Identifier(spec.stage_schema, spec.source(source).stage_table)
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [stage.as_string(conn)]).fetchone()
     if not exists or not exists[0]:
         return 0
-    row = conn.execute(
-        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(spec.stage_schema, table))
-    ).fetchone()
+    query = (
+        sql.SQL("SELECT count(*) FROM {}").format(stage)
+        if limit is None
+        else sql.SQL("SELECT count(*) FROM (SELECT FROM {} LIMIT {}) s").format(
+            stage, sql.Literal(limit)
+        )
+    )
+    row = conn.execute(query).fetchone()
     return int(row[0]) if row else 0
 
 

@@ -181,7 +181,7 @@ def _locks_parents(conn: psycopg.Connection, spec: Spec, model_name: str) -> set
     if not model.accounts:
         return set()
     fresh = ledger.first_load(conn, spec, model.name)
-    total = ledger.stage_rows(conn, spec, model.source)
+    total = ledger.stage_rows(conn, spec, model.source, limit=DEFER_MIN_ROWS)
     found = set(constraints.parents(conn, model.target))
     conn.commit()
     return found if _first_big_load(fresh, total) else set()
