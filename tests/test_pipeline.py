@@ -59,6 +59,10 @@ def test_every_row_gets_its_fate(library: tuple[str, str]) -> None:
         ("loans", "L-4"): ("quarantined", "orphan_books"),
     }
     assert result.counts["lib_book"].staged == 8
+    # What the stage reports (COPY's own count, table and CSV alike) is what the stage holds.
+    assert {s.source: s.rows for s in result.staged} == {
+        "lib_author": 5, "lib_book": 8, "loans.csv": 4,
+    }  # fmt: skip
     assert result.counts["lib_author"].repaired == {"country_normalized": 2}
     ns = spec.namespace
     with psycopg.connect(target) as conn:

@@ -67,7 +67,7 @@ def _create(conn: psycopg.Connection, spec: Spec, src: Source, cols: list[Column
     return target
 
 
-def _finish(conn: psycopg.Connection, spec: Spec, src: Source, target: sql.Composed) -> int:
+def _finish(conn: psycopg.Connection, spec: Spec, src: Source, target: sql.Composed) -> None:
     try:
         conn.execute(
             sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, sql.Identifier(src.key))
@@ -78,8 +78,6 @@ def _finish(conn: psycopg.Connection, spec: Spec, src: Source, target: sql.Compo
             f"({type(exc).__name__})"
         ) from None
     conn.execute(sql.SQL("ANALYZE {}").format(target))
-    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()
-    return int(row[0]) if row else 0
 
 
 def stage_table(
@@ -107,16 +105,18 @@ def stage_table(
     nbytes = 0
     with target.transaction():
         dest = _create(target, spec, src, cols)
+        cur = target.cursor()  # its rowcount, from COPY's own tag, is the rows staged
         with (
             source.cursor().copy(select) as out,
-            target.cursor().copy(sql.SQL("COPY {} FROM STDIN {}").format(dest, fmt)) as into,
+            cur.copy(sql.SQL("COPY {} FROM STDIN {}").format(dest, fmt)) as into,
         ):
             for block in out:
                 into.write(block)
                 nbytes += len(block)
                 if progress:
                     progress(len(block))
-        rows = _finish(target, spec, src, dest)
+        rows = cur.rowcount
+        _finish(target, spec, src, dest)
     source.rollback()
     return StageResult(src.name, rows, nbytes, time.perf_counter() - t0)
 
@@ -146,13 +146,15 @@ def stage_csv(
     with target.transaction():
         dest = _create(target, spec, src, cols)
         copy = sql.SQL("COPY {} FROM STDIN (FORMAT CSV, HEADER true)").format(dest)
-        with path.open("rb") as fh, target.cursor().copy(copy) as into:
+        cur = target.cursor()
+        with path.open("rb") as fh, cur.copy(copy) as into:
             while block := fh.read(_BLOCK):
                 into.write(block)
                 nbytes += len(block)
                 if progress:
                     progress(len(block))
-        rows = _finish(target, spec, src, dest)
+        rows = cur.rowcount
+        _finish(target, spec, src, dest)
     return StageResult(src.name, rows, nbytes, time.perf_counter() - t0)
 
 
