@@ -33,6 +33,7 @@ from psycopg import sql
 
 from ferry.demo.world import LEGACY_TABLES
 from ferry.embedded import SUPERUSER, LocalCluster
+from ferry.stage import relay
 
 TOOLS: tuple[str, ...] = ("pgcopydb", "pgloader")
 #: A tool that runs longer than this is stopped and recorded as failed, not waited on forever.
@@ -216,7 +217,7 @@ def copy_pipe(cluster: LocalCluster, source: str, dbname: str, jobs: int = 2) ->
     """COPY every legacy table out in binary and straight into a bare copy: the physical limit.
 
     No transformation, no keys, no indexes, ``jobs`` tables in flight at a time; bytes pass
-    through Python untouched (psycopg hands over the server's COPY buffers).
+    through Python untouched, a megabyte at a time, by the relay ferry's stage uses.
     """
     target = cluster.create_database(dbname, drop=True)
     with psycopg.connect(target, autocommit=True) as conn:
@@ -233,8 +234,7 @@ def copy_pipe(cluster: LocalCluster, source: str, dbname: str, jobs: int = 2) ->
                 t.cursor() as tcur,
                 tcur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(name)) as into,
             ):
-                for chunk in out:
-                    into.write(chunk)
+                relay(out, into)
             t.commit()
 
     started = time.perf_counter()

@@ -103,6 +103,7 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from ferry.errors import FerryError
+from ferry.stage import relay
 
 __all__ = [
     "ApplyStats",
@@ -1043,9 +1044,7 @@ def _run_apply(pair: _Pair, plan: _Plan, diff: TableDiff) -> ApplyStats:
                     source.conn.cursor().copy(out, params) as reader,
                     conn.cursor().copy(inp) as writer,
                 ):
-                    for data in reader:
-                        stats.bytes_from_source += len(data)
-                        writer.write(data)
+                    stats.bytes_from_source += relay(reader, writer)
         for start in range(0, len(to_remove), COPY_KEYS_PER_STATEMENT):
             chunk = to_remove[start : start + COPY_KEYS_PER_STATEMENT]
             unnest, params = _key_array_params(plan, chunk)
