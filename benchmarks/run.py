@@ -546,19 +546,13 @@ def new_world(
     started = time.perf_counter()
     counts = world.generate(source, target_admin, data_dir, scale=scale, seed=seed)
     seconds = time.perf_counter() - started
-    settle(cluster, "legacy")
+    settle(cluster)
     return counts, seconds
 
 
-def settle(cluster: LocalCluster, dbname: str) -> None:
-    """Vacuum a freshly built database and flush the cluster's dirty pages, untimed.
-
-    A real legacy database is years old: vacuumed, its rows' hint bits set. A freshly built
-    one makes whoever reads it first pay for that, and autovacuum comes to it in the middle
-    of whichever step runs then: a measurement of the tool would include it at random.
-    """
-    with psycopg.connect(cluster.conninfo(dbname), autocommit=True) as conn:
-        conn.execute("VACUUM (FREEZE, ANALYZE)")
+def settle(cluster: LocalCluster) -> None:
+    """Flush the dirty pages the world's build left, untimed: the first step timed would
+    otherwise write them (the world generator vacuums the legacy database itself)."""
     with psycopg.connect(cluster.conninfo("postgres"), autocommit=True) as conn:
         conn.execute("CHECKPOINT")
 
