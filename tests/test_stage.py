@@ -1,9 +1,10 @@
-"""Stage: COPY streams passed on a megabyte at a time, and nothing lost at the seams."""
+"""Stage: COPY streams read from libpq and passed on a megabyte at a time, nothing lost."""
 
 from __future__ import annotations
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from ferry import stage
 from ferry.embedded import LocalCluster
@@ -18,28 +19,54 @@ TABLE = (
 )
 
 
-@pytest.mark.parametrize("fmt", ["BINARY", "TEXT"])
-def test_relay_passes_every_byte_in_blocks(cluster: LocalCluster, fmt: str) -> None:
+@pytest.fixture(scope="module")
+def notes(cluster: LocalCluster) -> tuple[str, str]:
     source = fresh_db(cluster, "relay_src")
     target = fresh_db(cluster, "relay_tgt")
     with psycopg.connect(source, autocommit=True) as conn:
         conn.execute(TABLE.format(n=ROWS))  # type: ignore[call-overload]
+    return source, target
+
+
+@pytest.mark.parametrize("fmt", ["BINARY", "TEXT"])
+def test_copy_out_and_relay_pass_every_byte(notes: tuple[str, str], fmt: str) -> None:
+    source, target = notes
     with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS notes")
         conn.execute("CREATE TABLE notes (id bigint, body text, at timestamptz)")
-    blocks: list[int] = []
+    query = sql.SQL("COPY notes TO STDOUT (FORMAT {})").format(sql.SQL(fmt))
+    sent: list[int] = []
     with psycopg.connect(source) as s, psycopg.connect(target) as t:
-        sent = bytearray()
-        with s.cursor().copy(f"COPY notes TO STDOUT (FORMAT {fmt})") as out:  # type: ignore[call-overload]
+        expected = bytearray()
+        with s.cursor().copy(query) as out:  # psycopg's own reading, row by row
             for row in out:
-                sent += row
+                expected += row
+        got = b"".join(bytes(b) for b in stage.copy_out(s, query))
+        assert got == expected
         cur = t.cursor()
-        with (
-            s.cursor().copy(f"COPY notes TO STDOUT (FORMAT {fmt})") as out,  # type: ignore[call-overload]
-            cur.copy(f"COPY notes FROM STDIN (FORMAT {fmt})") as into,  # type: ignore[call-overload]
-        ):
-            total = stage.relay(out, into, blocks.append)
+        with cur.copy(sql.SQL("COPY notes FROM STDIN (FORMAT {})").format(sql.SQL(fmt))) as into:
+            total = stage.relay(stage.copy_out(s, query), into, sent.append)
         t.commit()
+        # The source session is as it was: still in its transaction, usable.
+        assert s.execute("SELECT count(*) FROM notes").fetchone() == (ROWS,)
     assert cur.rowcount == ROWS
-    assert total == len(sent) == sum(blocks)
-    assert len(blocks) >= 4 and all(b >= 1 << 20 for b in blocks[:-1])
+    assert total == len(expected) == sum(sent)
+    assert len(sent) >= 4 and all(n >= 1 << 20 for n in sent[:-1])
     assert table_checksum(target, "public.notes") == table_checksum(source, "public.notes")
+
+
+def test_copy_out_raises_the_database_error(notes: tuple[str, str]) -> None:
+    source, _ = notes
+    with psycopg.connect(source) as conn:
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            list(stage.copy_out(conn, sql.SQL("COPY no_such_table TO STDOUT")))
+        assert conn.closed
+
+
+def test_a_stream_left_unfinished_closes_its_connection(notes: tuple[str, str]) -> None:
+    source, _ = notes
+    with psycopg.connect(source) as conn:
+        blocks = stage.copy_out(conn, sql.SQL("COPY notes TO STDOUT"))
+        assert len(next(blocks)) >= 1 << 20
+        blocks.close()
+        assert conn.closed
