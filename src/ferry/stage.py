@@ -7,7 +7,7 @@ column types the same way (built-in types); other columns travel as text.
 
 from __future__ import annotations
 
-import select
+import selectors
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -89,18 +89,20 @@ def copy_out(conn: psycopg.Connection, query: sql.Composable) -> Iterator[Buffer
     psycopg hands out one row per read, each through its generic wait machinery: about a
     microsecond of Python a row, under the interpreter lock every stage thread shares (the
     2M-row table: 2.4 s of CPU, 1.1 s read this way). The waiting is psycopg's own (flush,
-    select, consume input, then read what libpq holds), which TLS connections need too.
+    wait until readable, consume input, then read what libpq holds), which TLS needs too.
     ``conn`` is idle or in a transaction before and after; a stream left unfinished closes it,
     since a connection in the middle of a COPY can do nothing else.
     """
     pg = conn.pgconn
-    sock = pg.socket
-    pg.send_query(query.as_bytes(conn))
-    while pg.flush():
-        select.select([sock], [sock], [])
+    ready = selectors.DefaultSelector()  # epoll or kqueue: select() stops at descriptor 1024
     done = False
     try:
-        res = _result(pg)
+        ready.register(pg.socket, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        pg.send_query(query.as_bytes(conn))
+        while pg.flush():
+            ready.select()
+        ready.modify(pg.socket, selectors.EVENT_READ)
+        res = _result(pg, ready)
         if res is None or res.status != pq.ExecStatus.COPY_OUT:
             _raise(res, "COPY TO did not start")
         block = bytearray()
@@ -112,27 +114,28 @@ def copy_out(conn: psycopg.Connection, query: sql.Composable) -> Iterator[Buffer
                     yield block
                     block = bytearray()
             elif nbytes == 0:
-                select.select([sock], [], [])
+                ready.select()
                 pg.consume_input()
             else:  # -1: the data is over (psycopg raises for -2)
                 break
         if block:
             yield block
-        res = _result(pg)
+        res = _result(pg, ready)
         if res is None or res.status != pq.ExecStatus.COMMAND_OK:
             _raise(res, "COPY TO did not finish")
-        if _result(pg) is not None:
+        if _result(pg, ready) is not None:
             raise psycopg.ProgrammingError("COPY TO returned more than one result")
         done = True
     finally:
+        ready.close()
         if not done:
             conn.close()
 
 
-def _result(pg: pq.abc.PGconn) -> pq.abc.PGresult | None:
+def _result(pg: pq.abc.PGconn, ready: selectors.BaseSelector) -> pq.abc.PGresult | None:
     """The next result, waiting for it without holding the interpreter lock."""
     while pg.is_busy():
-        select.select([pg.socket], [], [])
+        ready.select()
         pg.consume_input()
     return pg.get_result()
 
@@ -141,8 +144,9 @@ def _raise(res: pq.abc.PGresult | None, what: str) -> NoReturn:
     """The database's error as psycopg would raise it (its class from the SQLSTATE)."""
     if res is None:
         raise psycopg.OperationalError(what)
-    state = (res.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
-    message = (res.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or what.encode()).decode()
+    state = (res.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode("ascii", "replace")
+    primary = res.error_field(pq.DiagnosticField.MESSAGE_PRIMARY)
+    message = primary.decode("utf-8", "replace") if primary else what
     try:
         cls = psycopg.errors.lookup(state)
     except KeyError:
