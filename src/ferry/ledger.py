@@ -8,6 +8,8 @@ ferry changes or deletes only target rows whose ledger row says ferry wrote them
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +18,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ferry import keys
-from ferry.errors import InvariantError
+from ferry.errors import FerryError, InvariantError
 from ferry.spec import Source, Spec
 
 STATUSES = ("migrated", "merged", "quarantined", "excluded", "deleted")
@@ -202,6 +204,25 @@ def record_history(
         ),
         [run_id, model, keys],
     )
+
+
+@contextmanager
+def recorded(
+    conn: psycopg.Connection, spec: Spec, kind: str
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """A run row for the block: closed as ``ok`` with the counts the block fills in, or as
+    ``failed`` with ferry's message (never a database message, which could quote a row).
+    Call it holding the run lock."""
+    run_id = start_run(conn, spec, kind)
+    counts: dict[str, Any] = {}
+    try:
+        yield run_id, counts
+    except BaseException as exc:
+        finish_run(
+            conn, spec, run_id, {}, str(exc) if isinstance(exc, FerryError) else type(exc).__name__
+        )
+        raise
+    finish_run(conn, spec, run_id, counts, None)
 
 
 def start_run(conn: psycopg.Connection, spec: Spec, kind: str) -> int:

@@ -351,15 +351,8 @@ def recorded_run(
         ledger.ensure_schema(conn, spec)
         with _run_lock(conn, spec):
             constraints.restore(conn, spec)  # whatever a crashed run left deferred
-            run_id = ledger.start_run(conn, spec, kind)
-            counts: dict[str, Any] = {}
-            try:
+            with ledger.recorded(conn, spec, kind) as (run_id, counts):
                 yield conn, run_id, counts
-            except BaseException as exc:
-                message = str(exc) if isinstance(exc, FerryError) else type(exc).__name__
-                ledger.finish_run(conn, spec, run_id, {}, message)
-                raise
-            ledger.finish_run(conn, spec, run_id, counts, None)
 
 
 def migrate(

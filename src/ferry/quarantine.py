@@ -207,9 +207,8 @@ def retry(
             result = RetryResult(None, sum(map(len, selected.values())))
             if not result.keys:
                 return result
-            run_id = ledger.start_run(conn, spec, "retry")
-            result.run_id = run_id
-            try:
+            with ledger.recorded(conn, spec, "retry") as (run_id, counts):
+                result.run_id = run_id
                 touched: dict[str, set[str]] = defaultdict(set)
                 outcome: dict[str, set[str]] = defaultdict(set)
                 with _session(target, spec) as work:
@@ -241,16 +240,10 @@ def retry(
                     ).fetchone()
                     work.commit()
                     result.still_quarantined = int(row[0]) if row else 0
-            except BaseException as exc:
-                message = str(exc) if isinstance(exc, FerryError) else type(exc).__name__
-                ledger.finish_run(conn, spec, run_id, {}, message)
-                raise
-            ledger.finish_run(
-                conn, spec, run_id,
-                {"retried": result.keys, "fixed": result.fixed,
-                 "still_quarantined": result.still_quarantined, "deleted": result.deleted},
-                None,
-            )  # fmt: skip
+                counts.update(
+                    retried=result.keys, fixed=result.fixed,
+                    still_quarantined=result.still_quarantined, deleted=result.deleted,
+                )  # fmt: skip
     return result
 
 
@@ -287,8 +280,7 @@ def _decide(
                 chosen = [r[0] for r in rows if r[3] is not None]
                 if not chosen:
                     raise QuarantineError(f"{table} key {key} carries no operator decision")
-            run_id = ledger.start_run(conn, spec, "decision")
-            try:
+            with ledger.recorded(conn, spec, "decision") as (run_id, counts):
                 with conn.transaction():
                     for name in chosen:
                         m = spec.model(name)
@@ -329,14 +321,9 @@ def _decide(
                                 ).format(sql.Identifier(spec.ledger_schema, "resync")),
                                 [name, key, run_id],
                             )
-            except BaseException as exc:
-                message = str(exc) if isinstance(exc, FerryError) else type(exc).__name__
-                ledger.finish_run(conn, spec, run_id, {}, message)
-                raise
-            counts = {"action": action, "models": chosen, "key": key, "rows": len(chosen)}
-            if by:
-                counts["by"] = by
-            ledger.finish_run(conn, spec, run_id, counts, None)
+                counts.update(action=action, models=chosen, key=key, rows=len(chosen))
+                if by:
+                    counts["by"] = by
     return chosen
 
 

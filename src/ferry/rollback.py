@@ -171,22 +171,14 @@ def rollback(
         with _run_lock(conn, spec):
             constraints.restore(conn, spec)  # whatever a crashed migrate left deferred
             todo = _plan(conn, spec, run, all_)
-            rb_id = ledger.start_run(conn, spec, "rollback")
-            result = RollbackResult(rb_id)
-            try:
+            with ledger.recorded(conn, spec, "rollback") as (rb_id, counts):
+                result = RollbackResult(rb_id)
                 _rollback(conn, spec, todo, result)
-            except BaseException as exc:
-                message = str(exc) if isinstance(exc, FerryError) else type(exc).__name__
-                ledger.finish_run(conn, spec, rb_id, {}, message)
-                raise
-            result.seconds = time.perf_counter() - t0
-            counts: dict[str, Any] = {
-                "seconds": round(result.seconds, 3),
-                "undone_runs": result.undone,
-                **result.counts,
-                "stage_cleared": result.stage_cleared,
-            }
-            ledger.finish_run(conn, spec, rb_id, counts, None)
+                result.seconds = time.perf_counter() - t0
+                counts.update(
+                    seconds=round(result.seconds, 3), undone_runs=result.undone,
+                    **result.counts, stage_cleared=result.stage_cleared,
+                )  # fmt: skip
     return result
 
 
