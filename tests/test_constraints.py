@@ -71,22 +71,32 @@ def test_a_crash_while_deferred_is_repaired_by_the_next_run(
         assert conn.execute(INDEX_OID).fetchone() != (None,)
 
 
-def test_parents_cannot_be_written_while_keys_are_aside(
+def test_parents_take_writes_but_no_deletes_while_keys_are_aside(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
     spec = load_spec(_spec(tmp_path))
     _, target = _world(cluster, "fk_guard")
+    app_author = "'00000000-0000-4000-8000-000000000001'"
     with psycopg.connect(target) as guard, psycopg.connect(target, autocommit=True) as app:
         ledger.ensure_schema(guard, spec)
         guard.commit()
         app.execute("SET lock_timeout = '300ms'")
         with constraints.suspended(guard, spec, "public.books", run_id=0) as n:
             assert n == 1
-            # The application reads the parent, but cannot delete from it behind the load's
-            # back: its ON DELETE action would not reach the rows being loaded.
-            assert app.execute("SELECT count(*) FROM public.authors").fetchone() == (1,)
-            with pytest.raises(psycopg.errors.LockNotAvailable):
-                app.execute("DELETE FROM public.authors")
+            # The application goes on writing the parent table while the load runs...
+            app.execute(
+                "INSERT INTO public.authors (id, name, country_code) "
+                "VALUES ('00000000-0000-4000-8000-000000000002', 'Signed up meanwhile', 'FR')"
+            )
+            app.execute(f"UPDATE public.authors SET name = 'Renamed' WHERE id = {app_author}")
+            # ...but cannot delete a parent, or change its key, behind the load's back: its
+            # ON DELETE action would not reach the rows being loaded.
+            for statement in (
+                f"DELETE FROM public.authors WHERE id = {app_author}",
+                f"UPDATE public.authors SET id = gen_random_uuid() WHERE id = {app_author}",
+            ):
+                with pytest.raises(psycopg.errors.LockNotAvailable):
+                    app.execute(statement)
         app.execute("DELETE FROM public.authors")  # back to normal once the keys are back
         assert app.execute(FKS).fetchall()[0][3] is True
 

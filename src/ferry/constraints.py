@@ -12,10 +12,14 @@ Why this is the default for first loads, and what guards it:
 
 - ferry's own rows cannot break a key: their parents come from the ledger, which only names
   rows ferry wrote, and a merge re-points children to a row that exists.
-- While the keys are off, a guard session holds ``SHARE`` locks on the parent tables: the
-  application can read them but its writes to them wait, so no parent can be deleted (and no
-  ``ON DELETE CASCADE`` skipped) behind ferry's back. The locks come a few milliseconds
-  after the drop commits; ``VALIDATE`` covers that moment too.
+- While the keys are off, a guard session holds every row of the parent tables locked
+  ``FOR KEY SHARE``, the lock a foreign key's own check takes on the row it finds. The
+  application goes on inserting parents and updating them, but cannot delete one or change
+  its key behind ferry's back (its ``ON DELETE`` action would not reach the rows being
+  loaded): such a statement waits until the keys are back. A ``SHARE`` lock on the tables
+  would instead stop every write to them for the whole load, which on a live target can be
+  hours without sign-ups. Locking costs about 0.6 µs a parent row (2M rows: 1.2 s). The
+  locks come a few milliseconds after the drop commits; ``VALIDATE`` covers that moment too.
 - A row the application writes into the child table meanwhile is not checked when written;
   ``VALIDATE CONSTRAINT`` checks it afterwards, and if it dangles the run fails, naming the
   key, which stays enforced for new rows.
@@ -114,7 +118,7 @@ def suspended(
     guard: psycopg.Connection, spec: Spec, target: str, run_id: int,
     released: Callable[[], None] | None = None,
 ) -> Iterator[int]:  # fmt: skip
-    """Keys of ``target`` off for the block, parents locked by ``guard``; yields how many.
+    """Keys of ``target`` off for the block, parent rows locked by ``guard``; yields how many.
 
     ``guard`` must be a session of its own: it holds a transaction open for the whole block.
     ``released`` is called once the parents are unlocked again (see ``restore``).
@@ -134,18 +138,21 @@ def suspended(
 
 
 def _lock(conn: psycopg.Connection, tables: list[tuple[str, str]]) -> None:
-    """``SHARE`` on each table, held by ``conn``'s open transaction until it commits.
+    """Every row of each table ``FOR KEY SHARE``, held by ``conn``'s open transaction until
+    it commits (a released savepoint's row locks stay with the transaction).
 
     A table the role may not lock (Supabase's ``auth.users``: ``SELECT`` and ``REFERENCES``
-    only) is left to ``VALIDATE``; so is the table being loaded, when a key points at itself,
-    since ferry's own workers must write it.
+    only, and a row lock needs ``UPDATE``) is left to ``VALIDATE``; so is the table being
+    loaded, when a key points at itself, since ferry's own workers must write it.
     """
-    conn.execute("SELECT 1")  # opens the transaction that holds them: each lock a savepoint
+    conn.execute("SELECT 1")  # opens the transaction that holds them: each table a savepoint
     for schema, name in tables:
         try:
             with conn.transaction():
                 conn.execute(
-                    sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(schema, name))
+                    sql.SQL("SELECT count(*) FROM (SELECT FROM {} FOR KEY SHARE) s").format(
+                        sql.Identifier(schema, name)
+                    )
                 )
         except psycopg.errors.InsufficientPrivilege:
             continue

@@ -170,7 +170,7 @@ def _first_big_load(fresh: bool, total: int) -> bool:
 
 
 def _locks_parents(conn: psycopg.Connection, spec: Spec, model_name: str) -> set[tuple[str, str]]:
-    """The tables whose ``SHARE`` lock a model's first load will hold, if it sets keys aside."""
+    """The tables whose rows a model's first load will lock, if it sets keys aside."""
     model = spec.model(model_name)
     if not model.accounts:
         return set()
