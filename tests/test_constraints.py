@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -98,6 +99,44 @@ def test_parents_take_writes_but_no_deletes_while_keys_are_aside(
                 with pytest.raises(psycopg.errors.LockNotAvailable):
                     app.execute(statement)
         app.execute("DELETE FROM public.authors")  # back to normal once the keys are back
+        assert app.execute(FKS).fetchall()[0][3] is True
+
+
+def test_setting_keys_aside_never_holds_the_application_up_for_long(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long report keeps the parent in use: ferry's ALTER TABLE steps aside again and again
+    instead of queueing every later statement on the table behind it until the report ends."""
+    monkeypatch.setattr(constraints, "LOCK_WAIT", 0.2)
+    spec = load_spec(_spec(tmp_path))
+    _, target = _world(cluster, "fk_queue")
+    with (
+        psycopg.connect(target) as guard,
+        psycopg.connect(target) as report,
+        psycopg.connect(target, autocommit=True) as app,
+    ):
+        ledger.ensure_schema(guard, spec)
+        guard.commit()
+        report.execute("SELECT count(*) FROM public.authors")  # its transaction stays open
+        app.execute("SET lock_timeout = '1s'")
+        done = threading.Event()
+
+        def load() -> None:
+            with constraints.suspended(guard, spec, "public.books", run_id=0):
+                done.set()
+
+        loading = threading.Thread(target=load)
+        loading.start()
+        for _ in range(10):  # two seconds of the application's writes while ferry waits
+            app.execute(
+                "INSERT INTO public.authors (id, name, country_code) "
+                "VALUES (gen_random_uuid(), 'Signed up meanwhile', 'FR')"
+            )
+            time.sleep(0.2)
+        assert not done.is_set()  # the keys are still in place: the report is running
+        report.commit()
+        loading.join(30)
+        assert done.is_set()
         assert app.execute(FKS).fetchall()[0][3] is True
 
 

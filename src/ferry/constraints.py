@@ -32,7 +32,8 @@ Why this is the default for first loads, and what guards it:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import psycopg
@@ -40,6 +41,39 @@ from psycopg import sql
 
 from ferry.errors import FerryError
 from ferry.spec import Spec
+
+# An ALTER TABLE waits for every transaction using the table, and every statement that comes
+# after it waits behind it: one long report reading a parent would stall the application for
+# as long as ferry waited. So an attempt queues for LOCK_WAIT seconds at most, then steps
+# aside for a growing pause, until LOCK_BUDGET seconds have gone by.
+LOCK_WAIT = 1.0
+LOCK_BUDGET = 300.0
+
+
+def _ddl(conn: psycopg.Connection, table: str, statements: Sequence[sql.Composable]) -> None:
+    """Run ``statements`` in one savepoint (or transaction), each attempt queueing for a
+    table lock at most ``LOCK_WAIT`` seconds."""
+    deadline = time.monotonic() + LOCK_BUDGET
+    pause = 0.1
+    while True:
+        try:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("SET LOCAL lock_timeout = {}").format(
+                        sql.Literal(f"{round(LOCK_WAIT * 1000)}ms")
+                    )
+                )
+                for statement in statements:
+                    conn.execute(statement)
+            return
+        except psycopg.errors.LockNotAvailable:
+            if time.monotonic() + pause > deadline:
+                raise FerryError(
+                    f"{table}: could not lock it (or a parent table) to change its keys: other "
+                    f"sessions kept using it for {LOCK_BUDGET:.0f} s; try again when they are done"
+                ) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 def _table(spec: Spec) -> sql.Identifier:
@@ -78,16 +112,17 @@ def suspend(conn: psycopg.Connection, spec: Spec, target: str, run_id: int) -> i
             )
     conn.commit()  # recorded before anything is dropped
     schema = target.split(".")[0]
-    with conn.transaction():
-        for name, definition in found:
-            if _is_index(definition):
-                conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, name)))
-            else:
-                conn.execute(
-                    sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
-                        sql.Identifier(*target.split(".")), sql.Identifier(name)
-                    )
-                )
+    _ddl(
+        conn, target,
+        [
+            sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, name))
+            if _is_index(definition)
+            else sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                sql.Identifier(*target.split(".")), sql.Identifier(name)
+            )
+            for name, definition in found
+        ],
+    )  # fmt: skip
     conn.commit()
     return len(found)
 
@@ -200,13 +235,12 @@ def restore(
     indexes = [r for r in rows if _is_index(r[2])]
     for table, name, definition in keys:
         if not _exists(conn, table, name):
-            conn.execute(
-                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
-                    sql.Identifier(*table.split(".")),
-                    sql.Identifier(name),
-                    sql.SQL(definition),  # type: ignore[arg-type]
-                )
+            add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
+                sql.Identifier(*table.split(".")),
+                sql.Identifier(name),
+                sql.SQL(definition),  # type: ignore[arg-type]
             )
+            _ddl(conn, table, [add])
     conn.commit()
     if keys_back:
         keys_back()
@@ -214,17 +248,16 @@ def restore(
         with conn.transaction():
             if not _exists(conn, table, name):
                 conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
-                conn.execute(sql.SQL(definition))  # type: ignore[arg-type]
+                _ddl(conn, table, [sql.SQL(definition)])  # type: ignore[arg-type]
             _forget(conn, spec, table, name)
         conn.commit()
     for table, name, _ in keys:
         try:
             with conn.transaction():
-                conn.execute(
-                    sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
-                        sql.Identifier(*table.split(".")), sql.Identifier(name)
-                    )
+                validate = sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                    sql.Identifier(*table.split(".")), sql.Identifier(name)
                 )
+                _ddl(conn, table, [validate])
                 _forget(conn, spec, table, name)
         except psycopg.errors.ForeignKeyViolation:
             raise FerryError(
