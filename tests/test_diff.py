@@ -541,3 +541,34 @@ def test_dense_changes_are_listed_in_bounded_batches(
     assert expected is not None and len(diff.updated) == expected[0]
     assert not diff.inserted and not diff.deleted
     assert len(calls) > 2 * 10  # two sides, many batches
+
+
+def test_a_level_of_many_buckets_is_summed_in_bounded_batches(
+    item: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below the first level, parents are summed a few at a time: same exact diff."""
+    import ferry.diff
+
+    t = sql.Identifier(item.table)
+    item.src.execute(sql.SQL("UPDATE {} SET note = 'x' WHERE id % 211 = 0").format(t))
+    item.src.execute(sql.SQL("DELETE FROM {} WHERE id % 401 = 0").format(t))
+    whole = item.diff()
+    assert whole.levels > 1  # the model split buckets: there are levels to batch
+
+    monkeypatch.setattr(ferry.diff, "SUMS_PER_BATCH", 8)
+    groups: list[int] = []
+    summed = ferry.diff._IntBuckets.sums
+
+    def counting(self: Any, side: Any, parents: list[Any]) -> Any:
+        groups.append(len(parents))
+        return summed(self, side, parents)
+
+    monkeypatch.setattr(ferry.diff._IntBuckets, "sums", counting)
+    batched = item.diff()
+    assert (batched.inserted, batched.updated, batched.deleted) == (
+        whole.inserted, whole.updated, whole.deleted,
+    )  # fmt: skip
+    assert batched.levels == whole.levels
+    assert batched.buckets_compared == whole.buckets_compared
+    assert len(groups) > 2 * (whole.levels - 1)  # more than one round trip a level and side
+    assert max(groups) <= 8

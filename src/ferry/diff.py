@@ -662,6 +662,20 @@ class _IntBuckets:
         ).format(k=self.plan.int_expr, fp=self.plan.fingerprint, scope=scope)
         return _sums(side, _sums_query(body), params)
 
+    def batches(self, parents: list[_Range]) -> Iterator[list[_Range]]:
+        """Consecutive parents with about ``SUMS_PER_BATCH`` children in all (an index range
+        scan each, so a batch costs no more than its share of one query)."""
+        group: list[_Range] = []
+        held = 0
+        for p in parents:
+            group.append(p)
+            held += ((p.hi - p.base) >> p.shift) - ((p.lo - p.base) >> p.shift) + 1
+            if held >= SUMS_PER_BATCH:
+                yield group
+                group, held = [], 0
+        if group:
+            yield group
+
     def children(
         self, parents: list[_Range], names: list[int], sizes: dict[Any, int]
     ) -> list[_Bucket]:
@@ -733,6 +747,10 @@ class _HashBuckets:
 
     def sums0(self, side: _Side, parents: list[_Prefixes]) -> Sums:
         return self.sums(side, parents)
+
+    def batches(self, parents: list[_Prefixes]) -> Iterator[list[_Prefixes]]:
+        """One batch: each would be another scan of the whole table."""
+        yield parents
 
     def sums(self, side: _Side, parents: list[_Prefixes]) -> Sums:
         (p,) = parents
@@ -847,6 +865,11 @@ def _histogram(side: _Side, column: str) -> list[int] | None:
     return list(row[0][0]) if row and row[0][0] else None
 
 
+# Child buckets summed per round trip at levels below the first: when changes are dense a
+# level has a child for nearly every 8 rows, and its sums, held all at once, would take more
+# memory than the rows the sync changes.
+SUMS_PER_BATCH = 16_384
+
 # Leaf rows listed per round trip: when changes are dense nearly every bucket differs, and
 # listing them all at once would hold the whole table's (key, hash) pairs in memory.
 LIST_ROWS_PER_BATCH = 100_000
@@ -887,29 +910,35 @@ def _run_diff(pair: _Pair, plan: _Plan, result: TableDiff) -> None:
     while parents:
         first = result.levels == 0
         result.levels += 1
+        # Per batch of parents, only what differs is kept: names and sizes.
+        sizes: dict[Any, int] = {}
+        compared = src_total = stg_total = 0
+        for group in [parents] if first else buckets.batches(parents):
+            if first:
+                src_sums, stg_sums = pair.both(lambda side, p=group: buckets.sums0(side, p))
+                if None in src_sums or None in stg_sums:
+                    nulls = src_sums.get(None, stg_sums.get(None, _EMPTY))[0]
+                    raise FerryError(
+                        f"{nulls} row(s) with a NULL key in {source.label} or {stage.label}"
+                    )
+            else:
+                src_sums, stg_sums = pair.both(lambda side, p=group: buckets.sums(side, p))
+            stage_only = stg_sums.keys() - src_sums.keys()
+            compared += len(src_sums) + len(stage_only)
+            src_total += sum(v[0] for v in src_sums.values())
+            stg_total += sum(v[0] for v in stg_sums.values())
+            for n in [n for n, v in src_sums.items() if stg_sums.get(n) != v] + [*stage_only]:
+                sizes[n] = max(src_sums.get(n, _EMPTY)[0], stg_sums.get(n, _EMPTY)[0])
+            del src_sums, stg_sums
         if first:
-            src_sums, stg_sums = pair.both(lambda side, p=parents: buckets.sums0(side, p))
-            if None in src_sums or None in stg_sums:
-                nulls = src_sums.get(None, stg_sums.get(None, _EMPTY))[0]
-                raise FerryError(
-                    f"{nulls} row(s) with a NULL key in {source.label} or {stage.label}"
-                )
-            result.source_rows = sum(v[0] for v in src_sums.values())
-            result.stage_rows = sum(v[0] for v in stg_sums.values())
-        else:
-            src_sums, stg_sums = pair.both(lambda side, p=parents: buckets.sums(side, p))
-        stage_only = stg_sums.keys() - src_sums.keys()
-        compared = len(src_sums) + len(stage_only)
+            result.source_rows, result.stage_rows = src_total, stg_total
         result.buckets_compared += compared
-        differing = [n for n, v in src_sums.items() if stg_sums.get(n) != v]
-        differing += stage_only
-        if not differing:
+        if not sizes:
             break
-        differing.sort()
-        sizes = {n: max(src_sums.get(n, _EMPTY)[0], stg_sums.get(n, _EMPTY)[0]) for n in differing}
+        differing = sorted(sizes)
         # Change rate per row, from the share of differing buckets (Poisson), for the model.
         share = min(len(differing) / compared, 1.0 - 0.5 / compared)
-        rows = max(sum(v[0] for v in src_sums.values()), sum(v[0] for v in stg_sums.values()))
+        rows = max(src_total, stg_total)
         rate = -math.log1p(-share) / max(rows / compared, 1.0)
         leaves: list[_Bucket] = []
         splits: list[tuple[_Bucket, int]] = []
