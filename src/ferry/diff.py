@@ -338,11 +338,22 @@ class _Side:
         binary: bool = True,
         fixed: dict[int, int] | None = None,
     ) -> list[tuple[Any, ...]]:
+        return list(self.rows(query, params, binary=binary, fixed=fixed))
+
+    def rows(
+        self,
+        query: sql.Composable,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        binary: bool = True,
+        fixed: dict[int, int] | None = None,
+    ) -> Iterator[tuple[Any, ...]]:
+        """``run``, one row at a time: a long result is not also held as a list of tuples."""
         with _db_errors(f"range diff query on {self.name} table {self.label}"):
             cur = self.conn.cursor(binary=binary)
             cur.execute(query, params)
             self.bytes += _result_bytes(cur, fixed)
-            return cur.fetchall()
+            yield from cur
 
 
 @contextmanager
@@ -791,12 +802,13 @@ def _leaf_hashes(side: _Side, plan: _Plan, scope: sql.Composable, params: Any) -
     )
     nkey = len(plan.key)
     hash_width = 16 if plan.binary_keys else 34  # bytea, binary or as hex text
-    rows = side.run(query, params, binary=plan.binary_keys, fixed={nkey: hash_width})
-    out = {r[:nkey]: r[nkey] for r in rows}
-    if len(out) != len(rows):
-        raise FerryError(
-            f"{side.name} table {side.label} has {len(rows) - len(out)} duplicate key(s)"
-        )
+    out: dict[Key, bytes] = {}
+    rows = 0
+    for r in side.rows(query, params, binary=plan.binary_keys, fixed={nkey: hash_width}):
+        out[r[:nkey]] = r[nkey]
+        rows += 1
+    if len(out) != rows:
+        raise FerryError(f"{side.name} table {side.label} has {rows - len(out)} duplicate key(s)")
     nulls = sum(1 for k in out if None in k)
     if nulls:
         raise FerryError(f"{side.name} table {side.label} has {nulls} row(s) with a NULL key")
@@ -872,7 +884,7 @@ SUMS_PER_BATCH = 16_384
 
 # Leaf rows listed per round trip: when changes are dense nearly every bucket differs, and
 # listing them all at once would hold the whole table's (key, hash) pairs in memory.
-LIST_ROWS_PER_BATCH = 100_000
+LIST_ROWS_PER_BATCH = 50_000
 
 
 def _batches(leaves: list[_Bucket], rows: int) -> Iterator[list[_Bucket]]:
