@@ -140,6 +140,41 @@ def test_setting_keys_aside_never_holds_the_application_up_for_long(
         assert app.execute(FKS).fetchall()[0][3] is True
 
 
+def test_a_parent_delete_waiting_on_the_load_gives_way_to_the_keys(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The DELETE waits on the guard's row lock and holds the table lock the keys need: the
+    application's statement gives up, never ferry's, and the keys come back valid."""
+    spec = load_spec(_spec(tmp_path))
+    _, target = _world(cluster, "fk_delete_waits")
+    app_author = "'00000000-0000-4000-8000-000000000001'"
+    failed: list[type[BaseException]] = []
+    with psycopg.connect(target) as guard, psycopg.connect(target, autocommit=True) as app:
+        ledger.ensure_schema(guard, spec)
+        guard.commit()
+        app.execute("SET statement_timeout = '4s'")  # as Supabase sets for its API roles
+
+        def delete() -> None:
+            try:
+                app.execute(f"DELETE FROM public.authors WHERE id = {app_author}")
+            except psycopg.Error as exc:
+                failed.append(type(exc))
+
+        deleting = threading.Thread(target=delete)
+        with constraints.suspended(guard, spec, "public.books", run_id=0):
+            deleting.start()
+            # The DELETE waits on the guard's row lock, past its own deadlock check (1 s).
+            time.sleep(1.5)
+        deleting.join(10)
+        assert failed and failed[0] in (
+            psycopg.errors.QueryCanceled, psycopg.errors.DeadlockDetected,
+        )  # fmt: skip
+        assert app.execute(FKS).fetchall()[0][3] is True
+        assert app.execute(
+            f"SELECT count(*) FROM public.authors WHERE id = {app_author}"
+        ).fetchone() == (1,)
+
+
 def test_a_dangling_row_written_meanwhile_fails_loudly(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:

@@ -46,7 +46,13 @@ from ferry.spec import Spec
 # after it waits behind it: one long report reading a parent would stall the application for
 # as long as ferry waited. So an attempt queues for LOCK_WAIT seconds at most, then steps
 # aside for a growing pause, until LOCK_BUDGET seconds have gone by.
-LOCK_WAIT = 1.0
+#
+# Stepping aside also undoes the one deadlock the guard's row locks allow: an application
+# DELETE of a parent row waits on the guard's lock while holding its own on the table, which
+# putting the keys back needs. Below PostgreSQL's deadlock_timeout (1 s by default) ferry's
+# attempt gives up before its deadlock check would cancel it, and tries again until the
+# DELETE gives up (Supabase's API roles time out after a few seconds).
+LOCK_WAIT = 0.5
 LOCK_BUDGET = 300.0
 
 
@@ -66,7 +72,7 @@ def _ddl(conn: psycopg.Connection, table: str, statements: Sequence[sql.Composab
                 for statement in statements:
                     conn.execute(statement)
             return
-        except psycopg.errors.LockNotAvailable:
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
             if time.monotonic() + pause > deadline:
                 raise FerryError(
                     f"{table}: could not lock it (or a parent table) to change its keys: other "
