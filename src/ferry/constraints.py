@@ -58,7 +58,7 @@ LOCK_BUDGET = 300.0
 
 def _ddl(conn: psycopg.Connection, table: str, statements: Sequence[sql.Composable]) -> None:
     """Run ``statements`` in one savepoint (or transaction), each attempt queueing for a
-    table lock at most ``LOCK_WAIT`` seconds."""
+    lock at most ``LOCK_WAIT`` seconds."""
     deadline = time.monotonic() + LOCK_BUDGET
     pause = 0.1
     while True:
@@ -75,8 +75,9 @@ def _ddl(conn: psycopg.Connection, table: str, statements: Sequence[sql.Composab
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
             if time.monotonic() + pause > deadline:
                 raise FerryError(
-                    f"{table}: could not lock it (or a parent table) to change its keys: other "
-                    f"sessions kept using it for {LOCK_BUDGET:.0f} s; try again when they are done"
+                    f"{table}: other sessions kept it (or a table its keys reference) locked "
+                    f"for {LOCK_BUDGET:.0f} s while ferry set keys aside or put them back; "
+                    "try again when they are done"
                 ) from None
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
@@ -188,13 +189,11 @@ def _lock(conn: psycopg.Connection, tables: list[tuple[str, str]]) -> None:
     """
     conn.execute("SELECT 1")  # opens the transaction that holds them: each table a savepoint
     for schema, name in tables:
+        lock = sql.SQL("SELECT count(*) FROM (SELECT FROM {} FOR KEY SHARE) s").format(
+            sql.Identifier(schema, name)
+        )
         try:
-            with conn.transaction():
-                conn.execute(
-                    sql.SQL("SELECT count(*) FROM (SELECT FROM {} FOR KEY SHARE) s").format(
-                        sql.Identifier(schema, name)
-                    )
-                )
+            _ddl(conn, f"{schema}.{name}", [lock])  # waits only on rows being deleted
         except psycopg.errors.InsufficientPrivilege:
             continue
 
