@@ -190,7 +190,7 @@ def run_model(
 
     With ``defer_constraints``, a model's first load of at least ``DEFER_MIN_ROWS`` rows runs
     with the target's foreign keys set aside and put back after (see ``constraints.py``);
-    ``released`` is called when it no longer locks their parent tables.
+    ``released`` is called when it no longer locks the rows of their parent tables.
     """
     model = spec.model(model_name)
     with _session(target, spec) as conn:
@@ -282,7 +282,8 @@ def transform_all(
     and the other core would idle. However many models run, at most ``jobs`` chunks compute
     at once. Two models writing one table run in turn, so that which of two colliding
     rows a unique index keeps does not depend on timing. A first load whose foreign keys are
-    set aside locks their parent tables (``constraints.suspended``): it runs alone beside any
+    set aside locks the rows of their parent tables (``constraints.suspended``), and setting
+    another table's keys to one of them aside would wait on that: it runs alone beside any
     model that writes or locks one of them, until its keys are back (they are validated after
     that without locks that stop the others, so the next models start meanwhile).
     """
