@@ -59,28 +59,35 @@ def source_columns(conn: psycopg.Connection, table: str) -> list[Column]:
 def relay(
     out: Iterable[Buffer], into: psycopg.Copy, progress: Callable[[int], None] | None = None
 ) -> int:
-    """Pass a ``COPY TO`` stream on to a ``COPY FROM``, a megabyte at a time; returns bytes.
+    """Pass a ``COPY TO`` stream (or a file's blocks) on to a ``COPY FROM``, a megabyte at a
+    time; returns bytes.
 
     Each psycopg write goes through its wait machinery: passing rows on one by one cost a
     core's worth of Python on a 2M-row table (3.5 s of CPU against 2.1 s gathered, the stage
     of ``dispatch_notification`` 30% faster). ``COPY FROM`` does not care where a block ends.
+    A piece that is a block already (``copy_out``'s, a file's) is written as it is, not copied.
     """
     total = 0
     block = bytearray()
-    for row in out:
-        block += row
+    for piece in out:
+        if not block and len(piece) >= _BLOCK:
+            total += _write(into, piece, progress)
+            continue
+        block += piece
         if len(block) >= _BLOCK:
-            into.write(block)
-            total += len(block)
-            if progress:
-                progress(len(block))
+            total += _write(into, block, progress)
             block = bytearray()
     if block:
-        into.write(block)
-        total += len(block)
-        if progress:
-            progress(len(block))
+        total += _write(into, block, progress)
     return total
+
+
+def _write(into: psycopg.Copy, block: Buffer, progress: Callable[[int], None] | None) -> int:
+    into.write(block)
+    n = len(block)
+    if progress:
+        progress(n)
+    return n
 
 
 def copy_out(conn: psycopg.Connection, query: sql.Composable) -> Iterator[Buffer]:
@@ -235,17 +242,12 @@ def stage_csv(
             f"the spec declares {names}"
         )
     cols = [Column(n, "text", False) for n in names]
-    nbytes = 0
     with target.transaction():
         dest = _create(target, spec, src, cols)
         copy = sql.SQL("COPY {} FROM STDIN (FORMAT CSV, HEADER true)").format(dest)
         cur = target.cursor()
         with path.open("rb") as fh, cur.copy(copy) as into:
-            while block := fh.read(_BLOCK):
-                into.write(block)
-                nbytes += len(block)
-                if progress:
-                    progress(len(block))
+            nbytes = relay(iter(lambda: fh.read(_BLOCK), b""), into, progress)
         rows = cur.rowcount
         _finish(target, spec, src, dest)
     return StageResult(src.name, rows, nbytes, time.perf_counter() - t0)
