@@ -5,18 +5,19 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
-from ferry import constraints, ledger, pipeline
+from ferry import constraints, ledger, pipeline, transform
 from ferry.embedded import LocalCluster
 from ferry.errors import FerryError
 from ferry.pipeline import Progress, migrate
-from ferry.spec import load_spec
+from ferry.spec import Spec, load_spec
 from ferry.transform import ModelResult
-from tests.helpers import table_checksum
-from tests.test_crash import TABLES, _spec, _world
+from tests.helpers import fresh_db, table_checksum
+from tests.test_crash import OWNER, SPEC_DIR, TABLES, _spec, _world
 
 BOOKS_FK_OID = (
     "SELECT oid FROM pg_constraint WHERE conrelid = 'public.books'::regclass AND contype = 'f'"
@@ -316,3 +317,209 @@ def test_a_load_sharing_a_locked_parent_starts_once_the_keys_are_back(
         assert migrated is not None and migrated[1] == 50
         assert conn.execute("SELECT count(*) FROM public.reviews").fetchone() == (migrated[0],)
         assert all(r[3] for r in conn.execute(FKS).fetchall())
+
+
+UNIQUES = (
+    "SELECT conrelid::regclass::text, conname, contype, pg_get_constraintdef(oid), "
+    "pg_get_indexdef(conindid) FROM pg_constraint WHERE contype IN ('p', 'u') "
+    "AND connamespace = 'public'::regnamespace ORDER BY 1, 2"
+)
+LOANS_UNIQUES = (
+    "SELECT count(*) FROM pg_constraint WHERE conrelid = 'public.loans'::regclass "
+    "AND contype IN ('p', 'u')"
+)
+FATES = (
+    "SELECT model, source_key, status, reason, sqlstate, target_uuid FROM ferry.ledger "
+    "ORDER BY 1, 2"
+)
+
+
+def _loans_spec(tmp: Path, legacy: str = "l.loan_id") -> Path:
+    """The library spec with loans parallel-safe (its legacy column declared), so that its
+    first load may set its unique keys aside; ``legacy`` fills that column."""
+    spec = _spec(tmp)
+    text = spec.read_text().replace(
+        'target = "public.loans"', 'target = "public.loans"\nlegacy_column = "legacy_loan_id"'
+    )
+    spec.write_text(text.replace("l.loan_id AS legacy_loan_id", f"{legacy} AS legacy_loan_id"))
+    return spec
+
+
+class _UniqueSpy(Progress):
+    """Counts loans' unique keys each time a chunk of it is done."""
+
+    def __init__(self, target: str) -> None:
+        self.conn = psycopg.connect(target, autocommit=True)
+        self.seen: list[int] = []
+
+    def model_advanced(self, model: str, rows: int) -> None:
+        if model == "loans":
+            self.seen.append(self.conn.execute(LOANS_UNIQUES).fetchone()[0])
+
+
+def _small_world(cluster: LocalCluster, suffix: str) -> tuple[str, str]:
+    source = fresh_db(cluster, f"uq_src_{suffix}", SPEC_DIR / "source.sql")
+    fresh_db(cluster, f"uq_tgt_{suffix}", SPEC_DIR / "target.sql", owner=OWNER)
+    return source, cluster.conninfo(f"uq_tgt_{suffix}", user=OWNER)
+
+
+def test_a_first_load_into_an_empty_table_sets_its_unique_keys_aside_too(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
+    spec = load_spec(_loans_spec(tmp_path))
+    src_a, tgt_a = _small_world(cluster, "kept")
+    src_b, tgt_b = _small_world(cluster, "aside")
+    with psycopg.connect(tgt_b) as conn:
+        before = conn.execute(UNIQUES).fetchall()
+        loans_pkey = conn.execute("SELECT to_regclass('public.loans_pkey')::oid").fetchone()
+    migrate(src_a, tgt_a, spec, defer_constraints=False)
+    spy = _UniqueSpy(tgt_b)
+    migrate(src_b, tgt_b, spec, progress=spy)
+    # loans (empty, parallel-safe, referenced by nothing) loaded without its two unique keys.
+    assert spy.seen and set(spy.seen) == {0}
+    assert {t: table_checksum(tgt_b, t) for t in TABLES} == {
+        t: table_checksum(tgt_a, t) for t in TABLES
+    }
+    with psycopg.connect(tgt_a) as a, psycopg.connect(tgt_b) as b:
+        assert b.execute(FATES).fetchall() == a.execute(FATES).fetchall()
+        # Back under their names, with their definitions, and built anew; nothing left aside.
+        assert b.execute(UNIQUES).fetchall() == before
+        assert b.execute("SELECT to_regclass('public.loans_pkey')::oid").fetchone() != loans_pkey
+        assert b.execute("SELECT count(*) FROM ferry.suspended_constraints").fetchone() == (0,)
+        # Still refused: a second row with a migrated row's legacy key.
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            b.execute(
+                "INSERT INTO loans (id, legacy_loan_id, book_id, member) "
+                "SELECT gen_random_uuid(), legacy_loan_id, book_id, member FROM loans LIMIT 1"
+            )
+
+
+def test_a_table_the_load_cannot_empty_keeps_its_unique_keys(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
+    spec = load_spec(_loans_spec(tmp_path))
+    source, target = _small_world(cluster, "app_row")
+    with psycopg.connect(target) as conn:
+        # A row the application wrote before the first load: the table is not empty.
+        conn.execute(
+            "WITH b AS (INSERT INTO books (id, author_id, title, price) VALUES "
+            "(gen_random_uuid(), '00000000-0000-4000-8000-000000000001', 'App book', 1) "
+            "RETURNING id) INSERT INTO loans (id, book_id, member) "
+            "SELECT gen_random_uuid(), id, 'app member' FROM b"
+        )
+        conn.commit()
+        assert constraints.unique_aside_ok(conn, "public.loans") is False
+        assert constraints.unique_aside_ok(conn, "public.authors") is False  # referenced
+    spy = _UniqueSpy(target)
+    migrate(source, target, spec, progress=spy)
+    assert spy.seen and set(spy.seen) == {2}
+
+
+def test_rows_colliding_on_a_unique_key_set_aside_are_loaded_again_with_it(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
+    # Every loan gets the same legacy key: the first in key order is kept, the others are
+    # quarantined by the unique key's own violation, exactly as with the keys in place.
+    spec = load_spec(_loans_spec(tmp_path, legacy="left(l.loan_id, 2)"))
+    src_a, tgt_a = _small_world(cluster, "dup_kept")
+    src_b, tgt_b = _small_world(cluster, "dup_aside")
+    migrate(src_a, tgt_a, spec, defer_constraints=False)
+    spy = _UniqueSpy(tgt_b)
+    migrate(src_b, tgt_b, spec, progress=spy)
+    assert spy.seen[0] == 0 and spy.seen[-1] == 2  # loaded without them, then again with them
+    with psycopg.connect(tgt_a) as a, psycopg.connect(tgt_b) as b:
+        fates = b.execute(FATES).fetchall()
+        assert fates == a.execute(FATES).fetchall()
+        loans = [f for f in fates if f[0] == "loans"]
+        assert [f[2] for f in loans].count("migrated") == 1
+        assert ("quarantined", "unique_violation", "23505") in {f[2:5] for f in loans}
+        assert b.execute("SELECT count(*) FROM ferry.suspended_constraints").fetchone() == (0,)
+    assert table_checksum(tgt_b, "public.loans") == table_checksum(tgt_a, "public.loans")
+
+
+def test_a_crash_before_colliding_unique_keys_came_back_is_undone_by_the_next_run(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
+    spec = load_spec(_loans_spec(tmp_path, legacy="left(l.loan_id, 2)"))
+    src_a, tgt_a = _small_world(cluster, "crash_kept")
+    source, target = _small_world(cluster, "crash_aside")
+    migrate(src_a, tgt_a, spec, defer_constraints=False)
+
+    class Killed(Exception):
+        pass
+
+    real_restore = constraints.restore
+
+    def killed(*args: object) -> None:
+        raise Killed
+
+    def restore(conn: psycopg.Connection, spec: Spec, target: str | None = None, *a: Any) -> int:
+        if target == "public.loans":
+            raise Killed  # nothing of loans is put back after a SIGKILL
+        return real_restore(conn, spec, target, *a)
+
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "_unique_back", killed)
+        m.setattr(constraints, "restore", restore)
+        with pytest.raises(Killed):
+            migrate(source, target, spec)
+    with psycopg.connect(target) as conn:
+        # Loaded without its keys, all four loans with one legacy key, and the keys recorded.
+        assert conn.execute(LOANS_UNIQUES).fetchone() == (0,)
+        assert conn.execute("SELECT count(DISTINCT legacy_loan_id) FROM loans").fetchone() == (1,)
+        assert conn.execute(
+            "SELECT count(*) FROM ferry.suspended_constraints WHERE model = 'loans'"
+        ).fetchone() == (2,)
+    migrate(source, target, spec)
+    with psycopg.connect(tgt_a) as a, psycopg.connect(target) as b:
+        assert b.execute(FATES).fetchall() == a.execute(FATES).fetchall()
+        assert b.execute(UNIQUES).fetchall() == a.execute(UNIQUES).fetchall()
+    assert {t: table_checksum(target, t) for t in TABLES} == {
+        t: table_checksum(tgt_a, t) for t in TABLES
+    }
+
+
+def test_undoing_a_first_load_leaves_the_rows_the_application_wrote_or_changed(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
+    spec = load_spec(_loans_spec(tmp_path))
+    source, target = _small_world(cluster, "undo")
+    real_restore = constraints.restore
+
+    def killed(*args: object) -> None:
+        raise RuntimeError("killed")
+
+    def restore(conn: psycopg.Connection, spec: Spec, target: str | None = None, *a: Any) -> int:
+        if target == "public.loans":
+            raise RuntimeError("killed")  # loans stays loaded without its unique keys
+        return real_restore(conn, spec, target, *a)
+
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "_unique_back", killed)
+        m.setattr(constraints, "restore", restore)
+        with pytest.raises(RuntimeError):
+            migrate(source, target, spec)
+    with psycopg.connect(target) as conn:
+        ferry_rows = conn.execute("SELECT id FROM loans ORDER BY id").fetchall()
+        assert len(ferry_rows) == 2 and conn.execute(LOANS_UNIQUES).fetchone() == (0,)
+        (edited,), (copied,) = ferry_rows
+        # The application edits one of ferry's rows and writes a row under the other's UUID.
+        conn.execute("UPDATE loans SET member = 'edited' WHERE id = %s", [edited])
+        conn.execute(
+            "INSERT INTO loans (id, book_id, member) SELECT id, book_id, 'app' FROM loans "
+            "WHERE id = %s",
+            [copied],
+        )
+        conn.commit()
+        conn.execute("SET search_path = ferry_stage, pg_catalog")
+        plan = transform.Plan(conn, spec, spec.model("loans"))
+        assert transform.undo_first_load(conn, plan) == 1
+        left = conn.execute("SELECT id, member FROM public.loans ORDER BY member").fetchall()
+        assert left == [(copied, "app"), (edited, "edited")]
+        led = conn.execute("SELECT count(*) FROM ferry.ledger WHERE model = 'loans'").fetchone()
+        assert led == (0,)

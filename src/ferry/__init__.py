@@ -3,6 +3,7 @@ step until cutover, and account for every source row in a ledger."""
 
 from ferry.errors import (
     ConnectionSettingsError,
+    DuplicateKeysError,
     EmbeddedServerError,
     FerryError,
     InvariantError,
@@ -15,6 +16,7 @@ from ferry.spec import Spec, load_spec
 
 __all__ = [
     "ConnectionSettingsError",
+    "DuplicateKeysError",
     "EmbeddedServerError",
     "FerryError",
     "InvariantError",

@@ -27,6 +27,18 @@ Why this is the default for first loads, and what guards it:
   so a crash leaves them recorded; every run restores what is recorded before it does
   anything else.
 
+Unique keys (the primary key included) are set aside too, but only for a first load into
+an empty table that no foreign key of another table references, that no publication sends
+and whose unique keys are not deferrable (``unique_aside_ok``): a random UUID's descent into
+a 2M-row primary key and a legacy key's into its unique index cost about 3 µs a row, against
+a second to build both by sorting. ferry's own rows cannot collide on the primary key (the
+ledger's key refuses a legacy key loaded twice, and a UUID is a function of it); they can on
+another unique key, if the model's SQL fills it with something other than its key, and the
+application can write a row that collides. Then the build fails, and the model's first load
+is taken out (its target rows, those still as ferry wrote them, and its ledger rows) and run
+again with the keys in place, where bisection quarantines the rows that collide, as it does
+without this.
+
 ``ferry migrate --keep-constraints`` loads with the keys in place instead.
 """
 
@@ -39,7 +51,7 @@ from contextlib import contextmanager
 import psycopg
 from psycopg import sql
 
-from ferry.errors import FerryError
+from ferry.errors import DuplicateKeysError, FerryError
 from ferry.spec import Spec
 
 # An ALTER TABLE waits for every transaction using the table, and every statement that comes
@@ -87,47 +99,100 @@ def _table(spec: Spec) -> sql.Identifier:
     return sql.Identifier(spec.ledger_schema, "suspended_constraints")
 
 
-def suspend(conn: psycopg.Connection, spec: Spec, target: str, run_id: int) -> int:
+def unique_aside_ok(conn: psycopg.Connection, target: str) -> bool:
+    """Whether a first load may set the unique keys of ``target`` aside as well.
+
+    Empty, because then every row that could collide was written during the load, by ferry
+    or the application. Referenced by no other table's key, which would have to go too. Not
+    published and with the default replica identity: without a primary key, an UPDATE or
+    DELETE on a table that a publication sends fails. Not deferrable: a deferred key's
+    index is built differently from the constraint's definition.
+    """
+    row = conn.execute(
+        "SELECT c.relkind = 'r' AND c.relreplident = 'd' "
+        "AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.confrelid = c.oid "
+        "AND k.conrelid <> c.oid) "
+        "AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid "
+        "AND k.contype IN ('p', 'u') AND k.condeferrable) "
+        "AND NOT EXISTS (SELECT 1 FROM pg_publication_tables p "
+        "WHERE p.schemaname = n.nspname AND p.tablename = c.relname) "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.oid = to_regclass(%s)",
+        [target],
+    ).fetchone()
+    ok = bool(row and row[0])
+    if ok:
+        empty = conn.execute(
+            sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(sql.Identifier(*target.split(".")))
+        ).fetchone()
+        ok = bool(empty and empty[0])
+    conn.commit()
+    return ok
+
+
+# What a unique index backs: a constraint that comes back with ADD CONSTRAINT ... USING
+# INDEX once the index is built, or nothing (the index alone).
+_UNIQUE_KINDS = {"PRIMARY KEY": sql.SQL("PRIMARY KEY"), "UNIQUE": sql.SQL("UNIQUE")}
+
+
+def suspend(
+    conn: psycopg.Connection, spec: Spec, target: str, run_id: int, model: str | None = None
+) -> int:
     """Record and drop the foreign keys and plain indexes of ``target``; returns how many.
 
     Plain indexes (not unique, backing no constraint) are rebuilt after the load by one sort
     instead of one descent per row (``recipient_id`` on 2M rows: 4.5 µs a row, against 2 s
-    to build). Unique ones stay: they must refuse a duplicate when it is written, so that
+    to build). With ``model`` (the model loading it, when ``unique_aside_ok``) the unique
+    keys go too; otherwise they stay, to refuse a duplicate when it is written so that
     bisection can quarantine it. The record lives in ``<ledger>.suspended_constraints``.
     """
-    found = conn.execute(
-        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-        "WHERE conrelid = to_regclass(%s) AND contype = 'f' "
-        "UNION ALL SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x "
-        "JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = to_regclass(%s) "
-        "AND NOT x.indisunique AND NOT x.indisexclusion "
-        "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid) "
-        "ORDER BY 1",
-        [target, target],
-    ).fetchall()
+    found: list[tuple[str, str, str | None]] = [
+        (r[0], r[1], None)
+        for r in conn.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = to_regclass(%s) AND contype = 'f' "
+            "UNION ALL SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x "
+            "JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = to_regclass(%s) "
+            "AND NOT x.indisunique AND NOT x.indisexclusion "
+            "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid) "
+            "ORDER BY 1",
+            [target, target],
+        )
+    ]
+    if model is not None:
+        # After the foreign keys in the drop order: a key of the table to itself needs them.
+        found += conn.execute(
+            "SELECT i.relname, pg_get_indexdef(x.indexrelid), "
+            "CASE k.contype WHEN 'p' THEN 'PRIMARY KEY' WHEN 'u' THEN 'UNIQUE' "
+            "ELSE 'UNIQUE INDEX' END FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+            "LEFT JOIN pg_constraint k ON k.conindid = x.indexrelid "
+            "AND k.conrelid = x.indrelid AND k.contype IN ('p', 'u') "
+            "WHERE x.indrelid = to_regclass(%s) AND x.indisunique ORDER BY 1",
+            [target],
+        ).fetchall()
     if not found:
         conn.commit()
         return 0
     with conn.transaction():
-        for name, definition in found:
+        for name, definition, kind in found:
             conn.execute(
                 sql.SQL(
-                    "INSERT INTO {} (target_table, name, definition, run_id) "
-                    "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
+                    "INSERT INTO {} (target_table, name, definition, run_id, kind, model) "
+                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
                 ).format(_table(spec)),
-                [target, name, definition, run_id],
+                [target, name, definition, run_id, kind, model if kind else None],
             )
     conn.commit()  # recorded before anything is dropped
     schema = target.split(".")[0]
     _ddl(
         conn, target,
         [
-            sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, name))
-            if _is_index(definition)
-            else sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+            sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
                 sql.Identifier(*target.split(".")), sql.Identifier(name)
             )
-            for name, definition in found
+            if not _is_index(definition) or kind in _UNIQUE_KINDS
+            else sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, name))
+            for name, definition, kind in found
         ],
     )  # fmt: skip
     conn.commit()
@@ -158,16 +223,18 @@ def parents(conn: psycopg.Connection, target: str) -> list[tuple[str, str]]:
 @contextmanager
 def suspended(
     guard: psycopg.Connection, spec: Spec, target: str, run_id: int,
-    released: Callable[[], None] | None = None,
+    released: Callable[[], None] | None = None, model: str | None = None,
 ) -> Iterator[int]:  # fmt: skip
     """Keys of ``target`` off for the block, parent rows locked by ``guard``; yields how many.
 
     ``guard`` must be a session of its own: it holds a transaction open for the whole block.
-    ``released`` is called once the parents are unlocked again (see ``restore``).
+    ``released`` is called once the parents are unlocked again (see ``restore``). With
+    ``model``, the unique keys are off too (see ``suspend``); the block should put them back
+    itself (``unique_back``), so as to load again if they cannot come back.
     """
     locked = parents(guard, target)
     guard.commit()
-    n = suspend(guard, spec, target, run_id)
+    n = suspend(guard, spec, target, run_id, model)
     try:
         if n:
             _lock(guard, locked)
@@ -217,18 +284,56 @@ def _forget(conn: psycopg.Connection, spec: Spec, table: str, name: str) -> None
     )
 
 
+def unique_back(conn: psycopg.Connection, spec: Spec, target: str | None = None) -> int:
+    """Build the unique keys set aside (of one table, or all) again; returns how many.
+
+    In the caller's transaction, which must commit: a guard's commit would end its locks.
+    Each index is built by one sort under a ``SHARE`` lock (the application reads on, its
+    writes wait); the constraint is then attached to it, which takes an instant. Raises
+    ``DuplicateKeysError`` if rows share a value (``pipeline`` undoes the load then).
+    """
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT target_table, name, definition, kind, model FROM {} WHERE kind IS NOT NULL "
+            "AND (%s::text IS NULL OR target_table = %s) ORDER BY target_table, name"
+        ).format(_table(spec)),
+        [target, target],
+    ).fetchall()
+    for table, name, definition, kind, model in rows:
+        if not _exists(conn, table, name):
+            conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+            steps: list[sql.Composable] = [sql.SQL(definition)]  # type: ignore[arg-type]
+            if kind in _UNIQUE_KINDS:
+                attach = sql.SQL("ALTER TABLE {t} ADD CONSTRAINT {n} {k} USING INDEX {n}")
+                steps.append(
+                    attach.format(
+                        t=sql.Identifier(*table.split(".")),
+                        n=sql.Identifier(name),
+                        k=_UNIQUE_KINDS[kind],
+                    )
+                )
+            try:
+                _ddl(conn, table, steps)
+            except psycopg.errors.UniqueViolation:
+                raise DuplicateKeysError(table, name, model) from None
+        _forget(conn, spec, table, name)
+    return len(rows)
+
+
 def restore(
     conn: psycopg.Connection, spec: Spec, target: str | None = None,
     keys_back: Callable[[], None] | None = None,
 ) -> int:  # fmt: skip
     """Add back what was suspended (for one table, or all); returns how many.
 
+    Unique keys first (``unique_back``), since a foreign key needs the key it references.
     Every key comes back ``NOT VALID`` in one transaction (enforced for new rows from its
     commit on, which also ends a guard's locks; ``keys_back`` is told then); then the indexes
     are built and each key is validated, each on its own. Those hold no lock that keeps
     another load from setting its own keys aside (``VALIDATE`` takes ``ROW SHARE`` on the
     parent), so the scheduler lets the next loads start meanwhile.
     """
+    uniques = unique_back(conn, spec, target)
     rows = conn.execute(
         sql.SQL(
             "SELECT target_table, name, definition FROM {} "
@@ -271,4 +376,4 @@ def restore(
                 "rows, and ferry verify names the rows"
             ) from None
         conn.commit()
-    return len(rows)
+    return uniques + len(rows)

@@ -27,3 +27,18 @@ class InvariantError(FerryError):
 
 class VerifyError(FerryError):
     """The target differs from what the spec yields, or a fate differs from the ground truth."""
+
+
+class DuplicateKeysError(FerryError):
+    """A unique key set aside for a first load cannot be built again: two rows share a value.
+
+    ``model`` is the model whose load set it aside, whose rows ferry can take out and load
+    again with the key in place (None if the table's own rows collide).
+    """
+
+    def __init__(self, table: str, name: str, model: str | None) -> None:
+        super().__init__(
+            f"{table}: unique key {name} cannot be built again: rows written while it was set "
+            "aside share a value"
+        )
+        self.table, self.name, self.model = table, name, model

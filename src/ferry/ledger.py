@@ -89,8 +89,12 @@ CREATE TABLE IF NOT EXISTS {schema}.suspended_constraints (
     definition   text NOT NULL,
     run_id       bigint NOT NULL,
     suspended_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    kind         text,
+    model        text,
     PRIMARY KEY (target_table, name)
 );
+ALTER TABLE {schema}.suspended_constraints ADD COLUMN IF NOT EXISTS kind text,
+    ADD COLUMN IF NOT EXISTS model text;
 CREATE TABLE IF NOT EXISTS {schema}.resync (
     model      text NOT NULL,
     source_key text NOT NULL,
@@ -131,7 +135,7 @@ $$"""
 
 
 # Bumped whenever the DDL above changes; ensure_schema skips its work when it matches.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from ferry import constraints, ledger, stage, transform
 from ferry.conninfo import connect
-from ferry.errors import FerryError
+from ferry.errors import DuplicateKeysError, FerryError
 from ferry.spec import Spec
 
 
@@ -204,16 +204,22 @@ def run_model(
         runner = transform.Runner(conn, plan, run_id, advance, slots)
         bounds = runner.bounds() if keys is None else []
         deferred = defer_constraints and keys is None and _first_big_load(runner.fresh, total)
+        # Unique keys too, where no two chunks can collide on one (see constraints.py).
+        unique = deferred and plan.parallel_safe and constraints.unique_aside_ok(conn, model.target)
         with ExitStack() as stack:
             if deferred:
                 guard = stack.enter_context(_session(target, spec))
                 stack.enter_context(
-                    constraints.suspended(guard, spec, model.target, run_id, released)
+                    constraints.suspended(
+                        guard, spec, model.target, run_id, released, model.name if unique else None
+                    )
                 )
             if keys is not None or jobs <= 1 or not plan.parallel_safe or len(bounds) < 2:
                 result = runner.run(keys, bounds if keys is None else None)
             else:
                 result = _run_parallel(target, spec, plan, run_id, advance, bounds, jobs, slots)
+            if unique:
+                result = _unique_back(conn, spec, plan, run_id, advance, slots, result)
             # Before the keys come back, when the next models may start.
             _analyze_ledger(conn, spec, result.written)
         if result.written >= ANALYZE_AFTER:
@@ -229,6 +235,41 @@ def run_model(
         conn.commit()
     progress.model_done(result)
     return result
+
+
+def _unique_back(
+    conn: psycopg.Connection, spec: Spec, plan: transform.Plan, run_id: int,
+    advance: Callable[[int], None], slots: transform.Slots | None,
+    result: transform.ModelResult,
+) -> transform.ModelResult:  # fmt: skip
+    """Put back the unique keys a first load set aside; if rows collide, load it again.
+
+    The load is taken out (``transform.undo_first_load``) and run once more, one chunk at
+    a time, with the keys in place: bisection then quarantines the rows that collide, in
+    key order, exactly as a load with ``--keep-constraints`` does.
+    """
+    try:
+        constraints.unique_back(conn, spec, plan.model.target)
+        conn.commit()
+        return result
+    except DuplicateKeysError:
+        conn.rollback()
+    transform.undo_first_load(conn, plan)
+    advance(-result.rows)
+    try:
+        constraints.unique_back(conn, spec, plan.model.target)
+    except DuplicateKeysError as exc:
+        raise _app_collision(exc) from None
+    conn.commit()
+    return transform.Runner(conn, plan, run_id, advance, slots).run()
+
+
+def _app_collision(exc: DuplicateKeysError) -> FerryError:
+    return FerryError(
+        f"{exc.table}: rows that the application wrote while unique key {exc.name} was set "
+        "aside share a value; ferry took its own rows out again: fix those rows, then run "
+        "ferry again"
+    )
 
 
 def _run_parallel(
@@ -341,6 +382,24 @@ def transform_all(
     return [done[m.name] for m in order]
 
 
+def _restore(conn: psycopg.Connection, target: str, spec: Spec) -> None:
+    """Put back what a crashed run left set aside. A unique key that cannot be built again
+    takes out the first load that set it aside (that model then loads again)."""
+    undone: set[str] = set()
+    while True:
+        try:
+            constraints.restore(conn, spec)
+            return
+        except DuplicateKeysError as exc:
+            conn.rollback()
+            if exc.model is None or exc.model in undone:
+                raise _app_collision(exc) from None
+            undone.add(exc.model)
+            with _session(target, spec) as session:
+                plan = transform.Plan(session, spec, spec.model(exc.model))
+                transform.undo_first_load(session, plan)
+
+
 @contextmanager
 def recorded_run(
     target: str, spec: Spec, kind: str
@@ -351,7 +410,7 @@ def recorded_run(
     with connect(target, app="ferry") as conn:
         ledger.ensure_schema(conn, spec)
         with _run_lock(conn, spec):
-            constraints.restore(conn, spec)  # whatever a crashed run left deferred
+            _restore(conn, target, spec)  # whatever a crashed run left deferred
             with ledger.recorded(conn, spec, kind) as (run_id, counts):
                 yield conn, run_id, counts
 

@@ -136,7 +136,8 @@ class Model(_Strict):
     legacy_column: str | None = Field(
         None,
         description="Target column holding the legacy key. When it and the primary key are the "
-        "target's only unique columns, no two chunks can collide, so chunks run in parallel.",
+        "target's only unique columns, no two chunks can collide, so chunks run in parallel "
+        "(and a first load into an empty table may build both keys after the rows).",
     )
     accounts: bool = Field(
         True,

@@ -547,7 +547,8 @@ class Runner:
         table written and read back, about a tenth of a chunk's time. A row that breaks
         anything (a unique index, a check, a cast, a ``_key`` yielded twice, which the
         ledger's primary key refuses) fails the statement; the chunk then goes the careful
-        way, which narrows the error down to its rows.
+        way, which narrows the error down to its rows. (A unique index set aside for the
+        load cannot; ``pipeline`` loads again if it does not build afterwards.)
         """
         conn = self.conn
         statement = sql.SQL(
@@ -919,6 +920,30 @@ class Runner:
         ).fetchone()
         if row is not None:
             self._ledger_error(row[0], exc)
+
+
+def undo_first_load(conn: psycopg.Connection, plan: Plan) -> int:
+    """Take out a first load whose unique keys could not come back; returns the rows deleted.
+
+    Its target rows are found by UUID and by hash, one row per ledger row: a row the
+    application wrote with the same UUID, or changed since, is not ferry's to delete. The
+    model's ledger rows all come from that load (it was a first load), so they all go.
+    Only for a table without its unique keys: with them, the load would not need undoing.
+    """
+    key = sql.Identifier(plan.model.key_column)
+    model = sql.Literal(plan.model.name)
+    with conn.transaction():
+        deleted = conn.execute(
+            sql.SQL(
+                "DELETE FROM {t} t USING (SELECT DISTINCT ON (l.source_key) x.ctid AS tid "
+                "FROM {led} l JOIN {t} x ON x.{key} = l.target_uuid WHERE l.model = {model} "
+                "AND l.status = 'migrated' AND {h} = l.row_hash ORDER BY l.source_key, x.ctid) d "
+                "WHERE t.ctid = d.tid"
+            ).format(t=plan.target, led=plan.led, key=key, model=model, h=plan.target_hash("x"))
+        ).rowcount
+        conn.execute(sql.SQL("DELETE FROM {} WHERE model = {}").format(plan.led, model))
+    conn.commit()
+    return max(deleted, 0)
 
 
 def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> tuple[int, int]:
