@@ -395,13 +395,19 @@ def test_a_first_load_into_an_empty_table_sets_its_unique_keys_aside_too(
             )
 
 
-def test_a_table_the_load_cannot_empty_keeps_its_unique_keys(
+def test_a_table_not_empty_published_or_referenced_keeps_its_unique_keys(
     cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
     spec = load_spec(_loans_spec(tmp_path))
     source, target = _small_world(cluster, "app_row")
     with psycopg.connect(target) as conn:
+        assert constraints.unique_aside_ok(conn, "public.loans") is True
+        conn.execute("CREATE PUBLICATION app_pub FOR TABLE loans")  # its UPDATEs need the key
+        conn.commit()
+        assert constraints.unique_aside_ok(conn, "public.loans") is False
+        conn.execute("DROP PUBLICATION app_pub")
+        conn.commit()
         # A row the application wrote before the first load: the table is not empty.
         conn.execute(
             "WITH b AS (INSERT INTO books (id, author_id, title, price) VALUES "

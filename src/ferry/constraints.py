@@ -37,7 +37,8 @@ another unique key, if the model's SQL fills it with something other than its ke
 application can write a row that collides. Then the build fails, and the model's first load
 is taken out (its target rows, those still as ferry wrote them, and its ledger rows) and run
 again with the keys in place, where bisection quarantines the rows that collide, as it does
-without this.
+without this. Meanwhile the application's upserts into that table (``ON CONFLICT``) fail,
+for want of the key they name: ``--keep-constraints`` if it makes them.
 
 ``ferry migrate --keep-constraints`` loads with the keys in place instead.
 """
@@ -105,8 +106,8 @@ def unique_aside_ok(conn: psycopg.Connection, target: str) -> bool:
     Empty, because then every row that could collide was written during the load, by ferry
     or the application. Referenced by no other table's key, which would have to go too. Not
     published and with the default replica identity: without a primary key, an UPDATE or
-    DELETE on a table that a publication sends fails. Not deferrable: a deferred key's
-    index is built differently from the constraint's definition.
+    DELETE on a table that a publication sends fails. Not deferrable, which attaching a
+    built index to the constraint again would not bring back.
     """
     row = conn.execute(
         "SELECT c.relkind = 'r' AND c.relreplident = 'd' "
@@ -160,7 +161,7 @@ def suspend(
         )
     ]
     if model is not None:
-        # After the foreign keys in the drop order: a key of the table to itself needs them.
+        # Dropped after the foreign keys: a key of the table to itself depends on its own.
         found += conn.execute(
             "SELECT i.relname, pg_get_indexdef(x.indexrelid), "
             "CASE k.contype WHEN 'p' THEN 'PRIMARY KEY' WHEN 'u' THEN 'UNIQUE' "

@@ -394,6 +394,12 @@ def _restore(conn: psycopg.Connection, target: str, spec: Spec) -> None:
             conn.rollback()
             if exc.model is None or exc.model in undone:
                 raise _app_collision(exc) from None
+            if exc.model not in {m.name for m in spec.models}:
+                raise FerryError(
+                    f"{exc.table}: unique key {exc.name} cannot be built again, and model "
+                    f"{exc.model}, whose first load set it aside, is not in this spec: run "
+                    "ferry with the spec that loaded it"
+                ) from None
             undone.add(exc.model)
             with _session(target, spec) as session:
                 plan = transform.Plan(session, spec, spec.model(exc.model))
