@@ -363,17 +363,27 @@ def _small_world(cluster: LocalCluster, suffix: str) -> tuple[str, str]:
     return source, cluster.conninfo(f"uq_tgt_{suffix}", user=OWNER)
 
 
+def _kept_and_aside(
+    cluster: LocalCluster, tmp: Path, suffix: str, legacy: str = "l.loan_id"
+) -> tuple[Spec, str, str, str]:
+    """The loans spec; a target migrated with every key in place (the reference), and a
+    fresh (source, target) pair for the run under test. Returns (spec, reference, source,
+    target)."""
+    spec = load_spec(_loans_spec(tmp, legacy))
+    src_a, tgt_a = _small_world(cluster, f"{suffix}_kept")
+    source, target = _small_world(cluster, f"{suffix}_aside")
+    migrate(src_a, tgt_a, spec, defer_constraints=False)
+    return spec, tgt_a, source, target
+
+
 def test_a_first_load_into_an_empty_table_sets_its_unique_keys_aside_too(
     cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
-    spec = load_spec(_loans_spec(tmp_path))
-    src_a, tgt_a = _small_world(cluster, "kept")
-    src_b, tgt_b = _small_world(cluster, "aside")
+    spec, tgt_a, src_b, tgt_b = _kept_and_aside(cluster, tmp_path, "clean")
     with psycopg.connect(tgt_b) as conn:
         before = conn.execute(UNIQUES).fetchall()
         loans_pkey = conn.execute("SELECT to_regclass('public.loans_pkey')::oid").fetchone()
-    migrate(src_a, tgt_a, spec, defer_constraints=False)
     spy = _UniqueSpy(tgt_b)
     migrate(src_b, tgt_b, spec, progress=spy)
     # loans (empty, parallel-safe, referenced by nothing) loaded without its two unique keys.
@@ -429,10 +439,7 @@ def test_rows_colliding_on_a_unique_key_set_aside_are_loaded_again_with_it(
     monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
     # Every loan gets the same legacy key: the first in key order is kept, the others are
     # quarantined by the unique key's own violation, exactly as with the keys in place.
-    spec = load_spec(_loans_spec(tmp_path, legacy="left(l.loan_id, 2)"))
-    src_a, tgt_a = _small_world(cluster, "dup_kept")
-    src_b, tgt_b = _small_world(cluster, "dup_aside")
-    migrate(src_a, tgt_a, spec, defer_constraints=False)
+    spec, tgt_a, src_b, tgt_b = _kept_and_aside(cluster, tmp_path, "dup", "left(l.loan_id, 2)")
     spy = _UniqueSpy(tgt_b)
     migrate(src_b, tgt_b, spec, progress=spy)
     assert spy.seen[0] == 0 and spy.seen[-1] == 2  # loaded without them, then again with them
@@ -450,10 +457,7 @@ def test_a_crash_before_colliding_unique_keys_came_back_is_undone_by_the_next_ru
     cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
-    spec = load_spec(_loans_spec(tmp_path, legacy="left(l.loan_id, 2)"))
-    src_a, tgt_a = _small_world(cluster, "crash_kept")
-    source, target = _small_world(cluster, "crash_aside")
-    migrate(src_a, tgt_a, spec, defer_constraints=False)
+    spec, tgt_a, source, target = _kept_and_aside(cluster, tmp_path, "crash", "left(l.loan_id, 2)")
 
     class Killed(Exception):
         pass

@@ -285,6 +285,20 @@ def _forget(conn: psycopg.Connection, spec: Spec, table: str, name: str) -> None
     )
 
 
+def _recorded(
+    conn: psycopg.Connection, spec: Spec, target: str | None, unique: bool
+) -> list[tuple[str, str, str, str | None, str | None]]:
+    """What is set aside, of one table or all: the unique keys, or everything else."""
+    return conn.execute(
+        sql.SQL(
+            "SELECT target_table, name, definition, kind, model FROM {} "
+            "WHERE (kind IS NOT NULL) = %s AND (%s::text IS NULL OR target_table = %s) "
+            "ORDER BY target_table, name"
+        ).format(_table(spec)),
+        [unique, target, target],
+    ).fetchall()
+
+
 def unique_back(conn: psycopg.Connection, spec: Spec, target: str | None = None) -> int:
     """Build the unique keys set aside (of one table, or all) again; returns how many.
 
@@ -293,13 +307,7 @@ def unique_back(conn: psycopg.Connection, spec: Spec, target: str | None = None)
     writes wait); the constraint is then attached to it, which takes an instant. Raises
     ``DuplicateKeysError`` if rows share a value (``pipeline`` undoes the load then).
     """
-    rows = conn.execute(
-        sql.SQL(
-            "SELECT target_table, name, definition, kind, model FROM {} WHERE kind IS NOT NULL "
-            "AND (%s::text IS NULL OR target_table = %s) ORDER BY target_table, name"
-        ).format(_table(spec)),
-        [target, target],
-    ).fetchall()
+    rows = _recorded(conn, spec, target, unique=True)
     for table, name, definition, kind, model in rows:
         if not _exists(conn, table, name):
             conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
@@ -335,13 +343,7 @@ def restore(
     parent), so the scheduler lets the next loads start meanwhile.
     """
     uniques = unique_back(conn, spec, target)
-    rows = conn.execute(
-        sql.SQL(
-            "SELECT target_table, name, definition FROM {} "
-            "WHERE %s::text IS NULL OR target_table = %s ORDER BY target_table, name"
-        ).format(_table(spec)),
-        [target, target],
-    ).fetchall()
+    rows = [r[:3] for r in _recorded(conn, spec, target, unique=False)]
     keys = [r for r in rows if not _is_index(r[2])]
     indexes = [r for r in rows if _is_index(r[2])]
     for table, name, definition in keys:
