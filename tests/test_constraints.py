@@ -376,6 +376,32 @@ def _kept_and_aside(
     return spec, tgt_a, source, target
 
 
+class _Killed(Exception):
+    pass
+
+
+def _killed_before_loans_keys_are_back(
+    monkeypatch: pytest.MonkeyPatch, source: str, target: str, spec: Spec
+) -> None:
+    """A migrate that dies once loans is loaded without its keys, as a SIGKILL would leave
+    it: nothing of loans is put back (the other tables' keys are)."""
+    real_restore = constraints.restore
+
+    def killed(*args: object) -> None:
+        raise _Killed
+
+    def restore(conn: psycopg.Connection, spec: Spec, target: str | None = None, *a: Any) -> int:
+        if target == "public.loans":
+            raise _Killed
+        return real_restore(conn, spec, target, *a)
+
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "_unique_back", killed)
+        m.setattr(constraints, "restore", restore)
+        with pytest.raises(_Killed):
+            migrate(source, target, spec)
+
+
 def test_a_first_load_into_an_empty_table_sets_its_unique_keys_aside_too(
     cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -459,24 +485,7 @@ def test_a_crash_before_colliding_unique_keys_came_back_is_undone_by_the_next_ru
     monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
     spec, tgt_a, source, target = _kept_and_aside(cluster, tmp_path, "crash", "left(l.loan_id, 2)")
 
-    class Killed(Exception):
-        pass
-
-    real_restore = constraints.restore
-
-    def killed(*args: object) -> None:
-        raise Killed
-
-    def restore(conn: psycopg.Connection, spec: Spec, target: str | None = None, *a: Any) -> int:
-        if target == "public.loans":
-            raise Killed  # nothing of loans is put back after a SIGKILL
-        return real_restore(conn, spec, target, *a)
-
-    with monkeypatch.context() as m:
-        m.setattr(pipeline, "_unique_back", killed)
-        m.setattr(constraints, "restore", restore)
-        with pytest.raises(Killed):
-            migrate(source, target, spec)
+    _killed_before_loans_keys_are_back(monkeypatch, source, target, spec)
     with psycopg.connect(target) as conn:
         # Loaded without its keys, all four loans with one legacy key, and the keys recorded.
         assert conn.execute(LOANS_UNIQUES).fetchone() == (0,)
@@ -499,21 +508,7 @@ def test_undoing_a_first_load_leaves_the_rows_the_application_wrote_or_changed(
     monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
     spec = load_spec(_loans_spec(tmp_path))
     source, target = _small_world(cluster, "undo")
-    real_restore = constraints.restore
-
-    def killed(*args: object) -> None:
-        raise RuntimeError("killed")
-
-    def restore(conn: psycopg.Connection, spec: Spec, target: str | None = None, *a: Any) -> int:
-        if target == "public.loans":
-            raise RuntimeError("killed")  # loans stays loaded without its unique keys
-        return real_restore(conn, spec, target, *a)
-
-    with monkeypatch.context() as m:
-        m.setattr(pipeline, "_unique_back", killed)
-        m.setattr(constraints, "restore", restore)
-        with pytest.raises(RuntimeError):
-            migrate(source, target, spec)
+    _killed_before_loans_keys_are_back(monkeypatch, source, target, spec)
     with psycopg.connect(target) as conn:
         ferry_rows = conn.execute("SELECT id FROM loans ORDER BY id").fetchall()
         assert len(ferry_rows) == 2 and conn.execute(LOANS_UNIQUES).fetchone() == (0,)
