@@ -351,10 +351,12 @@ class _UniqueSpy(Progress):
     def __init__(self, target: str) -> None:
         self.conn = psycopg.connect(target, autocommit=True)
         self.seen: list[int] = []
+        self.loading = threading.Event()
 
     def model_advanced(self, model: str, rows: int) -> None:
         if model == "loans":
             self.seen.append(self.conn.execute(LOANS_UNIQUES).fetchone()[0])
+            self.loading.set()
 
 
 def _small_world(cluster: LocalCluster, suffix: str) -> tuple[str, str]:
@@ -528,3 +530,52 @@ def test_undoing_a_first_load_leaves_the_rows_the_application_wrote_or_changed(
         assert left == [(copied, "app"), (edited, "edited")]
         led = conn.execute("SELECT count(*) FROM ferry.ledger WHERE model = 'loans'").fetchone()
         assert led == (0,)
+
+
+def test_the_application_writes_on_while_unique_keys_are_aside(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its rows land beside ferry's, none waits long, and the keys come back over both."""
+    monkeypatch.setattr(constraints, "LOCK_WAIT", 0.2)
+    loans = 60_000  # above DEFER_MIN_ROWS, in 15 chunks
+    spec_path = _loans_spec(tmp_path)
+    (tmp_path / "loans.csv").write_text(
+        "loan_id,book_id,member\n" + "".join(f"L-{i},10,m{i}\n" for i in range(loans))
+    )
+    spec = load_spec(spec_path)
+    source, target = _small_world(cluster, "live")
+    spy = _UniqueSpy(target)
+    stop = threading.Event()
+    written: list[int] = []
+
+    def application() -> None:
+        with psycopg.connect(target, autocommit=True) as app:
+            app.execute("SET lock_timeout = '1s'")
+            spy.loading.wait(60)
+            while not stop.is_set():
+                app.execute(
+                    "INSERT INTO public.loans (id, book_id, member) "
+                    "SELECT gen_random_uuid(), id, 'app' FROM public.books LIMIT 1"
+                )
+                written.append(app.execute(LOANS_UNIQUES).fetchone()[0])
+                time.sleep(0.01)
+
+    app = threading.Thread(target=application)
+    app.start()
+    try:
+        migrate(source, target, spec, progress=spy)
+    finally:
+        stop.set()
+        app.join(30)
+    assert 0 in spy.seen and 0 in written  # the application wrote while the keys were aside
+    with psycopg.connect(target) as conn:
+        app_rows = conn.execute("SELECT count(*) FROM public.loans WHERE member = 'app'")
+        assert app_rows.fetchone() == (len(written),)
+        migrated = conn.execute(
+            "SELECT count(*) FROM ferry.ledger WHERE model = 'loans' AND status = 'migrated'"
+        ).fetchone()
+        assert migrated == (loans,)
+        assert conn.execute(
+            "SELECT count(*) FROM public.loans WHERE legacy_loan_id IS NOT NULL"
+        ).fetchone() == (loans,)
+        assert conn.execute(LOANS_UNIQUES).fetchone() == (2,)
