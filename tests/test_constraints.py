@@ -23,6 +23,13 @@ BOOKS_FK_OID = (
     "SELECT oid FROM pg_constraint WHERE conrelid = 'public.books'::regclass AND contype = 'f'"
 )
 INDEX_OID = "SELECT to_regclass('public.books_author')::oid"
+COMMENTS = (
+    "SELECT conname::text, obj_description(oid, 'pg_constraint') FROM pg_constraint "
+    "WHERE conrelid = to_regclass(%s) AND obj_description(oid, 'pg_constraint') IS NOT NULL "
+    "UNION ALL SELECT relname::text, obj_description(indexrelid, 'pg_class') FROM pg_index "
+    "JOIN pg_class ON pg_class.oid = indexrelid WHERE indrelid = to_regclass(%s) "
+    "AND obj_description(indexrelid, 'pg_class') IS NOT NULL ORDER BY 1"
+)
 FKS = (
     "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated "
     "FROM pg_constraint WHERE contype = 'f' ORDER BY 1, 2"
@@ -36,6 +43,10 @@ def test_deferred_load_equals_checked_load(cluster: LocalCluster, tmp_path: Path
     for target in (tgt_a, tgt_b):
         with psycopg.connect(target, autocommit=True) as conn:
             conn.execute("CREATE INDEX books_author ON public.books (author_id)")
+            conn.execute("COMMENT ON INDEX public.books_author IS 'for the author page'")
+            conn.execute(
+                "COMMENT ON CONSTRAINT books_author_id_fkey ON public.books IS 'every book'"
+            )
     with psycopg.connect(tgt_b) as conn:
         before = conn.execute(FKS).fetchall()
         oid_before = conn.execute(BOOKS_FK_OID).fetchone()
@@ -52,6 +63,11 @@ def test_deferred_load_equals_checked_load(cluster: LocalCluster, tmp_path: Path
         # The plain index was dropped for the load and built again after it.
         assert conn.execute(INDEX_OID).fetchone() not in (None, index_before)
         assert conn.execute("SELECT count(*) FROM ferry.suspended_constraints").fetchone() == (0,)
+        # With the comments they had.
+        assert conn.execute(COMMENTS, ["public.books"] * 2).fetchall() == [
+            ("books_author", "for the author page"),
+            ("books_author_id_fkey", "every book"),
+        ]
 
 
 def test_a_crash_while_deferred_is_repaired_by_the_next_run(
@@ -410,6 +426,7 @@ def test_a_first_load_into_an_empty_table_sets_its_unique_keys_aside_too(
     monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
     spec, tgt_a, src_b, tgt_b = _kept_and_aside(cluster, tmp_path, "clean")
     with psycopg.connect(tgt_b) as conn:
+        conn.execute("COMMENT ON CONSTRAINT loans_pkey ON public.loans IS 'one per loan'")
         before = conn.execute(UNIQUES).fetchall()
         loans_pkey = conn.execute("SELECT to_regclass('public.loans_pkey')::oid").fetchone()
     spy = _UniqueSpy(tgt_b)
@@ -425,6 +442,9 @@ def test_a_first_load_into_an_empty_table_sets_its_unique_keys_aside_too(
         assert b.execute(UNIQUES).fetchall() == before
         assert b.execute("SELECT to_regclass('public.loans_pkey')::oid").fetchone() != loans_pkey
         assert b.execute("SELECT count(*) FROM ferry.suspended_constraints").fetchone() == (0,)
+        assert b.execute(COMMENTS, ["public.loans"] * 2).fetchall() == [
+            ("loans_pkey", "one per loan")
+        ]
         # Still refused: a second row with a migrated row's legacy key.
         with pytest.raises(psycopg.errors.UniqueViolation):
             b.execute(

@@ -147,12 +147,14 @@ def suspend(
     keys go too; otherwise they stay, to refuse a duplicate when it is written so that
     bisection can quarantine it. The record lives in ``<ledger>.suspended_constraints``.
     """
-    found: list[tuple[str, str, str | None]] = [
-        (r[0], r[1], None)
+    # (name, definition, kind, comment): a comment goes with what it is on, and comes back.
+    found: list[tuple[str, str, str | None, str | None]] = [
+        (r[0], r[1], None, r[2])
         for r in conn.execute(
-            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-            "WHERE conrelid = to_regclass(%s) AND contype = 'f' "
-            "UNION ALL SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x "
+            "SELECT conname, pg_get_constraintdef(oid), obj_description(oid, 'pg_constraint') "
+            "FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'f' "
+            "UNION ALL SELECT i.relname, pg_get_indexdef(x.indexrelid), "
+            "obj_description(x.indexrelid, 'pg_class') FROM pg_index x "
             "JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = to_regclass(%s) "
             "AND NOT x.indisunique AND NOT x.indisexclusion "
             "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid) "
@@ -165,7 +167,9 @@ def suspend(
         found += conn.execute(
             "SELECT i.relname, pg_get_indexdef(x.indexrelid), "
             "CASE k.contype WHEN 'p' THEN 'PRIMARY KEY' WHEN 'u' THEN 'UNIQUE' "
-            "ELSE 'UNIQUE INDEX' END FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+            "ELSE 'UNIQUE INDEX' END, coalesce(obj_description(k.oid, 'pg_constraint'), "
+            "obj_description(x.indexrelid, 'pg_class')) "
+            "FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
             "LEFT JOIN pg_constraint k ON k.conindid = x.indexrelid "
             "AND k.conrelid = x.indrelid AND k.contype IN ('p', 'u') "
             "WHERE x.indrelid = to_regclass(%s) AND x.indisunique ORDER BY 1",
@@ -175,13 +179,13 @@ def suspend(
         conn.commit()
         return 0
     with conn.transaction():
-        for name, definition, kind in found:
+        for name, definition, kind, comment in found:
             conn.execute(
                 sql.SQL(
-                    "INSERT INTO {} (target_table, name, definition, run_id, kind, model) "
-                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+                    "INSERT INTO {} (target_table, name, definition, run_id, kind, model, "
+                    "comment) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
                 ).format(_table(spec)),
-                [target, name, definition, run_id, kind, model if kind else None],
+                [target, name, definition, run_id, kind, model if kind else None, comment],
             )
     conn.commit()  # recorded before anything is dropped
     schema = target.split(".")[0]
@@ -193,7 +197,7 @@ def suspend(
             )
             if not _is_index(definition) or kind in _UNIQUE_KINDS
             else sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, name))
-            for name, definition, kind in found
+            for name, definition, kind, _ in found
         ],
     )  # fmt: skip
     conn.commit()
@@ -287,16 +291,33 @@ def _forget(conn: psycopg.Connection, spec: Spec, table: str, name: str) -> None
 
 def _recorded(
     conn: psycopg.Connection, spec: Spec, target: str | None, unique: bool
-) -> list[tuple[str, str, str, str | None, str | None]]:
+) -> list[tuple[str, str, str, str | None, str | None, str | None]]:
     """What is set aside, of one table or all: the unique keys, or everything else."""
     return conn.execute(
         sql.SQL(
-            "SELECT target_table, name, definition, kind, model FROM {} "
+            "SELECT target_table, name, definition, kind, model, comment FROM {} "
             "WHERE (kind IS NOT NULL) = %s AND (%s::text IS NULL OR target_table = %s) "
             "ORDER BY target_table, name"
         ).format(_table(spec)),
         [unique, target, target],
     ).fetchall()
+
+
+def _commented(table: str, name: str, on_index: bool, comment: str | None) -> list[sql.Composable]:
+    """The ``COMMENT`` that was on a key or index when it was set aside, if any."""
+    if comment is None:
+        return []
+    if on_index:
+        return [
+            sql.SQL("COMMENT ON INDEX {} IS {}").format(
+                sql.Identifier(table.split(".")[0], name), sql.Literal(comment)
+            )
+        ]
+    return [
+        sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(
+            sql.Identifier(name), sql.Identifier(*table.split(".")), sql.Literal(comment)
+        )
+    ]
 
 
 def unique_back(conn: psycopg.Connection, spec: Spec, target: str | None = None) -> int:
@@ -308,7 +329,7 @@ def unique_back(conn: psycopg.Connection, spec: Spec, target: str | None = None)
     ``DuplicateKeysError`` if rows share a value (``pipeline`` undoes the load then).
     """
     rows = _recorded(conn, spec, target, unique=True)
-    for table, name, definition, kind, model in rows:
+    for table, name, definition, kind, model, comment in rows:
         if not _exists(conn, table, name):
             conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
             steps: list[sql.Composable] = [sql.SQL(definition)]  # type: ignore[arg-type]
@@ -321,6 +342,7 @@ def unique_back(conn: psycopg.Connection, spec: Spec, target: str | None = None)
                         k=_UNIQUE_KINDS[kind],
                     )
                 )
+            steps += _commented(table, name, kind not in _UNIQUE_KINDS, comment)
             try:
                 _ddl(conn, table, steps)
             except psycopg.errors.UniqueViolation:
@@ -343,28 +365,29 @@ def restore(
     parent), so the scheduler lets the next loads start meanwhile.
     """
     uniques = unique_back(conn, spec, target)
-    rows = [r[:3] for r in _recorded(conn, spec, target, unique=False)]
+    rows = [(r[0], r[1], r[2], r[5]) for r in _recorded(conn, spec, target, unique=False)]
     keys = [r for r in rows if not _is_index(r[2])]
     indexes = [r for r in rows if _is_index(r[2])]
-    for table, name, definition in keys:
+    for table, name, definition, comment in keys:
         if not _exists(conn, table, name):
             add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
                 sql.Identifier(*table.split(".")),
                 sql.Identifier(name),
                 sql.SQL(definition),  # type: ignore[arg-type]
             )
-            _ddl(conn, table, [add])
+            _ddl(conn, table, [add, *_commented(table, name, False, comment)])
     conn.commit()
     if keys_back:
         keys_back()
-    for table, name, definition in indexes:
+    for table, name, definition, comment in indexes:
         with conn.transaction():
             if not _exists(conn, table, name):
                 conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
-                _ddl(conn, table, [sql.SQL(definition)])  # type: ignore[arg-type]
+                create = sql.SQL(definition)  # type: ignore[arg-type]
+                _ddl(conn, table, [create, *_commented(table, name, True, comment)])
             _forget(conn, spec, table, name)
         conn.commit()
-    for table, name, _ in keys:
+    for table, name, _, _ in keys:
         try:
             with conn.transaction():
                 validate = sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(

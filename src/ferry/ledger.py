@@ -91,10 +91,11 @@ CREATE TABLE IF NOT EXISTS {schema}.suspended_constraints (
     suspended_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     kind         text,
     model        text,
+    comment      text,
     PRIMARY KEY (target_table, name)
 );
 ALTER TABLE {schema}.suspended_constraints ADD COLUMN IF NOT EXISTS kind text,
-    ADD COLUMN IF NOT EXISTS model text;
+    ADD COLUMN IF NOT EXISTS model text, ADD COLUMN IF NOT EXISTS comment text;
 CREATE TABLE IF NOT EXISTS {schema}.resync (
     model      text NOT NULL,
     source_key text NOT NULL,
@@ -135,7 +136,7 @@ $$"""
 
 
 # Bumped whenever the DDL above changes; ensure_schema skips its work when it matches.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:
