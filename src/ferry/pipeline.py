@@ -219,7 +219,7 @@ def run_model(
             else:
                 result = _run_parallel(target, spec, plan, run_id, advance, bounds, jobs, slots)
             if unique:
-                result = _unique_back(conn, spec, plan, run_id, advance, slots, result)
+                result = _unique_back(conn, target, spec, plan, run_id, advance, slots, result)
             # Before the keys come back, when the next models may start.
             _analyze_ledger(conn, spec, result.written)
         if result.written >= ANALYZE_AFTER:
@@ -238,38 +238,55 @@ def run_model(
 
 
 def _unique_back(
-    conn: psycopg.Connection, spec: Spec, plan: transform.Plan, run_id: int,
+    conn: psycopg.Connection, target: str, spec: Spec, plan: transform.Plan, run_id: int,
     advance: Callable[[int], None], slots: transform.Slots | None,
     result: transform.ModelResult,
 ) -> transform.ModelResult:  # fmt: skip
     """Put back the unique keys a first load set aside; if rows collide, load it again.
 
-    The load is taken out (``transform.undo_first_load``) and run once more, one chunk at
-    a time, with the keys in place: bisection then quarantines the rows that collide, in
-    key order, exactly as a load with ``--keep-constraints`` does.
+    The load is taken out (``_undoing``) and run once more, one chunk at a time, with the
+    keys in place: bisection then quarantines the rows that collide, in key order, exactly
+    as a load with ``--keep-constraints`` does.
     """
-    try:
-        constraints.unique_back(conn, spec, plan.model.target)
-        conn.commit()
-        return result
-    except DuplicateKeysError:
-        conn.rollback()
-    transform.undo_first_load(conn, plan)
-    advance(-result.rows)
-    try:
-        constraints.unique_back(conn, spec, plan.model.target)
-    except DuplicateKeysError as exc:
-        raise _app_collision(exc) from None
+    undone = _undoing(
+        conn, target, spec, lambda: constraints.unique_back(conn, spec, plan.model.target)
+    )
     conn.commit()
+    if not undone:
+        return result
+    advance(-result.rows)
     return transform.Runner(conn, plan, run_id, advance, slots).run()
 
 
-def _app_collision(exc: DuplicateKeysError) -> FerryError:
-    return FerryError(
-        f"{exc.table}: rows that the application wrote while unique key {exc.name} was set "
-        "aside share a value; ferry took its own rows out again: fix those rows, then run "
-        "ferry again"
-    )
+def _undoing(
+    conn: psycopg.Connection, target: str, spec: Spec, put_back: Callable[[], object]
+) -> set[str]:
+    """Run ``put_back``; a unique key it cannot build takes out the first load that set it
+    aside (``transform.undo_first_load``), once per model, and it runs again. Returns the
+    models taken out, which must load again."""
+    undone: set[str] = set()
+    while True:
+        try:
+            put_back()
+            return undone
+        except DuplicateKeysError as exc:
+            conn.rollback()
+            if exc.model is None or exc.model in undone:
+                raise FerryError(
+                    f"{exc.table}: rows that the application wrote while unique key {exc.name} "
+                    "was set aside share a value; ferry took its own rows out again: fix those "
+                    "rows, then run ferry again"
+                ) from None
+            if exc.model not in {m.name for m in spec.models}:
+                raise FerryError(
+                    f"{exc.table}: unique key {exc.name} cannot be built again, and model "
+                    f"{exc.model}, whose first load set it aside, is not in this spec: run "
+                    "ferry with the spec that loaded it"
+                ) from None
+            undone.add(exc.model)
+            with _session(target, spec) as session:
+                plan = transform.Plan(session, spec, spec.model(exc.model))
+                transform.undo_first_load(session, plan)
 
 
 def _run_parallel(
@@ -382,30 +399,6 @@ def transform_all(
     return [done[m.name] for m in order]
 
 
-def _restore(conn: psycopg.Connection, target: str, spec: Spec) -> None:
-    """Put back what a crashed run left set aside. A unique key that cannot be built again
-    takes out the first load that set it aside (that model then loads again)."""
-    undone: set[str] = set()
-    while True:
-        try:
-            constraints.restore(conn, spec)
-            return
-        except DuplicateKeysError as exc:
-            conn.rollback()
-            if exc.model is None or exc.model in undone:
-                raise _app_collision(exc) from None
-            if exc.model not in {m.name for m in spec.models}:
-                raise FerryError(
-                    f"{exc.table}: unique key {exc.name} cannot be built again, and model "
-                    f"{exc.model}, whose first load set it aside, is not in this spec: run "
-                    "ferry with the spec that loaded it"
-                ) from None
-            undone.add(exc.model)
-            with _session(target, spec) as session:
-                plan = transform.Plan(session, spec, spec.model(exc.model))
-                transform.undo_first_load(session, plan)
-
-
 @contextmanager
 def recorded_run(
     target: str, spec: Spec, kind: str
@@ -416,7 +409,9 @@ def recorded_run(
     with connect(target, app="ferry") as conn:
         ledger.ensure_schema(conn, spec)
         with _run_lock(conn, spec):
-            _restore(conn, target, spec)  # whatever a crashed run left deferred
+            # Whatever a crashed run left set aside; a load whose unique keys cannot come back
+            # is taken out, and its model loads again.
+            _undoing(conn, target, spec, lambda: constraints.restore(conn, spec))
             with ledger.recorded(conn, spec, kind) as (run_id, counts):
                 yield conn, run_id, counts
 
