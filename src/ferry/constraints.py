@@ -234,8 +234,8 @@ def suspended(
 
     ``guard`` must be a session of its own: it holds a transaction open for the whole block.
     ``released`` is called once the parents are unlocked again (see ``restore``). With
-    ``model``, the unique keys are off too (see ``suspend``); the block should put them back
-    itself (``unique_back``), so as to load again if they cannot come back.
+    ``model``, the unique keys are off too (see ``suspend``); after a block that ends well,
+    the caller puts them back (``restore``), so as to load again if they cannot come back.
     """
     locked = parents(guard, target)
     guard.commit()
@@ -246,9 +246,12 @@ def suspended(
         elif released:
             released()
         yield n
-    finally:
+    except BaseException:
         if n:
             restore(guard, spec, target, released)
+        raise
+    if n:
+        restore(guard, spec, target, released, unique=model is None)
 
 
 def _lock(conn: psycopg.Connection, tables: list[tuple[str, str]]) -> None:
@@ -353,32 +356,33 @@ def unique_back(conn: psycopg.Connection, spec: Spec, target: str | None = None)
 
 def restore(
     conn: psycopg.Connection, spec: Spec, target: str | None = None,
-    keys_back: Callable[[], None] | None = None,
+    keys_back: Callable[[], None] | None = None, unique: bool = True,
 ) -> int:  # fmt: skip
     """Add back what was suspended (for one table, or all); returns how many.
 
-    Unique keys first (``unique_back``), since a foreign key needs the key it references.
-    Every key comes back ``NOT VALID`` in one transaction (enforced for new rows from its
-    commit on, which also ends a guard's locks; ``keys_back`` is told then); then the indexes
-    are built and each key is validated, each on its own. Those hold no lock that keeps
-    another load from setting its own keys aside (``VALIDATE`` takes ``ROW SHARE`` on the
-    parent), so the scheduler lets the next loads start meanwhile.
+    Foreign keys first: every one comes back ``NOT VALID`` in one transaction, enforced for
+    new rows from its commit on, which also ends a guard's locks (``keys_back`` is told
+    then). From there on nothing holds a lock that keeps another load from setting its own
+    keys aside (``VALIDATE`` takes ``ROW SHARE`` on the parent), so the scheduler lets the
+    next loads start while the rest is built: the unique keys (``unique_back``; without
+    ``unique`` they are left for the caller), a key that points at its own table's key
+    (which cannot come back before that), the indexes, and each key's validation.
     """
-    uniques = unique_back(conn, spec, target)
     rows = [(r[0], r[1], r[2], r[5]) for r in _recorded(conn, spec, target, unique=False)]
     keys = [r for r in rows if not _is_index(r[2])]
     indexes = [r for r in rows if _is_index(r[2])]
-    for table, name, definition, comment in keys:
-        if not _exists(conn, table, name):
-            add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
-                sql.Identifier(*table.split(".")),
-                sql.Identifier(name),
-                sql.SQL(definition),  # type: ignore[arg-type]
-            )
-            _ddl(conn, table, [add, *_commented(table, name, False, comment)])
+    later = [r for r in keys if not _add_key(conn, *r, quiet=True)]
     conn.commit()
     if keys_back:
         keys_back()
+    uniques = 0
+    if not unique:
+        keys = [r for r in keys if r not in later]
+    else:
+        uniques = unique_back(conn, spec, target)
+        for key in later:
+            _add_key(conn, *key)
+        conn.commit()
     for table, name, definition, comment in indexes:
         with conn.transaction():
             if not _exists(conn, table, name):
@@ -403,3 +407,25 @@ def restore(
             ) from None
         conn.commit()
     return uniques + len(rows)
+
+
+def _add_key(
+    conn: psycopg.Connection, table: str, name: str, definition: str, comment: str | None,
+    quiet: bool = False,
+) -> bool:  # fmt: skip
+    """The foreign key back, ``NOT VALID``; False, with ``quiet``, if the key it references
+    is not there (yet): its own table's primary key, set aside with it."""
+    if _exists(conn, table, name):
+        return True
+    add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
+        sql.Identifier(*table.split(".")),
+        sql.Identifier(name),
+        sql.SQL(definition),  # type: ignore[arg-type]
+    )
+    try:
+        _ddl(conn, table, [add, *_commented(table, name, False, comment)])
+    except psycopg.errors.InvalidForeignKey:
+        if not quiet:
+            raise
+        return False
+    return True

@@ -218,10 +218,10 @@ def run_model(
                 result = runner.run(keys, bounds if keys is None else None)
             else:
                 result = _run_parallel(target, spec, plan, run_id, advance, bounds, jobs, slots)
-            if unique:
-                result = _unique_back(conn, target, spec, plan, run_id, advance, slots, result)
             # Before the keys come back, when the next models may start.
             _analyze_ledger(conn, spec, result.written)
+        if unique:  # after the others, which let the next models start (constraints.restore)
+            result = _unique_back(conn, target, spec, plan, run_id, advance, slots, result)
         if result.written >= ANALYZE_AFTER:
             conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(*model.target.split("."))))
         conn.execute(
@@ -248,9 +248,8 @@ def _unique_back(
     keys in place: bisection then quarantines the rows that collide, in key order, exactly
     as a load with ``--keep-constraints`` does.
     """
-    undone = _undoing(
-        conn, target, spec, lambda: constraints.unique_back(conn, spec, plan.model.target)
-    )
+    table = plan.model.target
+    undone = _undoing(conn, target, spec, lambda: constraints.restore(conn, spec, table))
     conn.commit()
     if not undone:
         return result
