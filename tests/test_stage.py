@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import pytest
 from psycopg import sql
 
-from ferry import stage
+from ferry import ledger, pipeline, stage
 from ferry.embedded import LocalCluster
+from ferry.spec import load_spec
 from tests.helpers import fresh_db, table_checksum
+from tests.test_crash import _spec, _world
 
 # About 3.4 MB in binary COPY: three full blocks and a partial one.
 ROWS = 30_000
@@ -70,3 +74,24 @@ def test_a_stream_left_unfinished_closes_its_connection(notes: tuple[str, str]) 
         assert len(next(blocks)) >= 1 << 20
         blocks.close()
         assert conn.closed
+
+
+def test_stage_tables_are_loaded_frozen(cluster: LocalCluster, tmp_path: Path) -> None:
+    """All-visible from the start, tables and CSVs alike: no page is dirtied again by the
+    transform's first read, and autovacuum has nothing to do."""
+    spec = load_spec(_spec(tmp_path))
+    source, target = _world(cluster, "frozen")
+    with psycopg.connect(target) as conn:
+        ledger.ensure_schema(conn, spec)
+        conn.commit()
+    staged = pipeline.stage_all(source, target, spec, 1, tmp_path, 2, pipeline.Progress())
+    assert {s.source for s in staged} >= {"loans.csv"} and all(s.rows > 0 for s in staged)
+    with psycopg.connect(target) as conn:
+        pages = conn.execute(
+            "SELECT c.relname, c.relpages, c.relallvisible FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relkind = 'r' AND c.relpages > 0 ORDER BY 1",
+            [spec.stage_schema],
+        ).fetchall()
+    assert len(pages) == len(staged)
+    assert [(name, n) for name, n, _ in pages] == [(name, n) for name, _, n in pages]

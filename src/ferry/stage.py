@@ -162,6 +162,14 @@ def _raise(res: pq.abc.PGresult | None, what: str) -> NoReturn:
 
 
 def _create(conn: psycopg.Connection, spec: Spec, src: Source, cols: list[Column]) -> sql.Composed:
+    """A new stage table, for a ``COPY ... FREEZE`` in the same transaction.
+
+    Rows copied frozen are all-visible from the start: the transform's first reads need not
+    stamp every tuple's commit status into its page (dirtying all of them), index-only scans
+    count a chunk without the heap, and autovacuum, which an insert of millions of rows
+    wakes, finds nothing to do. A table created in the transaction is invisible to others
+    until it commits, so freezing breaks no snapshot.
+    """
     target = sql.Identifier(spec.stage_schema, src.stage_table)
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))
     conn.execute(
@@ -199,8 +207,8 @@ def stage_table(
     if src.key not in {c.name for c in cols}:
         raise FerryError(f"source {src.name}: key column {src.key} is not in {src.table}")
     binary = all(c.binary for c in cols)
-    fmt = sql.SQL("(FORMAT BINARY)" if binary else "(FORMAT TEXT)")
-    query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT {}").format(
+    fmt = sql.SQL("FORMAT BINARY" if binary else "FORMAT TEXT")
+    query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT ({})").format(
         sql.SQL(", ").join(
             sql.Identifier(c.name)
             if c.binary
@@ -213,7 +221,7 @@ def stage_table(
     with target.transaction():
         dest = _create(target, spec, src, cols)
         cur = target.cursor()  # its rowcount, from COPY's own tag, is the rows staged
-        with cur.copy(sql.SQL("COPY {} FROM STDIN {}").format(dest, fmt)) as into:
+        with cur.copy(sql.SQL("COPY {} FROM STDIN ({}, FREEZE)").format(dest, fmt)) as into:
             nbytes = relay(copy_out(source, query), into, progress)
         rows = cur.rowcount
         _finish(target, spec, src, dest)
@@ -244,7 +252,7 @@ def stage_csv(
     cols = [Column(n, "text", False) for n in names]
     with target.transaction():
         dest = _create(target, spec, src, cols)
-        copy = sql.SQL("COPY {} FROM STDIN (FORMAT CSV, HEADER true)").format(dest)
+        copy = sql.SQL("COPY {} FROM STDIN (FORMAT CSV, HEADER true, FREEZE)").format(dest)
         cur = target.cursor()
         with path.open("rb") as fh, cur.copy(copy) as into:
             nbytes = relay(iter(lambda: fh.read(_BLOCK), b""), into, progress)
