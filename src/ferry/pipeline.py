@@ -398,6 +398,13 @@ def transform_all(
     return [done[m.name] for m in order]
 
 
+def restore_leftovers(conn: psycopg.Connection, target: str, spec: Spec) -> set[str]:
+    """Put back whatever a crashed run left set aside, before anything else touches the
+    target. A first load whose unique keys cannot come back is taken out (``_undoing``): the
+    next migrate loads its model again. Returns the models taken out. Under the run lock."""
+    return _undoing(conn, target, spec, lambda: constraints.restore(conn, spec))
+
+
 @contextmanager
 def recorded_run(
     target: str, spec: Spec, kind: str
@@ -408,9 +415,7 @@ def recorded_run(
     with connect(target, app="ferry") as conn:
         ledger.ensure_schema(conn, spec)
         with _run_lock(conn, spec):
-            # Whatever a crashed run left set aside; a load whose unique keys cannot come back
-            # is taken out, and its model loads again.
-            _undoing(conn, target, spec, lambda: constraints.restore(conn, spec))
+            restore_leftovers(conn, target, spec)
             with ledger.recorded(conn, spec, kind) as (run_id, counts):
                 yield conn, run_id, counts
 

@@ -27,10 +27,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import constraints, ledger, transform
+from ferry import ledger, transform
 from ferry.conninfo import connect
 from ferry.errors import FerryError
-from ferry.pipeline import Progress, _run_lock, _session, run_model
+from ferry.pipeline import Progress, _run_lock, _session, restore_leftovers, run_model
 from ferry.spec import Spec
 
 OPERATOR = "operator"  # the reason of a row an operator excluded
@@ -192,7 +192,7 @@ def retry(
     with connect(target, app="ferry-retry") as conn:
         _check_ledger(conn, spec)
         with _run_lock(conn, spec):
-            constraints.restore(conn, spec)  # whatever a crashed migrate left deferred
+            restore_leftovers(conn, target, spec)
             selected: dict[str, set[str]] = defaultdict(set)
             for model, key in conn.execute(
                 sql.SQL(

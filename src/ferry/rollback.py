@@ -59,10 +59,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import constraints, ledger, transform
+from ferry import ledger, transform
 from ferry.conninfo import connect
 from ferry.errors import FerryError
-from ferry.pipeline import _run_lock
+from ferry.pipeline import _run_lock, restore_leftovers
 from ferry.spec import Model, Spec
 
 
@@ -169,7 +169,7 @@ def rollback(
         _check_ledger(conn, spec)
         ensure_resync(conn, spec)
         with _run_lock(conn, spec):
-            constraints.restore(conn, spec)  # whatever a crashed migrate left deferred
+            restore_leftovers(conn, target, spec)
             todo = _plan(conn, spec, run, all_)
             with ledger.recorded(conn, spec, "rollback") as (rb_id, counts):
                 result = RollbackResult(rb_id)
