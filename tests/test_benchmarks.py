@@ -131,3 +131,20 @@ def test_bad_scaling_is_refused_before_anything_starts() -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "scale must be" in done.stderr
+
+
+def test_two_revisions_migrate_at_once(tmp_path: Path) -> None:
+    """ab.py exports the base revision, runs it beside this checkout, and reports each round."""
+    out, work = tmp_path / "ab.json", tmp_path / "work"
+    done = subprocess.run(
+        [_python(), str(ROOT / "benchmarks" / "ab.py"), "--base", "HEAD", "--rounds", "2",
+         "--scale", str(SCALE), "--json", str(out), "--workdir", str(work)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["base"] == "HEAD" and doc["scale"] == SCALE
+    assert [r["first"] for r in doc["rounds"]] == ["base", "this"]
+    assert all(_is_number(r["base"]) and _is_number(r["this"]) for r in doc["rounds"])
+    assert (work / "base" / "src" / "ferry" / "pipeline.py").is_file()
+    assert "finished first in" in done.stdout
