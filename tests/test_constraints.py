@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,20 @@ FKS = (
     "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated "
     "FROM pg_constraint WHERE contype = 'f' ORDER BY 1, 2"
 )
+
+
+def _when_keys_are_back(
+    monkeypatch: pytest.MonkeyPatch, hook: Callable[[str | None, Callable[[], None]], None]
+) -> None:
+    """``constraints.restore`` calls ``hook(target, keys_back)`` where it would tell
+    ``keys_back`` that the foreign keys are back (the hook must call it)."""
+    real_restore = constraints.restore
+
+    def restore(conn, spec, target=None, keys_back=None, **kw):  # type: ignore[no-untyped-def]
+        back = (lambda: hook(target, keys_back)) if keys_back else None
+        return real_restore(conn, spec, target, back, **kw)
+
+    monkeypatch.setattr(constraints, "restore", restore)
 
 
 def test_deferred_load_equals_checked_load(cluster: LocalCluster, tmp_path: Path) -> None:
@@ -308,19 +323,13 @@ def test_a_load_sharing_a_locked_parent_starts_once_the_keys_are_back(
         def model_done(self, result: ModelResult) -> None:
             events.append(("done", result.model))
 
-    real_restore = constraints.restore
+    def back(target: str | None, keys_back: Callable[[], None]) -> None:
+        keys_back()
+        # Hold this load's validation until the other load has started (or 10 s).
+        other = "reviews" if target == "public.books" else "books"
+        started[other].wait(10)
 
-    def restore(conn, spec, target=None, keys_back=None, **kw):  # type: ignore[no-untyped-def]
-        def back() -> None:
-            assert keys_back is not None
-            keys_back()
-            # Hold this load's validation until the other load has started (or 10 s).
-            other = "reviews" if target == "public.books" else "books"
-            started[other].wait(10)
-
-        return real_restore(conn, spec, target, back if keys_back else None, **kw)
-
-    monkeypatch.setattr(constraints, "restore", restore)
+    _when_keys_are_back(monkeypatch, back)
     migrate(source, target, spec, progress=Recorder())
     first = next(m for e, m in events if e == "start" and m in started)
     second = "reviews" if first == "books" else "books"
@@ -463,20 +472,15 @@ def test_parents_are_released_before_unique_keys_are_built_and_a_key_to_itself_f
         conn.commit()
         before = conn.execute(FKS).fetchall()
     at_release: list[tuple[int, list[str]]] = []
-    real_restore = constraints.restore
 
-    def restore(conn, spec, target=None, keys_back=None, **kw):  # type: ignore[no-untyped-def]
-        def back() -> None:
-            with psycopg.connect(cluster.conninfo("uq_tgt_self_fk")) as other:
-                uniques = other.execute(LOANS_UNIQUES).fetchone()
-                fks = other.execute(FKS).fetchall()
-            at_release.append((uniques[0], [f[1] for f in fks if f[0] == "loans"]))
-            assert keys_back is not None
-            keys_back()
+    def back(_: str | None, keys_back: Callable[[], None]) -> None:
+        with psycopg.connect(cluster.conninfo("uq_tgt_self_fk")) as other:
+            uniques = other.execute(LOANS_UNIQUES).fetchone()
+            fks = other.execute(FKS).fetchall()
+        at_release.append((uniques[0], [f[1] for f in fks if f[0] == "loans"]))
+        keys_back()
 
-        return real_restore(conn, spec, target, back if keys_back else None, **kw)
-
-    monkeypatch.setattr(constraints, "restore", restore)
+    _when_keys_are_back(monkeypatch, back)
     migrate(source, target, spec)
     # Released with the key to books back (not yet valid), loans' own keys still aside.
     assert (0, ["loans_book_id_fkey"]) in at_release
