@@ -244,12 +244,11 @@ def _unique_back(
 ) -> transform.ModelResult:  # fmt: skip
     """Put back the unique keys a first load set aside; if rows collide, load it again.
 
-    The load is taken out (``_undoing``) and run once more, one chunk at a time, with the
+    The load is taken out (``put_back``) and run once more, one chunk at a time, with the
     keys in place: bisection then quarantines the rows that collide, in key order, exactly
     as a load with ``--keep-constraints`` does.
     """
-    table = plan.model.target
-    undone = _undoing(conn, target, spec, lambda: constraints.restore(conn, spec, table))
+    undone = put_back(conn, target, spec, plan.model.target)
     conn.commit()
     if not undone:
         return result
@@ -257,16 +256,18 @@ def _unique_back(
     return transform.Runner(conn, plan, run_id, advance, slots).run()
 
 
-def _undoing(
-    conn: psycopg.Connection, target: str, spec: Spec, put_back: Callable[[], object]
+def put_back(
+    conn: psycopg.Connection, target: str, spec: Spec, table: str | None = None
 ) -> set[str]:
-    """Run ``put_back``; a unique key it cannot build takes out the first load that set it
-    aside (``transform.undo_first_load``), once per model, and it runs again. Returns the
-    models taken out, which must load again."""
+    """Put back what is set aside (``constraints.restore``), of one table or, for what a
+    crashed run left, of all, before anything else touches them. A unique key that cannot
+    be built takes out the first load that set it aside (``transform.undo_first_load``),
+    once per model, and the rest is tried again. Returns the models taken out, which must
+    load again (the next migrate does)."""
     undone: set[str] = set()
     while True:
         try:
-            put_back()
+            constraints.restore(conn, spec, table)
             return undone
         except DuplicateKeysError as exc:
             conn.rollback()
@@ -398,13 +399,6 @@ def transform_all(
     return [done[m.name] for m in order]
 
 
-def restore_leftovers(conn: psycopg.Connection, target: str, spec: Spec) -> set[str]:
-    """Put back whatever a crashed run left set aside, before anything else touches the
-    target. A first load whose unique keys cannot come back is taken out (``_undoing``): the
-    next migrate loads its model again. Returns the models taken out. Under the run lock."""
-    return _undoing(conn, target, spec, lambda: constraints.restore(conn, spec))
-
-
 @contextmanager
 def recorded_run(
     target: str, spec: Spec, kind: str
@@ -415,7 +409,7 @@ def recorded_run(
     with connect(target, app="ferry") as conn:
         ledger.ensure_schema(conn, spec)
         with _run_lock(conn, spec):
-            restore_leftovers(conn, target, spec)
+            put_back(conn, target, spec)
             with ledger.recorded(conn, spec, kind) as (run_id, counts):
                 yield conn, run_id, counts
 

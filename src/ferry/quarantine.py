@@ -30,7 +30,7 @@ from psycopg import sql
 from ferry import ledger, transform
 from ferry.conninfo import connect
 from ferry.errors import FerryError
-from ferry.pipeline import Progress, _run_lock, _session, restore_leftovers, run_model
+from ferry.pipeline import Progress, _run_lock, _session, put_back, run_model
 from ferry.spec import Spec
 
 OPERATOR = "operator"  # the reason of a row an operator excluded
@@ -192,7 +192,7 @@ def retry(
     with connect(target, app="ferry-retry") as conn:
         _check_ledger(conn, spec)
         with _run_lock(conn, spec):
-            restore_leftovers(conn, target, spec)
+            put_back(conn, target, spec)
             selected: dict[str, set[str]] = defaultdict(set)
             for model, key in conn.execute(
                 sql.SQL(

@@ -62,7 +62,7 @@ from psycopg import sql
 from ferry import ledger, transform
 from ferry.conninfo import connect
 from ferry.errors import FerryError
-from ferry.pipeline import _run_lock, restore_leftovers
+from ferry.pipeline import _run_lock, put_back
 from ferry.spec import Model, Spec
 
 
@@ -169,7 +169,7 @@ def rollback(
         _check_ledger(conn, spec)
         ensure_resync(conn, spec)
         with _run_lock(conn, spec):
-            restore_leftovers(conn, target, spec)
+            put_back(conn, target, spec)
             todo = _plan(conn, spec, run, all_)
             with ledger.recorded(conn, spec, "rollback") as (rb_id, counts):
                 result = RollbackResult(rb_id)
