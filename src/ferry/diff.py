@@ -568,7 +568,7 @@ def _sums_query(body: sql.Composable) -> sql.Composable:
 
 
 def _sums(side: _Side, query: sql.Composable, params: Any = None) -> Sums:
-    return {r[0]: (r[1], r[2], r[3]) for r in side.run(query, params)}
+    return {r[0]: (r[1], r[2], r[3]) for r in side.rows(query, params)}
 
 
 class _IntBuckets:
