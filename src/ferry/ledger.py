@@ -136,7 +136,7 @@ $$"""
 
 
 # Bumped whenever the DDL above changes; ensure_schema skips its work when it matches.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:

@@ -1,0 +1,33 @@
+"""Target keys: the SQL function gives Python's UUIDs, and stays cheap enough to inline."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+
+from ferry import keys
+from ferry.embedded import LocalCluster
+from tests.helpers import fresh_db
+
+NS = uuid.UUID("8a1f5c3e-2b7d-4e60-9c14-6f0d3a2b7e91")
+KEYS = ["1", "42", "-7", "", "patient é", "日本", "a\\b", "x'y", "12345678901234567890"]
+
+
+def test_sql_keys_equal_python_keys_and_the_function_is_inlined(cluster: LocalCluster) -> None:
+    with psycopg.connect(fresh_db(cluster, "keys"), autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA k")
+        conn.execute(keys.function_ddl("k"))
+        got = conn.execute(
+            "SELECT k.key_uuid(%s, 'dispatch_file', key) FROM unnest(%s::text[]) key",
+            [NS, KEYS],
+        ).fetchall()
+        assert [r[0] for r in got] == [keys.key_uuid(NS, "dispatch_file", k) for k in KEYS]
+        assert all(u.version == 8 and u.variant == uuid.RFC_4122 for (u,) in got)
+        # A call would cost a function invocation per row: the planner must see through it.
+        plan = conn.execute(
+            "EXPLAIN VERBOSE SELECT k.key_uuid(%s, 'dispatch_file', g::text) "
+            "FROM generate_series(1, 3) g",
+            [NS],
+        ).fetchall()
+        assert "key_uuid" not in "\n".join(r[0] for r in plan)
