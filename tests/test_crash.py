@@ -65,9 +65,10 @@ def test_sigkill_mid_model_then_rerun_equals_clean_run(
     deadline = time.monotonic() + 120
     with psycopg.connect(target, autocommit=True) as conn:
         while time.monotonic() < deadline and proc.poll() is None:
-            ready = conn.execute("SELECT to_regclass('ferry.ledger') IS NOT NULL").fetchone()
+            # The first load writes its ledger rows aside, into the partition-to-be.
+            ready = conn.execute("SELECT to_regclass('ferry.ledger_books') IS NOT NULL").fetchone()
             row = (
-                conn.execute("SELECT count(*) FROM ferry.ledger WHERE model = 'books'").fetchone()
+                conn.execute("SELECT count(*) FROM ferry.ledger_books").fetchone()
                 if ready == (True,)
                 else (0,)
             )
@@ -81,13 +82,17 @@ def test_sigkill_mid_model_then_rerun_equals_clean_run(
     with psycopg.connect(target) as conn:
         partial = conn.execute("SELECT count(*) FROM books").fetchone()
         ledger_rows = conn.execute(
-            "SELECT count(*) FROM ferry.ledger WHERE model = 'books' AND status = 'migrated'"
+            "SELECT count(*) FROM ferry.ledger_books WHERE status = 'migrated'"
         ).fetchone()
         # Killed mid-model: target rows and ledger rows committed together, nothing more.
         assert partial == ledger_rows
         assert partial is not None and 0 < partial[0] < BOOKS
+        # ... and still aside, for the next run to attach before anything else.
+        assert conn.execute("SELECT model FROM ferry.loads_aside").fetchall() == [("books",)]
 
     migrate(source, target, spec)
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM ferry.loads_aside").fetchone() == (0,)
     assert {t: table_checksum(target, t) for t in TABLES} == expected
     with psycopg.connect(target) as conn:
         dup = conn.execute("SELECT count(*) - count(DISTINCT legacy_book_id) FROM books").fetchone()

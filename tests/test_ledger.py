@@ -39,3 +39,72 @@ def test_a_run_closes_ok_with_its_counts_or_failed_without_row_contents(
             ("retry", "failed", {}, "UniqueViolation"),
         ]
         assert run_id == conn.execute("SELECT min(run_id) FROM ferry.runs").fetchone()[0]
+
+
+# What schema 4 created: the ledger in one table (frozen here, as old ledgers hold it).
+LEDGER_V4 = """
+CREATE TABLE ferry.ledger (
+    model text NOT NULL, source_key text NOT NULL, source_table text NOT NULL,
+    accounts boolean NOT NULL,
+    status text NOT NULL
+        CHECK (status IN ('migrated', 'merged', 'quarantined', 'excluded', 'deleted')),
+    reason text, repairs text[] NOT NULL DEFAULT '{}', sqlstate text, message text,
+    target_table text NOT NULL, target_uuid uuid, row_hash text,
+    conflict boolean NOT NULL DEFAULT false, decided_by text, decision text,
+    decided_at timestamptz, run_id bigint NOT NULL, first_run_id bigint NOT NULL,
+    first_seen timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    tries integer NOT NULL DEFAULT 1,
+    PRIMARY KEY (model, source_key)
+);
+CREATE INDEX ledger_quarantined_idx ON ferry.ledger (model) WHERE status = 'quarantined';
+INSERT INTO ferry.ledger (model, source_key, source_table, accounts, status, reason,
+                          target_table, run_id, first_run_id)
+VALUES ('authors', '1', 'lib_author', true, 'migrated', NULL, 'public.authors', 1, 1),
+       ('authors', '4', 'lib_author', true, 'quarantined', 'unknown_country',
+        'public.authors', 1, 1),
+       ('books', '10', 'lib_book', true, 'migrated', NULL, 'public.books', 1, 1);
+UPDATE ferry.meta SET version = 4;
+"""
+ROWS = "SELECT model, source_key, status, reason FROM ferry.ledger ORDER BY 1, 2"
+
+
+def test_a_ledger_in_one_table_is_split_into_one_partition_per_model(
+    cluster: LocalCluster,
+) -> None:
+    spec = load_spec(SPEC)
+    target = fresh_db(cluster, "ledger_v4")
+    with psycopg.connect(target) as conn:
+        ledger.ensure_schema(conn, spec)
+        conn.execute("DROP TABLE ferry.ledger")
+        conn.execute(LEDGER_V4)
+        before = conn.execute(ROWS).fetchall()
+        conn.commit()
+        ledger.ensure_schema(conn, spec)
+        assert conn.execute(ROWS).fetchall() == before
+        parts = conn.execute(
+            "SELECT c.relname::text, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits "
+            "JOIN pg_class c ON c.oid = inhrelid WHERE inhparent = 'ferry.ledger'::regclass "
+            "ORDER BY 1"
+        ).fetchall()
+        assert parts == [
+            ("ledger_authors", "FOR VALUES IN ('authors')"),
+            ("ledger_books", "FOR VALUES IN ('books')"),
+        ]
+        assert conn.execute("SELECT to_regclass('ferry.ledger_unpartitioned')").fetchone() == (
+            None,
+        )
+        # The primary key still holds, now per partition.
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(
+                "INSERT INTO ferry.ledger (model, source_key, source_table, accounts, status, "
+                "target_table, run_id, first_run_id) "
+                "VALUES ('books', '10', 'lib_book', true, 'migrated', 'public.books', 2, 2)"
+            )
+
+
+def test_a_long_model_name_gets_a_partition_name_postgresql_keeps_whole() -> None:
+    a, b = "m" * 70 + "_a", "m" * 70 + "_b"
+    assert ledger.partition_name("books") == "ledger_books"
+    assert len(ledger.partition_name(a).encode()) <= 63
+    assert ledger.partition_name(a) != ledger.partition_name(b)

@@ -227,7 +227,10 @@ def test_row_referenced_by_the_application_is_not_deleted(
 def test_ferry_schemas_are_closed_to_the_api_roles(synced: dict, cluster: LocalCluster) -> None:
     admin = cluster.conninfo("sync_target")
     for role in ("anon", "authenticated"):
-        for table in ("ferry.ledger", "ferry.runs", "ferry.history", "ferry_stage.auth_user"):
+        for table in (
+            "ferry.ledger", "ferry.ledger_profiles", "ferry.runs", "ferry.history",
+            "ferry_stage.auth_user",
+        ):  # fmt: skip
             with psycopg.connect(admin) as conn:
                 conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):

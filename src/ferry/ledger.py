@@ -7,6 +7,7 @@ ferry changes or deletes only target rows whose ledger row says ferry wrote them
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,8 +63,10 @@ CREATE TABLE IF NOT EXISTS {schema}.ledger (
     first_seen   timestamptz NOT NULL DEFAULT clock_timestamp(),
     updated_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     tries        integer NOT NULL DEFAULT 1,
-    PRIMARY KEY (model, source_key)
-);
+    -- Source key first: in a partition the model is one value, and the sort that builds a
+    -- partition's key (ledger.attach) took 1.9 s for 2M rows comparing it first, 0.75 s so.
+    PRIMARY KEY (source_key, model)
+) PARTITION BY LIST (model);
 CREATE TABLE IF NOT EXISTS {schema}.history (
     run_id        bigint NOT NULL,
     model         text NOT NULL,
@@ -110,6 +113,10 @@ CREATE TABLE IF NOT EXISTS {schema}.staged (
     run_id     bigint NOT NULL,
     staged_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+CREATE TABLE IF NOT EXISTS {schema}.loads_aside (
+    model  text PRIMARY KEY,
+    run_id bigint NOT NULL
+);
 CREATE TABLE IF NOT EXISTS {schema}.model_runs (
     run_id  bigint NOT NULL,
     model   text NOT NULL,
@@ -136,7 +143,7 @@ $$"""
 
 
 # Bumped whenever the DDL above changes; ensure_schema skips its work when it matches.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:
@@ -152,9 +159,48 @@ def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:
         if version and version[0] == SCHEMA_VERSION:
             conn.commit()
             return
+    kind = conn.execute(
+        "SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)",
+        [sql.Identifier(spec.ledger_schema, "ledger").as_string(conn)],
+    ).fetchone()
+    if kind and kind[0] == "r":  # a ledger from before schema 5, in one table
+        conn.execute(sql.SQL("ALTER TABLE {}.ledger RENAME TO ledger_unpartitioned").format(ident))
+        conn.execute(
+            sql.SQL(
+                "ALTER TABLE {}.ledger_unpartitioned RENAME CONSTRAINT ledger_pkey "
+                "TO ledger_unpartitioned_pkey"
+            ).format(ident)
+        )
+        conn.execute(
+            sql.SQL(
+                "ALTER INDEX IF EXISTS {}.ledger_quarantined_idx "
+                "RENAME TO ledger_unpartitioned_quarantined_idx"
+            ).format(ident)
+        )
     for statement in _DDL.split(";\n"):
         if statement.strip():
             conn.execute(sql.SQL(statement).format(schema=ident))
+    if kind and kind[0] == "r":
+        old = sql.Identifier(spec.ledger_schema, "ledger_unpartitioned")
+        cols = sql.SQL(", ").join(
+            sql.Identifier(r[0])
+            for r in conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                "AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                [sql.Identifier(spec.ledger_schema, "ledger").as_string(conn)],
+            )
+        )
+        models = conn.execute(sql.SQL("SELECT DISTINCT model FROM {}").format(old)).fetchall()
+        for (model,) in models:
+            part = partition(conn, spec, model, aside=True)
+            conn.execute(
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE model = %s").format(
+                    part, cols, cols, old
+                ),
+                [model],
+            )
+            attach(conn, spec, model)
+        conn.execute(sql.SQL("DROP TABLE {}").format(old))
     conn.execute(keys.function_ddl(spec.ledger_schema))
     conn.execute(sql.SQL(_IS_JSON).format(schema=ident))
     conn.execute(
@@ -166,13 +212,7 @@ def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:
     conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (version integer NOT NULL)").format(meta))
     conn.execute(sql.SQL("DELETE FROM {}").format(meta))
     conn.execute(sql.SQL("INSERT INTO {} VALUES (%s)").format(meta), [SCHEMA_VERSION])
-    present = [
-        r[0]
-        for r in conn.execute(
-            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [list(API_ROLES)]
-        )
-    ]
-    for role in present:
+    for role in _api_roles(conn):
         for schema in (spec.ledger_schema, spec.stage_schema):
             conn.execute(
                 sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(
@@ -317,6 +357,136 @@ def source_counts(
         elif status == "deleted":
             c.deleted += n
     return out
+
+
+def partition_name(model: str) -> str:
+    """The ledger's partition of one model: ``ledger_<model>``, shortened with a digest of
+    the name where PostgreSQL's 63 bytes would cut it."""
+    name = f"ledger_{model}"
+    if len(name.encode()) <= 63:
+        return name
+    head = model.encode()[:40].decode(errors="ignore")
+    return f"ledger_{head}_{hashlib.md5(model.encode()).hexdigest()[:10]}"
+
+
+def partition(
+    conn: psycopg.Connection, spec: Spec, model: str, *, aside: bool = False, run_id: int = 0
+) -> sql.Identifier:
+    """The ledger partition of ``model``, created if missing. Every model has its own: a first
+    load can then write its ledger rows ``aside``, into a table with no primary key, and have
+    the key built by one sort when it is attached (``attach``). Kept up row by row, the key
+    cost 2.7 µs a row of a 50,000-row ``system_messages`` chunk (0.69 s against 0.55 s without
+    it, medians of five), the largest single cost of a big first load; built after, 0.5 µs
+    (2M rows: 1.0 s).
+
+    The partition's CHECK constraint spares ``ATTACH`` the scan that proves its rows belong.
+    Created ``aside``, it is recorded in ``loads_aside`` in the same transaction, so that a
+    crash before ``attach`` leaves it to ``tidy_partitions``, never lost.
+    """
+    part = sql.Identifier(spec.ledger_schema, partition_name(model))
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [part.as_string(conn)]).fetchone()
+    if exists and exists[0]:
+        return part
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {part} (LIKE {led} INCLUDING DEFAULTS INCLUDING CONSTRAINTS, "
+            "CONSTRAINT ledger_model CHECK (model = {model}))"
+        ).format(
+            part=part,
+            led=sql.Identifier(spec.ledger_schema, "ledger"),
+            model=sql.Literal(model),
+        )
+    )
+    for role in _api_roles(conn):
+        conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(part, sql.Identifier(role)))
+    if aside:
+        # The quarantine index takes only quarantined rows: kept up as they come, it costs
+        # a test per row, against a scan of the whole partition if ATTACH built it after.
+        conn.execute(
+            sql.SQL("CREATE INDEX ON {} (model) WHERE status = 'quarantined'").format(part)
+        )
+        conn.execute(
+            sql.SQL("INSERT INTO {} (model, run_id) VALUES (%s, %s)").format(
+                sql.Identifier(spec.ledger_schema, "loads_aside")
+            ),
+            [model, run_id],
+        )
+    else:
+        attach(conn, spec, model)
+    return part
+
+
+def partition_state(conn: psycopg.Connection, spec: Spec, model: str) -> str | None:
+    """``None`` (no partition yet), ``'attached'`` or ``'aside'``."""
+    row = conn.execute(
+        "SELECT c.relispartition FROM pg_class c WHERE c.oid = to_regclass(%s)",
+        [sql.Identifier(spec.ledger_schema, partition_name(model)).as_string(conn)],
+    ).fetchone()
+    return None if row is None else "attached" if row[0] else "aside"
+
+
+def attach(conn: psycopg.Connection, spec: Spec, model: str) -> None:
+    """Make a partition part of the ledger; it builds the partition's indexes if it has none.
+
+    The lock it takes on the ledger (SHARE UPDATE EXCLUSIVE) lets every other model go on
+    reading and writing its own rows meanwhile.
+    """
+    part = sql.Identifier(spec.ledger_schema, partition_name(model))
+    try:
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
+                    sql.Identifier(spec.ledger_schema, "ledger"), part, sql.Literal(model)
+                )
+            )
+    except psycopg.errors.UniqueViolation:
+        raise FerryError(
+            f"model {model}: its ledger rows written aside name a source key twice, so they "
+            f"cannot become part of the ledger; they stay in {part.as_string(conn)}"
+        ) from None
+    conn.execute(
+        sql.SQL("DELETE FROM {} WHERE model = %s").format(
+            sql.Identifier(spec.ledger_schema, "loads_aside")
+        ),
+        [model],
+    )
+
+
+def tidy_partitions(conn: psycopg.Connection, spec: Spec) -> list[str]:
+    """Before a run: attach what a run that ended before attaching left aside (its rows are
+    whole chunks, each committed with its target rows), and drop the partitions a rollback or
+    an undone load left empty, so that the model's next first load can be written aside.
+    Returns the models attached. Dropping a partition locks the whole ledger: here, holding
+    the run lock, no other ferry session uses it."""
+    models = [
+        r[0]
+        for r in conn.execute(
+            sql.SQL("SELECT model FROM {} ORDER BY model").format(
+                sql.Identifier(spec.ledger_schema, "loads_aside")
+            )
+        ).fetchall()
+    ]
+    for model in models:
+        attach(conn, spec, model)
+    parts = conn.execute(
+        "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = to_regclass(%s)",
+        [sql.Identifier(spec.ledger_schema, "ledger").as_string(conn)],
+    ).fetchall()
+    for (part,) in parts:
+        empty = conn.execute(sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(sql.SQL(part)))
+        if (row := empty.fetchone()) and row[0]:
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(part)))
+    conn.commit()
+    return models
+
+
+def _api_roles(conn: psycopg.Connection) -> list[str]:
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [list(API_ROLES)]
+        )
+    ]
 
 
 def first_load(conn: psycopg.Connection, spec: Spec, model: str) -> bool:

@@ -149,18 +149,42 @@ DEFER_MIN_ROWS = 50_000
 ANALYZE_AFTER = 10_000
 
 
-def _analyze_ledger(conn: psycopg.Connection, spec: Spec, written: int) -> None:
+def _attach(conn: psycopg.Connection, spec: Spec, model: str, quiet: bool = False) -> None:
+    """Attach a first load's ledger rows written aside, if they still are. ``quiet`` after a
+    failure: if this fails too, the next run attaches them (``ledger.tidy_partitions``)."""
+    try:
+        conn.rollback()
+        if ledger.partition_state(conn, spec, model) == "aside":
+            ledger.attach(conn, spec, model)
+        conn.commit()
+    except (psycopg.Error, FerryError):
+        if not quiet:
+            raise
+
+
+def _attach_aside(target: str, spec: Spec, model: str, written: int) -> None:
+    with _session(target, spec) as conn:
+        _attach(conn, spec, model)
+        _analyze_ledger(conn, spec, model, written)
+
+
+def _analyze_ledger(conn: psycopg.Connection, spec: Spec, model: str, written: int) -> None:
     """Fresh ledger statistics after a model wrote ``ANALYZE_AFTER`` rows or more.
 
     The next models (and the next sync) join the ledger by model: with statistics that do
     not know a model's rows yet, the planner estimates a handful and picks nested loops over
     whole-table scans (a sync at 100 times DOMAIN.md's delta took twice as long when only a
     model that grew the ledger by a tenth triggered this). Every column: the conditions on
-    ``decided_by``, ``sqlstate`` or ``conflict`` are estimated from them too.
+    ``decided_by``, ``sqlstate`` or ``conflict`` are estimated from them too. Only the
+    model's own partition: a query naming a model reads that partition's statistics.
     """
     if written < ANALYZE_AFTER:
         return
-    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(spec.ledger_schema, "ledger")))
+    conn.execute(
+        sql.SQL("ANALYZE {}").format(
+            sql.Identifier(spec.ledger_schema, ledger.partition_name(model))
+        )
+    )
     conn.commit()
 
 
@@ -201,12 +225,27 @@ def run_model(
         def advance(n: int) -> None:
             progress.model_advanced(model.name, n)
 
-        runner = transform.Runner(conn, plan, run_id, advance, slots)
+        fresh = ledger.first_load(conn, spec, model.name)
+        deferred = defer_constraints and keys is None and _first_big_load(fresh, total)
+        # Its ledger rows too, unless an earlier run left the model an (empty) partition.
+        aside = deferred and ledger.partition_state(conn, spec, model.name) is None
+        if aside:
+            ledger.partition(conn, spec, model.name, aside=True, run_id=run_id)
+            conn.commit()
+        runner = transform.Runner(conn, plan, run_id, advance, slots, aside)
         bounds = runner.bounds() if keys is None else []
-        deferred = defer_constraints and keys is None and _first_big_load(runner.fresh, total)
         # Unique keys too, where no two chunks can collide on one (see constraints.py).
         unique = deferred and plan.parallel_safe and constraints.unique_aside_ok(conn, model.target)
+        attaching: Future[None] | None = None
+
+        def attach_if_failed() -> None:
+            if attaching is None:  # the load failed: what it wrote is whole chunks, and counts
+                _attach(conn, spec, model.name, quiet=True)
+
         with ExitStack() as stack:
+            if aside:
+                pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+                stack.callback(attach_if_failed)
             if deferred:
                 guard = stack.enter_context(_session(target, spec))
                 stack.enter_context(
@@ -217,9 +256,17 @@ def run_model(
             if keys is not None or jobs <= 1 or not plan.parallel_safe or len(bounds) < 2:
                 result = runner.run(keys, bounds if keys is None else None)
             else:
-                result = _run_parallel(target, spec, plan, run_id, advance, bounds, jobs, slots)
-            # Before the keys come back, when the next models may start.
-            _analyze_ledger(conn, spec, result.written)
+                result = _run_parallel(
+                    target, spec, plan, run_id, advance, bounds, jobs, slots, aside
+                )
+            if aside:
+                # The partition's primary key is built while the target's keys come back
+                # (constraints.restore, on the guard session): both sort whole tables.
+                attaching = pool.submit(_attach_aside, target, spec, model.name, result.written)
+            else:  # before the keys come back, when the next models may start
+                _analyze_ledger(conn, spec, model.name, result.written)
+        if attaching is not None:
+            attaching.result()  # attached before a load may be taken out (_unique_back)
         if unique:  # after the others, which let the next models start (constraints.restore)
             result = _unique_back(conn, target, spec, plan, run_id, advance, slots, result)
         if result.written >= ANALYZE_AFTER:
@@ -265,6 +312,8 @@ def put_back(
     once per model, and the rest is tried again. Returns the models taken out, which must
     load again (the next migrate does)."""
     undone: set[str] = set()
+    if table is None:
+        ledger.tidy_partitions(conn, spec)
     while True:
         try:
             constraints.restore(conn, spec, table)
@@ -292,6 +341,7 @@ def put_back(
 def _run_parallel(
     target: str, spec: Spec, plan: transform.Plan, run_id: int, advance: Callable[[int], None],
     bounds: list[tuple[object, object]], jobs: int, slots: transform.Slots | None = None,
+    aside: bool = False,
 ) -> transform.ModelResult:  # fmt: skip
     """Chunks are independent transactions: hand them to ``jobs`` sessions."""
     t0 = time.perf_counter()
@@ -305,7 +355,7 @@ def _run_parallel(
 
     def worker() -> transform.Runner:
         with _session(target, spec) as conn:
-            runner = transform.Runner(conn, plan, run_id, advance, slots)
+            runner = transform.Runner(conn, plan, run_id, advance, slots, aside)
             while True:
                 with lock:
                     if not pending:

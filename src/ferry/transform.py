@@ -34,6 +34,10 @@ BISECTABLE = (
 )
 
 
+class _YieldedTwice(Exception):
+    """A first load's chunk, written aside, yields one ``_key`` twice: take the careful way."""
+
+
 @dataclass
 class Fates:
     """The ordered outcomes a row of a model can have, as decided by the fate CASE."""
@@ -420,8 +424,15 @@ class Runner:
     def __init__(
         self, conn: psycopg.Connection, plan: Plan, run_id: int,
         progress: Callable[[int], None] | None = None, slots: Slots | None = None,
+        aside: bool = False,
     ) -> None:  # fmt: skip
         self.conn, self.plan, self.run_id, self.progress = conn, plan, run_id, progress
+        # New ledger rows go to the model's own partition: attached, or ``aside`` for a first
+        # load (``ledger.partition``), where no primary key refuses a ``_key`` yielded twice
+        # and no earlier row can exist.
+        self.aside = aside
+        self.led = ledger.partition(conn, plan.spec, plan.model.name)
+        conn.commit()
         # Shared by every model running at once: at most ``jobs`` chunks compute at a time.
         self.slots = slots or Slots(1)
         self.rows = self.written = self.errors = 0
@@ -557,21 +568,29 @@ class Runner:
         statement = sql.SQL(
             "WITH c AS MATERIALIZED ({expected}), t AS ({insert}), "
             "l AS (INSERT INTO {led} ({cols}) SELECT {vals} FROM c) "
-            "SELECT _ferry_status, count(*) FROM c GROUP BY 1"
+            "SELECT _ferry_status, count(*){twice} FROM c GROUP BY 1"
         ).format(
             expected=self.plan.expected(self._where(lo, hi, keys), numbered=False),
             insert=self._insert_new(sql.SQL("c"), sql.SQL("_ferry_fate = 0")),
-            led=self.plan.led,
+            led=self.led,
             cols=LEDGER_COLUMNS,
             vals=self._ledger_values(),
+            # Aside, no primary key refuses a key yielded twice: the chunk looks for one.
+            twice=sql.SQL(
+                ", EXISTS (SELECT FROM c GROUP BY _ferry_key HAVING count(*) > 1)"
+                if self.aside
+                else ", false"
+            ),
         )
         try:
             with conn.transaction():
                 counts = conn.execute(statement).fetchall()
-        except BISECTABLE:
+                if any(row[2] for row in counts):
+                    raise _YieldedTwice
+        except (*BISECTABLE, _YieldedTwice):
             return False
         seen = self._seen(lo, hi, keys)
-        for status, n in counts:
+        for status, n, _ in counts:
             self.transitions[(None, status)] += n
             if status == self.plan.fates.statuses[0]:
                 self.written += n
@@ -725,13 +744,14 @@ class Runner:
     def _ledger_error(self, key: str, exc: psycopg.Error) -> None:
         """Quarantine one row with the database's error; the same error again writes nothing."""
         plan = self.plan
-        old = self.conn.execute(
+        # Aside, the key can have no earlier row, and there is no index to look it up by.
+        old = None if self.aside else self.conn.execute(
             sql.SQL(
                 "SELECT status, sqlstate, target_uuid, row_hash FROM {} "
                 "WHERE model = %s AND source_key = %s"
             ).format(plan.led),
             [plan.model.name, key],
-        ).fetchone()
+        ).fetchone()  # fmt: skip
         self.errors += 1
         if old is not None and old[0] == "quarantined" and old[1] == exc.sqlstate:
             return
@@ -755,12 +775,18 @@ class Runner:
             sql.SQL(
                 "INSERT INTO {led} AS l (model, source_key, source_table, accounts, status, "
                 "reason, sqlstate, message, target_table, run_id, first_run_id) VALUES "
-                "(%s, %s, %s, %s, 'quarantined', %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (model, source_key) DO UPDATE SET status = 'quarantined', "
-                "reason = EXCLUDED.reason, repairs = '{{}}', sqlstate = EXCLUDED.sqlstate, "
-                "message = EXCLUDED.message, target_uuid = NULL, row_hash = NULL, "
-                "run_id = EXCLUDED.run_id, updated_at = clock_timestamp(), tries = l.tries + 1"
-            ).format(led=plan.led),
+                "(%s, %s, %s, %s, 'quarantined', %s, %s, %s, %s, %s, %s){upsert}"
+            ).format(
+                led=self.led,
+                upsert=sql.SQL(
+                    ""
+                    if self.aside
+                    else " ON CONFLICT (model, source_key) DO UPDATE SET status = 'quarantined', "
+                    "reason = EXCLUDED.reason, repairs = '{}', sqlstate = EXCLUDED.sqlstate, "
+                    "message = EXCLUDED.message, target_uuid = NULL, row_hash = NULL, "
+                    "run_id = EXCLUDED.run_id, updated_at = clock_timestamp(), tries = l.tries + 1"
+                ),
+            ),
             [plan.model.name, key, plan.source_table, plan.model.accounts, condition_name(exc),
              exc.sqlstate, safe_message(exc), plan.model.target, self.run_id, self.run_id],
         )  # fmt: skip
@@ -880,7 +906,7 @@ class Runner:
             sql.SQL(
                 "INSERT INTO {led} ({cols}) SELECT {vals} FROM _ferry_c "
                 "WHERE {rng} AND NOT _conflict AND _old_status IS NULL"
-            ).format(led=plan.led, cols=LEDGER_COLUMNS, vals=self._ledger_values(), rng=rng)
+            ).format(led=self.led, cols=LEDGER_COLUMNS, vals=self._ledger_values(), rng=rng)
         )
         if any_old:
             conn.execute(
