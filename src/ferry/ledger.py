@@ -335,6 +335,10 @@ def source_counts(
         if src.lookup or src.name not in modelled or (only is not None and src.name not in only):
             continue
         out[src.name] = SourceCounts(src.name, staged=stage_rows(conn, spec, src.name))
+    # The partitioned ledger has no statistics of its own, only its partitions do: the
+    # planner guesses a group per ten rows, and would rather count millions on one core than
+    # gather that many partial counts (1.48 s against 0.98 s on the demo's 2.4M rows).
+    conn.execute("SET parallel_tuple_cost = 0")  # undone with the transaction if it fails
     rows = conn.execute(
         sql.SQL(
             "SELECT source_table, status, coalesce(reason, ''), repairs, count(*) "
@@ -342,6 +346,7 @@ def source_counts(
         ).format(sql.Identifier(spec.ledger_schema)),
         [list(out)],
     ).fetchall()
+    conn.execute("RESET parallel_tuple_cost")
     for source, status, reason, repairs, n in rows:
         c = out.setdefault(source, SourceCounts(source))
         if status == "migrated":
@@ -426,17 +431,29 @@ def partition_state(conn: psycopg.Connection, spec: Spec, model: str) -> str | N
 
 
 def attach(conn: psycopg.Connection, spec: Spec, model: str) -> None:
-    """Make a partition part of the ledger; it builds the partition's indexes if it has none.
+    """Make a partition part of the ledger, its primary key built first if it has none.
 
-    The lock it takes on the ledger (SHARE UPDATE EXCLUSIVE) lets every other model go on
-    reading and writing its own rows meanwhile.
+    Built by ATTACH, the key would be sorted under ATTACH's lock on the whole ledger, which
+    no other ATTACH can share: another model's partition waited 2.2 s for the 2M rows of
+    ``system_messages``. Built on the partition alone, it locks nothing else, and ATTACH
+    adopts it. ATTACH's lock (SHARE UPDATE EXCLUSIVE) lets every other model go on reading
+    and writing its own rows.
     """
+    led = sql.Identifier(spec.ledger_schema, "ledger")
     part = sql.Identifier(spec.ledger_schema, partition_name(model))
     try:
         with conn.transaction():
+            key = conn.execute(
+                "SELECT pg_get_constraintdef(p.oid), NOT EXISTS (SELECT FROM pg_constraint c "
+                "WHERE c.conrelid = to_regclass(%s) AND c.contype = 'p') FROM pg_constraint p "
+                "WHERE p.conrelid = to_regclass(%s) AND p.contype = 'p'",
+                [part.as_string(conn), led.as_string(conn)],
+            ).fetchone()
+            if key and key[1]:
+                conn.execute(sql.SQL("ALTER TABLE {} ADD {}").format(part, sql.SQL(key[0])))
             conn.execute(
                 sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
-                    sql.Identifier(spec.ledger_schema, "ledger"), part, sql.Literal(model)
+                    led, part, sql.Literal(model)
                 )
             )
     except psycopg.errors.UniqueViolation:
