@@ -148,3 +148,21 @@ def test_two_revisions_migrate_at_once(tmp_path: Path) -> None:
     assert all(_is_number(r["base"]) and _is_number(r["this"]) for r in doc["rounds"])
     assert (work / "base" / "src" / "ferry" / "pipeline.py").is_file()
     assert "finished first in" in done.stdout
+
+
+def test_two_revisions_migrate_in_turn_with_the_cpu_each_spent(tmp_path: Path) -> None:
+    """--in-turn runs each side alone, in alternating order, and counts the CPU it cost."""
+    out = tmp_path / "ab.json"
+    done = subprocess.run(
+        [_python(), str(ROOT / "benchmarks" / "ab.py"), "--base", "HEAD", "--rounds", "2",
+         "--scale", str(SCALE), "--in-turn", "--json", str(out), "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["in_turn"] is True
+    assert [r["first"] for r in doc["rounds"]] == ["base", "this"]
+    for r in doc["rounds"]:
+        assert _is_number(r["base"]) and _is_number(r["this"])
+        # The machine was busy for each run: at least the CPU of its own process.
+        assert r["base_cpu"] > 0 and r["this_cpu"] > 0
