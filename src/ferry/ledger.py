@@ -386,7 +386,7 @@ def partition(
 
     The partition's CHECK constraint spares ``ATTACH`` the scan that proves its rows belong.
     Created ``aside``, it is recorded in ``loads_aside`` in the same transaction, so that a
-    crash before ``attach`` leaves it to ``tidy_partitions``, never lost.
+    crash before ``attach`` leaves it to ``attach_leftovers``, never lost.
     """
     part = sql.Identifier(spec.ledger_schema, partition_name(model))
     exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [part.as_string(conn)]).fetchone()
@@ -419,6 +419,19 @@ def partition(
     else:
         attach(conn, spec, model)
     return part
+
+
+def table_of(conn: psycopg.Connection, spec: Spec, model: str) -> sql.Identifier:
+    """Where to read one model's ledger rows: its partition, or the ledger if it has none.
+
+    A query on the partitioned ledger is estimated with the ledger's own statistics even when
+    it names one model, and the ledger has none (ANALYZE of it would sample every partition
+    again): a sync's join of 70,000 changed keys to 2M rows of ``system_messages`` was
+    estimated at 2M rows and hashed the whole target table, 4.5 s instead of 1.6.
+    """
+    part = sql.Identifier(spec.ledger_schema, partition_name(model))
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [part.as_string(conn)]).fetchone()
+    return part if row and row[0] else sql.Identifier(spec.ledger_schema, "ledger")
 
 
 def partition_state(conn: psycopg.Connection, spec: Spec, model: str) -> str | None:
@@ -469,32 +482,30 @@ def attach(conn: psycopg.Connection, spec: Spec, model: str) -> None:
     )
 
 
-def tidy_partitions(conn: psycopg.Connection, spec: Spec) -> list[str]:
-    """Before a run: attach what a run that ended before attaching left aside (its rows are
-    whole chunks, each committed with its target rows), and drop the partitions a rollback or
-    an undone load left empty, so that the model's next first load can be written aside.
-    Returns the models attached. Dropping a partition locks the whole ledger: here, holding
-    the run lock, no other ferry session uses it."""
-    models = [
-        r[0]
-        for r in conn.execute(
-            sql.SQL("SELECT model FROM {} ORDER BY model").format(
-                sql.Identifier(spec.ledger_schema, "loads_aside")
-            )
-        ).fetchall()
-    ]
-    for model in models:
+def attach_leftovers(conn: psycopg.Connection, spec: Spec) -> None:
+    """Attach what a run that ended before attaching left aside: its rows are whole chunks,
+    each committed with its target rows."""
+    for (model,) in conn.execute(
+        sql.SQL("SELECT model FROM {} ORDER BY model").format(
+            sql.Identifier(spec.ledger_schema, "loads_aside")
+        )
+    ).fetchall():
         attach(conn, spec, model)
-    parts = conn.execute(
-        "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = to_regclass(%s)",
-        [sql.Identifier(spec.ledger_schema, "ledger").as_string(conn)],
-    ).fetchall()
-    for (part,) in parts:
-        empty = conn.execute(sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(sql.SQL(part)))
-        if (row := empty.fetchone()) and row[0]:
-            conn.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(part)))
     conn.commit()
-    return models
+
+
+def drop_empty_partitions(conn: psycopg.Connection, spec: Spec) -> None:
+    """Drop the partitions a rollback left empty, so that the model's next first load is
+    written aside again. Dropping one locks the whole ledger: call it holding the run lock."""
+    for (name,) in conn.execute(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = to_regclass(%s)",
+        [sql.Identifier(spec.ledger_schema, "ledger").as_string(conn)],
+    ).fetchall():
+        part = sql.Identifier(spec.ledger_schema, name)
+        empty = conn.execute(sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(part))
+        if (row := empty.fetchone()) and row[0]:
+            conn.execute(sql.SQL("DROP TABLE {}").format(part))
 
 
 def _api_roles(conn: psycopg.Connection) -> list[str]:

@@ -151,7 +151,7 @@ ANALYZE_AFTER = 10_000
 
 def _attach(conn: psycopg.Connection, spec: Spec, model: str, quiet: bool = False) -> None:
     """Attach a first load's ledger rows written aside, if they still are. ``quiet`` after a
-    failure: if this fails too, the next run attaches them (``ledger.tidy_partitions``)."""
+    failure: if this fails too, the next run attaches them (``ledger.attach_leftovers``)."""
     try:
         conn.rollback()
         if ledger.partition_state(conn, spec, model) == "aside":
@@ -313,7 +313,7 @@ def put_back(
     load again (the next migrate does)."""
     undone: set[str] = set()
     if table is None:
-        ledger.tidy_partitions(conn, spec)
+        ledger.attach_leftovers(conn, spec)
     while True:
         try:
             constraints.restore(conn, spec, table)

@@ -221,6 +221,7 @@ def _rollback(
                 )
             _clear_stage(conn, spec)
             result.stage_cleared = True
+        ledger.drop_empty_partitions(conn, spec)
 
 
 def _touched_models(conn: psycopg.Connection, spec: Spec, start: int) -> set[str]:

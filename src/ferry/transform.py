@@ -111,7 +111,10 @@ class Plan:
 
     def __init__(self, conn: psycopg.Connection, spec: Spec, model: Model) -> None:
         self.spec, self.model = spec, model
-        self.led = sql.Identifier(spec.ledger_schema, "ledger")
+        # Rows of one model are read from its partition (ledger.table_of): the planner's
+        # estimates then come from that partition's statistics.
+        self.own_led = ledger.table_of(conn, spec, model.name)
+        self.parent_led = [ledger.table_of(conn, spec, p.model) for p in model.parents]
         self.target = sql.Identifier(model.target_schema, model.target_table)
         self.body = spec.model_sql(model)
         self.uuid_name = model.source if model.accounts else model.name
@@ -300,7 +303,7 @@ class Plan:
             sql.SQL(
                 "LEFT JOIN {led} {a} ON {a}.model = {pm} AND {a}.source_key = m.{k}::text"
             ).format(
-                led=self.led,
+                led=self.parent_led[j],
                 a=sql.Identifier(f"p{j}"),
                 pm=sql.Literal(p.model),
                 k=sql.Identifier(p.key),
@@ -400,7 +403,7 @@ class Plan:
                 "OR l.row_hash IS DISTINCT FROM c._ferry_hash OR l.sqlstate IS NOT NULL) "
                 # An operator's decision (ferry quarantine exclude) stands until they undo it.
                 "AND l.decided_by IS NULL"
-            ).format(led=self.led, model=sql.Literal(self.model.name)),
+            ).format(led=self.own_led, model=sql.Literal(self.model.name)),
             sql.SQL("SET LOCAL enable_hashjoin = on"),
             sql.SQL("SET LOCAL enable_mergejoin = on"),
             sql.SQL("DROP TABLE _ferry_e"),
@@ -749,7 +752,7 @@ class Runner:
             sql.SQL(
                 "SELECT status, sqlstate, target_uuid, row_hash FROM {} "
                 "WHERE model = %s AND source_key = %s"
-            ).format(plan.led),
+            ).format(self.led),
             [plan.model.name, key],
         ).fetchone()  # fmt: skip
         self.errors += 1
@@ -851,7 +854,7 @@ class Runner:
                 ).format(
                     hist=sql.Identifier(plan.spec.ledger_schema, "history"),
                     run=sql.Literal(self.run_id),
-                    led=plan.led,
+                    led=self.led,
                     model=sql.Literal(plan.model.name),
                     t=plan.target,
                     key=key,
@@ -918,7 +921,7 @@ class Runner:
                     "FROM _ferry_c c WHERE {rng} AND NOT c._conflict AND c._old_status IS NOT NULL "
                     "AND l.model = {model} AND l.source_key = c._ferry_key"
                 ).format(
-                    led=plan.led,
+                    led=self.led,
                     run=sql.Literal(self.run_id),
                     rng=rng,
                     model=sql.Literal(plan.model.name),
@@ -930,7 +933,7 @@ class Runner:
                     "UPDATE {led} l SET conflict = true, updated_at = clock_timestamp() "
                     "FROM _ferry_c c WHERE {rng} AND c._conflict AND l.model = {model} "
                     "AND l.source_key = c._ferry_key"
-                ).format(led=plan.led, rng=rng, model=sql.Literal(plan.model.name))
+                ).format(led=self.led, rng=rng, model=sql.Literal(plan.model.name))
             )
         # Counted last: a write that fails is rolled back to its savepoint, and so is not news.
         for prev, new, n in conn.execute(
@@ -972,6 +975,7 @@ def undo_first_load(conn: psycopg.Connection, plan: Plan) -> int:
     """
     key = sql.Identifier(plan.model.key_column)
     model = sql.Literal(plan.model.name)
+    led = ledger.table_of(conn, plan.spec, plan.model.name)
     with conn.transaction():
         deleted = conn.execute(
             sql.SQL(
@@ -979,9 +983,9 @@ def undo_first_load(conn: psycopg.Connection, plan: Plan) -> int:
                 "FROM {led} l JOIN {t} x ON x.{key} = l.target_uuid WHERE l.model = {model} "
                 "AND l.status = 'migrated' AND {h} = l.row_hash ORDER BY l.source_key, x.ctid) d "
                 "WHERE t.ctid = d.tid"
-            ).format(t=plan.target, led=plan.led, key=key, model=model, h=plan.target_hash("x"))
+            ).format(t=plan.target, led=led, key=key, model=model, h=plan.target_hash("x"))
         ).rowcount
-        conn.execute(sql.SQL("DELETE FROM {} WHERE model = {}").format(plan.led, model))
+        conn.execute(sql.SQL("DELETE FROM {} WHERE model = {}").format(led, model))
     conn.commit()
     return max(deleted, 0)
 
