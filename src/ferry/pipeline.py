@@ -176,7 +176,7 @@ def _analyze_ledger(conn: psycopg.Connection, spec: Spec, model: str, written: i
     whole-table scans (a sync at 100 times DOMAIN.md's delta took twice as long when only a
     model that grew the ledger by a tenth triggered this). Every column: the conditions on
     ``decided_by``, ``sqlstate`` or ``conflict`` are estimated from them too. Only the
-    model's own partition: a query naming a model reads that partition's statistics.
+    model's own partition: queries read one model's rows from it (``ledger.table_of``).
     """
     if written < ANALYZE_AFTER:
         return
