@@ -113,7 +113,6 @@ class Plan:
         self.spec, self.model = spec, model
         # Rows of one model are read from its partition (ledger.table_of): the planner's
         # estimates then come from that partition's statistics.
-        self.own_led = ledger.table_of(conn, spec, model.name)
         self.parent_led = [ledger.table_of(conn, spec, p.model) for p in model.parents]
         self.target = sql.Identifier(model.target_schema, model.target_table)
         self.body = spec.model_sql(model)
@@ -368,14 +367,16 @@ class Plan:
             "SELECT c.*, CASE WHEN c._ferry_fate = 0 THEN {h} END AS _ferry_hash FROM ({shaped}) c"
         ).format(h=self.target_hash("c"), shaped=shaped)
 
-    def candidates(self, bounds: sql.Composable, fresh: bool = False) -> list[sql.Composable]:
+    def candidates(
+        self, bounds: sql.Composable, led: sql.Composable, fresh: bool = False
+    ) -> list[sql.Composable]:
         """Statements leaving in ``_ferry_c`` the rows whose outcome the ledger does not have.
 
         Two steps, because the planner would hash the model's whole ledger (millions of
         rows) to compare one chunk; with the chunk in a temp table first, index lookups on
         the ledger's key are forced for that one join without touching the model's own plan.
-        ``fresh``: the ledger holds no row of this model yet (a first load), so every row is
-        new and one step does.
+        ``led`` holds the model's ledger rows (its partition). ``fresh``: it holds none yet (a
+        first load), so every row is new and one step does.
         """
         if fresh:
             return [
@@ -403,7 +404,7 @@ class Plan:
                 "OR l.row_hash IS DISTINCT FROM c._ferry_hash OR l.sqlstate IS NOT NULL) "
                 # An operator's decision (ferry quarantine exclude) stands until they undo it.
                 "AND l.decided_by IS NULL"
-            ).format(led=self.own_led, model=sql.Literal(self.model.name)),
+            ).format(led=led, model=sql.Literal(self.model.name)),
             sql.SQL("SET LOCAL enable_hashjoin = on"),
             sql.SQL("SET LOCAL enable_mergejoin = on"),
             sql.SQL("DROP TABLE _ferry_e"),
@@ -652,7 +653,8 @@ class Runner:
         conn = self.conn
         try:
             with conn.transaction():
-                for statement in self.plan.candidates(self._where(lo, hi, keys), self.fresh):
+                where = self._where(lo, hi, keys)
+                for statement in self.plan.candidates(where, self.led, self.fresh):
                     conn.execute(statement)
                 self._check_unique()
                 n = self._count("SELECT count(*) FROM _ferry_c")
