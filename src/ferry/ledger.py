@@ -163,7 +163,8 @@ def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:
         "SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)",
         [sql.Identifier(spec.ledger_schema, "ledger").as_string(conn)],
     ).fetchone()
-    if kind and kind[0] == "r":  # a ledger from before schema 5, in one table
+    in_one_table = kind is not None and kind[0] == "r"  # a ledger from before schema 5
+    if in_one_table:
         conn.execute(sql.SQL("ALTER TABLE {}.ledger RENAME TO ledger_unpartitioned").format(ident))
         conn.execute(
             sql.SQL(
@@ -180,7 +181,7 @@ def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:
     for statement in _DDL.split(";\n"):
         if statement.strip():
             conn.execute(sql.SQL(statement).format(schema=ident))
-    if kind and kind[0] == "r":
+    if in_one_table:
         old = sql.Identifier(spec.ledger_schema, "ledger_unpartitioned")
         cols = sql.SQL(", ").join(
             sql.Identifier(r[0])
@@ -389,8 +390,7 @@ def partition(
     crash before ``attach`` leaves it to ``attach_leftovers``, never lost.
     """
     part = sql.Identifier(spec.ledger_schema, partition_name(model))
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [part.as_string(conn)]).fetchone()
-    if exists and exists[0]:
+    if partition_state(conn, spec, model) is not None:
         return part
     conn.execute(
         sql.SQL(
@@ -429,9 +429,9 @@ def table_of(conn: psycopg.Connection, spec: Spec, model: str) -> sql.Identifier
     again): a sync's join of 70,000 changed keys to 2M rows of ``system_messages`` was
     estimated at 2M rows and hashed the whole target table, 4.5 s instead of 1.6.
     """
-    part = sql.Identifier(spec.ledger_schema, partition_name(model))
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [part.as_string(conn)]).fetchone()
-    return part if row and row[0] else sql.Identifier(spec.ledger_schema, "ledger")
+    if partition_state(conn, spec, model) is None:
+        return sql.Identifier(spec.ledger_schema, "ledger")
+    return sql.Identifier(spec.ledger_schema, partition_name(model))
 
 
 def partition_state(conn: psycopg.Connection, spec: Spec, model: str) -> str | None:
