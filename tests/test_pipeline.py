@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import psycopg
@@ -9,10 +10,10 @@ import pytest
 
 from ferry import ledger, pipeline, rollback
 from ferry.embedded import LocalCluster
-from ferry.errors import FerryError, SpecError
+from ferry.errors import FerryError, InvariantError, SpecError
 from ferry.keys import key_uuid
 from ferry.pipeline import migrate
-from ferry.spec import load_spec
+from ferry.spec import Source, Spec, load_spec
 from ferry.transform import Plan
 from tests.helpers import fresh_db, table_checksum
 
@@ -159,6 +160,54 @@ def test_a_key_yielded_twice_stops_a_load_written_aside_and_nothing_is_left_asid
             "SELECT count(*) - count(DISTINCT source_key) FROM ferry.ledger WHERE model = 'books'"
         )
         assert twice.fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    ("sql", "problem"),
+    [
+        ("FROM loans l WHERE l.loan_id <> 'L-2'", "accounted 3; 1 keys without a fate: L-2"),
+        (
+            "FROM loans l UNION ALL SELECT 'L-9', 'L-9', 'm', 10",
+            "accounted 5; 1 fates of keys not staged: L-9",
+        ),
+        (  # the counts agree: only the key-by-key check finds it
+            "FROM loans l WHERE l.loan_id <> 'L-2' UNION ALL SELECT 'L-9', 'L-9', 'm', 10",
+            "accounted 4; 1 keys without a fate: L-2; 1 fates of keys not staged: L-9",
+        ),
+    ],
+)
+def test_a_model_that_loses_or_invents_a_row_fails_the_run_naming_the_key(
+    library: tuple[str, str], tmp_path: Path, sql: str, problem: str
+) -> None:
+    source, target = library
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text((SPEC_DIR / "spec.toml").read_text().replace("FROM loans l", sql))
+    for name in ("loans.csv", "books.sql"):
+        (tmp_path / name).write_text((SPEC_DIR / name).read_text())
+    with pytest.raises(InvariantError, match=f"loans.csv: staged 4 but {problem}"):
+        migrate(source, target, load_spec(spec_path))
+    with psycopg.connect(target) as conn:
+        run = conn.execute("SELECT status, error FROM ferry.runs ORDER BY run_id DESC LIMIT 1")
+        status, error = run.fetchone()
+    assert status == "failed" and problem in error
+
+
+def test_the_invariant_is_checked_key_by_key_beside_the_load(
+    library: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each source once its models have loaded, on the check's own session: not at the end."""
+    source, target = library
+    checked: list[tuple[str, str]] = []
+    real = ledger._all_claimed
+
+    def recorded(conn: psycopg.Connection, spec: Spec, src: Source, keys: object) -> bool:
+        checked.append((src.name, threading.current_thread().name))
+        return real(conn, spec, src, keys)
+
+    monkeypatch.setattr(ledger, "_all_claimed", recorded)
+    result = migrate(source, target, load_spec(SPEC_DIR / "spec.toml"))
+    assert sorted(name for name, _ in checked) == sorted(result.counts)  # once per source
+    assert all(thread != threading.main_thread().name for _, thread in checked)
 
 
 def test_second_run_changes_nothing(library: tuple[str, str]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -547,26 +547,31 @@ def stage_rows(conn: psycopg.Connection, spec: Spec, source: str, limit: int | N
 
 
 def check_invariant(
-    conn: psycopg.Connection, spec: Spec, touched: dict[str, set[str]] | None = None
-) -> dict[str, SourceCounts]:
+    conn: psycopg.Connection, spec: Spec, touched: dict[str, set[str]] | None = None,
+    counts: dict[str, SourceCounts] | None = None, claimed: Collection[str] = (),
+) -> dict[str, SourceCounts]:  # fmt: skip
     """``staged = migrated + merged + quarantined + excluded`` for every source, key by key.
 
     Counting alone could balance a missing row against a duplicate; so the check also looks
     for staged keys without a fate and fates without a staged key. A sync passes ``touched``
     (source -> keys it changed): the sources it did not touch held the invariant after the
     previous run and still do, so only the touched ones are counted, and key by key only
-    for the touched keys. That keeps a sync's cost proportional to its changes.
+    for the touched keys. That keeps a sync's cost proportional to its changes. A migrate
+    may pass the ``counts`` and the sources ``claimed`` (``all_claimed``) that it found
+    after the last fate of the run was written.
     """
-    if touched is None:
-        counts = source_counts(conn, spec)
-    else:
-        # The equation needs totals only: no breakdown by reason over millions of rows.
-        counts = {name: _totals(conn, spec, name) for name in touched if _accounted(spec, name)}
+    if counts is None:
+        if touched is None:
+            counts = source_counts(conn, spec)
+        else:  # the equation needs totals only: no breakdown by reason over millions of rows
+            counts = {n: _totals(conn, spec, n) for n in touched if _accounted(spec, n)}
     problems: list[str] = []
     for name, c in counts.items():
         src = spec.source(name)
         keys = None if touched is None else sorted(touched.get(name, set()))
-        if c.staged == c.accounted and _all_claimed(conn, spec, src, keys):
+        if c.staged == c.accounted and (
+            (keys is None and name in claimed) or _all_claimed(conn, spec, src, keys)
+        ):
             # N staged keys, each with a fate, and N fates in all: exactly one fate per key,
             # and none for a key that is not staged.
             continue
@@ -602,6 +607,11 @@ def _totals(conn: psycopg.Connection, spec: Spec, source: str) -> SourceCounts:
 
 def _models_of(spec: Spec, source: str) -> list[str]:
     return [m.name for m in spec.models if m.accounts and m.source == source]
+
+
+def all_claimed(conn: psycopg.Connection, spec: Spec, source: str) -> bool:
+    """Whether every staged key of ``source`` has a live fate, read on ``conn``'s snapshot."""
+    return _all_claimed(conn, spec, spec.source(source), None)
 
 
 def _all_claimed(conn: psycopg.Connection, spec: Spec, src: Source, keys: list[str] | None) -> bool:
