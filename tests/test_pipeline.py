@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ferry import ledger, pipeline, rollback
+from ferry import ledger, pipeline, rollback, stage
 from ferry.embedded import LocalCluster
 from ferry.errors import FerryError, InvariantError, SpecError
 from ferry.keys import key_uuid
@@ -210,6 +210,53 @@ def test_the_invariant_is_checked_key_by_key_beside_the_load(
     assert all(thread != threading.main_thread().name for _, thread in checked)
 
 
+def test_models_start_while_sources_they_do_not_read_are_still_staging(
+    library: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, target = library
+    events: list[str] = []
+    authors_started = threading.Event()
+
+    class Recorder(pipeline.Progress):
+        def stage_done(self, result: stage.StageResult) -> None:
+            events.append(f"staged {result.source}")
+
+        def model_started(self, model: str, total_rows: int) -> None:
+            events.append(f"started {model}")
+            if model == "authors":
+                authors_started.set()
+
+    real = stage.stage_table
+
+    def held_back(
+        s: psycopg.Connection, t: psycopg.Connection, spec: Spec, src: Source, *args: object
+    ) -> stage.StageResult:
+        if src.name == "lib_book":  # read by books only: authors need not wait for it
+            assert authors_started.wait(20), "authors waited for a source it does not read"
+        return real(s, t, spec, src, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stage, "stage_table", held_back)
+    result = migrate(source, target, load_spec(SPEC_DIR / "spec.toml"), progress=Recorder())
+    assert events.index("started authors") < events.index("staged lib_book")
+    assert events.index("staged lib_book") < events.index("started books")
+    assert {s.source for s in result.staged} == {"lib_author", "lib_book", "loans.csv"}
+    assert fates(target) == FATES
+
+
+def test_a_source_that_cannot_be_staged_fails_the_run_with_its_own_message(
+    library: tuple[str, str],
+) -> None:
+    source, target = library
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("ALTER TABLE lib_book DROP CONSTRAINT lib_book_pkey")
+        conn.execute("INSERT INTO lib_book (id, title) VALUES (17, 'Twice')")
+    with pytest.raises(FerryError, match="source lib_book: key column id is not unique"):
+        migrate(source, target, load_spec(SPEC_DIR / "spec.toml"))
+    with psycopg.connect(target) as conn:
+        models = conn.execute("SELECT DISTINCT model FROM ferry.ledger").fetchall()
+    assert ("books",) not in models and ("loans",) not in models
+
+
 def test_second_run_changes_nothing(library: tuple[str, str]) -> None:
     source, target = library
     spec = load_spec(SPEC_DIR / "spec.toml")
@@ -238,6 +285,15 @@ def test_spec_errors_name_the_place(tmp_path: Path) -> None:
     bad.write_text("name = 'x'\nnamespace = 'not-a-uuid'\nsources = []\nmodels = []\n")
     with pytest.raises(SpecError, match="namespace"):
         load_spec(bad)
+
+
+def test_a_model_reads_its_source_and_the_stage_tables_its_sql_names() -> None:
+    spec = load_spec(SPEC_DIR / "spec.toml")
+    assert spec.reads(spec.model("loans")) == {"loans.csv"}
+    sql = "SELECT * FROM LIB_AUTHOR a JOIN lib_book_x b ON true -- not loans"
+    books = spec.model("books").model_copy(update={"sql": sql})
+    # Any case; whole words only; a comment counts (the model only waits longer).
+    assert spec.reads(books) == {"lib_book", "lib_author", "loans.csv"}
 
 
 def test_a_column_type_without_a_hash_function_falls_back_to_md5(

@@ -234,6 +234,16 @@ class Spec(_Strict):
                 raise SpecError(f"model {model.name}: cannot read {path}: {exc.strerror}") from None
         return text.strip().rstrip(";")
 
+    def reads(self, model: Model) -> set[str]:
+        """The sources a model reads: its own and those whose stage table its SQL or rules
+        name (as a whole word, in any case; a name in a comment only makes it wait)."""
+        text = "\n".join([self.model_sql(model), *(r.when for r in model.rules)])
+        return {model.source} | {
+            s.name
+            for s in self.sources
+            if re.search(rf"\b{re.escape(s.stage_table)}\b", text, flags=re.IGNORECASE)
+        }
+
     def order(self) -> list[Model]:
         """Models in dependency order (parents first), stable in file order otherwise."""
         done: list[str] = []
