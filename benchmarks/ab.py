@@ -62,11 +62,19 @@ def export(rev: str, into: Path) -> Path:
     return into / "src"
 
 
-def fresh_target(cluster: LocalCluster, name: str) -> str:
-    """A copy of the untouched target, for the migrator; its conninfo."""
+def drop_target(cluster: LocalCluster, name: str) -> None:
+    """In turn, a side's target goes as soon as it is measured: autovacuum would otherwise
+    work through its millions of new rows during the other side's run (in the first rounds
+    measured, whichever side ran second was slower in 4 of 4)."""
     with psycopg.connect(cluster.conninfo("postgres"), autocommit=True) as conn:
         drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
         conn.execute(drop.format(sql.Identifier(name)))
+
+
+def fresh_target(cluster: LocalCluster, name: str) -> str:
+    """A copy of the untouched target, for the migrator; its conninfo."""
+    drop_target(cluster, name)
+    with psycopg.connect(cluster.conninfo("postgres"), autocommit=True) as conn:
         conn.execute(
             sql.SQL("CREATE DATABASE {} TEMPLATE ab_template").format(sql.Identifier(name))
         )
@@ -165,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                         after = busy_cpu_seconds()
                         cpu = None if before is None or after is None else after - before
                         got[f"{side}_cpu"] = cpu
+                        drop_target(cluster, f"ab_{side}")
                 else:
                     got = one_round(cluster, srcs, world_dir, args.jobs, order, logs)
                 rows.append({"round": i + 1, "at": started, "first": order[0], **got})
