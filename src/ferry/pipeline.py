@@ -490,12 +490,11 @@ class Checks:
 
 
 def transform_all(
-    target: str, spec: Spec, run_id: int, progress: Progress, jobs: int = 1,
-    defer_constraints: bool = True, checks: Checks | None = None,
-    staged: Mapping[str, Future[stage.StageResult]] | None = None,
+    target: str, spec: Spec, run_id: int, progress: Progress, jobs: int,
+    defer_constraints: bool, checks: Checks, staged: Mapping[str, Future[stage.StageResult]],
 ) -> list[transform.ModelResult]:  # fmt: skip
-    """Run each model once its parents are done (and, while ``staged`` is still being
-    filled, the sources it reads), then delete what they queued, children first.
+    """Run each model once its parents are done and the sources it reads are ``staged``,
+    then delete what they queued, children first.
 
     Models that share only an ancestor (jaws, case_files and payments under orders) run side
     by side, up to ``jobs`` of them: most are one chunk, which one session runs on one core,
@@ -511,13 +510,12 @@ def transform_all(
     deps = {m.name: {p.model for p in m.parents} for m in order}
     for i, m in enumerate(order):
         deps[m.name] |= {o.name for o in order[:i] if o.target == m.target}
-    staged = staged or {}
-    reads = {m.name: [staged[s] for s in spec.reads(m) if s in staged] for m in order}
+    reads = {m.name: [staged[s] for s in spec.reads(m)] for m in order}
     locks: dict[str, set[tuple[str, str]]] = {}  # once its sources are staged: it counts rows
     pending = [m.name for m in order]
     done: dict[str, transform.ModelResult] = {}
     limit = max(1, jobs)
-    slots = checks.slots if checks is not None else transform.Slots(limit)
+    slots = checks.slots
 
     def table(name: str) -> tuple[str, str]:
         schema, _, rel = spec.model(name).target.partition(".")
@@ -551,7 +549,7 @@ def transform_all(
                     running[pool.submit(
                         run_model, target, spec, name, run_id, progress, jobs, None,
                         defer_constraints, slots, release(name),
-                        checks.loaded(name) if checks is not None else lambda: None,
+                        checks.loaded(name),
                     )] = name  # fmt: skip
             staging = {f for name in pending for f in reads[name] if not f.done()}
             # Cannot happen: deps follow spec.order(), and locks need company.

@@ -183,7 +183,7 @@ def _create(conn: psycopg.Connection, spec: Spec, src: Source, cols: list[Column
     return target
 
 
-def _finish(conn: psycopg.Connection, spec: Spec, src: Source, target: sql.Composed) -> None:
+def _add_key(conn: psycopg.Connection, spec: Spec, src: Source, target: sql.Composed) -> None:
     try:
         conn.execute(
             sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, sql.Identifier(src.key))
@@ -232,7 +232,7 @@ def stage_table(
         with cur.copy(sql.SQL("COPY {} FROM STDIN ({}, FREEZE)").format(dest, fmt)) as into:
             nbytes = relay(copy_out(source, query), into, progress)
         rows = cur.rowcount
-        _finish(target, spec, src, dest)
+        _add_key(target, spec, src, dest)
     _analyze(target, dest)
     source.rollback()
     return StageResult(src.name, rows, nbytes, time.perf_counter() - t0)
@@ -266,7 +266,7 @@ def stage_csv(
         with path.open("rb") as fh, cur.copy(copy) as into:
             nbytes = relay(iter(lambda: fh.read(_BLOCK), b""), into, progress)
         rows = cur.rowcount
-        _finish(target, spec, src, dest)
+        _add_key(target, spec, src, dest)
     _analyze(target, dest)
     return StageResult(src.name, rows, nbytes, time.perf_counter() - t0)
 
