@@ -614,6 +614,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 console.print("baselines:")
                 r = baselines.copy_pipe(cluster, cluster.conninfo("legacy"), "copy_pipe", args.jobs)
+                # Each copy goes once measured: left in place, autovacuum would work through
+                # its millions of new rows while the next tool runs (between ab.py's runs in
+                # turn, it slowed whichever ran second).
+                _drop(cluster, "copy_pipe")
                 copy_pipe_by_scale[scale] = r.seconds or 0.0
                 base_results.append(r)
                 for name, fn in (
@@ -624,6 +628,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         base_results.append(baselines.BaselineResult(name, note=missing[name]))
                         continue
                     base_results.append(fn(cluster, "legacy", f"{name}_copy", workdir, args.jobs))
+                    _drop(cluster, f"{name}_copy")
                 for r in base_results:
                     if r.seconds is None:
                         console.print(f"  [yellow]{r.name}: not measured[/] -- {r.note}")
@@ -632,9 +637,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             f"  {r.name}: {r.seconds:.1f} s, {r.rows:,} rows"
                             f" (load {os.getloadavg()[0]:.2f})"
                         )
-                    if r.name != "copy_pipe":
-                        _drop(cluster, f"{r.name}_copy")
-                _drop(cluster, "copy_pipe")
 
             console.print("ferry:")
             migrate = ferry.run("migrate", "migrate")
