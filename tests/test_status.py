@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from ferry import status
+from ferry import ledger, status, watch
 from ferry.cli import app
 from ferry.embedded import LocalCluster
 from ferry.pipeline import migrate
@@ -96,3 +96,36 @@ def test_status_and_check(cluster: LocalCluster, tmp_path: Path) -> None:
     assert code == 0, err
     code, _, err = cli("status", "--check", "--max-age", "soon", *common)
     assert code == 2 and "not a duration" in err
+
+
+def test_a_first_load_written_aside_counts_as_it_goes_and_never_twice(
+    cluster: LocalCluster,
+) -> None:
+    """``books`` put back into the state of a first load still running: its partition aside,
+    without its key, recorded in ``loads_aside``."""
+    source = fresh_db(cluster, "st_aside_src", LIB / "source.sql")
+    fresh_db(cluster, "st_aside_tgt", LIB / "target.sql", owner="lib_owner")
+    target = cluster.conninfo("st_aside_tgt", user="lib_owner")
+    spec = load_spec(LIB / "spec.toml")
+    migrate(source, target, spec)
+    attached = status.collect(target, spec)
+    assert sum(attached.ledger_rows.values()) == 17
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("ALTER TABLE ferry.ledger DETACH PARTITION ferry.ledger_books")
+        conn.execute("ALTER TABLE ferry.ledger_books DROP CONSTRAINT ledger_books_pkey")
+        conn.execute("INSERT INTO ferry.loads_aside (model, run_id) VALUES ('books', 1)")
+    aside = status.collect(target, spec)
+    assert (aside.ledger_rows, aside.quarantined) == (attached.ledger_rows, attached.quarantined)
+    metrics = watch.Metrics()
+    watch.refresh(metrics, target, spec)
+    assert metrics.ledger_rows == attached.ledger_rows
+
+    # Being attached (its key built under an exclusive lock): left out, not waited for.
+    with psycopg.connect(target) as attaching:
+        attaching.execute("LOCK TABLE ferry.ledger_books IN ACCESS EXCLUSIVE MODE")
+        busy = status.collect(target, spec)
+        assert sum(busy.ledger_rows.values()) == 17 - 8  # the 8 rows of books, not yet shown
+        attaching.rollback()
+    with psycopg.connect(target) as conn:
+        ledger.attach_leftovers(conn, spec)
+    assert status.collect(target, spec).ledger_rows == attached.ledger_rows

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -419,6 +419,36 @@ def partition(
     else:
         attach(conn, spec, model)
     return part
+
+
+def with_aside(conn: psycopg.Connection, spec: Spec, columns: Sequence[str]) -> sql.Composable:
+    """``columns`` of the ledger and of the first loads still written aside, as a subquery
+    (``l``): what status and metrics count, so that a big first load shows as it goes and not
+    only once attached. Keep the transaction open until the query has run.
+
+    Each partition aside is locked first (ACCESS SHARE, NOWAIT) so that it cannot be attached,
+    and read through the ledger as well, before the query reads it. One that is being
+    attached (its key being built) is left out rather than waited for: its rows show a
+    moment later, never twice.
+    """
+    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+    led = sql.Identifier(spec.ledger_schema, "ledger")
+    parts: list[sql.Composable] = [sql.SQL("SELECT {} FROM {}").format(cols, led)]
+    aside = sql.Identifier(spec.ledger_schema, "loads_aside")
+    found = conn.execute("SELECT to_regclass(%s)", [aside.as_string(conn)]).fetchone()
+    models: list[tuple[str]] = []
+    if found and found[0]:  # a ledger older than schema 5 has none until its next run
+        models = conn.execute(sql.SQL("SELECT model FROM {}").format(aside)).fetchall()
+    for (model,) in models:
+        part = sql.Identifier(spec.ledger_schema, partition_name(model))
+        try:
+            with conn.transaction():  # a savepoint: the lock outlives it, a refusal does not
+                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(part))
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.UndefinedTable):
+            continue
+        if partition_state(conn, spec, model) == "aside":
+            parts.append(sql.SQL("SELECT {} FROM {}").format(cols, part))
+    return sql.SQL("({}) l").format(sql.SQL(" UNION ALL ").join(parts))
 
 
 def table_of(conn: psycopg.Connection, spec: Spec, model: str) -> sql.Identifier:

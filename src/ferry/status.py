@@ -22,6 +22,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from ferry import ledger
 from ferry.conninfo import connect
 from ferry.errors import FerryError
 from ferry.spec import Spec
@@ -152,8 +153,8 @@ def _exists(conn: psycopg.Connection, spec: Spec, table: str) -> bool:
 
 
 def collect(target: str, spec: Spec) -> Status:
-    """Read the run history and the ledger's counts (cheap: one pass over the ledger)."""
-    led = sql.Identifier(spec.ledger_schema, "ledger")
+    """Read the run history and the ledger's counts (cheap: one pass over the ledger), the
+    first loads still written aside included (``ledger.with_aside``)."""
     with connect(target, app="ferry-status") as conn:
         if not _exists(conn, spec, "runs"):
             raise StatusError(f"no ledger in schema {spec.ledger_schema}: ferry has not run here")
@@ -180,6 +181,7 @@ def collect(target: str, spec: Spec) -> Status:
         for r in (st.last_migrate, st.last_sync, st.last_ok):
             if r is not None:
                 r.rolled_back_by = undone.get(r.run_id)
+        led = ledger.with_aside(conn, spec, ["model", "status", "reason", "conflict", "decided_by"])
         for status, conflicts, decided, n in conn.execute(
             sql.SQL(
                 "SELECT status, count(*) FILTER (WHERE conflict), "

@@ -32,6 +32,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ferry import ledger
 from ferry.conninfo import connect
 from ferry.errors import FerryError
 from ferry.spec import Spec
@@ -150,7 +151,7 @@ def refresh(metrics: Metrics, target: str, spec: Spec) -> None:
             rows = conn.execute(
                 sql.SQL(
                     "SELECT status, count(*), count(*) FILTER (WHERE conflict) FROM {} GROUP BY 1"
-                ).format(led)
+                ).format(ledger.with_aside(conn, spec, ["status", "conflict"]))
             ).fetchall()
             last = conn.execute(
                 sql.SQL(
