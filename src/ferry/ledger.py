@@ -426,10 +426,11 @@ def with_aside(conn: psycopg.Connection, spec: Spec, columns: Sequence[str]) -> 
     (``l``): what status and metrics count, so that a big first load shows as it goes and not
     only once attached. Keep the transaction open until the query has run.
 
-    Each partition aside is locked first (ACCESS SHARE, NOWAIT) so that it cannot be attached,
-    and read through the ledger as well, before the query reads it. One that is being
-    attached (its key being built) is left out rather than waited for: its rows show a
-    moment later, never twice.
+    Each partition aside is locked first (ACCESS SHARE, NOWAIT), so that it cannot be
+    attached before the query has read it: attached, it would be read through the ledger
+    too. One being attached (its key being built) is left out rather than waited for: its
+    rows show a moment later, never twice. So is one the role may not read (a monitoring
+    role granted the ledger only): as before, its rows show once attached.
     """
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
     led = sql.Identifier(spec.ledger_schema, "ledger")
@@ -444,7 +445,11 @@ def with_aside(conn: psycopg.Connection, spec: Spec, columns: Sequence[str]) -> 
         try:
             with conn.transaction():  # a savepoint: the lock outlives it, a refusal does not
                 conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(part))
-        except (psycopg.errors.LockNotAvailable, psycopg.errors.UndefinedTable):
+        except (
+            psycopg.errors.LockNotAvailable,
+            psycopg.errors.UndefinedTable,
+            psycopg.errors.InsufficientPrivilege,
+        ):
             continue
         if partition_state(conn, spec, model) == "aside":
             parts.append(sql.SQL("SELECT {} FROM {}").format(cols, part))
