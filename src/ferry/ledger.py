@@ -635,12 +635,13 @@ def _totals(conn: psycopg.Connection, spec: Spec, source: str) -> SourceCounts:
         sql.SQL(
             "SELECT count(*) FROM {} WHERE model = ANY(%s) AND accounts AND status <> 'deleted'"
         ).format(sql.Identifier(spec.ledger_schema, "ledger")),
-        [_models_of(spec, source)],
+        [models_of(spec, source)],
     ).fetchone()
     return SourceCounts(source, staged=stage_rows(conn, spec, source), migrated=int(row[0]))
 
 
-def _models_of(spec: Spec, source: str) -> list[str]:
+def models_of(spec: Spec, source: str) -> list[str]:
+    """The models whose rows are the fates of ``source``'s rows."""
     return [m.name for m in spec.models if m.accounts and m.source == source]
 
 
@@ -668,7 +669,7 @@ def _all_claimed(conn: psycopg.Connection, spec: Spec, src: Source, keys: list[s
     )
     if keys is None:
         conn.execute("SET enable_nestloop = off")  # undone with the transaction if it fails
-    row = conn.execute(query, [keys, keys, _models_of(spec, src.name)]).fetchone()
+    row = conn.execute(query, [keys, keys, models_of(spec, src.name)]).fetchone()
     if keys is None:
         conn.execute("RESET enable_nestloop")
     return row is None

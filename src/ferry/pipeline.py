@@ -442,8 +442,7 @@ class Checks:
     def __init__(self, target: str, spec: Spec, slots: transform.Slots) -> None:
         self.target, self.spec, self.slots = target, spec, slots
         self._waiting = {
-            src: {m.name for m in spec.models if m.accounts and m.source == src}
-            for src in {m.source for m in spec.models if m.accounts}
+            m.source: set(ledger.models_of(spec, m.source)) for m in spec.models if m.accounts
         }
         self._claimed: dict[str, Future[bool]] = {}
         self._counts: Future[dict[str, ledger.SourceCounts]] | None = None
