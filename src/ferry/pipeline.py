@@ -427,16 +427,16 @@ def _run_parallel(
 
 
 class Checks:
-    """The invariant's queries, run as soon as the fates they read are final.
+    """The invariant's counts, taken for each source as soon as its fates are final.
 
     No step of a run changes a fate after the model that wrote it has loaded (deleting the
-    queued rows flags conflicts only). So the key-by-key half of the invariant
-    (``ledger.all_claimed``: an anti-join of every staged key with the ledger, 1.5 s for the
-    demo's 2M-row source) runs once the models of a source have loaded, and the counts once
-    every model has, beside the models still loading or putting their keys back. After the
-    last model they ran alone on one core, for 2.5 s of the demo's run. A model that loads
-    again (``_unique_back``) has its source checked, and the counts taken, again. Each
-    query waits for a chunk slot like a chunk.
+    queued rows flags conflicts only). So a source's rows are counted, and its keys
+    fingerprinted (``ledger.source_counts``), once the models of that source have loaded,
+    beside the models still loading or putting their keys back: after the last model, an
+    anti-join of every staged key with the ledger and the counts of the whole ledger ran
+    alone on one core, for 2.5 s of the demo's run. A model that loads again
+    (``_unique_back``) has its source counted again. Each query waits for a chunk slot like
+    a chunk.
     """
 
     def __init__(self, target: str, spec: Spec, slots: transform.Slots) -> None:
@@ -444,8 +444,7 @@ class Checks:
         self._waiting = {
             m.source: set(ledger.models_of(spec, m.source)) for m in spec.models if m.accounts
         }
-        self._claimed: dict[str, Future[bool]] = {}
-        self._counts: Future[dict[str, ledger.SourceCounts]] | None = None
+        self._counts: dict[str, Future[dict[str, ledger.SourceCounts]]] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1)
 
@@ -459,17 +458,13 @@ class Checks:
                 waiting = self._waiting[model.source]
                 waiting.discard(model.name)
                 if not waiting:  # again after a load that ran again: the later one counts
-                    self._claimed[model.source] = self._pool.submit(
-                        self._query, ledger.all_claimed, model.source
-                    )
-                if not any(self._waiting.values()):
-                    self._counts = self._pool.submit(self._query, ledger.source_counts)
+                    self._counts[model.source] = self._pool.submit(self._count, model.source)
 
         return signal
 
-    def _query(self, query: Callable[..., Any], *args: object) -> Any:
+    def _count(self, source: str) -> dict[str, ledger.SourceCounts]:
         with self.slots, _session(self.target, self.spec) as conn:
-            return query(conn, self.spec, *args)
+            return ledger.source_counts(conn, self.spec, {source})
 
     def __enter__(self) -> Checks:
         return self
@@ -478,14 +473,16 @@ class Checks:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def check(self, conn: psycopg.Connection) -> dict[str, ledger.SourceCounts]:
-        """``ledger.check_invariant`` with what was found; what failed to run, it runs."""
+        """``ledger.check_invariant`` with what was counted; what was not, it counts now."""
         self._pool.shutdown(wait=True)
-        counts = self._counts
-        return ledger.check_invariant(
-            conn, self.spec,
-            counts=counts.result() if counts and not counts.exception() else None,
-            claimed={s for s, f in self._claimed.items() if not f.exception() and f.result()},
-        )  # fmt: skip
+        counts: dict[str, ledger.SourceCounts] = {}
+        for future in self._counts.values():
+            if not future.exception():
+                counts.update(future.result())
+        missing = set(self._waiting) - set(counts)
+        counts.update(ledger.source_counts(conn, self.spec, missing) if missing else {})
+        ordered = {s.name: counts[s.name] for s in self.spec.sources if s.name in counts}
+        return ledger.check_invariant(conn, self.spec, counts=ordered)
 
 
 def transform_all(

@@ -3,8 +3,9 @@
 The ledger's own counts prove only that the ledger is consistent with itself. Verify instead
 recomputes every model from the stage (``Plan.expected``) and compares the result with the
 target tables, checks the target's foreign keys row by row (a row inserted with triggers
-disabled passes every constraint check but this one), checks the ledger invariant key by key,
-and, given a ground-truth file, compares every planted row's fate with what was planted.
+disabled passes every constraint check but this one), checks the ledger invariant (its keys
+by fingerprint), and, given a ground-truth file, compares every planted row's fate with what
+was planted.
 
 Problems name tables, models, source keys, target UUIDs, reasons and counts -- never row
 contents: they end up in terminals and CI logs, and the rows are health data.
@@ -361,11 +362,12 @@ def _compare_rows(conn: psycopg.Connection, spec: Spec, plan: Plan, report: Veri
 
 
 def _check_invariant(conn: psycopg.Connection, spec: Spec, report: VerifyReport) -> None:
-    """The ledger's own key-by-key check, run so that it scales.
+    """The ledger's own check, run so that it scales.
 
-    Its anti-joins end in ``ORDER BY .. LIMIT 10``, for which the planner may pick a nested
-    loop over the whole ledger per staged row: hours on millions of rows. Within this
-    transaction only, nested loops are off, so they run as hash anti-joins.
+    Where the keys' fingerprints differ, it names the keys by anti-joins that end in
+    ``ORDER BY .. LIMIT 10``, for which the planner may pick a nested loop over the whole
+    ledger per staged row: hours on millions of rows. Within this transaction only, nested
+    loops are off, so they run as hash anti-joins.
     """
     try:
         conn.execute("SET LOCAL enable_nestloop = off")
