@@ -523,6 +523,35 @@ def test_a_table_not_empty_published_or_referenced_keeps_its_unique_keys(
     assert spy.seen and set(spy.seen) == {2}
 
 
+def test_unique_keys_are_sorted_once_the_foreign_keys_are_back_and_attached_after(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sorts run beside the plain indexes and the validation, not after them: by the
+    time the keys are attached, their indexes are there."""
+    monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
+    spec = load_spec(_loans_spec(tmp_path))
+    source, target = _small_world(cluster, "sorted_early")
+    indexes = (
+        "SELECT count(*) FROM pg_index WHERE indrelid = 'public.loans'::regclass AND indisunique"
+    )
+    at_attach: list[tuple[int, int]] = []
+    real = constraints.unique_back
+
+    def unique_back(conn: psycopg.Connection, spec: Spec, target: str | None = None) -> int:
+        if target == "public.loans":
+            at_attach.append(
+                (conn.execute(indexes).fetchone()[0], conn.execute(LOANS_UNIQUES).fetchone()[0])
+            )
+        return real(conn, spec, target)
+
+    monkeypatch.setattr(constraints, "unique_back", unique_back)
+    migrate(source, target, spec)
+    assert at_attach == [(2, 0)]  # both indexes built, neither attached as a key yet
+    with psycopg.connect(target) as conn:
+        assert conn.execute(LOANS_UNIQUES).fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM ferry.suspended_constraints").fetchone() == (0,)
+
+
 def test_rows_colliding_on_a_unique_key_set_aside_are_loaded_again_with_it(
     cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -273,14 +273,23 @@ def _lock(conn: psycopg.Connection, tables: list[tuple[str, str]]) -> None:
             continue
 
 
-def _exists(conn: psycopg.Connection, table: str, name: str) -> bool:
-    """The key on ``table``, or the index in its schema, is there (again)."""
+def _key_exists(conn: psycopg.Connection, table: str, name: str) -> bool:
+    """The key (constraint) ``name`` is on ``table`` (again)."""
     return bool(
         conn.execute(
-            "SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname = %s "
-            "UNION ALL SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname = %s",
+            [table, name],
+        ).fetchone()
+    )
+
+
+def _index_exists(conn: psycopg.Connection, table: str, name: str) -> bool:
+    """The index ``name`` is in ``table``'s schema (again)."""
+    return bool(
+        conn.execute(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'i'",
-            [table, name, table.split(".")[0], name],
+            [table.split(".")[0], name],
         ).fetchone()
     )
 
@@ -323,29 +332,56 @@ def _commented(table: str, name: str, on_index: bool, comment: str | None) -> li
     ]
 
 
+def build_unique_indexes(conn: psycopg.Connection, spec: Spec, target: str) -> None:
+    """Sort the unique keys set aside for ``target`` into their indexes, for ``unique_back``
+    to attach as keys in an instant.
+
+    Each build takes ``SHARE`` on the table, which the other builds share: called once the
+    foreign keys are back (``restore``, ``keys_back``), it runs beside the rebuilding of the
+    plain indexes instead of after the keys' validation, where the last model's sorts ran
+    alone on one core at the end of a run. An index whose rows share a value is left to
+    ``unique_back``, which raises for it.
+    """
+    for table, name, definition, kind, _, comment in _recorded(conn, spec, target, unique=True):
+        if _index_exists(conn, table, name):
+            continue
+        steps: list[sql.Composable] = [sql.SQL(definition)]  # type: ignore[arg-type]
+        if kind not in _UNIQUE_KINDS:  # a unique index and no key: its comment is on it
+            steps += _commented(table, name, True, comment)
+        try:
+            with conn.transaction():
+                conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+                _ddl(conn, table, steps)
+        except psycopg.errors.UniqueViolation:
+            return
+
+
 def unique_back(conn: psycopg.Connection, spec: Spec, target: str | None = None) -> int:
     """Build the unique keys set aside (of one table, or all) again; returns how many.
 
     In the caller's transaction, which must commit: a guard's commit would end its locks.
     Each index is built by one sort under a ``SHARE`` lock (the application reads on, its
-    writes wait); the constraint is then attached to it, which takes an instant. Raises
-    ``DuplicateKeysError`` if rows share a value (``pipeline`` undoes the load then).
+    writes wait), unless ``build_unique_indexes`` did; the constraint is then attached to
+    it, which takes an instant. Raises ``DuplicateKeysError`` if rows share a value
+    (``pipeline`` undoes the load then).
     """
     rows = _recorded(conn, spec, target, unique=True)
     for table, name, definition, kind, model, comment in rows:
-        if not _exists(conn, table, name):
-            conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
-            steps: list[sql.Composable] = [sql.SQL(definition)]  # type: ignore[arg-type]
-            if kind in _UNIQUE_KINDS:
-                attach = sql.SQL("ALTER TABLE {t} ADD CONSTRAINT {n} {k} USING INDEX {n}")
-                steps.append(
-                    attach.format(
-                        t=sql.Identifier(*table.split(".")),
-                        n=sql.Identifier(name),
-                        k=_UNIQUE_KINDS[kind],
-                    )
+        steps: list[sql.Composable] = []
+        if not _index_exists(conn, table, name):
+            steps.append(sql.SQL(definition))  # type: ignore[arg-type]
+        if kind in _UNIQUE_KINDS and not _key_exists(conn, table, name):
+            attach = sql.SQL("ALTER TABLE {t} ADD CONSTRAINT {n} {k} USING INDEX {n}")
+            steps.append(
+                attach.format(
+                    t=sql.Identifier(*table.split(".")),
+                    n=sql.Identifier(name),
+                    k=_UNIQUE_KINDS[kind],
                 )
+            )
+        if steps:
             steps += _commented(table, name, kind not in _UNIQUE_KINDS, comment)
+            conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
             try:
                 _ddl(conn, table, steps)
             except psycopg.errors.UniqueViolation:
@@ -385,7 +421,7 @@ def restore(
         conn.commit()
     for table, name, definition, comment in indexes:
         with conn.transaction():
-            if not _exists(conn, table, name):
+            if not _index_exists(conn, table, name):
                 conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
                 create = sql.SQL(definition)  # type: ignore[arg-type]
                 _ddl(conn, table, [create, *_commented(table, name, True, comment)])
@@ -415,7 +451,7 @@ def _add_key(
 ) -> bool:  # fmt: skip
     """The foreign key back, ``NOT VALID``; False, with ``quiet``, if the key it references
     is not there (yet): its own table's primary key, set aside with it."""
-    if _exists(conn, table, name):
+    if _key_exists(conn, table, name):
         return True
     add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
         sql.Identifier(*table.split(".")),

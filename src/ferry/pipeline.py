@@ -278,20 +278,31 @@ def run_model(
         # Unique keys too, where no two chunks can collide on one (see constraints.py).
         unique = deferred and plan.parallel_safe and constraints.unique_aside_ok(conn, model.target)
         attaching: Future[None] | None = None
+        sorting: Future[None] | None = None
+        loaded_all = False
+
+        def keys_back() -> None:
+            """The foreign keys are back: sort the unique keys beside what follows."""
+            nonlocal sorting
+            if released:
+                released()
+            if unique and loaded_all:  # not when the keys come back after a failure
+                sorting = pool.submit(_unique_indexes, target, spec, model.target)
 
         def attach_if_failed() -> None:
             if attaching is None:  # the load failed: what it wrote is whole chunks, and counts
                 _attach(conn, spec, model.name, quiet=True)
 
         with ExitStack() as stack:
+            if aside or unique:
+                pool = stack.enter_context(ThreadPoolExecutor(max_workers=2))
             if aside:
-                pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
                 stack.callback(attach_if_failed)
             if deferred:
                 guard = stack.enter_context(_session(target, spec))
                 stack.enter_context(
                     constraints.suspended(
-                        guard, spec, model.target, run_id, released, model.name if unique else None
+                        guard, spec, model.target, run_id, keys_back, model.name if unique else None
                     )
                 )
             if keys is not None or jobs <= 1 or not plan.parallel_safe or len(bounds) < 2:
@@ -309,8 +320,11 @@ def run_model(
             else:  # before the keys come back, when the next models may start
                 _analyze_ledger(conn, spec, model.name, result.written)
                 loaded()
+            loaded_all = True
         if attaching is not None:
             attaching.result()  # attached before a load may be taken out (_unique_back)
+        if sorting is not None:
+            sorting.exception()  # an index that would not build, _unique_back tries again
         if unique:  # after the others, which let the next models start (constraints.restore)
             back = _unique_back(conn, target, spec, plan, run_id, advance, slots, result)
             if back is not result:  # taken out and loaded again
@@ -329,6 +343,11 @@ def run_model(
         conn.commit()
     progress.model_done(result)
     return result
+
+
+def _unique_indexes(target: str, spec: Spec, table: str) -> None:
+    with _session(target, spec) as conn:
+        constraints.build_unique_indexes(conn, spec, table)
 
 
 def _unique_back(
