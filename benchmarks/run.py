@@ -551,10 +551,13 @@ def new_world(
 
 
 def settle(cluster: LocalCluster) -> None:
-    """Flush the dirty pages the world's build left, untimed: the first step timed would
-    otherwise write them (the world generator vacuums the legacy database itself)."""
+    """Flush the dirty pages the step before left, untimed, to the server's files and from
+    the kernel's cache to disk: the next step timed would otherwise pay for writing them
+    (the world generator vacuums the legacy database itself). With ``fsync = off`` a
+    checkpoint leaves them to the kernel, which writes them back while the next tool runs."""
     with psycopg.connect(cluster.conninfo("postgres"), autocommit=True) as conn:
         conn.execute("CHECKPOINT")
+    os.sync()
 
 
 def say(step: Step) -> None:
@@ -775,11 +778,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _drop(cluster: LocalCluster, dbname: str) -> None:
-    """Free a baseline's copy at once: at SF=3 three copies would crowd the disk and cache."""
+    """Free a baseline's copy at once (at SF=3 three copies would crowd the disk and cache),
+    and settle, so that every tool starts from the state the first one did."""
     with psycopg.connect(cluster.conninfo("postgres"), autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
         )
+    settle(cluster)
 
 
 # --- output --------------------------------------------------------------------------------
