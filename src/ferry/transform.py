@@ -569,7 +569,7 @@ class Runner:
         load cannot; ``pipeline`` loads again if it does not build afterwards.)
         """
         conn = self.conn
-        seen, keyprint = self._staged(lo, hi, keys)
+        seen, keyprint = self._staged(lo, hi, keys, keyprint=self.aside)
         statement = sql.SQL(
             "WITH c AS MATERIALIZED ({expected}), t AS ({insert}), "
             "l AS (INSERT INTO {led} ({cols}) SELECT {vals} FROM c) "
