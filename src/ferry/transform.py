@@ -692,19 +692,9 @@ class Runner:
         plan = self.plan
         if not plan.model.accounts:
             return 0, None
-        stage, key = self._stage()
-        row = self.conn.execute(
-            sql.SQL("SELECT count(*), {} FROM {} m0 WHERE {}").format(
-                ledger.fingerprint(sql.SQL("m0.{}::text").format(sql.Identifier(key)))
-                if keyprint
-                else sql.SQL("NULL"),
-                stage,
-                self._where(lo, hi, keys, key),
-            )
-        ).fetchone()
-        if row is None:
-            return 0, None
-        return int(row[0]), None if row[1] is None else int(row[1])
+        src = plan.spec.source(plan.model.source)
+        where = self._where(lo, hi, keys, src.key)
+        return ledger.staged_keys(self.conn, plan.spec, src, where, keyprint)
 
     def _count(self, query: sql.Composable | str) -> int:
         row = self.conn.execute(query).fetchone()  # type: ignore[arg-type]
