@@ -139,6 +139,7 @@ def ensure_tools(install: bool, log: Path) -> dict[str, str]:
         why = "no apt-get on this machine" if apt is None else "not root, cannot apt-get install"
         return {t: f"{t} is not installed and {why}" for t in missing}
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as logf:
         subprocess.run([apt, "update", "-qq"], stdout=logf, stderr=logf, env=env, check=False)
         subprocess.run(
