@@ -13,6 +13,7 @@ def test_cluster_serves_fresh_databases(cluster: LocalCluster) -> None:
         major = conn.execute("SHOW server_version_num").fetchone()[0]
         assert int(major) >= 150000
         assert conn.execute("SHOW fsync").fetchone()[0] == "off"
+        assert conn.execute("SHOW wal_buffers").fetchone()[0] == "64MB"
 
 
 def test_redact_hides_password() -> None:
