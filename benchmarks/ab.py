@@ -40,6 +40,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import baselines
 import run as bench
 
 from ferry.demo import world
@@ -84,16 +85,6 @@ def fresh_target(cluster: LocalCluster, name: str) -> str:
             )
         )
     return cluster.conninfo(name, user=MIGRATOR)
-
-
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds the machine has spent busy (not idle, waiting or stolen); Linux only."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def one_round(
@@ -168,11 +159,9 @@ def main(argv: list[str] | None = None) -> int:
                 got: dict[str, Any] = {}
                 if args.in_turn:
                     for side in order:
-                        before = busy_cpu_seconds()
+                        before = baselines.busy_cpu_seconds()
                         got |= one_round(cluster, srcs, world_dir, args.jobs, (side,), logs)
-                        after = busy_cpu_seconds()
-                        cpu = None if before is None or after is None else after - before
-                        got[f"{side}_cpu"] = cpu
+                        got[f"{side}_cpu"] = baselines.cpu_since(before)
                         drop_target(cluster, f"ab_{side}")
                 else:
                     got = one_round(cluster, srcs, world_dir, args.jobs, order, logs)

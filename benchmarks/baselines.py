@@ -40,15 +40,36 @@ TOOLS: tuple[str, ...] = ("pgcopydb", "pgloader")
 TOOL_TIMEOUT_S = 3600.0
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds the machine has spent busy (not idle, waiting or stolen); Linux only.
+
+    Why the machine's and not the tool's own: most of a copy's work is done by the server's
+    processes on its behalf, and the server serves only the step being measured.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_since(before: float | None) -> float | None:
+    after = busy_cpu_seconds()
+    return None if before is None or after is None else after - before
+
+
 @dataclass
 class Measured:
-    """One child process: how it ended, how long it took, its peak RSS, what it printed."""
+    """One child process: how it ended, how long it took, its peak RSS, what it printed, and
+    the CPU seconds the machine spent meanwhile."""
 
     returncode: int
     seconds: float
     peak_rss_mb: float
     stdout: bytes
     timed_out: bool = False
+    machine_cpu_s: float | None = None
 
 
 def run_measured(
@@ -70,7 +91,7 @@ def run_measured(
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as logf:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), busy_cpu_seconds()
         proc = subprocess.Popen(
             list(cmd),
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
@@ -97,12 +118,14 @@ def run_measured(
         finally:
             if timer:
                 timer.cancel()
-        seconds = time.perf_counter() - started
+        seconds, machine_cpu_s = time.perf_counter() - started, cpu_since(cpu)
         # Reaped here, so Popen must not wait for it again.
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.stdout is not None:
             proc.stdout.close()
-    return Measured(proc.returncode, seconds, usage.ru_maxrss / 1024, out, timed_out.is_set())
+    return Measured(
+        proc.returncode, seconds, usage.ru_maxrss / 1024, out, timed_out.is_set(), machine_cpu_s
+    )
 
 
 # --- tools ---------------------------------------------------------------------------------
@@ -164,6 +187,7 @@ class BaselineResult:
     rows: int | None = None
     peak_rss_mb: float | None = None
     note: str | None = None
+    machine_cpu_s: float | None = None
 
 
 def uri(cluster: LocalCluster, dbname: str) -> str:
@@ -238,12 +262,12 @@ def copy_pipe(cluster: LocalCluster, source: str, dbname: str, jobs: int = 2) ->
                 relay(out, into)
             t.commit()
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), busy_cpu_seconds()
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         list(pool.map(one, tables))
-    seconds = time.perf_counter() - started
+    seconds, machine_cpu_s = time.perf_counter() - started, cpu_since(cpu)
     note = "runs inside the benchmark driver (threads), so it has no peak RSS of its own"
-    return BaselineResult("copy_pipe", seconds, count_rows(target), None, note)
+    return BaselineResult("copy_pipe", seconds, count_rows(target), None, note, machine_cpu_s)
 
 
 # --- (2) pgcopydb clone --------------------------------------------------------------------
@@ -338,6 +362,7 @@ def pgcopydb(
         rows,
         done.peak_rss_mb,
         "includes its primary keys, indexes and VACUUM ANALYZE",
+        done.machine_cpu_s,
     )
 
 
@@ -394,15 +419,19 @@ def pgloader(
         rows,
         done.peak_rss_mb,
         "includes creating its tables, indexes and keys",
+        done.machine_cpu_s,
     )
 
 
 def summary(results: Sequence[BaselineResult]) -> dict[str, Any]:
-    """The baselines' JSON object: ``<name>_s``, ``<name>_rows``, ``<name>_peak_rss_mb``."""
+    """The baselines' JSON object: ``<name>_s``, ``<name>_rows``, ``<name>_peak_rss_mb``,
+    ``<name>_machine_cpu_s``."""
     out: dict[str, Any] = {}
     for r in results:
         out[f"{r.name}_s"] = None if r.seconds is None else round(r.seconds, 3)
         out[f"{r.name}_rows"] = r.rows
         out[f"{r.name}_peak_rss_mb"] = None if r.peak_rss_mb is None else round(r.peak_rss_mb, 1)
+        cpu = r.machine_cpu_s
+        out[f"{r.name}_machine_cpu_s"] = None if cpu is None else round(cpu, 1)
         out[f"{r.name}_note"] = r.note
     return out

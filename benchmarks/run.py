@@ -128,6 +128,7 @@ class Step:
     peak_rss_mb: float | None = None
     counts: dict[str, Any] | None = None
     note: str | None = None
+    machine_cpu_s: float | None = None
     load1: float = field(default_factory=lambda: round(os.getloadavg()[0], 2))
 
 
@@ -202,6 +203,7 @@ class Ferry:
             bytes_from_source=out.get("bytes"),
             peak_rss_mb=done.peak_rss_mb,
             counts=out.get("counts"),
+            machine_cpu_s=done.machine_cpu_s,
         )
 
     def _run_cli(self, step: str, name: str, log: Path) -> Step:
@@ -228,7 +230,12 @@ class Ferry:
                 peak_rss_mb=done.peak_rss_mb,
                 note=f"ferry {step} exited {done.returncode}; see {log}",
             )
-        return Step(name, seconds=done.seconds, peak_rss_mb=done.peak_rss_mb)
+        return Step(
+            name,
+            seconds=done.seconds,
+            peak_rss_mb=done.peak_rss_mb,
+            machine_cpu_s=done.machine_cpu_s,
+        )
 
 
 # --- deltas larger than DOMAIN.md's -------------------------------------------------------
@@ -564,8 +571,8 @@ def say(step: Step) -> None:
     """One line per ferry step as it finishes, so a long run shows where it is."""
     if step.status == "ok":
         console.print(
-            f"  {step.name}: {step.seconds:.1f} s, peak RSS {step.peak_rss_mb:.0f} MB"
-            f" (load {step.load1:.2f})"
+            f"  {step.name}: {step.seconds:.1f} s, peak RSS {step.peak_rss_mb:.0f} MB,"
+            f" machine CPU {_fmt(step.machine_cpu_s, '.1f')} s (load {step.load1:.2f})"
         )
     else:
         colour = "yellow" if step.status == "not_available" else "red"
@@ -637,8 +644,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         console.print(f"  [yellow]{r.name}: not measured[/] -- {r.note}")
                     else:
                         console.print(
-                            f"  {r.name}: {r.seconds:.1f} s, {r.rows:,} rows"
-                            f" (load {os.getloadavg()[0]:.2f})"
+                            f"  {r.name}: {r.seconds:.1f} s, {r.rows:,} rows, machine CPU"
+                            f" {_fmt(r.machine_cpu_s, '.1f')} s (load {os.getloadavg()[0]:.2f})"
                         )
 
             console.print("ferry:")
@@ -748,6 +755,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 max((s.peak_rss_mb for s in ok_ferry if s.peak_rss_mb is not None), default=None), 1
             ),
             "peak_rss_mb_by_step": {s.name: _round(s.peak_rss_mb, 1) for s in steps},
+            "machine_cpu_s_by_step": {s.name: _round(s.machine_cpu_s, 1) for s in steps},
             "sync_status": sync_steps["noop"].status if "noop" in sync_steps else "not_run",
             "sync_note": sync_steps["noop"].note if "noop" in sync_steps else migrate.note,
             "sync_noop_s": _round(sync_steps["noop"].seconds) if "noop" in sync_steps else None,
@@ -808,6 +816,7 @@ def render(doc: dict[str, Any]) -> None:
         ("rows/s", "right"),
         ("MB from source", "right"),
         ("peak RSS MB", "right"),
+        ("machine CPU-s", "right"),
         ("ferry ÷ this", "right"),
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
@@ -818,6 +827,7 @@ def render(doc: dict[str, Any]) -> None:
         rows: int | None,
         nbytes: int | None = None,
         rss: float | None = None,
+        cpu: float | None = None,
         ratio: bool = False,
     ) -> None:
         rate = rows / secs if secs and rows is not None else None
@@ -829,18 +839,27 @@ def render(doc: dict[str, Any]) -> None:
             _fmt(rate, ",.0f"),
             _fmt(None if nbytes is None else nbytes / 1e6, ",.1f"),
             _fmt(rss, ".0f"),
+            _fmt(cpu, ".1f"),
             _fmt(quotient, ".2f"),
         )
 
-    rss = f["peak_rss_mb_by_step"]
+    rss, cpu = f["peak_rss_mb_by_step"], f.get("machine_cpu_s_by_step", {})
     add(
         "ferry migrate",
         f["migrate_s"],
         f["migrate_rows"],
         f["migrate_bytes_from_source"],
         rss.get("migrate"),
+        cpu.get("migrate"),
     )
-    add("ferry sync, no change", f["sync_noop_s"], 0, f["sync_noop_bytes"], rss.get("sync_noop"))
+    add(
+        "ferry sync, no change",
+        f["sync_noop_s"],
+        0,
+        f["sync_noop_bytes"],
+        rss.get("sync_noop"),
+        cpu.get("sync_noop"),
+    )
     for k in map(str, DELTA_MULTIPLES):
         changes = f["sync_delta_changes"].get(k)
         add(
@@ -849,6 +868,7 @@ def render(doc: dict[str, Any]) -> None:
             sum(changes.values()) if changes else None,
             f["sync_delta_bytes"][k],
             rss.get(f"sync_delta_x{k}"),
+            cpu.get(f"sync_delta_x{k}"),
         )
     for name, label in (
         ("copy_pipe", "binary COPY pipe (no indexes)"),
@@ -861,6 +881,7 @@ def render(doc: dict[str, Any]) -> None:
             b.get(f"{name}_rows"),
             None,
             b.get(f"{name}_peak_rss_mb"),
+            b.get(f"{name}_machine_cpu_s"),
             ratio=True,
         )
     console.print(table)

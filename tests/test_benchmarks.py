@@ -56,6 +56,10 @@ def test_ferry_migrate_figures(bench: tuple[dict[str, Any], str]) -> None:
     f = doc["ferry"]
     assert _is_number(f["migrate_s"]) and f["migrate_s"] > 0
     assert _is_number(f["peak_rss_mb"]) and f["peak_rss_mb"] > 0
+    # The machine's CPU while each step ran: at least that of ferry's own process.
+    cpu = f["machine_cpu_s_by_step"]
+    assert set(cpu) >= {"migrate", "sync_noop"}
+    assert all(_is_number(x) and x > 0 for x in cpu.values()), cpu
     # Every legacy row and CSV row the generator made is staged by the migrate.
     expected = sum(world.expected_counts(SCALE).values())
     assert doc["world"]["rows"] == expected
@@ -98,6 +102,7 @@ def test_baselines_present_or_explained(bench: tuple[dict[str, Any], str]) -> No
     table_rows = sum(world.expected_counts(SCALE)[t] for t in world.LEGACY_TABLES)
     assert _is_number(b["copy_pipe_s"])
     assert b["copy_pipe_rows"] == table_rows
+    assert _is_number(b["copy_pipe_machine_cpu_s"])
     for tool in ("pgcopydb", "pgloader"):
         if shutil.which(tool) is None:
             assert b[f"{tool}_s"] is None
@@ -105,6 +110,7 @@ def test_baselines_present_or_explained(bench: tuple[dict[str, Any], str]) -> No
         else:
             assert _is_number(b[f"{tool}_s"]), b[f"{tool}_note"]
             assert b[f"{tool}_rows"] == table_rows
+            assert _is_number(b[f"{tool}_machine_cpu_s"]) and b[f"{tool}_machine_cpu_s"] > 0
 
 
 def test_scaling_machine_and_when(bench: tuple[dict[str, Any], str]) -> None:
