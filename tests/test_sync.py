@@ -3,6 +3,7 @@ made-up library schema."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import psycopg
@@ -12,7 +13,7 @@ from psycopg import sql
 from ferry.demo import world
 from ferry.demo.run import MIGRATOR, dispatch_spec
 from ferry.embedded import LocalCluster
-from ferry.pipeline import migrate
+from ferry.pipeline import Progress, migrate
 from ferry.spec import load_spec
 from ferry.sync import sync
 from ferry.verify import verify
@@ -55,9 +56,27 @@ def target_only(conninfo: str) -> dict[str, tuple[int, str]]:
     return out
 
 
+class Chunks(Progress):
+    """How many keys each model was asked about, and in how many chunks it wrote them."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, int] = {}
+        self.chunks: Counter[str] = Counter()
+
+    def model_started(self, model: str, total_rows: int) -> None:
+        self.keys[model] = total_rows
+
+    def model_advanced(self, model: str, rows: int) -> None:
+        self.chunks[model] += 1
+
+
 @pytest.fixture(scope="module")
 def synced(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Generate, migrate, apply the delta, sync once: the state every test below reads."""
+    """Generate, migrate, apply the delta, sync once: the state every test below reads.
+
+    The syncs write their key lists in chunks of two keys, on two sessions where a model
+    allows: every test below then also checks that path, which a bigger delta takes.
+    """
     workdir = tmp_path_factory.mktemp("sync_world")
     source = cluster.create_database("sync_legacy", drop=True)
     admin = cluster.create_database("sync_target", drop=True)
@@ -67,13 +86,14 @@ def synced(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> d
     migrate(source, target, spec, data_dir=workdir)
     before_only = target_only(target)
     world.apply_delta(source, workdir, scale=SCALE, seed=7)
-    first = sync(source, target, spec, data_dir=workdir)
+    chunked, progress = spec.model_copy(update={"chunk_size": 2}), Chunks()
+    first = sync(source, target, chunked, data_dir=workdir, jobs=2, progress=progress)
     after_first = checksums(target)
-    second = sync(source, target, spec, data_dir=workdir)
+    second = sync(source, target, chunked, data_dir=workdir, jobs=2)
     return {
         "workdir": workdir, "source": source, "target": target, "spec": spec,
         "first": first, "second": second, "after_first": after_first,
-        "before_only": before_only,
+        "before_only": before_only, "progress": progress,
     }  # fmt: skip
 
 
@@ -86,6 +106,15 @@ def test_delta_sync_matches_ground_truth(synced: dict) -> None:
     assert c["fixed_on_retry"] >= 3
     assert c["deleted"] > 0
     assert c["conflicts"] == 0
+
+
+def test_sync_writes_its_key_lists_in_chunks(synced: dict) -> None:
+    progress: Chunks = synced["progress"]
+    asked = {m: n for m, n in progress.keys.items() if synced["spec"].model(m).accounts}
+    several = [m for m, n in asked.items() if n >= 3]
+    assert several, asked
+    for m in several:  # one call a chunk written (more if one was bisected)
+        assert progress.chunks[m] >= -(-asked[m] // 2), (m, asked[m], progress.chunks[m])
 
 
 def test_synced_target_equals_fresh_migration(synced: dict, cluster: LocalCluster) -> None:

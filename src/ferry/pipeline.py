@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -180,6 +180,8 @@ def _session(target: str, spec: Spec) -> psycopg.Connection:
 
 # A first load smaller than this is not worth dropping and re-adding foreign keys for.
 DEFER_MIN_ROWS = 50_000
+# One transaction of a model: a key range (lo, hi), or a list of keys a sync looks at again.
+Chunk = tuple[Any, Any, Sequence[str] | None]
 # A model that wrote this many rows refreshes the planner's statistics of what it wrote.
 ANALYZE_AFTER = 10_000
 
@@ -275,6 +277,11 @@ def run_model(
             conn.commit()
         runner = transform.Runner(conn, plan, run_id, advance, slots, aside)
         bounds = runner.bounds() if keys is None else []
+        work: list[Chunk] = (
+            [(lo, hi, None) for lo, hi in bounds]
+            if keys is None
+            else [(None, None, part) for part in runner.key_chunks(keys)]
+        )
         # Unique keys too, where no two chunks can collide on one (see constraints.py).
         unique = deferred and plan.parallel_safe and constraints.unique_aside_ok(conn, model.target)
         attaching: Future[None] | None = None
@@ -305,11 +312,11 @@ def run_model(
                         guard, spec, model.target, run_id, keys_back, model.name if unique else None
                     )
                 )
-            if keys is not None or jobs <= 1 or not plan.parallel_safe or len(bounds) < 2:
+            if jobs <= 1 or not plan.parallel_safe or len(work) < 2:
                 result = runner.run(keys, bounds if keys is None else None)
             else:
                 result = _run_parallel(
-                    target, spec, plan, run_id, advance, bounds, jobs, slots, aside
+                    target, spec, plan, run_id, advance, work, jobs, slots, aside
                 )
             if aside:
                 # The partition's primary key is built while the target's keys come back
@@ -406,16 +413,15 @@ def put_back(
 
 def _run_parallel(
     target: str, spec: Spec, plan: transform.Plan, run_id: int, advance: Callable[[int], None],
-    bounds: list[tuple[object, object]], jobs: int, slots: transform.Slots | None = None,
-    aside: bool = False,
+    work: list[Chunk], jobs: int, slots: transform.Slots | None = None, aside: bool = False,
 ) -> transform.ModelResult:  # fmt: skip
     """Chunks are independent transactions: hand them to ``jobs`` sessions."""
     t0 = time.perf_counter()
     # Chunks far apart run at once: neighbours would insert into the same last pages of the
     # legacy-key and ledger indexes and wait on each other's buffer locks.
-    stride = -(-len(bounds) // jobs)
-    order = [bounds[i + j * stride] for i in range(stride) for j in range(jobs)
-             if i + j * stride < len(bounds)]  # fmt: skip
+    stride = -(-len(work) // jobs)
+    order = [work[i + j * stride] for i in range(stride) for j in range(jobs)
+             if i + j * stride < len(work)]  # fmt: skip
     pending = list(reversed(order))
     lock = threading.Lock()
 
@@ -426,8 +432,8 @@ def _run_parallel(
                 with lock:
                     if not pending:
                         return runner
-                    lo, hi = pending.pop()
-                runner.run(None, [(lo, hi)])
+                    lo, hi, keys = pending.pop()
+                runner.run(keys, None if keys is not None else [(lo, hi)])
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         runners = [f.result() for f in [pool.submit(worker) for _ in range(jobs)]]

@@ -320,7 +320,7 @@ def _sync(
                 continue
             before = _ledger_keys(conn, spec, model) if keys is None else set()
             runner_result = run_model(
-                target, spec, model.name, result.run_id, progress, jobs=1,
+                target, spec, model.name, result.run_id, progress, jobs=jobs,
                 keys=None if keys is None else sorted(keys),
             )  # fmt: skip
             result.models.append(runner_result)

@@ -464,7 +464,7 @@ class Runner:
         if not plan.model.accounts:
             return [(None, None)]
         src = spec.source(plan.model.source)
-        size = plan.model.chunk_size or spec.chunk_size
+        size = self.chunk_size
         stats = self.conn.execute(
             sql.SQL(
                 "SELECT c.reltuples, (s.histogram_bounds::text)::{t}[] FROM pg_class c "
@@ -503,6 +503,18 @@ class Runner:
             return []
         return [(k, starts[i + 1] if i + 1 < len(starts) else None) for i, k in enumerate(starts)]
 
+    @property
+    def chunk_size(self) -> int:
+        return self.plan.model.chunk_size or self.plan.spec.chunk_size
+
+    def key_chunks(self, keys: Sequence[str]) -> list[Sequence[str]]:
+        """A sync's key list in chunks of at most ``chunk_size``, each its own transaction: a
+        backlog of changes is then written, and bisected on an error, a chunk at a time, on
+        ``jobs`` sessions where the model allows (``pipeline.run_model``). Of equal sizes, so
+        that no one chunk is left running alone at the end."""
+        n = -(-len(keys) // self.chunk_size)
+        return [keys[i * len(keys) // n : (i + 1) * len(keys) // n] for i in range(n)]
+
     def _where(
         self, lo: Any, hi: Any, keys: Sequence[Any] | None = None, col: str | None = None
     ) -> sql.Composable:
@@ -535,8 +547,8 @@ class Runner:
         """Run the given key list, or the given chunks, or else every chunk of the model."""
         t0 = time.perf_counter()
         if keys is not None:
-            if keys:
-                self._chunk(None, None, keys)
+            for part in self.key_chunks(keys):
+                self._chunk(None, None, part)
         else:
             for lo, hi in self.bounds() if bounds is None else bounds:
                 self._chunk(lo, hi, None)
