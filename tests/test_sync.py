@@ -10,11 +10,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
+import ferry.sync
 from ferry.demo import world
 from ferry.demo.run import MIGRATOR, dispatch_spec
 from ferry.embedded import LocalCluster
-from ferry.pipeline import Progress, migrate
-from ferry.spec import load_spec
+from ferry.pipeline import Progress, migrate, run_model
+from ferry.spec import Spec, load_spec
 from ferry.sync import sync
 from ferry.verify import verify
 from tests.helpers import fresh_db, table_checksum
@@ -117,6 +118,22 @@ def test_sync_writes_its_key_lists_in_chunks(synced: dict) -> None:
         assert progress.chunks[m] >= -(-asked[m] // 2), (m, asked[m], progress.chunks[m])
 
 
+def test_a_derived_model_takes_a_key_list(synced: dict) -> None:
+    """A sync looks again at some rows of a model that does not account for its source (its
+    quarantined ones, say): the keys must compare with its own ``_key``, an integer here."""
+    spec, target = synced["spec"], synced["target"]
+    with psycopg.connect(target) as conn:
+        keys = [
+            r[0]
+            for r in conn.execute(
+                "SELECT source_key FROM ferry.ledger WHERE model = 'doctors' ORDER BY 1 LIMIT 3"
+            )
+        ]
+    assert len(keys) == 3 and not spec.model("doctors").accounts
+    done = run_model(target, spec, "doctors", synced["first"].run_id, Progress(), keys=keys)
+    assert (done.written, done.quarantined_by_error, done.transitions) == (0, 0, {})
+
+
 def test_synced_target_equals_fresh_migration(synced: dict, cluster: LocalCluster) -> None:
     fresh_admin = cluster.create_database("sync_fresh", drop=True)
     world.build_target(fresh_admin)
@@ -209,6 +226,49 @@ def test_application_edit_is_a_conflict(library: tuple[str, str, Path]) -> None:
         assert conn.execute(
             "SELECT conflict FROM ferry.ledger WHERE model = 'books' AND source_key = '10'"
         ).fetchone() == (True,)
+
+
+@pytest.mark.parametrize("dies_at", ["books", "loans"])
+def test_a_sync_that_died_loses_nothing(
+    library: tuple[str, str, Path], monkeypatch: pytest.MonkeyPatch, dies_at: str
+) -> None:
+    """A sync dies after re-staging: before any model, or after books changed fates and
+    before their loans followed. The next sync must still bring every change in, though the
+    stage already holds it and the books' new fates are no change to it."""
+    source, target, tmp = library
+    spec = load_spec(_spec(tmp, "delete"))
+    migrate(source, target, spec)
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("UPDATE lib_book SET title = 'Changed in legacy' WHERE id = 17")
+        conn.execute("UPDATE lib_book SET status = 'draft' WHERE id = 10")  # loan L-1's book
+    run_model = ferry.sync.run_model
+
+    def dying(target: str, spec: Spec, model: str, *args: object, **kwargs: object) -> object:
+        if model == dies_at:
+            raise RuntimeError("killed")
+        return run_model(target, spec, model, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ferry.sync, "run_model", dying)
+    with pytest.raises(RuntimeError):
+        sync(source, target, spec)
+    monkeypatch.undo()
+    again = sync(source, target, spec)
+    assert again.counts["resynced"] > 0
+    with psycopg.connect(target) as conn:
+        title = conn.execute("SELECT title FROM books WHERE legacy_book_id = 17").fetchone()
+        fates = conn.execute(
+            "SELECT model, source_key, status, reason FROM ferry.ledger "
+            "WHERE (model, source_key) IN (('books', '10'), ('loans', 'L-1')) ORDER BY 1"
+        ).fetchall()
+        left = conn.execute("SELECT count(*) FROM ferry.resync").fetchone()
+    assert title == ("Changed in legacy",)
+    assert fates == [
+        ("books", "10", "excluded", "draft"),
+        ("loans", "L-1", "excluded", "parent_excluded"),
+    ]
+    assert left == (0,)
+    report = verify(target, spec)
+    assert report.ok, report.summary()
 
 
 def test_orphan_resolved_when_parent_arrives(library: tuple[str, str, Path]) -> None:

@@ -483,20 +483,22 @@ CREATE TABLE IF NOT EXISTS {} (
 
 
 def ensure_resync(conn: psycopg.Connection, spec: Spec) -> None:
-    """``<ledger>.resync``: the keys a rollback handed back to the next sync. Created here,
-    by the only writer, so that ledgers made before rollback existed need no migration."""
+    """``<ledger>.resync``: the keys a rollback or a sync hands on to the next sync. Created
+    by its writers, so that ledgers made before it existed need no migration."""
     conn.execute(sql.SQL(_RESYNC).format(_ident(spec, "resync")))
     conn.commit()
 
 
 def pending_resync(
-    conn: psycopg.Connection, spec: Spec
+    conn: psycopg.Connection, spec: Spec, run_id: int
 ) -> tuple[dict[str, set[str]], dict[str, set[str]], set[str]]:
-    """The keys a rollback handed back, for ``sync``: (staged keys per source, to transform
-    again; keys per source no longer staged, to mark deleted; derived models to recompute).
+    """The keys a rollback or an earlier sync (one that died) handed on, for the sync
+    ``run_id``: (staged keys per source, to transform again; keys per source no longer
+    staged, to mark deleted; derived models to recompute).
 
-    A rollback leaves the stage ahead of the ledger for these keys, so a diff of source and
-    stage alone would never bring them back (see the module docstring).
+    A rollback leaves the stage ahead of the ledger for these keys, and so does a sync that
+    re-staged them and died, so a diff of source and stage alone would never bring them back
+    (see the module docstring). The keys that sync ``run_id`` handed on itself are its diff's.
     """
     table = _ident(spec, "resync")
     exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [table.as_string(conn)]).fetchone()
@@ -507,7 +509,10 @@ def pending_resync(
         conn.commit()
         return changed, deleted, derived
     by_model: dict[str, list[str]] = defaultdict(list)
-    for model, key in conn.execute(sql.SQL("SELECT model, source_key FROM {}").format(table)):
+    rows = conn.execute(
+        sql.SQL("SELECT model, source_key FROM {} WHERE run_id <> %s").format(table), [run_id]
+    )
+    for model, key in rows:
         by_model[model].append(key)
     names = {m.name for m in spec.models}
     for name, keys in by_model.items():

@@ -5,6 +5,13 @@ server), and only changed rows are re-staged. Then only the affected rows are tr
 the changed keys, the rows still in quarantine (a parent may have arrived), and the children
 of rows whose fate or UUID changed. Deleted source rows follow their model's ``on_delete``.
 A row the application edited since ferry wrote it is not overwritten: it is a conflict.
+
+A sync that dies after re-staging (killed, a lost connection, an error in a model) leaves the
+stage ahead of the ledger: the next diff finds nothing to do for the rows it changed. So
+the keys a diff found go into ``<ledger>.resync`` in the transaction that re-stages them, as
+a rollback hands keys back (``rollback.py``), and stay there until a sync ends well. A sync
+that finds keys an earlier one left there also looks again at the children of every key it
+looks at, since the fates that the dead sync changed before it died are no change to it.
 """
 
 from __future__ import annotations
@@ -41,9 +48,10 @@ class SyncResult:
 
 
 def _restage(
-    source: str, target: str, spec: Spec, data_dir: Path, jobs: int
+    source: str, target: str, spec: Spec, data_dir: Path, jobs: int, run_id: int
 ) -> dict[str, diff.TableDiff]:
-    """Diff every source against its stage and copy only what changed."""
+    """Diff every source against its stage and copy only what changed; the keys it changed
+    are handed on in the same transaction (``_hand_on``)."""
     pairs = SessionPairs(source, target, "ferry-sync")
 
     def one(src: Source) -> tuple[str, diff.TableDiff]:
@@ -72,12 +80,32 @@ def _restage(
                 cols,  # type: ignore[arg-type]
             )
             s.rollback()
+        _hand_on(t, spec, src, result, run_id)
         # The stage side ran inside this session's open transaction: make it durable.
         t.commit()
         return src.name, result
 
     with pairs, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         return dict(pool.map(one, spec.sources))
+
+
+def _hand_on(
+    conn: psycopg.Connection, spec: Spec, src: Source, found: diff.TableDiff, run_id: int
+) -> None:
+    """Record the keys a diff changed in the stage for every model of the source, until a
+    sync takes them (``rollback.pending_resync``, cleared by ``rollback.clear_resync``)."""
+    keys = [_key_text(k) for k in found.inserted + found.updated + found.deleted]
+    models = [m.name for m in spec.models if m.source == src.name]
+    if not keys or not models:
+        return
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (model, source_key, run_id) SELECT m, k, %s "
+            "FROM unnest(%s::text[]) m, unnest(%s::text[]) k "
+            "ON CONFLICT (model, source_key) DO UPDATE SET run_id = EXCLUDED.run_id"
+        ).format(sql.Identifier(spec.ledger_schema, "resync")),
+        [run_id, models, keys],
+    )
 
 
 def _stage_exists(conn: psycopg.Connection, spec: Spec, src: Source) -> bool:
@@ -252,7 +280,8 @@ def sync(
     its run record."""
     progress = progress or Progress()
     t0 = time.perf_counter()
-    with recorded_run(target, spec, "sync") as (_, run_id, counts):
+    with recorded_run(target, spec, "sync") as (conn, run_id, counts):
+        rollback.ensure_resync(conn, spec)
         result = SyncResult(run_id)
         _sync(source, target, spec, data_dir or spec.base_dir, jobs, progress, result)
         result.seconds = time.perf_counter() - t0
@@ -265,7 +294,7 @@ def _sync(
     source: str, target: str, spec: Spec, data_dir: Path, jobs: int, progress: Progress,
     result: SyncResult,
 ) -> None:  # fmt: skip
-    result.diffs = _restage(source, target, spec, data_dir, jobs)
+    result.diffs = _restage(source, target, spec, data_dir, jobs, result.run_id)
     result.bytes_from_source = sum(d.bytes_from_source for d in result.diffs.values())
     changed = {n: {_key_text(k) for k in d.inserted + d.updated} for n, d in result.diffs.items()}
     deleted = {n: [_key_text(k) for k in d.deleted] for n, d in result.diffs.items()}
@@ -286,9 +315,9 @@ def _sync(
         ).fetchone()
         conflicts_before = int(row[0]) if row else 0
         conn.commit()
-        # Keys a rollback handed back: the stage is ahead of the ledger for them, so the diff
-        # alone would never bring them back (see rollback.py).
-        again, gone, rederive = rollback.pending_resync(conn, spec)
+        # Keys a rollback or a sync that died handed on: the stage is ahead of the ledger for
+        # them, so the diff alone would never bring them back (see rollback.py, and above).
+        again, gone, rederive = rollback.pending_resync(conn, spec, result.run_id)
         for name, ks in again.items():
             changed.setdefault(name, set()).update(ks)
         for name, ks in gone.items():
@@ -296,6 +325,7 @@ def _sync(
         resynced = sum(map(len, again.values())) + sum(map(len, gone.values())) + len(rederive)
         if resynced:
             result.counts["resynced"] = resynced
+        resumed = bool(resynced)
         quiet = not any(changed.values()) and not any(deleted.values()) and not rederive
         for model in spec.order():
             src_changed = changed.get(model.source, set())
@@ -303,6 +333,8 @@ def _sync(
             if model.accounts:
                 outcome_changed[model.name] |= _mark_deleted(conn, spec, model, src_deleted,
                                                              result.run_id)  # fmt: skip
+                if resumed:
+                    outcome_changed[model.name] |= set(src_deleted)
                 keys: set[str] | None = set(src_changed)
                 assert keys is not None
                 keys |= set(_quarantined(conn, spec, model, refused_only=quiet))
@@ -326,6 +358,8 @@ def _sync(
             result.models.append(runner_result)
             transitions.update(runner_result.transitions)
             outcome_changed[model.name] |= runner_result.changed_keys
+            if resumed and keys is not None:
+                outcome_changed[model.name] |= keys
             # Keys the model was asked about but no longer yields leave it.
             released = _release(conn, spec, model, before if keys is None else keys, result.run_id)
             outcome_changed[model.name] |= released

@@ -155,7 +155,8 @@ class Plan:
         self.fates = self._fates()
         self.hashable = self._hashable(conn)
         self.parallel_safe = self._parallel_safe(conn)
-        self.key_type = "text"
+        # The type key lists are cast to (Runner._where): the stage key's, whose index then
+        # serves them, or for a model that does not account for its source, its _key's own.
         if model.accounts:
             src = spec.source(model.source)
             row = conn.execute(
@@ -163,8 +164,10 @@ class Plan:
                 "WHERE attrelid = to_regclass(%s) AND attname = %s",
                 [sql.Identifier(spec.stage_schema, src.stage_table).as_string(conn), src.key],
             ).fetchone()
-            conn.commit()
-            self.key_type = row[0] if row else "text"
+        else:
+            row = conn.execute("SELECT format_type(%s, NULL)", [out["_key"]]).fetchone()
+        conn.commit()
+        self.key_type = row[0] if row else "text"
 
     def _parallel_safe(self, conn: psycopg.Connection) -> bool:
         """Chunks may run at once only if no unique index can make two of them collide.
@@ -201,13 +204,14 @@ class Plan:
         conn.commit()
         return True
 
-    def _output_columns(self, conn: psycopg.Connection) -> list[str]:
+    def _output_columns(self, conn: psycopg.Connection) -> dict[str, int]:
+        """The model's output columns, in order, with their type OIDs."""
         try:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute(
                     sql.SQL("SELECT * FROM ({}) m LIMIT 0").format(sql.SQL(self.body))  # type: ignore[arg-type]
                 )
-                return [d.name for d in cur.description or []]
+                return {d.name: d.type_code for d in cur.description or []}
         except psycopg.Error as exc:
             raise SpecError(
                 f"model {self.model.name}: its SQL does not run: {safe_message(exc)}"
