@@ -241,6 +241,8 @@ def test_a_sync_that_died_loses_nothing(
     with psycopg.connect(source, autocommit=True) as conn:
         conn.execute("UPDATE lib_book SET title = 'Changed in legacy' WHERE id = 17")
         conn.execute("UPDATE lib_book SET status = 'draft' WHERE id = 10")  # loan L-1's book
+    csv = tmp / "loans.csv"
+    csv.write_text(csv.read_text().replace("L-2,11,m2", "L-2,11,m22"))
     run_model = ferry.sync.run_model
 
     def dying(target: str, spec: Spec, model: str, *args: object, **kwargs: object) -> object:
@@ -256,12 +258,13 @@ def test_a_sync_that_died_loses_nothing(
     assert again.counts["resynced"] > 0
     with psycopg.connect(target) as conn:
         title = conn.execute("SELECT title FROM books WHERE legacy_book_id = 17").fetchone()
+        member = conn.execute("SELECT member FROM loans WHERE legacy_loan_id = 'L-2'").fetchone()
         fates = conn.execute(
             "SELECT model, source_key, status, reason FROM ferry.ledger "
             "WHERE (model, source_key) IN (('books', '10'), ('loans', 'L-1')) ORDER BY 1"
         ).fetchall()
         left = conn.execute("SELECT count(*) FROM ferry.resync").fetchone()
-    assert title == ("Changed in legacy",)
+    assert (title, member) == (("Changed in legacy",), ("m22",))
     assert fates == [
         ("books", "10", "excluded", "draft"),
         ("loans", "L-1", "excluded", "parent_excluded"),

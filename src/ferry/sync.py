@@ -66,7 +66,6 @@ def _restage(
                 t, ("pg_temp", "_ferry_csv"), t, stage_rel, [src.key], list(src.columns)
             )
             t.execute("DROP TABLE IF EXISTS pg_temp._ferry_csv")
-            t.commit()
         else:
             assert src.table is not None
             cols = [c.name for c in stage.source_columns(s, src.table)]
@@ -81,7 +80,7 @@ def _restage(
             )
             s.rollback()
         _hand_on(t, spec, src, result, run_id)
-        # The stage side ran inside this session's open transaction: make it durable.
+        # The stage's changes and the keys handed on: one transaction of this session.
         t.commit()
         return src.name, result
 
