@@ -10,10 +10,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
+import ferry.pipeline
 import ferry.sync
 from ferry.demo import world
 from ferry.demo.run import MIGRATOR, dispatch_spec
 from ferry.embedded import LocalCluster
+from ferry.errors import FerryError
 from ferry.pipeline import Progress, migrate, run_model
 from ferry.spec import Spec, load_spec
 from ferry.sync import sync
@@ -270,6 +272,35 @@ def test_a_sync_that_died_loses_nothing(
         ("loans", "L-1", "excluded", "parent_excluded"),
     ]
     assert left == (0,)
+    report = verify(target, spec)
+    assert report.ok, report.summary()
+
+
+def test_no_sync_after_a_migrate_that_died(
+    library: tuple[str, str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage then holds every source row and the ledger some: a diff would find nothing
+    to do, and the rows the migrate never reached would stay missing."""
+    source, target, tmp = library
+    spec = load_spec(_spec(tmp, "delete"))
+    run_model = ferry.pipeline.run_model
+
+    def dying(target: str, spec: Spec, model: str, *args: object, **kwargs: object) -> object:
+        if model == "loans":
+            raise RuntimeError("killed")
+        return run_model(target, spec, model, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ferry.pipeline, "run_model", dying)
+    with pytest.raises(RuntimeError):
+        migrate(source, target, spec)
+    monkeypatch.undo()
+    with pytest.raises(FerryError, match=r"the last migrate \(run 1\) did not finish"):
+        sync(source, target, spec)
+    migrate(source, target, spec)
+    sync(source, target, spec)
+    with psycopg.connect(target) as conn:
+        fates = conn.execute("SELECT count(*) FROM ferry.ledger WHERE model = 'loans'").fetchone()
+    assert fates == (4,)  # every row of loans.csv
     report = verify(target, spec)
     assert report.ok, report.summary()
 

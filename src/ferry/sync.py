@@ -6,12 +6,13 @@ the changed keys, the rows still in quarantine (a parent may have arrived), and 
 of rows whose fate or UUID changed. Deleted source rows follow their model's ``on_delete``.
 A row the application edited since ferry wrote it is not overwritten: it is a conflict.
 
-A sync that dies after re-staging (killed, a lost connection, an error in a model) leaves the
-stage ahead of the ledger: the next diff finds nothing to do for the rows it changed. So
-the keys a diff found go into ``<ledger>.resync`` in the transaction that re-stages them, as
-a rollback hands keys back (``rollback.py``), and stay there until a sync ends well. A sync
-that finds keys an earlier one left there also looks again at the children of every key it
-looks at, since the fates that the dead sync changed before it died are no change to it.
+A sync takes over only from a migrate that finished (``_check_migrated``). A sync that dies
+after re-staging (killed, a lost connection, an error in a model) leaves the stage ahead of
+the ledger: the next diff finds nothing to do for the rows it changed. So the keys a diff
+found go into ``<ledger>.resync`` in the transaction that re-stages them, as a rollback
+hands keys back (``rollback.py``), and stay there until a sync ends well. A sync that finds
+keys an earlier one left there also looks again at the children of every key it looks at,
+since the fates that the dead sync changed before it died are no change to it.
 """
 
 from __future__ import annotations
@@ -86,6 +87,27 @@ def _restage(
 
     with pairs, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         return dict(pool.map(one, spec.sources))
+
+
+def _check_migrated(conn: psycopg.Connection, spec: Spec, run_id: int) -> None:
+    """A sync takes over from a migrate that finished. After one that died, the stage holds
+    every source row and the ledger only some: a diff would find nothing, and the rows the
+    migrate never reached would stay missing while every sync said all was well."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT run_id, status FROM {} WHERE kind = 'migrate' AND run_id < %s "
+            "ORDER BY run_id DESC LIMIT 1"
+        ).format(sql.Identifier(spec.ledger_schema, "runs")),
+        [run_id],
+    ).fetchone()
+    conn.commit()
+    if row is None:
+        raise FerryError("nothing was migrated into this target yet: run ferry migrate first")
+    if row[1] != "ok":
+        raise FerryError(
+            f"the last migrate (run {row[0]}) did not finish: run ferry migrate again (it goes "
+            "on from where it stopped), then sync"
+        )
 
 
 def _hand_on(
@@ -280,6 +302,7 @@ def sync(
     progress = progress or Progress()
     t0 = time.perf_counter()
     with recorded_run(target, spec, "sync") as (conn, run_id, counts):
+        _check_migrated(conn, spec, run_id)
         rollback.ensure_resync(conn, spec)
         result = SyncResult(run_id)
         _sync(source, target, spec, data_dir or spec.base_dir, jobs, progress, result)
