@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -180,8 +180,6 @@ def _session(target: str, spec: Spec) -> psycopg.Connection:
 
 # A first load smaller than this is not worth dropping and re-adding foreign keys for.
 DEFER_MIN_ROWS = 50_000
-# One transaction of a model: a key range (lo, hi), or a list of keys a sync looks at again.
-Chunk = tuple[Any, Any, Sequence[str] | None]
 # A model that wrote this many rows refreshes the planner's statistics of what it wrote.
 ANALYZE_AFTER = 10_000
 
@@ -276,12 +274,7 @@ def run_model(
             ledger.partition(conn, spec, model.name, aside=True, run_id=run_id)
             conn.commit()
         runner = transform.Runner(conn, plan, run_id, advance, slots, aside)
-        bounds = runner.bounds() if keys is None else []
-        work: list[Chunk] = (
-            [(lo, hi, None) for lo, hi in bounds]
-            if keys is None
-            else [(None, None, part) for part in runner.key_chunks(keys)]
-        )
+        work = runner.chunks(keys)
         # Unique keys too, where no two chunks can collide on one (see constraints.py).
         unique = deferred and plan.parallel_safe and constraints.unique_aside_ok(conn, model.target)
         attaching: Future[None] | None = None
@@ -313,7 +306,7 @@ def run_model(
                     )
                 )
             if jobs <= 1 or not plan.parallel_safe or len(work) < 2:
-                result = runner.run(keys, bounds if keys is None else None)
+                result = runner.run(work)
             else:
                 result = _run_parallel(
                     target, spec, plan, run_id, advance, work, jobs, slots, aside
@@ -413,7 +406,8 @@ def put_back(
 
 def _run_parallel(
     target: str, spec: Spec, plan: transform.Plan, run_id: int, advance: Callable[[int], None],
-    work: list[Chunk], jobs: int, slots: transform.Slots | None = None, aside: bool = False,
+    work: list[transform.Chunk], jobs: int, slots: transform.Slots | None = None,
+    aside: bool = False,
 ) -> transform.ModelResult:  # fmt: skip
     """Chunks are independent transactions: hand them to ``jobs`` sessions."""
     t0 = time.perf_counter()
@@ -432,8 +426,8 @@ def _run_parallel(
                 with lock:
                     if not pending:
                         return runner
-                    lo, hi, keys = pending.pop()
-                runner.run(keys, None if keys is not None else [(lo, hi)])
+                    chunk = pending.pop()
+                runner.run([chunk])
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         runners = [f.result() for f in [pool.submit(worker) for _ in range(jobs)]]

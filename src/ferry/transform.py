@@ -34,6 +34,10 @@ BISECTABLE = (
 )
 
 
+# One transaction of a model: a key range [lo, hi) (None: open), or a list of keys (a sync's).
+Chunk = tuple[Any, Any, Sequence[str] | None]
+
+
 class _YieldedTwice(Exception):
     """A first load's chunk, written aside, yields one ``_key`` twice: take the careful way."""
 
@@ -545,17 +549,17 @@ class Runner:
         src = self.plan.spec.source(self.plan.model.source)
         return sql.Identifier(self.plan.spec.stage_schema, src.stage_table), src.key
 
-    def run(
-        self, keys: Sequence[str] | None = None, bounds: Sequence[tuple[Any, Any]] | None = None
-    ) -> ModelResult:
-        """Run the given key list, or the given chunks, or else every chunk of the model."""
+    def chunks(self, keys: Sequence[str] | None = None) -> list[Chunk]:
+        """The chunks of a key list (``key_chunks``), or else of the whole model (``bounds``)."""
+        if keys is None:
+            return [(lo, hi, None) for lo, hi in self.bounds()]
+        return [(None, None, part) for part in self.key_chunks(keys)]
+
+    def run(self, chunks: Sequence[Chunk] | None = None) -> ModelResult:
+        """Run the given chunks, or else every chunk of the model."""
         t0 = time.perf_counter()
-        if keys is not None:
-            for part in self.key_chunks(keys):
-                self._chunk(None, None, part)
-        else:
-            for lo, hi in self.bounds() if bounds is None else bounds:
-                self._chunk(lo, hi, None)
+        for lo, hi, keys in self.chunks() if chunks is None else chunks:
+            self._chunk(lo, hi, keys)
         return ModelResult(
             self.plan.model.name, self.rows, self.written, self.errors,
             time.perf_counter() - t0, self.transitions, self.changed_keys,
