@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from types import ModuleType
 
 import psycopg
 import pytest
@@ -230,6 +231,18 @@ def test_application_edit_is_a_conflict(library: tuple[str, str, Path]) -> None:
         ).fetchone() == (True,)
 
 
+def _dies_at(monkeypatch: pytest.MonkeyPatch, module: ModuleType, dies_at: str) -> None:
+    """The run dies as it comes to model ``dies_at`` (``monkeypatch.undo()`` revives it)."""
+    run_model = module.run_model
+
+    def dying(target: str, spec: Spec, model: str, *args: object, **kwargs: object) -> object:
+        if model == dies_at:
+            raise RuntimeError("killed")
+        return run_model(target, spec, model, *args, **kwargs)
+
+    monkeypatch.setattr(module, "run_model", dying)
+
+
 @pytest.mark.parametrize("dies_at", ["books", "loans"])
 def test_a_sync_that_died_loses_nothing(
     library: tuple[str, str, Path], monkeypatch: pytest.MonkeyPatch, dies_at: str
@@ -245,14 +258,7 @@ def test_a_sync_that_died_loses_nothing(
         conn.execute("UPDATE lib_book SET status = 'draft' WHERE id = 10")  # loan L-1's book
     csv = tmp / "loans.csv"
     csv.write_text(csv.read_text().replace("L-2,11,m2", "L-2,11,m22"))
-    run_model = ferry.sync.run_model
-
-    def dying(target: str, spec: Spec, model: str, *args: object, **kwargs: object) -> object:
-        if model == dies_at:
-            raise RuntimeError("killed")
-        return run_model(target, spec, model, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(ferry.sync, "run_model", dying)
+    _dies_at(monkeypatch, ferry.sync, dies_at)
     with pytest.raises(RuntimeError):
         sync(source, target, spec)
     monkeypatch.undo()
@@ -283,14 +289,7 @@ def test_no_sync_after_a_migrate_that_died(
     to do, and the rows the migrate never reached would stay missing."""
     source, target, tmp = library
     spec = load_spec(_spec(tmp, "delete"))
-    run_model = ferry.pipeline.run_model
-
-    def dying(target: str, spec: Spec, model: str, *args: object, **kwargs: object) -> object:
-        if model == "loans":
-            raise RuntimeError("killed")
-        return run_model(target, spec, model, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(ferry.pipeline, "run_model", dying)
+    _dies_at(monkeypatch, ferry.pipeline, "loans")
     with pytest.raises(RuntimeError):
         migrate(source, target, spec)
     monkeypatch.undo()
