@@ -352,22 +352,31 @@ def _sync(
         for model in spec.order():
             src_changed = changed.get(model.source, set())
             src_deleted = deleted.get(model.source, [])
+            # Another source its SQL reads changed (a lookup, a table joined for a column):
+            # which of its rows that reaches is not known here, so the model is computed
+            # whole, and only the rows that differ are written.
+            through = any(
+                changed.get(s) or deleted.get(s)
+                for s in transform.reads(conn, spec, model) - {model.source}
+            )
+            keys: set[str] | None
             if model.accounts:
                 outcome_changed[model.name] |= _mark_deleted(conn, spec, model, src_deleted,
                                                              result.run_id)  # fmt: skip
                 if resumed:
                     outcome_changed[model.name] |= set(src_deleted)
-                keys: set[str] | None = set(src_changed)
-                assert keys is not None
-                keys |= set(_quarantined(conn, spec, model, refused_only=quiet))
-                for p in {p.model for p in model.parents}:
-                    keys |= _children_of(conn, spec, model, p, outcome_changed[p])
-                keys -= set(src_deleted)
+                if through:
+                    keys = None
+                else:
+                    keys = set(src_changed)
+                    keys |= set(_quarantined(conn, spec, model, refused_only=quiet))
+                    for p in {p.model for p in model.parents}:
+                        keys |= _children_of(conn, spec, model, p, outcome_changed[p])
+                    keys -= set(src_deleted)
             else:
                 # Derived rows (a list split into rows): small, recomputed whole when touched.
-                touched = bool(src_changed or src_deleted or model.name in rederive) or any(
-                    outcome_changed[p.model] for p in model.parents
-                )
+                touched = bool(src_changed or src_deleted or through or model.name in rederive)
+                touched = touched or any(outcome_changed[p.model] for p in model.parents)
                 keys = None if touched else set(_quarantined(conn, spec, model, quiet))
             conn.commit()
             if keys is not None and not keys:
@@ -380,8 +389,8 @@ def _sync(
             result.models.append(runner_result)
             transitions.update(runner_result.transitions)
             outcome_changed[model.name] |= runner_result.changed_keys
-            if resumed and keys is not None:
-                outcome_changed[model.name] |= keys
+            if resumed:
+                outcome_changed[model.name] |= before if keys is None else keys
             # Keys the model was asked about but no longer yields leave it.
             released = _release(conn, spec, model, before if keys is None else keys, result.run_id)
             outcome_changed[model.name] |= released

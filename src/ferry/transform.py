@@ -999,6 +999,31 @@ class Runner:
             self._ledger_error(row[0], exc)
 
 
+def reads(conn: psycopg.Connection, spec: Spec, model: Model) -> set[str]:
+    """The sources whose stage tables a model's SQL reads, its own and others (a lookup, a
+    table joined for one column): a change in any of them can change its rows. Asked of
+    PostgreSQL, from the dependencies of a view of the SQL, never guessed from its text.
+    Run with the stage schema on the search path, as the models run."""
+    with conn.transaction(force_rollback=True):
+        conn.execute(
+            sql.SQL("CREATE TEMP VIEW _ferry_reads AS SELECT * FROM ({}) m").format(
+                sql.SQL(spec.model_sql(model))  # type: ignore[arg-type]
+            )
+        )
+        tables = {
+            r[0]
+            for r in conn.execute(
+                "SELECT c.relname FROM pg_rewrite r JOIN pg_depend d "
+                "ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid "
+                "JOIN pg_class c ON c.oid = d.refobjid "
+                "WHERE r.ev_class = 'pg_temp._ferry_reads'::regclass "
+                "AND c.relnamespace = to_regnamespace(%s)",
+                [spec.stage_schema],
+            )
+        }
+    return {src.name for src in spec.sources if src.stage_table in tables}
+
+
 def undo_first_load(conn: psycopg.Connection, plan: Plan) -> int:
     """Take out a first load whose unique keys could not come back; returns the rows deleted.
 
