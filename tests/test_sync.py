@@ -17,9 +17,10 @@ from ferry.demo import world
 from ferry.demo.run import MIGRATOR, dispatch_spec
 from ferry.embedded import LocalCluster
 from ferry.errors import FerryError
-from ferry.pipeline import Progress, migrate, run_model
+from ferry.pipeline import Progress, _session, migrate, run_model
 from ferry.spec import Spec, load_spec
 from ferry.sync import sync
+from ferry.transform import reads
 from ferry.verify import verify
 from tests.helpers import fresh_db, table_checksum
 
@@ -239,6 +240,29 @@ def test_application_edit_is_a_conflict(library: tuple[str, str, Path]) -> None:
         assert conn.execute(
             "SELECT conflict FROM ferry.ledger WHERE model = 'books' AND source_key = '10'"
         ).fetchone() == (True,)
+
+
+def test_reads_names_the_stage_tables_of_a_models_sql_and_rules(
+    library: tuple[str, str, Path],
+) -> None:
+    """What tells a sync that a change reaches a model only through its SQL."""
+    source, target, tmp = library
+    path = _spec(tmp, "delete")
+    plain = load_spec(path)
+    migrate(source, target, plain)
+    rule = '{ exclude = "draft", when = "_status = \'draft\'" }'
+    path.write_text(
+        path.read_text().replace(
+            rule,
+            rule + ', { reject = "lost_author", when = "NOT EXISTS (SELECT FROM lib_author a '
+            'WHERE a.id = _author_id)" }',
+        )
+    )
+    ruled = load_spec(path)
+    with _session(target, plain) as conn:
+        assert reads(conn, plain, plain.model("books")) == {"lib_book"}
+        assert reads(conn, ruled, ruled.model("books")) == {"lib_book", "lib_author"}
+        assert reads(conn, plain, plain.model("loans")) == {"loans.csv"}
 
 
 def _dies_at(monkeypatch: pytest.MonkeyPatch, module: ModuleType, dies_at: str) -> None:

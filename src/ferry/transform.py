@@ -1000,14 +1000,19 @@ class Runner:
 
 
 def reads(conn: psycopg.Connection, spec: Spec, model: Model) -> set[str]:
-    """The sources whose stage tables a model's SQL reads, its own and others (a lookup, a
-    table joined for one column): a change in any of them can change its rows. Asked of
-    PostgreSQL, from the dependencies of a view of the SQL, never guessed from its text.
-    Run with the stage schema on the search path, as the models run."""
+    """The sources whose stage tables a model's SQL and rules read, its own and others (a
+    lookup, a table joined for one column): a change in any of them can change its rows.
+    Asked of PostgreSQL, from the dependencies of a view of them, never guessed from their
+    text. Run with the stage schema on the search path, as the models run."""
+    rules = [
+        sql.SQL(", ({}) AS {}").format(sql.SQL(r.when), sql.Identifier(f"_ferry_r{i}"))  # type: ignore[arg-type]
+        for i, r in enumerate(model.rules)
+    ]
     with conn.transaction(force_rollback=True):
         conn.execute(
-            sql.SQL("CREATE TEMP VIEW _ferry_reads AS SELECT * FROM ({}) m").format(
-                sql.SQL(spec.model_sql(model))  # type: ignore[arg-type]
+            sql.SQL("CREATE TEMP VIEW _ferry_reads AS SELECT m0.*{} FROM ({}) m0").format(
+                sql.SQL("").join(rules),
+                sql.SQL(spec.model_sql(model)),  # type: ignore[arg-type]
             )
         )
         tables = {
