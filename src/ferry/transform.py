@@ -297,15 +297,7 @@ class Plan:
         the rows in key order for bisection; without ``numbered`` it is NULL (no sort).
         """
         m, spec = self.model, self.spec
-        rule_cols = [
-            sql.SQL("({}) AS {}").format(sql.SQL(r.when), sql.Identifier(f"_ferry_r{i}"))  # type: ignore[arg-type]
-            for i, r in enumerate(m.rules)
-        ]
-        inner = sql.SQL("SELECT m0.*{} FROM ({}) m0 WHERE {} OFFSET 0").format(
-            sql.SQL("").join(sql.SQL(", ") + c for c in rule_cols),
-            sql.SQL(self.body),  # type: ignore[arg-type]
-            bounds,
-        )
+        inner = sql.SQL("{} WHERE {} OFFSET 0").format(with_rules(m, self.body), bounds)
         joins = sql.SQL(" ").join(
             sql.SQL(
                 "LEFT JOIN {led} {a} ON {a}.model = {pm} AND {a}.source_key = m.{k}::text"
@@ -999,20 +991,27 @@ class Runner:
             self._ledger_error(row[0], exc)
 
 
+def with_rules(model: Model, body: str) -> sql.Composed:
+    """The model's rows (``m0``), each with its rules' verdicts as ``_ferry_r0``, ...."""
+    rules = [
+        sql.SQL(", ({}) AS {}").format(sql.SQL(r.when), sql.Identifier(f"_ferry_r{i}"))  # type: ignore[arg-type]
+        for i, r in enumerate(model.rules)
+    ]
+    return sql.SQL("SELECT m0.*{} FROM ({}) m0").format(
+        sql.SQL("").join(rules),
+        sql.SQL(body),  # type: ignore[arg-type]
+    )
+
+
 def reads(conn: psycopg.Connection, spec: Spec, model: Model) -> set[str]:
     """The sources whose stage tables a model's SQL and rules read, its own and others (a
     lookup, a table joined for one column): a change in any of them can change its rows.
     Asked of PostgreSQL, from the dependencies of a view of them, never guessed from their
     text. Run with the stage schema on the search path, as the models run."""
-    rules = [
-        sql.SQL(", ({}) AS {}").format(sql.SQL(r.when), sql.Identifier(f"_ferry_r{i}"))  # type: ignore[arg-type]
-        for i, r in enumerate(model.rules)
-    ]
     with conn.transaction(force_rollback=True):
         conn.execute(
-            sql.SQL("CREATE TEMP VIEW _ferry_reads AS SELECT m0.*{} FROM ({}) m0").format(
-                sql.SQL("").join(rules),
-                sql.SQL(spec.model_sql(model)),  # type: ignore[arg-type]
+            sql.SQL("CREATE TEMP VIEW _ferry_reads AS {}").format(
+                with_rules(model, spec.model_sql(model))
             )
         )
         tables = {
