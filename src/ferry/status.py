@@ -133,7 +133,10 @@ _RUN = (
 )
 
 
-def _run(conn: psycopg.Connection, spec: Spec, where: str, params: list[Any]) -> RunSummary | None:
+def last_run(
+    conn: psycopg.Connection, spec: Spec, where: str, params: list[Any]
+) -> RunSummary | None:
+    """The latest run that ``where`` matches."""
     row = conn.execute(
         sql.SQL(_RUN).format(
             runs=sql.Identifier(spec.ledger_schema, "runs"),
@@ -162,11 +165,11 @@ def collect(target: str, spec: Spec) -> Status:
         st = Status(
             spec=spec.name,
             ledger_schema=spec.ledger_schema,
-            last_migrate=_run(conn, spec, done, ["migrate"]),
-            last_sync=_run(conn, spec, done, ["sync"]),
-            last_ok=_run(conn, spec, "status = 'ok' AND kind IN ('migrate', 'sync')", []),
-            last_rollback=_run(conn, spec, "status = 'ok' AND kind = %s", ["rollback"]),
-            running=_run(conn, spec, "status = 'running'", []),
+            last_migrate=last_run(conn, spec, done, ["migrate"]),
+            last_sync=last_run(conn, spec, done, ["sync"]),
+            last_ok=last_run(conn, spec, "status = 'ok' AND kind IN ('migrate', 'sync')", []),
+            last_rollback=last_run(conn, spec, "status = 'ok' AND kind = %s", ["rollback"]),
+            running=last_run(conn, spec, "status = 'running'", []),
         )
         # A run a rollback undid says so (the rollback lists them in its counts).
         undone: dict[int, int] = {}

@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import diff, ledger, rollback, stage, transform
+from ferry import diff, ledger, rollback, stage, status, transform
 from ferry.errors import FerryError
 from ferry.pipeline import Progress, SessionPairs, _session, recorded_run, run_model
 from ferry.spec import Model, Source, Spec
@@ -93,20 +93,14 @@ def _check_migrated(conn: psycopg.Connection, spec: Spec, run_id: int) -> None:
     """A sync takes over from a migrate that finished. After one that died, the stage holds
     every source row and the ledger only some: a diff would find nothing, and the rows the
     migrate never reached would stay missing while every sync said all was well."""
-    row = conn.execute(
-        sql.SQL(
-            "SELECT run_id, status FROM {} WHERE kind = 'migrate' AND run_id < %s "
-            "ORDER BY run_id DESC LIMIT 1"
-        ).format(sql.Identifier(spec.ledger_schema, "runs")),
-        [run_id],
-    ).fetchone()
+    last = status.last_run(conn, spec, "kind = 'migrate' AND run_id < %s", [run_id])
     conn.commit()
-    if row is None:
+    if last is None:
         raise FerryError("nothing was migrated into this target yet: run ferry migrate first")
-    if row[1] != "ok":
+    if last.status != "ok":
         raise FerryError(
-            f"the last migrate (run {row[0]}) did not finish: run ferry migrate again (it goes "
-            "on from where it stopped), then sync"
+            f"the last migrate (run {last.run_id}) did not finish: run ferry migrate again (it "
+            "goes on from where it stopped), then sync"
         )
 
 
