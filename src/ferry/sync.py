@@ -343,16 +343,15 @@ def _sync(
             result.counts["resynced"] = resynced
         resumed = bool(resynced)
         quiet = not any(changed.values()) and not any(deleted.values()) and not rederive
+        moved = {name for name in {*changed, *deleted} if changed.get(name) or deleted.get(name)}
         for model in spec.order():
             src_changed = changed.get(model.source, set())
             src_deleted = deleted.get(model.source, [])
             # Another source its SQL reads changed (a lookup, a table joined for a column):
             # which of its rows that reaches is not known here, so the model is computed
             # whole, and only the rows that differ are written.
-            through = any(
-                changed.get(s) or deleted.get(s)
-                for s in transform.reads(conn, spec, model) - {model.source}
-            )
+            others = moved - {model.source}
+            through = bool(others and others & transform.reads(conn, spec, model))
             keys: set[str] | None
             if model.accounts:
                 outcome_changed[model.name] |= _mark_deleted(conn, spec, model, src_deleted,
