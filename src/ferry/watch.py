@@ -9,9 +9,10 @@ finish (it is short and chunked; every chunk is its own transaction anyway) and 
 the loop with exit code 0, so a service manager can stop it at any moment. A second signal
 during that sync interrupts it outright (a chunk's transaction is then rolled back).
 
-Metrics are plain Prometheus text on ``127.0.0.1:<port>/metrics`` (stdlib ``http.server``
-in a daemon thread: no new dependency, loopback only because nothing here needs to be
-public). They are refreshed after each sync, so a scrape never queries the database.
+Metrics are served by ``prometheus_client`` on ``127.0.0.1:<port>/metrics`` (loopback
+only: nothing here needs to be public), so the exposition format, the escaping of label
+values and the HTTP server are the library's, not ours. They are refreshed after each sync,
+so a scrape never queries the database.
 
 Health data: logs carry table names, counts and error conditions only; a database error's
 quoted values and its DETAIL (which may quote a row) are never logged.
@@ -23,13 +24,15 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import psycopg
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from psycopg import sql
 
 from ferry import ledger
@@ -56,6 +59,10 @@ class Metrics:
         self.last_sync_ok: bool | None = None
         self.syncs_total = 0
         self.failures_total = 0
+        # A registry of its own, not the process-wide default: two loops in one process
+        # (the tests) must not collide over metric names.
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
 
     def update(self, **values: Any) -> None:
         with self._lock:
@@ -63,79 +70,59 @@ class Metrics:
                 setattr(self, k, v)
 
     def render(self) -> str:
-        """Prometheus text exposition format 0.0.4."""
-        with self._lock:
-            lines = [
-                "# HELP ferry_ledger_rows Ledger rows by status.",
-                "# TYPE ferry_ledger_rows gauge",
-            ]
-            for status, n in sorted(self.ledger_rows.items()):
-                lines.append(f'ferry_ledger_rows{{status="{status}"}} {n}')
+        """Prometheus text exposition format 0.0.4, as a scrape receives it."""
+        return generate_latest(self.registry).decode()
 
-            def one(name: str, kind: str, text: str, value: float | None) -> None:
-                lines.extend([f"# HELP {name} {text}", f"# TYPE {name} {kind}"])
-                if value is not None:
-                    lines.append(f"{name} {value:g}" if kind == "counter" else f"{name} {value}")
 
-            one(
-                "ferry_last_sync_timestamp_seconds",
-                "gauge",
-                "Unix time the last successful sync finished.",
-                self.last_sync_timestamp,
+class _Collector(Collector):
+    """Reads the loop's values at scrape time: the loop keeps plain numbers (tests read
+    them), the library turns them into families."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        with m._lock:  # one consistent snapshot, taken before the scrape is written
+            rows = GaugeMetricFamily(
+                "ferry_ledger_rows", "Ledger rows by status.", labels=["status"]
             )
-            one(
-                "ferry_last_sync_duration_seconds",
-                "gauge",
-                "Duration of the last sync, successful or not.",
-                self.last_sync_duration,
+            for status, n in sorted(m.ledger_rows.items()):
+                rows.add_metric([status], n)
+            families: list[Metric] = [rows]
+            ok = None if m.last_sync_ok is None else float(m.last_sync_ok)
+            for name, text, value in (
+                ("ferry_last_sync_timestamp_seconds",
+                 "Unix time the last successful sync finished.", m.last_sync_timestamp),
+                ("ferry_last_sync_duration_seconds",
+                 "Duration of the last sync, successful or not.", m.last_sync_duration),
+                ("ferry_last_sync_success", "1 if the last sync succeeded, else 0.", ok),
+                ("ferry_conflicts",
+                 "Ledger rows in conflict (edited in the target since ferry wrote them).",
+                 float(m.conflicts)),
+            ):  # fmt: skip
+                families.append(GaugeMetricFamily(name, text, value=value))
+            # The family's name has no _total: the library adds it to the sample.
+            families.append(
+                CounterMetricFamily(
+                    "ferry_sync_failures", "Syncs that failed since start.", value=m.failures_total
+                )
             )
-            one(
-                "ferry_last_sync_success",
-                "gauge",
-                "1 if the last sync succeeded, else 0.",
-                None if self.last_sync_ok is None else float(self.last_sync_ok),
+            families.append(
+                CounterMetricFamily(
+                    "ferry_syncs", "Syncs attempted since start.", value=m.syncs_total
+                )
             )
-            one(
-                "ferry_conflicts",
-                "gauge",
-                "Ledger rows in conflict (edited in the target since ferry wrote them).",
-                float(self.conflicts),
-            )
-            one(
-                "ferry_sync_failures_total",
-                "counter",
-                "Syncs that failed since start.",
-                float(self.failures_total),
-            )
-            one("ferry_syncs_total", "counter", "Syncs attempted since start.",
-                float(self.syncs_total))  # fmt: skip
-        return "\n".join(lines) + "\n"
+        return iter(families)
 
 
-def serve_metrics(metrics: Metrics, port: int) -> ThreadingHTTPServer:
-    """Serve ``/metrics`` on 127.0.0.1:``port`` from a daemon thread; call ``shutdown()``."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?")[0] != "/metrics":
-                self.send_error(404)
-                return
-            body = metrics.render().encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # a scrape every 15 s is not news
-
+def serve_metrics(metrics: Metrics, port: int) -> Any:
+    """Serve the metrics on 127.0.0.1:``port`` from prometheus_client's daemon thread; the
+    caller ends it with ``shutdown()`` and ``server_close()``."""
     try:
-        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        server, _ = start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
     except OSError as exc:
         raise WatchError(f"cannot serve metrics on 127.0.0.1:{port}: {exc.strerror}") from None
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="ferry-metrics", daemon=True).start()
     return server
 
 
