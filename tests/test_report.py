@@ -235,6 +235,31 @@ def test_renderings(world: tuple[str, Spec]) -> None:
         render(data, "pdf")  # type: ignore[arg-type]
 
 
+def test_html_is_a_template_that_escapes_every_value(world: tuple[str, Spec]) -> None:
+    """The page comes from the packaged Jinja2 template with autoescaping: a name or an
+    operator's note that looks like markup is shown as text, never run."""
+    from importlib.resources import files
+
+    assert files("ferry").joinpath("templates", "report.html.j2").is_file()
+    target, spec = world
+    data = collect(target, spec)
+    evil = '<script>alert("x")</script>'
+    data["sources"][0]["source_table"] = evil
+    data["decisions"] = [
+        {"model": "books", "source_table": "lib_book", "source_key": "12", "status": "excluded",
+         "reason": "operator", "decided_by": "ann", "decided_at": data["generated_at"],
+         "note": f"see {evil} & more"}
+    ]  # fmt: skip
+    page = render(data, "html")
+    assert "<script" not in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+    assert "see &lt;script&gt;" in page and " &amp; more" in page
+    parser = _Page()
+    parser.feed(page)
+    parser.close()
+    assert parser.stack == [] and parser.tags["script"] == 0
+
+
 def test_a_broken_ledger_does_not_add_up(world: tuple[str, Spec]) -> None:
     target, spec = world
     with psycopg.connect(target, autocommit=True) as conn:

@@ -4,21 +4,23 @@ The report this replaces had its numbers typed in, and they did not add up. Here
 counts everything with SQL when the report is made, and states for each source table the
 equation ``staged = migrated + merged + quarantined + excluded`` with its verdict, so a reader
 can check it by eye. ``render`` only formats what ``collect`` returned: Markdown, one
-self-contained HTML page (inline CSS and SVG, no script, nothing fetched), or JSON whose shape
-is documented in ``docs/report.md``.
+self-contained HTML page (inline CSS and SVG, no script, nothing fetched; its layout is the
+Jinja2 template ``templates/report.html.j2``), or JSON whose shape is documented in
+``docs/report.md``.
 
 Only table names, model names, rule names, reasons and counts appear: never row contents.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, Literal
 
+import jinja2
 import psycopg
 from psycopg import sql
 
@@ -450,6 +452,8 @@ def _markdown(data: dict[str, Any]) -> str:
 
 
 # -- HTML -------------------------------------------------------------------------------------
+# The page's layout is templates/report.html.j2, read and changed as HTML; here only the
+# geometry of its two charts is computed. Jinja2 escapes every value (autoescape).
 
 COLORS = {
     "migrated": "#1b9e77",
@@ -460,68 +464,36 @@ COLORS = {
 RUN_COLORS = {"ok": "#1b9e77", "failed": "#d95f02", "running": "#9a9a9a"}
 MAX_RUN_BARS = 60
 
-_CSS = """
-:root { --fg: #1d2330; --muted: #5b6475; --line: #d9dde5; --bg: #ffffff; --band: #f5f7fa; }
-* { box-sizing: border-box; }
-body { margin: 0 auto; max-width: 1200px; padding: 24px 32px 48px; color: var(--fg);
-  background: var(--bg); font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto,
-  "Helvetica Neue", Arial, sans-serif; }
-h1 { font-size: 24px; margin: 0 0 4px; }
-h2 { font-size: 18px; margin: 32px 0 8px; border-bottom: 1px solid var(--line);
-  padding-bottom: 4px; }
-p.note { color: var(--muted); margin: 4px 0 12px; }
-table { border-collapse: collapse; width: 100%; margin: 8px 0 16px; }
-th, td { padding: 4px 6px; border-bottom: 1px solid var(--line); text-align: left;
-  vertical-align: top; }
-th { background: var(--band); font-weight: 600; }
-td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
-td.n { white-space: nowrap; } td.wrap { white-space: normal; min-width: 6em; }
-td.ok { color: #137a5a; } td.bad { color: #b3261e; font-weight: 700; }
-td.eq { font-size: 12px; min-width: 11em; }
-code { font: 12.5px ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; }
-.cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 12px 0; }
-.card { border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px; min-width: 130px; }
-.card b { display: block; font-size: 20px; font-variant-numeric: tabular-nums; }
-.card span { color: var(--muted); font-size: 12px; }
-.legend { display: flex; gap: 16px; flex-wrap: wrap; color: var(--muted); font-size: 12px; }
-.legend i { display: inline-block; width: 11px; height: 11px; margin-right: 5px;
-  vertical-align: -1px; border-radius: 2px; }
-svg { display: block; max-width: 100%; height: auto; }
-svg text { font: 12px system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif;
-  fill: var(--fg); }
-svg text.muted { fill: var(--muted); }
-@media print {
-  body { max-width: none; padding: 0; font-size: 11px; }
-  h2 { break-after: avoid; page-break-after: avoid; }
-  table, svg, .cards { break-inside: avoid; page-break-inside: avoid; }
-  * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
-  @page { size: A4 landscape; margin: 12mm; }
-}
-"""
+
+@cache
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("ferry", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,  # a misspelt field fails the render, not the page
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(n=_n, pct=_pct, secs=_secs, when=_when)
+    env.globals.update(
+        last_run=_last_run,
+        equation=_equation,
+        target_equation=_target_equation,
+        counts_brief=_counts_brief,
+    )
+    return env.get_template("report.html.j2")
 
 
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _fates_svg(sources: list[dict[str, Any]]) -> str:
-    """One horizontal stacked bar per source table: its fates as shares of its staged rows.
+def _fates_chart(sources: list[dict[str, Any]]) -> dict[str, Any]:
+    """One stacked bar per source table: its fates as shares of its staged rows.
 
     A fate with any rows gets at least 2 px, so 40 quarantined rows among two million are
     still seen; the exact counts are in each segment's tooltip and in the table below.
     """
     label_w, bar_w, right_w, row_h = 220, 680, 190, 26
-    width = label_w + bar_w + right_w
-    height = max(1, len(sources)) * row_h + 8
-    parts = [
-        f'<svg class="chart fates" role="img" viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" aria-label="Fate of staged rows per source table">'
-    ]
+    bars = []
     for i, s in enumerate(sources):
-        y = 4 + i * row_h
-        name = _e(s["source_table"])
-        parts.append(f'<g class="bar" data-source="{name}">')
-        parts.append(f'<text x="{label_w - 8}" y="{y + 16}" text-anchor="end">{name}</text>')
         counts = {
             "migrated": s["migrated"],
             "merged": s["merged"],
@@ -534,83 +506,62 @@ def _fates_svg(sources: list[dict[str, Any]]) -> str:
             if v and widths[k] < 2:
                 widths["migrated"] -= 2 - widths[k]
                 widths[k] = 2.0
-        x = float(label_w)
-        parts.append(
-            f'<rect x="{label_w}" y="{y + 3}" width="{bar_w}" height="18" fill="#eef0f4"/>'
-        )
+        x, segments = float(label_w), []
         for k, v in counts.items():
-            if not v:
-                continue
-            w = max(widths[k], 0.0)
-            parts.append(
-                f'<rect class="seg {k}" x="{x:.2f}" y="{y + 3}" width="{w:.2f}" height="18" '
-                f'fill="{COLORS[k]}"><title>{name}: {k} {v:,}</title></rect>'
-            )
-            x += w
-        pct = _pct(s["completion"])
-        parts.append(
-            f'<text class="muted" x="{label_w + bar_w + 8}" y="{y + 16}">'
-            f"{_n(s['staged'])} rows · {pct}</text>"
+            if v:
+                w = max(widths[k], 0.0)
+                segments.append({"fate": k, "rows": v, "x": x, "w": w})
+                x += w
+        bars.append(
+            {
+                "name": s["source_table"],
+                "y": 4 + i * row_h,
+                "segments": segments,
+                "staged": s["staged"],
+                "completion": s["completion"],
+            }
         )
-        parts.append("</g>")
-    parts.append("</svg>")
-    return "".join(parts)
+    return {
+        "width": label_w + bar_w + right_w,
+        "height": max(1, len(sources)) * row_h + 8,
+        "label_w": label_w,
+        "bar_w": bar_w,
+        "bars": bars,
+    }
 
 
-def _runs_svg(runs: list[dict[str, Any]]) -> str:
-    """The run history as bars of durations, oldest left; colour by status."""
+def _runs_chart(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last MAX_RUN_BARS runs as bars of their durations, oldest left."""
     shown = runs[-MAX_RUN_BARS:]
     left, top, plot_h, bottom = 60, 12, 160, 44
     slot = max(14, min(60, 900 // max(1, len(shown))))
-    width = left + slot * max(1, len(shown)) + 20
-    height = top + plot_h + bottom
     longest = max((r["seconds"] or 0.0 for r in shown), default=0.0) or 1.0
-    parts = [
-        f'<svg class="chart runs" role="img" viewBox="0 0 {width} {height}" width="{width}" '
-        f'height="{height}" aria-label="Duration of each run">',
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 10}" y2="{top + plot_h}" '
-        'stroke="#9aa3b2"/>',
-        f'<text class="muted" x="{left - 6}" y="{top + 10}" text-anchor="end">'
-        f"{_e(_secs(longest))}</text>",
-        f'<text class="muted" x="{left - 6}" y="{top + plot_h}" text-anchor="end">0</text>',
-    ]
+    bars = []
     for i, r in enumerate(shown):
-        secs = r["seconds"] or 0.0
-        h = max(1.0, plot_h * secs / longest)
-        x = left + i * slot + slot * 0.15
-        w = slot * 0.7
-        color = RUN_COLORS.get(r["status"], "#9a9a9a")
-        tip = f"run {r['run_id']} {r['kind']} {r['status']}: {_secs(r['seconds'])}"
-        parts.append(
-            f'<rect class="run {_e(r["status"])}" x="{x:.1f}" y="{top + plot_h - h:.1f}" '
-            f'width="{w:.1f}" height="{h:.1f}" fill="{color}"><title>{_e(tip)}</title></rect>'
+        h = max(1.0, plot_h * (r["seconds"] or 0.0) / longest)
+        bars.append(
+            {
+                "run_id": r["run_id"],
+                "kind": r["kind"],
+                "status": r["status"],
+                "seconds": r["seconds"],
+                "x": left + i * slot + slot * 0.15,
+                "y": top + plot_h - h,
+                "w": slot * 0.7,
+                "h": h,
+                "cx": left + i * slot + slot / 2,
+            }
         )
-        cx = left + i * slot + slot / 2
-        parts.append(
-            f'<text x="{cx:.1f}" y="{top + plot_h + 16}" text-anchor="middle">{r["run_id"]}</text>'
-        )
-        if slot >= 40:
-            parts.append(
-                f'<text class="muted" x="{cx:.1f}" y="{top + plot_h + 32}" '
-                f'text-anchor="middle">{_e(r["kind"])}</text>'
-            )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _html_table(header: list[str], rows: list[list[tuple[str, str]]], numeric: set[int]) -> str:
-    """Cells are (html, css class) pairs; the html is already escaped by the caller."""
-    head = "".join(
-        f'<th class="n">{_e(h)}</th>' if i in numeric else f"<th>{_e(h)}</th>"
-        for i, h in enumerate(header)
-    )
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="{c}">{v}</td>' if c else f"<td>{v}</td>" for v, c in row)
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return {
+        "width": left + slot * max(1, len(shown)) + 20,
+        "height": top + plot_h + bottom,
+        "left": left,
+        "top": top,
+        "axis_y": top + plot_h,
+        "longest": longest,
+        "bars": bars,
+        "show_kind": slot >= 40,
+    }
 
 
 def _html(data: dict[str, Any]) -> str:
@@ -625,111 +576,18 @@ def _html(data: dict[str, Any]) -> str:
         ("excl. excluded", _pct(t["completion_excl_excluded"])),
         ("adds up", "✓ yes" if t["adds_up"] else "✗ no"),
     ]
-    cards_html = "".join(
-        f'<div class="card"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for k, v in cards
-    )
-    legend = "".join(
-        f'<span><i style="background:{c}"></i>{_e(k)}</span>' for k, c in COLORS.items()
-    )
-    run_legend = "".join(
-        f'<span><i style="background:{c}"></i>{_e(k)}</span>' for k, c in RUN_COLORS.items()
-    )
-
-    def num(v: object) -> tuple[str, str]:
-        return _e(v), "n"
-
-    def equation(ok: bool, text: str) -> tuple[str, str]:
-        return _e(text), ("ok" if ok else "bad") + " eq"
-
-    def verdict(ok: bool, text: str) -> tuple[str, str]:
-        return _e(text), "ok" if ok else "bad"
-
-    sources = _html_table(
-        ["Source", "Staged", "Migrated", "Repaired", "Merged", "Quarantined", "Excluded",
-         "Completion", "Excl. excluded", "Last run", "Rows/s", "Adds up"],
-        [[(f"<code>{_e(s['source_table'])}</code>", ""), num(_n(s["staged"])),
-          num(_n(s["migrated"])), num(_n(s["repaired_rows"])), num(_n(s["merged"])),
-          num(_n(s["quarantined_total"])), num(_n(s["excluded_total"])),
-          num(_pct(s["completion"])), num(_pct(s["completion_excl_excluded"])),
-          (_e(_last_run(s, data)), "n wrap"), num(_n(s["rows_per_s"])),
-          equation(s["adds_up"], _equation(s))] for s in data["sources"]],
-        set(range(1, 11)),
-    )  # fmt: skip
-    detail_rows = [
-        [(f"<code>{_e(s['source_table'])}</code>", ""), (_e(fate), ""),
-         (f"<code>{_e(reason)}</code>", ""), num(_n(n))]
-        for s in data["sources"]
-        for fate, reason, n in _breakdown(s)
-    ]  # fmt: skip
-    detail = (
-        _html_table(["Source", "Fate", "Reason or rule", "Rows"], detail_rows, {3})
-        if detail_rows
-        else "<p>No row was quarantined, excluded or repaired.</p>"
-    )
-    targets = _html_table(
-        ["Target", "Rows", "Written by ferry", "Kept", "Target-only", "Models",
-         "Adds up"],
-        [[(f"<code>{_e(x['target_table'])}</code>", ""), num(_n(x["rows"])),
-          num(_n(x["written_by_ferry"])), num(_n(x["kept"])), num(_n(x["target_only"])),
-          (_e(", ".join(x["models"]) + (" (derived)" if x["derived"] else "")), ""),
-          equation(x["adds_up"], _target_equation(x))] for x in data["targets"]],
-        {1, 2, 3, 4},
-    )  # fmt: skip
-    runs = _html_table(
-        ["Run", "Kind", "Status", "Started", "Duration", "Counts"],
-        [[num(r["run_id"]), (_e(r["kind"]), ""),
-          verdict(r["status"] != "failed", r["status"]), (_e(_when(r["started_at"])), ""),
-          num(_secs(r["seconds"])),
-          (_e(_counts_brief(r["counts"]) + (f"; error: {r['error']}" if r["error"] else "")),
-           "")] for r in data["runs"]],
-        {0, 4},
-    )  # fmt: skip
-    decisions = (
-        _html_table(
-            DECISION_HEADER, [[(_e(c), "") for c in row] for row in _decisions_rows(data)], set()
-        )
-        if data.get("decisions")
-        else "<p>No operator decision.</p>"
-    )
-    more_runs = (
-        f'<p class="note">The chart shows the last {MAX_RUN_BARS} of {len(data["runs"])} runs.</p>'
-        if len(data["runs"]) > MAX_RUN_BARS
-        else ""
-    )
-    body = f"""
-<h1>Migration report: {_e(data["spec"])}</h1>
-<p class="note">Generated {_e(_when(data["generated_at"]))} from the ledger (schema
-<code>{_e(data["ledger_schema"])}</code>), the stage and the target tables. Every number is
-counted when the report is made; none is typed in.</p>
-<div class="cards">{cards_html}</div>
-<h2>Fate of every staged row, per source table</h2>
-<div class="legend">{legend}</div>
-{_fates_svg(data["sources"])}
-<h2>Source tables</h2>
-<p class="note">Each row states <code>staged = migrated + merged + quarantined + excluded</code>.
-Completion is (migrated + merged) / staged, and the same over staged rows less excluded ones.
-Last run is the latest run that staged the source, a migrate or a sync (numbered as in the run
-history): its staging plus its models, and rows/s over the rows they processed.</p>
-{sources}
-<h2>Quarantined by reason, excluded by rule, repaired by rule</h2>
-{detail}
-<h2>Operator decisions</h2>
-{decisions}
-<h2>Target tables</h2>
-<p class="note">Each row states <code>rows = written by ferry + kept + target-only</code>.
-Written by ferry counts the ledger's migrated rows; kept, rows ferry wrote whose
-source row has since gone; target-only, the new application's own rows, which ferry never
-touches.</p>
-{targets}
-<h2>Runs</h2>
-<div class="legend">{run_legend}</div>
-{_runs_svg(data["runs"]) if data["runs"] else "<p>No run recorded.</p>"}
-{more_runs}
-{runs}
-"""
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>Migration report: {_e(data['spec'])}</title>\n"
-        f"<style>{_CSS}</style>\n</head>\n<body>{body}</body>\n</html>\n"
+    return _template().render(
+        data=data,
+        cards=cards,
+        colors=COLORS,
+        run_colors=RUN_COLORS,
+        fates=_fates_chart(data["sources"]),
+        runs=_runs_chart(data["runs"]) if data["runs"] else None,
+        breakdown=[
+            (s["source_table"], fate, reason, n)
+            for s in data["sources"]
+            for fate, reason, n in _breakdown(s)
+        ],
+        decision_header=DECISION_HEADER,
+        decisions=_decisions_rows(data),
     )
