@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,39 @@ def test_migrate_output_has_no_row_contents_nor_password(
     assert MARKER not in row[3]
 
 
+def test_piped_output_is_plain_complete_and_split(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Piped, as cron and CI see it: the results (the closing table whole, its words uncut,
+    whatever COLUMNS says) on stdout, the progress as plain lines on stderr."""
+    source = fresh_db(cluster, "cli_src", LIB / "source.sql")
+    fresh_db(cluster, "cli_tgt", LIB / "target.sql", owner="lib_owner")
+    for name in ("spec.toml", "books.sql", "loans.csv"):
+        (tmp_path / name).write_text((LIB / name).read_text())
+    target = cluster.conninfo("cli_tgt", user="lib_owner")
+    done = subprocess.run(
+        [sys.executable, "-m", "ferry.cli", "migrate", "--spec", str(tmp_path / "spec.toml"),
+         "--source", source, "--target", target],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "COLUMNS": "40", "TERM": "xterm-256color"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    out, err = done.stdout, done.stderr
+    assert "ferry: fate of every source row" in out
+    header = next(line for line in out.splitlines() if "source" in line and "staged" in line)
+    for column in ("migrated", "repaired", "merged", "quarantined", "excluded", "adds up"):
+        assert column in header
+    book = next(line for line in out.splitlines() if "lib_book" in line)
+    assert "yes" in book and "check_violation 1" in book and "draft 1" in book
+    for reason in ("orphan_author 1", "parent_quarantined 1", "unique_violation 1"):
+        assert reason in out
+    assert "…" not in out and "\x1b[" not in out + err  # nothing cut, no colour codes
+    assert all(line == line.rstrip() for line in out.splitlines())
+    assert "rows/s" in out.splitlines()[-1]
+    # Progress and logs: plain lines on stderr, none of the results.
+    assert "staged lib_book: 8 rows" in err and "model books: 8 rows" in err
+    assert "ferry migrate library:" in err
+    assert "fate of every source row" not in err and "━" not in err
+
+
 def test_unreachable_database_error_hides_password(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "ferry.cli", "migrate", "--spec", str(LIB / "spec.toml"),
@@ -69,6 +103,8 @@ def test_readme_demo_command_end_to_end(tmp_path: Path) -> None:
         )  # fmt: skip
         output = done.stdout + done.stderr
         assert done.returncode == 0, output[-3000:]
-        assert "verify ok" in output
+        assert "verify ok" in done.stdout and "report: " in done.stdout  # results on stdout
+        assert "fate of every source row" in done.stdout
+        assert "verify ok" not in done.stderr and "model " in done.stderr  # progress on stderr
     for name in ("report.md", "report.html", "report.json", "ground_truth.csv"):
         assert (tmp_path / ".ferry" / "demo" / name).exists()

@@ -1,12 +1,21 @@
-"""The ``ferry`` command line. Each command is a thin shell over the public API."""
+"""The ``ferry`` command line. Each command is a thin shell over the public API.
+
+Results (tables, report paths, verdicts) go to stdout and progress and logs to stderr, as
+Unix tools do, so that ``ferry demo > out.txt`` keeps the results and a terminal still shows
+the progress. Output that is not a terminal is plain text at any width (see make_console).
+"""
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
+from typing import IO, Any
 
 import psycopg
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ferry import conninfo
 from ferry.errors import FerryError
@@ -17,7 +26,57 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Move a live legacy PostgreSQL database into a new schema and account for every row.",
 )
-console = Console(stderr=True)
+#: Width of a console that is not a terminal: wide enough that no table or line is ever cut
+#: or wrapped (a table is as wide as its content, a line as long as its text).
+PLAIN_WIDTH = 100_000
+
+
+def make_console(stderr: bool = False) -> Console:
+    """Rich on a terminal; elsewhere (a pipe, a file, cron, CI) plain text: no colour, no
+    cursor movement, and no table cut to an assumed 80 columns (``quar…``) or line wrapped,
+    because a log is read at whatever width its reader has."""
+    probe = Console(stderr=stderr)
+    if probe.is_terminal:
+        return probe
+    return Console(
+        file=_PlainStream(stderr), width=PLAIN_WIDTH, no_color=True, highlight=False, emoji=False
+    )
+
+
+class _PlainStream:
+    """sys.stdout or sys.stderr as they are at each write (a test runner swaps them), with
+    the spaces rich pads a line with to its table's width taken off its end."""
+
+    def __init__(self, stderr: bool) -> None:
+        self.stderr = stderr
+
+    def _stream(self) -> IO[str]:
+        return sys.stderr if self.stderr else sys.stdout
+
+    def write(self, text: str) -> int:
+        return self._stream().write(re.sub(r" +(?=\n)", "", text))
+
+    def flush(self) -> None:
+        self._stream().flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream(), name)
+
+
+console = make_console(stderr=True)  # progress, logs, errors
+stdout = make_console()  # results: tables, report paths, verdicts
+
+
+@app.callback()
+def _streams() -> None:
+    # The consoles are made again for each command, when its streams are known (a test
+    # runner swaps them after import).
+    global console, stdout
+    console, stdout = make_console(stderr=True), make_console()
+
 
 SPEC = typer.Option(..., "--spec", help="The migration spec (TOML).", exists=True, dir_okay=False)
 SOURCE = typer.Option(
@@ -36,9 +95,9 @@ def _fail(exc: Exception) -> typer.Exit:
         from ferry.transform import condition_name, safe_message
 
         text = f"{condition_name(exc)} ({exc.sqlstate}): {safe_message(exc)}"
-        console.print(f"[bold red]database error:[/] {text}")
+        console.print(f"[bold red]database error:[/] {escape(text)}")
     else:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
     return typer.Exit(code=2)
 
 
@@ -77,7 +136,7 @@ def migrate(
             )  # fmt: skip
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
-    console.print(summary(result.counts, result.seconds))
+    stdout.print(summary(result.counts, result.seconds))
 
 
 @app.command()
@@ -146,9 +205,9 @@ def _print_sync(result: object) -> None:
     assert isinstance(result, SyncResult)
     c = result.counts
     if not result.changed and not any(c.get(k) for k in ("fixed_on_retry", "newly_quarantined")):
-        console.print(f"sync: nothing changed ({result.seconds:.2f} s)")
+        stdout.print(f"sync: nothing changed ({result.seconds:.2f} s)")
         return
-    console.print(
+    stdout.print(
         f"sync run {result.run_id} in {result.seconds:.2f} s, {c['bytes_from_source']:,} bytes "
         f"from source: source +{c['source_inserted']:,} ~{c['source_updated']:,} "
         f"-{c['source_deleted']:,}; target inserted {c['inserted']:,}, updated {c['updated']:,}, "
@@ -176,7 +235,7 @@ def verify(
         )
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
-    console.print(result.summary())
+    stdout.print(result.summary(), markup=False)
     if not result.ok:
         raise typer.Exit(code=1)
 
@@ -205,7 +264,7 @@ def report(
         typer.echo(text)
     else:
         out.write_text(text)
-        console.print(f"wrote {out}")
+        stdout.print(f"wrote {out}", markup=False)
 
 
 @app.command()
@@ -233,10 +292,10 @@ def demo(
         except (FerryError, psycopg.Error) as exc:
             raise _fail(exc) from None
         _print_sync(done.sync)
-        console.print(summary(done.counts))
+        stdout.print(summary(done.counts))
         for path in done.reports:
-            console.print(f"report: {path}")
-        console.print(done.verify.summary())
+            stdout.print(f"report: {path}", markup=False)
+        stdout.print(done.verify.summary(), markup=False)
         if not done.verify.ok:
             raise typer.Exit(code=1)
         return
@@ -247,10 +306,10 @@ def demo(
             )
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
-    console.print(summary(result.run.counts, result.run.seconds))
+    stdout.print(summary(result.run.counts, result.run.seconds))
     for path in result.reports:
-        console.print(f"report: {path}")
-    console.print(result.verify.summary())
+        stdout.print(f"report: {path}", markup=False)
+    stdout.print(result.verify.summary(), markup=False)
     if not result.verify.ok:
         raise typer.Exit(code=1)
 
@@ -266,14 +325,12 @@ def demo_data(
     from ferry.demo import world
 
     try:
-        world.cli_generate(workdir, scale=scale, seed=seed, delta=delta, console=console)
+        world.cli_generate(workdir, scale=scale, seed=seed, delta=delta, console=stdout)
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
 
 
 # -- operating a migration until cutover: status, quarantine review, rollback ----------------
-
-stdout = Console()  # the product of status and review commands goes to stdout
 
 
 @app.command()
@@ -314,11 +371,13 @@ def status(
     else:
         stdout.print(st.render(found))
     if check:
+        # The verdict is a result; with --json it is in the JSON, and stdout stays JSON.
+        verdicts = console if as_json else stdout
         for problem in problems:
-            console.print(f"[bold red]check failed:[/] {problem}")
+            verdicts.print(f"[bold red]check failed:[/] {escape(problem)}")
         if problems:
             raise typer.Exit(code=1)
-        console.print(f"check ok: last successful sync within {max_age}")
+        verdicts.print(f"check ok: last successful sync within {max_age}", markup=False)
 
 
 quarantine_app = typer.Typer(
@@ -398,7 +457,7 @@ def quarantine_show(
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
     if values is None:
-        console.print(f"source {source} has no staged row with key {key}")
+        stdout.print(f"source {source} has no staged row with key {key}", markup=False)
     else:
         row = Table(title=f"staged row {source} {key} (health data: do not copy)")
         row.add_column("Column")
@@ -439,9 +498,9 @@ def quarantine_retry(
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
     if result.run_id is None:
-        console.print("nothing in quarantine matches")
+        stdout.print("nothing in quarantine matches")
         return
-    console.print(
+    stdout.print(
         f"retry run {result.run_id}: {result.keys:,} keys retried, {result.fixed:,} left "
         f"quarantine, {result.still_quarantined:,} still quarantined"
     )
@@ -471,7 +530,9 @@ def quarantine_exclude(
         )  # fmt: skip
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
-    console.print(f"excluded {table} key {key} ({', '.join(models)}) by operator decision")
+    stdout.print(
+        f"excluded {table} key {key} ({', '.join(models)}) by operator decision", markup=False
+    )
 
 
 @quarantine_app.command("undo")
@@ -491,7 +552,7 @@ def quarantine_undo(
         )
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
-    console.print(f"decision on {table} key {key} ({', '.join(models)}) undone")
+    stdout.print(f"decision on {table} key {key} ({', '.join(models)}) undone", markup=False)
 
 
 @app.command()
@@ -527,13 +588,13 @@ def rollback(
             "keys" + ("; the ledger ends empty and the stage is emptied" if todo.everything else "")
         )
         if not yes and not typer.confirm("Roll back?", default=False, err=True):
-            console.print("nothing was changed")
+            stdout.print("nothing was changed")
             raise typer.Exit(code=1)
         result = rb.rollback(tgt, loaded, run=run, all_=everything)
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
     c = result.counts
-    console.print(
+    stdout.print(
         f"rollback run {result.run_id} undid run(s) {', '.join(map(str, result.undone)) or '-'} "
         f"in {result.seconds:.2f} s: target deleted {c['target_deleted']:,}, re-created "
         f"{c['target_recreated']:,}, restored {c['target_restored']:,}; ledger removed "

@@ -1,5 +1,10 @@
 """Progress bars and the end-of-run summary, rendered with rich.
 
+On a terminal: live bars and coloured tables at the terminal's width. Anywhere else (a pipe,
+a file, cron, CI) the output is what a log reader needs: one plain line per staged source and
+finished model instead of bars, and (with the consoles of ``ferry.cli.make_console``) no
+colour and tables at their natural width, never cut to an assumed 80 columns (``quar…``).
+
 Only names, counts and rates are shown: never row contents.
 """
 
@@ -32,10 +37,13 @@ class _RowRate(TextColumn):
 
 
 class RichProgress(pipeline.Progress):
-    """A bar per source while staging and per model while transforming."""
+    """A bar per source while staging and per model while transforming; a plain line per
+    source and model as it finishes when the console is not a terminal (bars redrawn in a
+    log file are noise, and rich would only draw their last state, cut to its width)."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
+        self.live = console.is_terminal
         self.bars = Progress(
             TextColumn("{task.description:<28}"),
             BarColumn(),
@@ -49,11 +57,13 @@ class RichProgress(pipeline.Progress):
         self.tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> RichProgress:
-        self.bars.start()
+        if self.live:
+            self.bars.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bars.stop()
+        if self.live:
+            self.bars.stop()
 
     def stage_started(self, source: str, total_bytes: int | None) -> None:
         self.tasks["s:" + source] = self.bars.add_task(f"stage {source}", total=None)
@@ -62,6 +72,12 @@ class RichProgress(pipeline.Progress):
         pass
 
     def stage_done(self, result: stage.StageResult) -> None:
+        if not self.live:
+            self.console.print(
+                f"staged {result.source}: {result.rows:,} rows, {result.bytes:,} bytes "
+                f"in {result.seconds:.2f} s",
+                markup=False,
+            )
         task = self.tasks["s:" + result.source]
         self.bars.update(task, total=result.rows, completed=result.rows)
 
@@ -72,6 +88,12 @@ class RichProgress(pipeline.Progress):
         self.bars.advance(self.tasks["m:" + model], rows)
 
     def model_done(self, result: transform.ModelResult) -> None:
+        if not self.live:
+            self.console.print(
+                f"model {result.model}: {result.rows:,} rows, {result.written:,} written "
+                f"in {result.seconds:.2f} s",
+                markup=False,
+            )
         task = self.tasks["m:" + result.model]
         total = self.bars.tasks[task].total
         self.bars.update(task, total=total or result.rows, completed=total or result.rows)
@@ -83,7 +105,9 @@ def _fmt(counter: dict[str, int]) -> str:
 
 def summary(counts: dict[str, ledger.SourceCounts], seconds: float | None = None) -> Table:
     """Per source table: every fate, and a column proving the row adds up."""
-    table = Table(title="ferry: fate of every source row", title_justify="left")
+    table = Table(
+        title="ferry: fate of every source row", title_justify="left", caption_justify="left"
+    )
     for col in ("source", "staged", "migrated", "repaired", "merged", "quarantined",
                 "excluded", "adds up"):  # fmt: skip
         text = col in ("source", "repaired", "quarantined", "excluded")
