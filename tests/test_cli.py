@@ -3,17 +3,58 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import psycopg
 
+from ferry import clidoc
 from ferry.embedded import LocalCluster
 from tests.helpers import fresh_db
 
 LIB = Path(__file__).parent / "specs" / "library"
 MARKER = "PHI-SECRET-4417"
+CLI_MD = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+REGENERATE = "run: .venv/bin/python -m ferry.clidoc > docs/cli.md"
+
+
+def undocumented(doc: str) -> list[str]:
+    """Every command, argument and option of the app (as click knows them, not as the
+    generator writes them) that ``doc`` does not show in the command's own section."""
+    missing = []
+    for name, command in clidoc.commands():
+        head = f"## `{name}`\n"
+        if head not in doc:
+            missing.append(name)
+            continue
+        section = doc.split(head, 1)[1].split("\n## ", 1)[0]
+        # The first cell of the section's table rows, where --help puts the names.
+        cells = " ".join(
+            line.split("|")[1] for line in section.splitlines() if line.startswith("| `")
+        )
+        for param in command.params:
+            if param.param_type_name == "argument":
+                names = [param.name]
+            else:
+                names = [*param.opts, *param.secondary_opts]
+            missing += [
+                f"{name} {n}"
+                for n in names
+                if n != "--help" and not re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", cells)
+            ]
+    return missing
+
+
+def test_cli_reference_documents_every_command_and_option() -> None:
+    doc = CLI_MD.read_text()
+    assert undocumented(doc) == [], REGENERATE
+    assert doc == clidoc.render(), f"docs/cli.md differs from --help; {REGENERATE}"
+    # The check sees a missing option or command.
+    without = "\n".join(line for line in doc.splitlines() if "`--every" not in line)
+    assert undocumented(without) == ["ferry sync --every"]
+    assert "ferry quarantine undo" in undocumented(doc.replace("## `ferry quarantine undo`", ""))
 
 
 def test_migrate_output_has_no_row_contents_nor_password(
