@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/run.py [--scale 1] [--json OUT] [--workdir DIR] [--seed 1]
         [--jobs 2] [--skip-baselines] [--scaling 0.1,0.3,1] [--quick] [--runner api|cli]
+        [--results FILE | --no-results]
 
 Why: a migration tool is judged against the alternatives on the same data and the same
 machine. One run builds the demo world of DOMAIN.md on the embedded PostgreSQL and measures,
@@ -928,6 +929,52 @@ def render(doc: dict[str, Any]) -> None:
     )
 
 
+RESULTS = Path(__file__).resolve().parent / "results.md"
+RESULTS_HEADER = (
+    "| when (UTC) | commit | SF | jobs | CPU | PostgreSQL | ferry migrate s | CPU-s | copy pipe s "
+    "| pgcopydb s | pgloader s | CPU-s | ÷ pgloader | sync none s | sync x1 s | x10 s | x100 s "
+    "| peak RSS MB | load at start |\n" + "|---" * 19 + "|\n"
+)
+
+
+def append_results(doc: dict[str, Any], path: Path) -> None:
+    """One row per run at the end of ``path`` (its table's header first if it is new): the
+    history of figures stays beside the code that made them, not in the README."""
+    f, b, m = doc["ferry"], doc["baselines"], doc["machine"]
+    cpu = f.get("machine_cpu_s_by_step", {})
+    pgloader = b.get("pgloader_s")
+    ratio = f["migrate_s"] / pgloader if f["migrate_s"] and pgloader else None
+    try:
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=RESULTS.parent,
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        commit = "?"
+    cells = [
+        dt.datetime.fromisoformat(doc["when"]).strftime("%Y-%m-%d %H:%M"),
+        f"`{commit}`",
+        f"{doc['scale']:g}",
+        str(doc["jobs"]),
+        f"{m['cpu_count']} x {m['cpu_model']}",
+        str(m["postgres_version"]),
+        _fmt(f["migrate_s"], ".1f"),
+        _fmt(cpu.get("migrate"), ".1f"),
+        *(_fmt(b.get(f"{name}_s"), ".1f") for name in ("copy_pipe", "pgcopydb", "pgloader")),
+        _fmt(b.get("pgloader_machine_cpu_s"), ".1f"),
+        _fmt(ratio, ".2f"),
+        _fmt(f["sync_noop_s"], ".1f"),
+        *(_fmt(f["sync_delta_s"][k], ".1f") for k in map(str, DELTA_MULTIPLES)),
+        _fmt(f["peak_rss_mb"], ".0f"),
+        _fmt(m["load_average"][0] if m["load_average"] else None, ".2f"),
+    ]
+    new = not path.exists()
+    with path.open("a") as out:
+        if new:
+            out.write("# Benchmark results\n\n" + RESULTS_HEADER)
+        out.write("| " + " | ".join(c.replace("|", "/") for c in cells) + " |\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
@@ -937,6 +984,14 @@ def main(argv: list[str] | None = None) -> int:
         help=f"scale factor of the world (default 1; {QUICK_SCALE} with --quick)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="append a row of figures to this Markdown file (default: benchmarks/results.md, "
+        "none with --quick)",
+    )
+    parser.add_argument("--no-results", action="store_true", help="append no row")
     parser.add_argument(
         "--workdir",
         type=Path,
@@ -982,6 +1037,10 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
         console.print(f"wrote {args.json}")
+    results = None if args.no_results else args.results or (None if args.quick else RESULTS)
+    if results is not None:
+        append_results(doc, results)
+        console.print(f"appended a row to {results}")
     if doc["failed"]:
         console.print(f"[bold red]failed:[/] {', '.join(doc['failed'])}")
         return 1
