@@ -371,13 +371,12 @@ def status(
     else:
         stdout.print(st.render(found))
     if check:
-        # The verdict is a result; with --json it is in the JSON, and stdout stays JSON.
-        verdicts = console if as_json else stdout
+        # On stderr, beside the exit code: stdout holds the status itself (or its JSON).
         for problem in problems:
-            verdicts.print(f"[bold red]check failed:[/] {escape(problem)}")
+            console.print(f"[bold red]check failed:[/] {escape(problem)}")
         if problems:
             raise typer.Exit(code=1)
-        verdicts.print(f"check ok: last successful sync within {max_age}", markup=False)
+        console.print(f"check ok: last successful sync within {max_age}", markup=False)
 
 
 quarantine_app = typer.Typer(
@@ -457,7 +456,7 @@ def quarantine_show(
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
     if values is None:
-        stdout.print(f"source {source} has no staged row with key {key}", markup=False)
+        console.print(f"source {source} has no staged row with key {key}", markup=False)
     else:
         row = Table(title=f"staged row {source} {key} (health data: do not copy)")
         row.add_column("Column")
@@ -498,9 +497,9 @@ def quarantine_retry(
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
     if result.run_id is None:
-        stdout.print("nothing in quarantine matches")
+        console.print("nothing in quarantine matches")
         return
-    stdout.print(
+    console.print(
         f"retry run {result.run_id}: {result.keys:,} keys retried, {result.fixed:,} left "
         f"quarantine, {result.still_quarantined:,} still quarantined"
     )
