@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from ferry import constraints, ledger, pipeline, quarantine, rollback, transform
+from ferry import constraints, execute, ledger, pipeline, quarantine, rollback, transform
 from ferry.embedded import LocalCluster
 from ferry.errors import FerryError
 from ferry.pipeline import Progress, migrate
@@ -310,7 +310,7 @@ def test_a_load_sharing_a_locked_parent_starts_once_the_keys_are_back(
             "CREATE TABLE public.reviews (id uuid PRIMARY KEY, legacy_review_id bigint UNIQUE, "
             "author_id uuid NOT NULL REFERENCES public.authors (id))"
         )
-    monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)  # both are first loads that defer
+    monkeypatch.setattr(execute, "DEFER_MIN_ROWS", 1)  # both are first loads that defer
     events: list[tuple[str, str]] = []
     started = {"books": threading.Event(), "reviews": threading.Event()}
 
@@ -430,7 +430,7 @@ def _killed_before_loans_keys_are_back(
 def test_a_first_load_into_an_empty_table_sets_its_unique_keys_aside_too(
     cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
+    monkeypatch.setattr(execute, "DEFER_MIN_ROWS", 1)
     spec, tgt_a, src_b, tgt_b = _kept_and_aside(cluster, tmp_path, "clean")
     with psycopg.connect(tgt_b) as conn:
         conn.execute("COMMENT ON CONSTRAINT loans_pkey ON public.loans IS 'one per loan'")
@@ -464,7 +464,7 @@ def test_parents_are_released_before_unique_keys_are_built_and_a_key_to_itself_f
     cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The next loads need not wait for the sorts; a key of loans to loans needs its key."""
-    monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
+    monkeypatch.setattr(execute, "DEFER_MIN_ROWS", 1)
     spec = load_spec(_loans_spec(tmp_path))
     source, target = _small_world(cluster, "self_fk")
     with psycopg.connect(target) as conn:
@@ -498,7 +498,7 @@ def test_parents_are_released_before_unique_keys_are_built_and_a_key_to_itself_f
 def test_a_table_not_empty_published_or_referenced_keeps_its_unique_keys(
     cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
+    monkeypatch.setattr(execute, "DEFER_MIN_ROWS", 1)
     spec = load_spec(_loans_spec(tmp_path))
     source, target = _small_world(cluster, "app_row")
     with psycopg.connect(target) as conn:
@@ -528,7 +528,7 @@ def test_unique_keys_are_sorted_once_the_foreign_keys_are_back_and_attached_afte
 ) -> None:
     """The sorts run beside the plain indexes and the validation, not after them: by the
     time the keys are attached, their indexes are there."""
-    monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
+    monkeypatch.setattr(execute, "DEFER_MIN_ROWS", 1)
     spec = load_spec(_loans_spec(tmp_path))
     source, target = _small_world(cluster, "sorted_early")
     indexes = (
@@ -555,7 +555,7 @@ def test_unique_keys_are_sorted_once_the_foreign_keys_are_back_and_attached_afte
 def test_rows_colliding_on_a_unique_key_set_aside_are_loaded_again_with_it(
     cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
+    monkeypatch.setattr(execute, "DEFER_MIN_ROWS", 1)
     # Every loan gets the same legacy key: the first in key order is kept, the others are
     # quarantined by the unique key's own violation, exactly as with the keys in place.
     spec, tgt_a, src_b, tgt_b = _kept_and_aside(cluster, tmp_path, "dup", "left(l.loan_id, 2)")
@@ -575,7 +575,7 @@ def test_rows_colliding_on_a_unique_key_set_aside_are_loaded_again_with_it(
 def test_a_crash_before_colliding_unique_keys_came_back_is_undone_by_the_next_run(
     cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
+    monkeypatch.setattr(execute, "DEFER_MIN_ROWS", 1)
     spec, tgt_a, source, target = _kept_and_aside(cluster, tmp_path, "crash", "left(l.loan_id, 2)")
 
     _killed_before_loans_keys_are_back(monkeypatch, source, target, spec)
@@ -600,7 +600,7 @@ def test_retry_and_rollback_after_a_crash_before_colliding_unique_keys_came_back
 ) -> None:
     """Retry and rollback put back what a crashed run left aside as migrate does: the load
     whose keys do not build is taken out first, instead of failing on the keys."""
-    monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
+    monkeypatch.setattr(execute, "DEFER_MIN_ROWS", 1)
     spec = load_spec(_loans_spec(tmp_path, "left(l.loan_id, 2)"))
     source, target = _small_world(cluster, "crash_rb")
     before = {t: table_checksum(target, t) for t in TABLES}
@@ -622,7 +622,7 @@ def test_retry_and_rollback_after_a_crash_before_colliding_unique_keys_came_back
 def test_undoing_a_first_load_leaves_the_rows_the_application_wrote_or_changed(
     cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pipeline, "DEFER_MIN_ROWS", 1)
+    monkeypatch.setattr(execute, "DEFER_MIN_ROWS", 1)
     spec = load_spec(_loans_spec(tmp_path))
     source, target = _small_world(cluster, "undo")
     _killed_before_loans_keys_are_back(monkeypatch, source, target, spec)

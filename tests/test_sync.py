@@ -12,12 +12,12 @@ import pytest
 from psycopg import sql
 
 import ferry.pipeline
-import ferry.sync
+import ferry.settle
 from ferry.demo import world
 from ferry.demo.run import MIGRATOR, dispatch_spec
 from ferry.embedded import LocalCluster
 from ferry.errors import FerryError
-from ferry.pipeline import Progress, _session, migrate, run_model
+from ferry.pipeline import Progress, migrate, run_model, session
 from ferry.spec import Spec, load_spec
 from ferry.sync import sync
 from ferry.transform import reads
@@ -259,10 +259,10 @@ def test_reads_names_the_stage_tables_of_a_models_sql_and_rules(
         )
     )
     ruled = load_spec(path)
-    with _session(target, plain) as conn:
-        assert reads(conn, plain, plain.model("books")) == {"lib_book"}
-        assert reads(conn, ruled, ruled.model("books")) == {"lib_book", "lib_author"}
-        assert reads(conn, plain, plain.model("loans")) == {"loans.csv"}
+    with session(target, plain) as conn:
+        assert reads(conn, plain, plain.model("books")).sources == {"lib_book"}
+        assert reads(conn, ruled, ruled.model("books")).sources == {"lib_book", "lib_author"}
+        assert reads(conn, plain, plain.model("loans")).sources == {"loans.csv"}
 
 
 def _dies_at(monkeypatch: pytest.MonkeyPatch, module: ModuleType, dies_at: str) -> None:
@@ -292,7 +292,7 @@ def test_a_sync_that_died_loses_nothing(
         conn.execute("UPDATE lib_book SET status = 'draft' WHERE id = 10")  # loan L-1's book
     csv = tmp / "loans.csv"
     csv.write_text(csv.read_text().replace("L-2,11,m2", "L-2,11,m22"))
-    _dies_at(monkeypatch, ferry.sync, dies_at)
+    _dies_at(monkeypatch, ferry.settle, dies_at)
     with pytest.raises(RuntimeError):
         sync(source, target, spec)
     monkeypatch.undo()

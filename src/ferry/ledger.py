@@ -625,34 +625,74 @@ def stage_rows(conn: psycopg.Connection, spec: Spec, source: str, limit: int | N
     return int(row[0]) if row else 0
 
 
+def has_fates(conn: psycopg.Connection, spec: Spec, source: str) -> bool:
+    """Whether any source row of ``source`` has a live fate in the ledger."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT EXISTS (SELECT FROM {} WHERE model = ANY(%s) AND status <> 'deleted')"
+        ).format(sql.Identifier(spec.ledger_schema, "ledger")),
+        [models_of(spec, source)],
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def _exists(conn: psycopg.Connection, table: sql.Identifier) -> bool:
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [table.as_string(conn)]).fetchone()
     return bool(row and row[0])
+
+
+@dataclass
+class Discrepancy:
+    """Where a source's fates do not add up: which keys have no fate, a fate though not
+    staged, or two fates (samples of at most ``SAMPLE`` keys are what messages show)."""
+
+    staged: int
+    accounted: int
+    unclaimed: list[str]
+    stale: list[str]
+    twice: list[str]
 
 
 def check_invariant(
     conn: psycopg.Connection, spec: Spec, touched: dict[str, set[str]] | None = None,
     counts: dict[str, SourceCounts] | None = None,
 ) -> dict[str, SourceCounts]:  # fmt: skip
+    """``discrepancies``, raising ``InvariantError`` when there are any."""
+    scope = None if touched is None else dict(touched.items())
+    counts, bad = discrepancies(conn, spec, scope, counts)  # type: ignore[arg-type]
+    if bad:
+        raise InvariantError(describe(bad))
+    return counts
+
+
+def discrepancies(
+    conn: psycopg.Connection, spec: Spec, touched: dict[str, set[str] | None] | None = None,
+    counts: dict[str, SourceCounts] | None = None,
+) -> tuple[dict[str, SourceCounts], dict[str, Discrepancy]]:  # fmt: skip
     """``staged = migrated + merged + quarantined + excluded`` for every source, key by key.
 
     Counting alone could balance a missing row against a duplicate; so the check also
     compares which keys were staged with which have a fate: their fingerprints, or for a
-    sync's ``touched`` keys (source -> keys it changed), each key. The sources a sync did
-    not touch held the invariant after the previous run and still do, so only the touched
-    ones are checked: a sync's cost stays proportional to its changes. A migrate may pass
-    the ``counts`` it took after the last fate of each source was written. When anything
-    disagrees, the keys are compared one by one, to name them.
+    sync's ``touched`` keys (source -> keys it changed; None: the whole source), each key.
+    The sources a sync did not touch held the invariant after the previous run and still
+    do, so only the touched ones are checked: a sync's cost stays proportional to its
+    changes. A migrate may pass the ``counts`` it took after the last fate of each source
+    was written. When anything disagrees, the keys are compared one by one, to name them.
     """
     if counts is None:
         if touched is None:
             counts = source_counts(conn, spec)
         else:  # the equation needs totals only: no breakdown by reason over millions of rows
-            counts = {n: _totals(conn, spec, n) for n in touched if _accounted(spec, n)}
-    problems: list[str] = []
+            whole = [n for n, ks in touched.items() if ks is None and _accounted(spec, n)]
+            counts = source_counts(conn, spec, whole) if whole else {}
+            for n, ks in touched.items():
+                if ks is not None and _accounted(spec, n):
+                    counts[n] = _totals(conn, spec, n)
+    bad: dict[str, Discrepancy] = {}
     for name, c in counts.items():
         src = spec.source(name)
-        keys = None if touched is None else sorted(touched.get(name, set()))
+        some = None if touched is None else touched.get(name)
+        keys = None if some is None else sorted(some)
         if c.staged == c.accounted and (
             c.staged_keys is not None and c.fate_keys == c.staged_keys
             if keys is None
@@ -662,18 +702,25 @@ def check_invariant(
             # and none for a key that is not staged.
             continue
         unclaimed, stale, twice = _diagnose(conn, spec, src, keys)
-        detail = [f"staged {c.staged} but accounted {c.accounted}"]
-        if unclaimed:
-            detail.append(f"{len(unclaimed)} keys without a fate: " + ", ".join(unclaimed[:10]))
-        if stale:
-            detail.append(f"{len(stale)} fates of keys not staged: " + ", ".join(stale[:10]))
-        if twice:
-            detail.append(f"{len(twice)} keys with two fates: " + ", ".join(twice[:10]))
         if c.staged != c.accounted or unclaimed or stale or twice:
-            problems.append(f"{name}: " + "; ".join(detail))
-    if problems:
-        raise InvariantError("the ledger does not add up: " + " | ".join(problems))
-    return counts
+            bad[name] = Discrepancy(c.staged, c.accounted, unclaimed, stale, twice)
+    return counts, bad
+
+
+def describe(bad: dict[str, Discrepancy]) -> str:
+    """What ``InvariantError`` says: per source, the counts and up to ten keys of each kind."""
+    problems = []
+    for name, d in bad.items():
+        detail = [f"staged {d.staged} but accounted {d.accounted}"]
+        for what, named in (
+            ("keys without a fate", d.unclaimed),
+            ("fates of keys not staged", d.stale),
+            ("keys with two fates", d.twice),
+        ):
+            if named:
+                detail.append(f"{len(named)} {what}: " + ", ".join(named[:10]))
+        problems.append(f"{name}: " + "; ".join(detail))
+    return "the ledger does not add up: " + " | ".join(problems)
 
 
 def _accounted(spec: Spec, source: str) -> bool:

@@ -27,10 +27,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import ledger, transform
+from ferry import ledger, settle
 from ferry.conninfo import connect
 from ferry.errors import FerryError
-from ferry.pipeline import Progress, _run_lock, _session, put_back, run_model
+from ferry.pipeline import Progress, _run_lock, put_back, session
 from ferry.spec import Spec
 
 OPERATOR = "operator"  # the reason of a row an operator excluded
@@ -185,8 +185,6 @@ def retry(
     Useful after something outside the stage changed: a target constraint fixed, a trigger
     corrected, a spec rule adjusted. (A sync retries every quarantined row anyway.)
     """
-    from ferry.sync import _children_of, _release
-
     progress = progress or Progress()
     models = models_for(spec, table) if table else None
     with connect(target, app="ferry-retry") as conn:
@@ -209,24 +207,11 @@ def retry(
                 return result
             with ledger.recorded(conn, spec, "retry") as (run_id, counts):
                 result.run_id = run_id
-                touched: dict[str, set[str]] = defaultdict(set)
-                outcome: dict[str, set[str]] = defaultdict(set)
-                with _session(target, spec) as work:
-                    for model in spec.order():
-                        keys = set(selected.get(model.name, ()))
-                        for parent in {p.model for p in model.parents}:
-                            keys |= _children_of(work, spec, model, parent, outcome[parent])
-                        if not keys:
-                            continue
-                        done = run_model(target, spec, model.name, run_id, progress, jobs=1,
-                                         keys=sorted(keys))  # fmt: skip
-                        result.transitions.update(done.transitions)
-                        outcome[model.name] |= done.changed_keys
-                        outcome[model.name] |= _release(work, spec, model, keys, run_id)
-                        if model.accounts:
-                            touched[model.source] |= keys
-                    result.deleted, _ = transform.apply_pending_deletes(work, spec, run_id)
-                    ledger.check_invariant(work, spec, dict(touched))
+                work_keys = settle.Work(keys={m: set(ks) for m, ks in selected.items()})
+                with session(target, spec) as work:
+                    settled = settle.run(work, target, spec, run_id, progress, 1, work_keys)
+                    result.transitions.update(settled.transitions)
+                    result.deleted = settled.deleted_rows
                     row = work.execute(
                         sql.SQL(
                             "SELECT count(*) FROM {} WHERE status = 'quarantined' "

@@ -18,7 +18,6 @@ since the fates that the dead sync changed before it died are no change to it.
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +26,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import diff, ledger, rollback, stage, status, transform
+from ferry import diff, ledger, rollback, settle, stage, status, transform
 from ferry.errors import FerryError
-from ferry.pipeline import Progress, SessionPairs, _session, recorded_run, run_model
-from ferry.spec import Model, Source, Spec
+from ferry.pipeline import Progress, SessionPairs, recorded_run, session
+from ferry.spec import Source, Spec
 
 
 @dataclass
@@ -50,16 +49,23 @@ class SyncResult:
 
 def _restage(
     source: str, target: str, spec: Spec, data_dir: Path, jobs: int, run_id: int
-) -> dict[str, diff.TableDiff]:
+) -> tuple[dict[str, diff.TableDiff], set[str]]:
     """Diff every source against its stage and copy only what changed; the keys it changed
-    are handed on in the same transaction (``_hand_on``)."""
+    are handed on, and the staging record updated, in the same transaction (``_hand_on``).
+    Also returns the sources whose stage copy was empty though the ledger holds fates of
+    their rows: a server crash (or a restart after a failover) empties unlogged tables."""
     pairs = SessionPairs(source, target, "ferry-sync")
+    emptied: set[str] = set()
 
     def one(src: Source) -> tuple[str, diff.TableDiff]:
         s, t = pairs.get()
         stage_rel = (spec.stage_schema, src.stage_table)
         if not _stage_exists(t, spec, src):
             raise FerryError(f"source {src.name} was never staged: run ferry migrate first")
+        if ledger.stage_rows(t, spec, src.name, limit=1) == 0 and ledger.has_fates(
+            t, spec, src.name
+        ):
+            emptied.add(src.name)
         if src.csv is not None:
             assert src.columns is not None
             _load_csv(t, src, data_dir)
@@ -81,12 +87,18 @@ def _restage(
             )
             s.rollback()
         _hand_on(t, spec, src, result, run_id)
-        # The stage's changes and the keys handed on: one transaction of this session.
+        if result.changed:
+            rows = ledger.stage_rows(t, spec, src.name)
+            stage.record(
+                t, spec, stage.StageResult(src.name, rows, result.bytes_from_source,
+                                           result.seconds), run_id,
+            )  # fmt: skip
+        # The stage's changes, the keys handed on and the record: one transaction.
         t.commit()
         return src.name, result
 
     with pairs, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return dict(pool.map(one, spec.sources))
+        return dict(pool.map(one, spec.sources)), emptied
 
 
 def _check_migrated(conn: psycopg.Connection, spec: Spec, run_id: int) -> None:
@@ -160,133 +172,6 @@ def _key_text(key: tuple[Any, ...]) -> str:
     return str(key[0])
 
 
-def _queue_deletes(
-    conn: psycopg.Connection, spec: Spec, model: Model, keys: list[str], run_id: int
-) -> None:
-    """Queue the target rows ferry wrote for these keys; ``apply_pending_deletes`` removes
-    them once every model has run, children first."""
-    conn.execute(
-        sql.SQL(
-            "INSERT INTO {pend} (target_table, target_uuid, model, source_key, row_hash, "
-            "run_id) SELECT target_table, target_uuid, model, source_key, row_hash, %s "
-            "FROM {led} WHERE model = %s AND source_key = ANY(%s) AND status = 'migrated' "
-            "AND target_uuid IS NOT NULL ON CONFLICT DO NOTHING"
-        ).format(
-            pend=sql.Identifier(spec.ledger_schema, "pending_deletes"),
-            led=sql.Identifier(spec.ledger_schema, "ledger"),
-        ),
-        [run_id, model.name, keys],
-    )
-
-
-def _mark_deleted(
-    conn: psycopg.Connection, spec: Spec, model: Model, keys: list[str], run_id: int
-) -> set[str]:
-    """Source rows that are gone: their ledger rows say so, and their target rows follow the
-    model's ``on_delete`` (deleted after every model ran, children first). Returns the keys
-    whose ledger row changed."""
-    if not keys:
-        return set()
-    led = sql.Identifier(spec.ledger_schema, "ledger")
-    reason = {"delete": "source_deleted", "keep": "kept", "flag": "flagged"}[model.on_delete]
-    with conn.transaction():
-        ledger.record_history(conn, spec, run_id, model.name, model.target, model.key_column, keys)
-        if model.on_delete == "delete":
-            _queue_deletes(conn, spec, model, keys, run_id)
-        rows = conn.execute(
-            sql.SQL(
-                "UPDATE {led} SET status = 'deleted', reason = %s, run_id = %s, "
-                "target_uuid = CASE WHEN %s THEN NULL ELSE target_uuid END, "
-                "updated_at = clock_timestamp() "
-                "WHERE model = %s AND source_key = ANY(%s) AND status <> 'deleted' "
-                "RETURNING source_key"
-            ).format(led=led),
-            [reason, run_id, model.on_delete == "delete", model.name, keys],
-        ).fetchall()
-    return {r[0] for r in rows}
-
-
-def _quarantined(
-    conn: psycopg.Connection, spec: Spec, model: Model, refused_only: bool = False
-) -> list[str]:
-    """Quarantined keys to try again. A rule's verdict is a function of the stage and the
-    parents' fates: when no stage row changed it cannot change, and only the rows the
-    database refused (the target may have changed under them) are worth another try."""
-    rows = conn.execute(
-        sql.SQL(
-            "SELECT source_key FROM {} WHERE model = %s AND status = 'quarantined' "
-            "AND (NOT %s OR sqlstate IS NOT NULL)"
-        ).format(sql.Identifier(spec.ledger_schema, "ledger")),
-        [model.name, refused_only],
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
-def _children_of(
-    conn: psycopg.Connection, spec: Spec, model: Model, parent: str, parent_keys: set[str]
-) -> set[str]:
-    """Keys of ``model``'s rows that point at any of ``parent_keys`` of model ``parent``."""
-    found: set[str] = set()
-    body = sql.SQL(spec.model_sql(model))  # type: ignore[arg-type]
-    for p in model.parents:
-        if p.model != parent or not parent_keys:
-            continue
-        rows = conn.execute(
-            sql.SQL("SELECT m0._key::text FROM ({}) m0 WHERE m0.{}::text = ANY({})").format(
-                body, sql.Identifier(p.key), sql.Literal(sorted(parent_keys))
-            )
-        ).fetchall()
-        found.update(r[0] for r in rows)
-    conn.commit()
-    return found
-
-
-def _release(
-    conn: psycopg.Connection, spec: Spec, model: Model, keys: set[str], run_id: int
-) -> set[str]:
-    """Ledger rows of ``model`` whose source row the model no longer yields (a record that
-    changed kind now belongs to another model; a role removed from a list): their target
-    rows are queued for deletion and their ledger rows removed."""
-    if not keys:
-        return set()
-    led = sql.Identifier(spec.ledger_schema, "ledger")
-    body = sql.SQL(spec.model_sql(model))  # type: ignore[arg-type]
-    # Typed like the stage key, so that the stage's primary key index finds them.
-    key_type = sql.SQL(transform.Plan(conn, spec, model).key_type)
-    yielded = {
-        r[0]
-        for r in conn.execute(
-            sql.SQL("SELECT m0._key::text FROM ({}) m0 WHERE m0._key = ANY({}::{}[])").format(
-                body, sql.Literal(sorted(keys)), key_type
-            )
-        )
-    }
-    gone = sorted(keys - yielded)
-    if not gone:
-        conn.commit()
-        return set()
-    with conn.transaction():
-        ledger.record_history(conn, spec, run_id, model.name, model.target, model.key_column, gone)
-        _queue_deletes(conn, spec, model, gone, run_id)
-        rows = conn.execute(
-            sql.SQL(
-                "DELETE FROM {} WHERE model = %s AND source_key = ANY(%s) RETURNING source_key"
-            ).format(led),
-            [model.name, gone],
-        ).fetchall()
-    return {r[0] for r in rows}
-
-
-def _ledger_keys(conn: psycopg.Connection, spec: Spec, model: Model) -> set[str]:
-    rows = conn.execute(
-        sql.SQL("SELECT source_key FROM {} WHERE model = %s AND status <> 'deleted'").format(
-            sql.Identifier(spec.ledger_schema, "ledger")
-        ),
-        [model.name],
-    ).fetchall()
-    return {r[0] for r in rows}
-
-
 def sync(
     source: str, target: str, spec: Spec, *, data_dir: Path | None = None, jobs: int = 2,
     progress: Progress | None = None,
@@ -310,101 +195,43 @@ def _sync(
     source: str, target: str, spec: Spec, data_dir: Path, jobs: int, progress: Progress,
     result: SyncResult,
 ) -> None:  # fmt: skip
-    result.diffs = _restage(source, target, spec, data_dir, jobs, result.run_id)
+    result.diffs, emptied = _restage(source, target, spec, data_dir, jobs, result.run_id)
     result.bytes_from_source = sum(d.bytes_from_source for d in result.diffs.values())
     changed = {n: {_key_text(k) for k in d.inserted + d.updated} for n, d in result.diffs.items()}
-    deleted = {n: [_key_text(k) for k in d.deleted] for n, d in result.diffs.items()}
-    transitions: Counter[tuple[str | None, str]] = Counter()
-    outcome_changed: dict[str, set[str]] = defaultdict(set)
-    conflicts_before = 0
-    with _session(target, spec) as conn:
-        for name, d in result.diffs.items():
-            if d.changed:
-                rows = ledger.stage_rows(conn, spec, name)
-                staged = stage.StageResult(name, rows, d.bytes_from_source, d.seconds)
-                stage.record(conn, spec, staged, result.run_id)
-        conn.commit()
-        row = conn.execute(
-            sql.SQL("SELECT count(*) FROM {} WHERE conflict").format(
-                sql.Identifier(spec.ledger_schema, "ledger")
-            )
-        ).fetchone()
-        conflicts_before = int(row[0]) if row else 0
-        conn.commit()
+    deleted = {n: {_key_text(k) for k in d.deleted} for n, d in result.diffs.items()}
+    if emptied:
+        result.counts["stage_emptied"] = sorted(emptied)
+    with session(target, spec) as conn:
+        conflicts_before = _conflicts(conn, spec)
         # Keys a rollback or a sync that died handed on: the stage is ahead of the ledger for
         # them, so the diff alone would never bring them back (see rollback.py, and above).
         again, gone, rederive = rollback.pending_resync(conn, spec, result.run_id)
         for name, ks in again.items():
             changed.setdefault(name, set()).update(ks)
         for name, ks in gone.items():
-            deleted[name] = sorted(set(deleted.get(name, [])) | ks)
+            deleted.setdefault(name, set()).update(ks)
         resynced = sum(map(len, again.values())) + sum(map(len, gone.values())) + len(rederive)
         if resynced:
             result.counts["resynced"] = resynced
-        resumed = bool(resynced)
         quiet = not any(changed.values()) and not any(deleted.values()) and not rederive
-        moved = {name for name in {*changed, *deleted} if changed.get(name) or deleted.get(name)}
-        for model in spec.order():
-            src_changed = changed.get(model.source, set())
-            src_deleted = deleted.get(model.source, [])
-            # Another source its SQL reads changed (a lookup, a table joined for a column):
-            # which of its rows that reaches is not known here, so the model is computed
-            # whole, and only the rows that differ are written.
-            others = moved - {model.source}
-            through = bool(others and others & transform.reads(conn, spec, model))
-            keys: set[str] | None
-            if model.accounts:
-                outcome_changed[model.name] |= _mark_deleted(conn, spec, model, src_deleted,
-                                                             result.run_id)  # fmt: skip
-                if resumed:
-                    outcome_changed[model.name] |= set(src_deleted)
-                if through:
-                    keys = None
-                else:
-                    keys = set(src_changed)
-                    keys |= set(_quarantined(conn, spec, model, refused_only=quiet))
-                    for p in {p.model for p in model.parents}:
-                        keys |= _children_of(conn, spec, model, p, outcome_changed[p])
-                    keys -= set(src_deleted)
-            else:
-                # Derived rows (a list split into rows): small, recomputed whole when touched.
-                touched = bool(src_changed or src_deleted or through or model.name in rederive)
-                touched = touched or any(outcome_changed[p.model] for p in model.parents)
-                keys = None if touched else set(_quarantined(conn, spec, model, quiet))
-            conn.commit()
-            if keys is not None and not keys:
-                continue
-            before = _ledger_keys(conn, spec, model) if keys is None else set()
-            runner_result = run_model(
-                target, spec, model.name, result.run_id, progress, jobs=jobs,
-                keys=None if keys is None else sorted(keys),
-            )  # fmt: skip
-            result.models.append(runner_result)
-            transitions.update(runner_result.transitions)
-            outcome_changed[model.name] |= runner_result.changed_keys
-            if resumed:
-                outcome_changed[model.name] |= before if keys is None else keys
-            # Keys the model was asked about but no longer yields leave it.
-            released = _release(conn, spec, model, before if keys is None else keys, result.run_id)
-            outcome_changed[model.name] |= released
-        deleted_rows, _ = transform.apply_pending_deletes(conn, spec, result.run_id)
-        touched: dict[str, set[str]] = defaultdict(set)
-        for name in result.diffs:
-            touched_keys = changed.get(name, set()) | set(deleted.get(name, []))
-            if touched_keys:
-                touched[name] |= touched_keys
-        for m in result.models:
-            model = spec.model(m.model)
-            if model.accounts and (m.written or m.transitions or m.changed_keys):
-                touched[model.source] |= m.changed_keys
-        result.source_counts = ledger.check_invariant(conn, spec, dict(touched))
-        row = conn.execute(
-            sql.SQL("SELECT count(*) FROM {} WHERE conflict").format(
-                sql.Identifier(spec.ledger_schema, "ledger")
-            )
-        ).fetchone()
+        # A stage a crash emptied was copied again whole: its models are computed whole, and
+        # the fates of rows deleted from the source meanwhile show as keys not staged.
+        whole = {m.name for m in spec.models if m.source in emptied} | rederive
+        work = settle.Work(
+            changed, deleted, whole=whole, quarantined="refused" if quiet else "all",
+            resumed=bool(resynced),
+        )  # fmt: skip
+        settled = settle.run(
+            conn, target, spec, result.run_id, progress, jobs, work, checked=emptied
+        )
+        result.models = settled.models
+        result.source_counts = settled.counts
+        if settled.reconciled:
+            result.counts["reconciled"] = settled.reconciled
+        conflicts = _conflicts(conn, spec)
         rollback.clear_resync(conn, spec)
         conn.commit()
+    transitions = settled.transitions
     result.counts.update(
         {
             "source_inserted": sum(len(d.inserted) for d in result.diffs.values()),
@@ -413,7 +240,7 @@ def _sync(
             "bytes_from_source": result.bytes_from_source,
             "inserted": transitions[(None, "migrated")],
             "updated": transitions[("migrated", "migrated")],
-            "deleted": deleted_rows,
+            "deleted": settled.deleted_rows,
             "fixed_on_retry": transitions[("quarantined", "migrated")],
             "newly_quarantined": sum(
                 n for (old, new), n in transitions.items() if new == "quarantined" and old != new
@@ -421,7 +248,17 @@ def _sync(
             "newly_excluded": sum(
                 n for (old, new), n in transitions.items() if new == "excluded" and old != new
             ),
-            "conflicts": int(row[0]) if row else 0,
-            "new_conflicts": max(0, (int(row[0]) if row else 0) - conflicts_before),
+            "conflicts": conflicts,
+            "new_conflicts": max(0, conflicts - conflicts_before),
         }
     )
+
+
+def _conflicts(conn: psycopg.Connection, spec: Spec) -> int:
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE conflict").format(
+            sql.Identifier(spec.ledger_schema, "ledger")
+        )
+    ).fetchone()
+    conn.commit()
+    return int(row[0]) if row else 0

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,20 @@ class ModelResult:
     seconds: float
     transitions: Counter[tuple[str | None, str]] = field(default_factory=Counter)
     changed_keys: set[str] = field(default_factory=set)
+    # Rows merging into a survivor that has no fate yet: run again once it has one.
+    pending: set[str] = field(default_factory=set)
+    # Keys that got their first ledger row, where a merge may depend on them (``new_keys``).
+    new_keys: set[str] = field(default_factory=set)
+
+    def add(self, other: ModelResult) -> None:
+        """Fold a later pass over some of the same model's keys into this result."""
+        self.written += other.written
+        self.quarantined_by_error += other.quarantined_by_error
+        self.seconds += other.seconds
+        self.transitions.update(other.transitions)
+        self.changed_keys |= other.changed_keys
+        self.new_keys |= other.new_keys
+        self.pending = set(other.pending)
 
 
 def condition_name(exc: psycopg.Error) -> str:
@@ -75,6 +89,12 @@ def safe_message(exc: psycopg.Error) -> str:
         text += f" (constraint {diag.constraint_name})"
     return text[:300]
 
+
+# A row merging into a survivor that has no fate yet: neither written nor recorded in this
+# pass (``Runner.pending``); ``pipeline.run_model`` runs it again once the survivor has one.
+PENDING = "pending"
+# survivor excluded, quarantined, or missing (not yielded by the model, or deleted)
+SURVIVOR_REASONS = ("survivor_excluded", "survivor_quarantined", "missing_survivor")
 
 # The ledger columns a new row sets (``Runner._ledger_values`` gives them, in this order).
 LEDGER_COLUMNS = sql.SQL(
@@ -118,6 +138,11 @@ class Plan:
         # Rows of one model are read from its partition (ledger.table_of): the planner's
         # estimates then come from that partition's statistics.
         self.parent_led = [ledger.table_of(conn, spec, p.model) for p in model.parents]
+        # A merged row takes its survivor's fate and UUID from the model's own ledger rows.
+        self.own_led = ledger.table_of(conn, spec, model.name)
+        # False: a row whose survivor has no fate yet is left ``pending`` for a later pass;
+        # True (the last pass, and verify): its survivor is missing.
+        self.final = False
         self.target = sql.Identifier(model.target_schema, model.target_table)
         self.body = spec.model_sql(model)
         self.uuid_name = model.source if model.accounts else model.name
@@ -242,8 +267,8 @@ class Plan:
         for _ in m.parents:
             st.append("quarantined")
             rs.append("parent_quarantined")
-        st.append("merged")
-        rs.append(m.merge_rule)
+        st += ["excluded", "quarantined", "quarantined", PENDING, "merged"]
+        rs += [*SURVIVOR_REASONS, None, m.merge_rule]
         return Fates(st, rs)
 
     def fate_case(self) -> sql.Composable:
@@ -278,10 +303,19 @@ class Plan:
         for j in range(len(m.parents)):
             whens.append(sql.SQL("{} IS NOT NULL AND {} = 'quarantined'").format(pkey(j), ps(j)))
         if m.merge_into:
-            merge = sql.SQL("m.{}").format(sql.Identifier(m.merge_into))
-            whens.append(sql.SQL("{0} IS NOT NULL AND {0}::text <> m._key::text").format(merge))
+            merge = sql.SQL("m.{0} IS NOT NULL AND m.{0}::text <> m._key::text").format(
+                sql.Identifier(m.merge_into)
+            )
+            gone = sql.SQL("(s.status IS NULL OR s.status = 'deleted')")
+            whens += [
+                sql.SQL("{} AND s.status = 'excluded'").format(merge),
+                sql.SQL("{} AND s.status = 'quarantined'").format(merge),
+                sql.SQL("{} AND {} AND {}").format(merge, gone, sql.Literal(self.final)),
+                sql.SQL("{} AND {}").format(merge, gone),
+                merge,
+            ]
         else:
-            whens.append(sql.SQL("false"))
+            whens += [sql.SQL("false")] * 5
         parts = [
             sql.SQL("WHEN {} THEN {}").format(w, sql.Literal(i + 1)) for i, w in enumerate(whens)
         ]
@@ -309,19 +343,28 @@ class Plan:
             )
             for j, p in enumerate(m.parents)
         )
+        if m.merge_into:
+            joins = sql.SQL(
+                "{} LEFT JOIN {} s ON s.model = {} AND s.source_key = m.{}::text"
+            ).format(joins, self.own_led, sql.Literal(m.name), sql.Identifier(m.merge_into))
         parent_cols = sql.SQL("").join(
             sql.SQL(", {a}.target_uuid AS {u}").format(
                 a=sql.Identifier(f"p{j}"), u=sql.Identifier(f"_ferry_pu{j}")
             )
             for j in range(len(m.parents))
         )
+        survivor = sql.SQL(", s.target_uuid AS _ferry_su" if m.merge_into else "")
         with_fate = sql.SQL(
-            "SELECT m.*{pc}, {case} AS _ferry_fate FROM ({inner}) m {joins} OFFSET 0"
-        ).format(pc=parent_cols, case=self.fate_case(), inner=inner, joins=joins)
+            "SELECT m.*{pc}{su}, {case} AS _ferry_fate FROM ({inner}) m {joins} OFFSET 0"
+        ).format(pc=parent_cols, su=survivor, case=self.fate_case(), inner=inner, joins=joins)
         repairs = [r for r in m.rules if r.kind == "repair"]
         ri = {id(r): i for i, r in enumerate(m.rules)}
+        # Repairs are what was done to a row that was written: a migrated row's only.
         repair_arr = (
-            sql.SQL("array_remove(ARRAY[{}]::text[], NULL)").format(
+            sql.SQL(
+                "CASE WHEN m._ferry_fate = 0 THEN array_remove(ARRAY[{}]::text[], NULL) "
+                "ELSE '{{}}'::text[] END"
+            ).format(
                 sql.SQL(", ").join(
                     sql.SQL("CASE WHEN m.{} THEN {} END").format(
                         sql.Identifier(f"_ferry_r{ri[id(r)]}"), sql.Literal(r.name)
@@ -336,12 +379,10 @@ class Plan:
         ns, name = sql.Literal(str(spec.namespace)), sql.Literal(self.uuid_name)
         own = sql.SQL("{}({}::uuid, {}, m._key::text)").format(fn, ns, name)
         if m.merge_into:
-            into = sql.SQL("{}({}::uuid, {}, m.{}::text)").format(
-                fn, ns, name, sql.Identifier(m.merge_into)
-            )
+            # The survivor's own UUID, or, if it is merged too, the one it merged into.
             merged = len(self.fates.statuses) - 1
-            uuid = sql.SQL("CASE m._ferry_fate WHEN 0 THEN {} WHEN {} THEN {} END").format(
-                own, sql.Literal(merged), into
+            uuid = sql.SQL("CASE m._ferry_fate WHEN 0 THEN {} WHEN {} THEN m._ferry_su END").format(
+                own, sql.Literal(merged)
             )
         else:
             uuid = sql.SQL("CASE m._ferry_fate WHEN 0 THEN {} END").format(own)
@@ -444,6 +485,9 @@ class Runner:
         self.transitions: Counter[tuple[str | None, str]] = Counter()
         # Keys whose status or UUID changed: their children must be looked at again.
         self.changed_keys: set[str] = set()
+        # Of a model with merges, beyond a first load: keys that got their first ledger row.
+        self.new_keys: set[str] = set()
+        self.pending: set[str] = set()
         # Whether an index leads with the target's key (see _insert_new): once, at the first
         # write, which comes after any keys were set aside for the load.
         self._keyed: bool | None = None
@@ -554,7 +598,8 @@ class Runner:
             self._chunk(lo, hi, keys)
         return ModelResult(
             self.plan.model.name, self.rows, self.written, self.errors,
-            time.perf_counter() - t0, self.transitions, self.changed_keys,
+            time.perf_counter() - t0, self.transitions, self.changed_keys, self.pending,
+            self.new_keys,
         )  # fmt: skip
 
     def _chunk(self, lo: Any, hi: Any, keys: Sequence[str] | None) -> None:
@@ -584,14 +629,16 @@ class Runner:
         seen, keyprint = self._staged(lo, hi, keys, keyprint=self.aside)
         statement = sql.SQL(
             "WITH c AS MATERIALIZED ({expected}), t AS ({insert}), "
-            "l AS (INSERT INTO {led} ({cols}) SELECT {vals} FROM c) "
-            "SELECT _ferry_status, count(*){twice} FROM c GROUP BY 1"
+            "l AS (INSERT INTO {led} ({cols}) SELECT {vals} FROM c WHERE _ferry_status <> {p}) "
+            "SELECT _ferry_status, count(*){twice}, CASE WHEN _ferry_status = {p} "
+            "THEN array_agg(_ferry_key) END FROM c GROUP BY 1"
         ).format(
             expected=self.plan.expected(self._where(lo, hi, keys), numbered=False),
             insert=self._insert_new(sql.SQL("c"), sql.SQL("_ferry_fate = 0")),
             led=self.led,
             cols=LEDGER_COLUMNS,
             vals=self._ledger_values(),
+            p=sql.Literal(PENDING),
             # Aside, no primary key refuses a key yielded twice: the chunk looks for one,
             # unless it yields exactly the keys staged in its range, as an accounting model
             # does: the same number, with the same fingerprint (ledger.fingerprint). The
@@ -614,7 +661,10 @@ class Runner:
                     raise _YieldedTwice
         except (*BISECTABLE, _YieldedTwice):
             return False
-        for status, n, _ in counts:
+        for status, n, _, pending in counts:
+            if status == PENDING:
+                self.pending.update(pending)
+                continue
             self.transitions[(None, status)] += n
             if status == self.plan.fates.statuses[0]:
                 self.written += n
@@ -677,6 +727,13 @@ class Runner:
                 for statement in self.plan.candidates(where, self.led, self.fresh):
                     conn.execute(statement)
                 self._check_unique()
+                self.pending.update(
+                    r[0]
+                    for r in conn.execute(
+                        "DELETE FROM _ferry_c WHERE _ferry_status = %s RETURNING _ferry_key",
+                        [PENDING],
+                    )
+                )
                 n = self._count("SELECT count(*) FROM _ferry_c")
                 seen = self._seen(lo, hi, keys)
                 if n:
@@ -787,6 +844,8 @@ class Runner:
         self.transitions[(old[0] if old else None, "quarantined")] += 1
         if old is not None:
             self.changed_keys.add(key)
+        elif self.plan.model.merge_into and not self.fresh:
+            self.new_keys.add(key)
         if old is not None:
             ledger.record_history(
                 self.conn, plan.spec, self.run_id, plan.model.name, plan.model.target,
@@ -969,6 +1028,15 @@ class Runner:
             ).format(rng)
         ):
             self.transitions[(prev, new)] += n
+        if plan.model.merge_into and not self.fresh:
+            self.new_keys.update(
+                r[0]
+                for r in conn.execute(
+                    sql.SQL(
+                        "SELECT _ferry_key FROM _ferry_c WHERE {} AND _old_status IS NULL"
+                    ).format(rng)
+                )
+            )
         if not any_old:
             return
         self.changed_keys.update(
@@ -1003,11 +1071,43 @@ def with_rules(model: Model, body: str) -> sql.Composed:
     )
 
 
-def reads(conn: psycopg.Connection, spec: Spec, model: Model) -> set[str]:
-    """The sources whose stage tables a model's SQL and rules read, its own and others (a
-    lookup, a table joined for one column): a change in any of them can change its rows.
-    Asked of PostgreSQL, from the dependencies of a view of them, never guessed from their
-    text. Run with the stage schema on the search path, as the models run."""
+def dependents(
+    conn: psycopg.Connection, spec: Spec, model: Model, column: str, keys: Collection[str]
+) -> set[str]:
+    """Keys of ``model``'s rows whose output ``column`` (a parent's key, ``merge_into``)
+    holds any of ``keys``: the rows whose fate follows theirs. Run with the stage schema on
+    the search path."""
+    if not keys:
+        return set()
+    body = sql.SQL(spec.model_sql(model))  # type: ignore[arg-type]
+    # Keys as a literal: model SQL may hold a % that a parameter placeholder would trip on.
+    rows = conn.execute(
+        sql.SQL("SELECT m0._key::text FROM ({}) m0 WHERE m0.{}::text = ANY({})").format(
+            body, sql.Identifier(column), sql.Literal(sorted(keys))
+        )
+    ).fetchall()
+    conn.commit()
+    return {r[0] for r in rows}
+
+
+@dataclass
+class Reads:
+    """What a model's rows are computed from (``reads``)."""
+
+    # The sources whose stage tables its SQL and rules read, its own and others (a lookup, a
+    # table joined for one column): a change in any of them can change its rows.
+    sources: set[str]
+    # Whether each row comes from its own source row alone: the own stage table read once,
+    # at a level of the query with no window function, aggregate, GROUP BY or DISTINCT. If
+    # not (a merge survivor chosen among duplicates, a row numbered among its siblings), a
+    # change to one source row can change others.
+    row_local: bool
+
+
+def reads(conn: psycopg.Connection, spec: Spec, model: Model) -> Reads:
+    """Asked of PostgreSQL, from a view of the model's SQL and rules (its dependencies and
+    its parse tree), never guessed from their text. Run with the stage schema on the search
+    path, as the models run."""
     with conn.transaction(force_rollback=True):
         conn.execute(
             sql.SQL("CREATE TEMP VIEW _ferry_reads AS {}").format(
@@ -1015,9 +1115,9 @@ def reads(conn: psycopg.Connection, spec: Spec, model: Model) -> set[str]:
             )
         )
         tables = {
-            r[0]
+            r[0]: r[1]
             for r in conn.execute(
-                "SELECT c.relname FROM pg_rewrite r JOIN pg_depend d "
+                "SELECT c.relname, c.oid::int FROM pg_rewrite r JOIN pg_depend d "
                 "ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid "
                 "JOIN pg_class c ON c.oid = d.refobjid "
                 "WHERE r.ev_class = 'pg_temp._ferry_reads'::regclass "
@@ -1025,7 +1125,52 @@ def reads(conn: psycopg.Connection, spec: Spec, model: Model) -> set[str]:
                 [spec.stage_schema],
             )
         }
-    return {src.name for src in spec.sources if src.stage_table in tables}
+        row = conn.execute(
+            "SELECT ev_action FROM pg_rewrite WHERE ev_class = 'pg_temp._ferry_reads'::regclass"
+        ).fetchone()
+    own = tables.get(spec.source(model.source).stage_table) if model.accounts else None
+    local = own is None or (row is not None and _row_local(str(row[0]), own))
+    return Reads({src.name for src in spec.sources if src.stage_table in tables}, local)
+
+
+_SET_VALUED = re.compile(
+    r":(hasAggs|hasWindowFuncs) true|:(groupClause|distinctClause|groupingSets) \("
+)
+
+
+def _row_local(tree: str, relid: int) -> bool:
+    """On the parse tree's text (``nodeToString``): every query level (its subqueries cut
+    out) that ranges over the table ``relid`` has no set-valued clause, and only one does."""
+    mark = f":relid {relid} "
+    starts = [m.start() for m in re.finditer(r"\{QUERY ", tree)]
+    ends = {i: _node_end(tree, i) for i in starts}
+    reading = []
+    for i in starts:
+        inner = [j for j in starts if i < j < ends[i]]
+        outermost = [j for j in inner if not any(k < j < ends[k] for k in inner)]
+        cuts = [i, *(x for j in outermost for x in (j, ends[j])), ends[i]]
+        level = "".join(tree[a:b] for a, b in zip(cuts[::2], cuts[1::2], strict=True))
+        if mark in level:
+            reading.append(level)
+    return sum(lv.count(mark) for lv in reading) == 1 and not any(
+        _SET_VALUED.search(lv) for lv in reading
+    )
+
+
+def _node_end(tree: str, start: int) -> int:
+    """The index after the ``}`` that closes the node opening at ``start`` (a backslash
+    escapes the character after it)."""
+    depth, i = 0, start
+    while i < len(tree):
+        ch = tree[i]
+        if ch == "\\":
+            i += 2
+            continue
+        depth += (ch == "{") - (ch == "}")
+        i += 1
+        if depth == 0:
+            break
+    return i
 
 
 def undo_first_load(conn: psycopg.Connection, plan: Plan) -> int:

@@ -1,0 +1,285 @@
+"""Settle: run keys through the models again until every fate that depends on another row
+has followed it.
+
+A row's fate is a function of the current stage, the spec and the target's constraints,
+never of the history of runs. Migrate, sync and quarantine retry each know some keys that
+changed (a diff, a retry's selection, a key left with a stale fate); ``settle`` runs them
+through the models in dependency order, with every row whose fate depends on theirs: the
+children of a parent whose fate or UUID changed, the rows merging into a survivor whose
+fate changed (``pipeline.run_model``), and the whole of a model whose rows depend on rows
+they do not come from (another source its SQL reads, or its own source read across rows:
+a window function choosing a survivor). ``run`` then proves the invariant and, where it
+does not hold (a source row deleted between two migrates, a stage emptied by a crash, a
+row that moved to another model), settles the keys it names and checks again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from ferry import ledger, transform
+from ferry.errors import InvariantError
+from ferry.execute import Progress, run_model
+from ferry.spec import Model, Spec
+
+# Rounds of "check the invariant, settle the keys it names" before giving up.
+ROUNDS = 3
+
+
+@dataclass
+class Work:
+    """What a run knows changed. Sources and models are named; keys are text."""
+
+    changed: dict[str, set[str]] = field(default_factory=dict)  # source -> staged keys
+    deleted: dict[str, set[str]] = field(default_factory=dict)  # source -> keys not staged
+    keys: dict[str, set[str]] = field(default_factory=dict)  # model -> keys to look at
+    whole: set[str] = field(default_factory=set)  # models to compute whole
+    # Quarantined rows to try again: "all", "refused" (the database's refusals only: the
+    # rules' verdicts cannot change when no stage row did) or None.
+    quarantined: str | None = None
+    # Keys handed on by a run that died: their fates may have changed already, so their
+    # children are looked at whatever this run finds.
+    resumed: bool = False
+
+    def moved(self) -> set[str]:
+        return {s for s in {*self.changed, *self.deleted} if self.changed.get(s) or
+                self.deleted.get(s)}  # fmt: skip
+
+
+@dataclass
+class Settled:
+    models: list[transform.ModelResult] = field(default_factory=list)
+    transitions: Counter[tuple[str | None, str]] = field(default_factory=Counter)
+    deleted_rows: int = 0
+    counts: dict[str, ledger.SourceCounts] = field(default_factory=dict)
+    # Rounds in which the invariant named keys to settle (``run``).
+    reconciled: int = 0
+
+
+def run(
+    conn: psycopg.Connection, target: str, spec: Spec, run_id: int, progress: Progress,
+    jobs: int, work: Work, checked: Collection[str] | None = None,
+) -> Settled:  # fmt: skip
+    """``settle`` the work, then prove the invariant for what it touched (and for the
+    sources in ``checked``, whole); keys that do not add up are settled in turn."""
+    out = Settled()
+    for _ in range(ROUNDS):
+        touched = settle(conn, target, spec, run_id, progress, jobs, work, out)
+        scope: dict[str, set[str] | None] = {s: keys for s, keys in touched.items()}
+        for name in checked or ():
+            scope[name] = None
+        counts, bad = ledger.discrepancies(conn, spec, scope)
+        out.counts.update(counts)
+        if not bad:
+            return out
+        out.reconciled += 1
+        work, checked = discrepant(conn, spec, bad), set(bad)
+    raise InvariantError(ledger.describe(bad))
+
+
+def discrepant(conn: psycopg.Connection, spec: Spec, bad: dict[str, ledger.Discrepancy]) -> Work:
+    """The work that settles keys the invariant named: a fate of a key no longer staged
+    follows the model's ``on_delete``; a key with no fate, or two, is run through its
+    source's models again (one that no longer yields it lets it go). A model that yields a
+    key its source does not hold is wrong, not stale: that fails the run."""
+    for name, d in bad.items():
+        for model in ledger.models_of(spec, name):
+            if _yielded(conn, spec, spec.model(model), set(d.stale)):
+                raise InvariantError(ledger.describe(bad))
+    return Work(
+        deleted={s: set(d.stale) for s, d in bad.items()},
+        keys={
+            m: set(d.unclaimed) | set(d.twice)
+            for s, d in bad.items()
+            for m in ledger.models_of(spec, s)
+        },
+    )
+
+
+def settle(
+    conn: psycopg.Connection, target: str, spec: Spec, run_id: int, progress: Progress,
+    jobs: int, work: Work, out: Settled,
+) -> dict[str, set[str]]:  # fmt: skip
+    """One pass over the models in dependency order; returns the keys it touched per source
+    (for the invariant), and adds its results to ``out``."""
+    moved = work.moved()
+    outcome: dict[str, set[str]] = defaultdict(set)
+    touched: dict[str, set[str]] = defaultdict(set)
+    for name in moved:
+        touched[name] |= work.changed.get(name, set()) | work.deleted.get(name, set())
+    for model in spec.order():
+        src_changed = work.changed.get(model.source, set())
+        src_deleted = work.deleted.get(model.source, set())
+        # Rows computed from rows they do not come from: which of them a change reaches is
+        # not known here, so the model is computed whole, writing only the rows that differ.
+        whole = model.name in work.whole
+        if not whole and (moved - {model.source} or model.source in moved):
+            reads = transform.reads(conn, spec, model)
+            whole = bool((moved - {model.source}) & reads.sources) or (
+                model.source in moved and not reads.row_local
+            )
+        parents_moved = any(outcome[p.model] for p in model.parents)
+        keys: set[str] | None
+        if model.accounts:
+            outcome[model.name] |= _mark_deleted(conn, spec, model, src_deleted, run_id)
+            if work.resumed:
+                outcome[model.name] |= src_deleted
+            if whole:
+                keys = None
+            else:
+                keys = set(src_changed) | work.keys.get(model.name, set())
+                keys |= _quarantined(conn, spec, model, work.quarantined)
+                for p in {p.model for p in model.parents}:
+                    keys |= transform.dependents(conn, spec, model, _parent_key(model, p),
+                                                 outcome[p])  # fmt: skip
+                keys -= src_deleted
+        else:
+            # Derived rows (a list split into rows): small, recomputed whole when touched.
+            whole = whole or bool(src_changed or src_deleted or parents_moved)
+            whole = whole or bool(work.keys.get(model.name))
+            keys = None if whole else _quarantined(conn, spec, model, work.quarantined)
+        conn.commit()
+        if keys is not None and not keys:
+            continue
+        before = _ledger_keys(conn, spec, model) if keys is None else set()
+        result = run_model(
+            target, spec, model.name, run_id, progress, jobs=jobs,
+            keys=None if keys is None else sorted(keys),
+        )  # fmt: skip
+        out.models.append(result)
+        out.transitions.update(result.transitions)
+        outcome[model.name] |= result.changed_keys
+        asked = before if keys is None else keys
+        if work.resumed:
+            outcome[model.name] |= asked
+        # Keys the model was asked about but no longer yields leave it.
+        outcome[model.name] |= _release(conn, spec, model, asked, run_id)
+        if model.accounts:
+            touched[model.source] |= result.changed_keys | (keys or set())
+    deleted, _ = transform.apply_pending_deletes(conn, spec, run_id)
+    out.deleted_rows += deleted
+    return dict(touched)
+
+
+def _parent_key(model: Model, parent: str) -> str:
+    return next(p.key for p in model.parents if p.model == parent)
+
+
+def _queue_deletes(
+    conn: psycopg.Connection, spec: Spec, model: Model, keys: list[str], run_id: int
+) -> None:
+    """Queue the target rows ferry wrote for these keys; ``apply_pending_deletes`` removes
+    them once every model has run, children first."""
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {pend} (target_table, target_uuid, model, source_key, row_hash, "
+            "run_id) SELECT target_table, target_uuid, model, source_key, row_hash, %s "
+            "FROM {led} WHERE model = %s AND source_key = ANY(%s) AND status = 'migrated' "
+            "AND target_uuid IS NOT NULL ON CONFLICT DO NOTHING"
+        ).format(
+            pend=sql.Identifier(spec.ledger_schema, "pending_deletes"),
+            led=sql.Identifier(spec.ledger_schema, "ledger"),
+        ),
+        [run_id, model.name, keys],
+    )
+
+
+def _mark_deleted(
+    conn: psycopg.Connection, spec: Spec, model: Model, keys: Collection[str], run_id: int
+) -> set[str]:
+    """Source rows that are gone: their ledger rows say so, and their target rows follow the
+    model's ``on_delete`` (deleted after every model ran, children first). Returns the keys
+    whose ledger row changed."""
+    if not keys:
+        return set()
+    ordered = sorted(keys)
+    led = sql.Identifier(spec.ledger_schema, "ledger")
+    reason = {"delete": "source_deleted", "keep": "kept", "flag": "flagged"}[model.on_delete]
+    with conn.transaction():
+        ledger.record_history(
+            conn, spec, run_id, model.name, model.target, model.key_column, ordered
+        )
+        if model.on_delete == "delete":
+            _queue_deletes(conn, spec, model, ordered, run_id)
+        rows = conn.execute(
+            sql.SQL(
+                "UPDATE {led} SET status = 'deleted', reason = %s, run_id = %s, "
+                "target_uuid = CASE WHEN %s THEN NULL ELSE target_uuid END, "
+                "updated_at = clock_timestamp() "
+                "WHERE model = %s AND source_key = ANY(%s) AND status <> 'deleted' "
+                "RETURNING source_key"
+            ).format(led=led),
+            [reason, run_id, model.on_delete == "delete", model.name, ordered],
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _quarantined(conn: psycopg.Connection, spec: Spec, model: Model, which: str | None) -> set[str]:
+    """Quarantined keys to try again (``Work.quarantined``)."""
+    if which is None:
+        return set()
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT source_key FROM {} WHERE model = %s AND status = 'quarantined' "
+            "AND (%s OR sqlstate IS NOT NULL)"
+        ).format(sql.Identifier(spec.ledger_schema, "ledger")),
+        [model.name, which == "all"],
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _release(
+    conn: psycopg.Connection, spec: Spec, model: Model, keys: set[str], run_id: int
+) -> set[str]:
+    """Ledger rows of ``model`` whose source row the model no longer yields (a record that
+    changed kind now belongs to another model; a role removed from a list): their target
+    rows are queued for deletion and their ledger rows removed."""
+    if not keys:
+        return set()
+    led = sql.Identifier(spec.ledger_schema, "ledger")
+    gone = sorted(keys - _yielded(conn, spec, model, keys))
+    if not gone:
+        conn.commit()
+        return set()
+    with conn.transaction():
+        ledger.record_history(conn, spec, run_id, model.name, model.target, model.key_column, gone)
+        _queue_deletes(conn, spec, model, gone, run_id)
+        rows = conn.execute(
+            sql.SQL(
+                "DELETE FROM {} WHERE model = %s AND source_key = ANY(%s) RETURNING source_key"
+            ).format(led),
+            [model.name, gone],
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _yielded(conn: psycopg.Connection, spec: Spec, model: Model, keys: set[str]) -> set[str]:
+    """Which of ``keys`` the model's SQL yields now."""
+    if not keys:
+        return set()
+    body = sql.SQL(spec.model_sql(model))  # type: ignore[arg-type]
+    # Typed like the stage key, so that the stage's primary key index finds them.
+    key_type = sql.SQL(transform.Plan(conn, spec, model).key_type)
+    return {
+        r[0]
+        for r in conn.execute(
+            sql.SQL("SELECT m0._key::text FROM ({}) m0 WHERE m0._key = ANY({}::{}[])").format(
+                body, sql.Literal(sorted(keys)), key_type
+            )
+        )
+    }
+
+
+def _ledger_keys(conn: psycopg.Connection, spec: Spec, model: Model) -> set[str]:
+    rows = conn.execute(
+        sql.SQL("SELECT source_key FROM {} WHERE model = %s AND status <> 'deleted'").format(
+            sql.Identifier(spec.ledger_schema, "ledger")
+        ),
+        [model.name],
+    ).fetchall()
+    return {r[0] for r in rows}
