@@ -47,3 +47,10 @@ def function_ddl(schema: str) -> sql.Composed:
                  placing '8'::bytea from 13) placing '8'::bytea from 17), 'escape')::uuid
         $$"""
     ).format(schema=sql.Identifier(schema))
+
+
+def uuid_sql(schema: str, namespace: uuid.UUID, name: str, key: sql.Composable) -> sql.Composed:
+    """A call of the SQL function above: the UUID of the key that ``key`` evaluates to."""
+    return sql.SQL("{}({}::uuid, {}, ({})::text)").format(
+        sql.Identifier(schema, "key_uuid"), sql.Literal(str(namespace)), sql.Literal(name), key
+    )

@@ -625,6 +625,31 @@ def stage_rows(conn: psycopg.Connection, spec: Spec, source: str, limit: int | N
     return int(row[0]) if row else 0
 
 
+def staged_among(
+    conn: psycopg.Connection, spec: Spec, source: str, keys: Collection[str]
+) -> set[str] | None:
+    """Which of ``keys`` the stage of ``source`` holds (None: it was never staged). The keys
+    are cast to the stage key's type, so that its primary key index finds them."""
+    src = spec.source(source)
+    stage = sql.Identifier(spec.stage_schema, src.stage_table)
+    typ = conn.execute(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = to_regclass(%s) AND attname = %s",
+        [stage.as_string(conn), src.key],
+    ).fetchone()
+    if typ is None:
+        return None
+    return {
+        r[0]
+        for r in conn.execute(
+            sql.SQL("SELECT {k}::text FROM {s} WHERE {k} = ANY(%s::{t}[])").format(
+                k=sql.Identifier(src.key), s=stage, t=sql.SQL(typ[0])
+            ),
+            [sorted(keys)],
+        )
+    }
+
+
 def has_fates(conn: psycopg.Connection, spec: Spec, source: str) -> bool:
     """Whether any source row of ``source`` has a live fate in the ledger."""
     row = conn.execute(

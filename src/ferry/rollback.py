@@ -522,24 +522,9 @@ def pending_resync(
         if not model.accounts:
             derived.add(name)
             continue
-        src = spec.source(model.source)
-        stage_t = sql.Identifier(spec.stage_schema, src.stage_table)
-        typ = conn.execute(
-            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-            "WHERE attrelid = to_regclass(%s) AND attname = %s",
-            [stage_t.as_string(conn), src.key],
-        ).fetchone()
-        if typ is None:  # not staged at all: the diff will insert everything anyway
+        staged = ledger.staged_among(conn, spec, model.source, keys)
+        if staged is None:  # not staged at all: the diff will insert everything anyway
             continue
-        staged = {
-            r[0]
-            for r in conn.execute(
-                sql.SQL("SELECT {k}::text FROM {s} WHERE {k} = ANY(%s::{t}[])").format(
-                    k=sql.Identifier(src.key), s=stage_t, t=sql.SQL(typ[0])
-                ),
-                [keys],
-            )
-        }
         changed[model.source] |= staged
         deleted[model.source] |= set(keys) - staged
     conn.commit()

@@ -157,8 +157,14 @@ def settle(
         asked = before if keys is None else keys
         if work.resumed:
             outcome[model.name] |= asked
-        # Keys the model was asked about but no longer yields leave it.
-        outcome[model.name] |= _release(conn, spec, model, asked, run_id)
+        # Keys the model was asked about but no longer yields leave it; those no longer
+        # staged (a stage a crash emptied does not show them as deleted) are deleted.
+        gone = asked - _yielded(conn, spec, model, asked)
+        if model.accounts and gone:
+            unstaged = gone - (ledger.staged_among(conn, spec, model.source, gone) or set())
+            outcome[model.name] |= _mark_deleted(conn, spec, model, unstaged, run_id)
+            gone -= unstaged
+        outcome[model.name] |= _release(conn, spec, model, gone, run_id)
         if model.accounts:
             touched[model.source] |= result.changed_keys | (keys or set())
     deleted, _ = transform.apply_pending_deletes(conn, spec, run_id)
@@ -236,13 +242,13 @@ def _quarantined(conn: psycopg.Connection, spec: Spec, model: Model, which: str 
 def _release(
     conn: psycopg.Connection, spec: Spec, model: Model, keys: set[str], run_id: int
 ) -> set[str]:
-    """Ledger rows of ``model`` whose source row the model no longer yields (a record that
-    changed kind now belongs to another model; a role removed from a list): their target
-    rows are queued for deletion and their ledger rows removed."""
+    """Ledger rows of ``model`` whose staged source row the model no longer yields (a record
+    that changed kind now belongs to another model; a role removed from a list): their
+    target rows are queued for deletion and their ledger rows removed."""
     if not keys:
         return set()
     led = sql.Identifier(spec.ledger_schema, "ledger")
-    gone = sorted(keys - _yielded(conn, spec, model, keys))
+    gone = sorted(keys)
     if not gone:
         conn.commit()
         return set()

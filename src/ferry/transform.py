@@ -23,6 +23,7 @@ from psycopg import sql
 
 from ferry import ledger
 from ferry.errors import FerryError, SpecError
+from ferry.keys import uuid_sql
 from ferry.spec import Model, Spec
 
 # Errors that belong to rows, not to the run: data exceptions (22), integrity (23), and
@@ -330,7 +331,7 @@ class Plan:
         it from a stored row). ``bounds`` is a predicate on ``m0._key``. ``_ferry_n`` numbers
         the rows in key order for bisection; without ``numbered`` it is NULL (no sort).
         """
-        m, spec = self.model, self.spec
+        m = self.model
         inner = sql.SQL("{} WHERE {} OFFSET 0").format(with_rules(m, self.body), bounds)
         joins = sql.SQL(" ").join(
             sql.SQL(
@@ -375,9 +376,7 @@ class Plan:
             if repairs
             else sql.SQL("'{}'::text[]")
         )
-        fn = sql.Identifier(spec.ledger_schema, "key_uuid")
-        ns, name = sql.Literal(str(spec.namespace)), sql.Literal(self.uuid_name)
-        own = sql.SQL("{}({}::uuid, {}, m._key::text)").format(fn, ns, name)
+        own = self.own_uuid(sql.SQL("m._key"))
         if m.merge_into:
             # The survivor's own UUID, or, if it is merged too, the one it merged into.
             merged = len(self.fates.statuses) - 1
@@ -407,6 +406,10 @@ class Plan:
         return sql.SQL(
             "SELECT c.*, CASE WHEN c._ferry_fate = 0 THEN {h} END AS _ferry_hash FROM ({shaped}) c"
         ).format(h=self.target_hash("c"), shaped=shaped)
+
+    def own_uuid(self, key: sql.Composable) -> sql.Composed:
+        """The UUID of the row whose source key ``key`` evaluates to, whatever its fate."""
+        return uuid_sql(self.spec.ledger_schema, self.spec.namespace, self.uuid_name, key)
 
     def candidates(
         self, bounds: sql.Composable, led: sql.Composable, fresh: bool = False

@@ -26,6 +26,7 @@ from psycopg import sql
 from ferry import ledger
 from ferry.conninfo import connect
 from ferry.errors import FerryError, InvariantError, VerifyError
+from ferry.keys import uuid_sql
 from ferry.spec import Model, Spec
 from ferry.transform import Plan, safe_message
 
@@ -109,10 +110,20 @@ def verify(target: str, spec: Spec, truth: Path | None = None) -> VerifyReport:
         conn.execute(
             sql.SQL("SET search_path = {}, pg_catalog").format(sql.Identifier(spec.stage_schema))
         )
+        # The fates verify recomputes, model by model: its children and merged rows take
+        # their parents' and survivors' fates from here, not from the ledger it checks.
+        conn.execute(
+            "CREATE TEMP TABLE _ferry_f (model text, source_key text, status text, "
+            "target_uuid uuid, PRIMARY KEY (model, source_key))"
+        )
         conn.commit()
+        emptied = _emptied_stages(conn, spec, report)
         for model in spec.order():
-            _check_model(conn, spec, model, report)
-        _check_invariant(conn, spec, report)
+            if spec.reads(model) & emptied:
+                continue
+            if _check_model(conn, spec, model, report):
+                _check_written(conn, spec, model, report)
+        _check_invariant(conn, spec, report, emptied)
         _check_foreign_keys(conn, spec, report)
         if truth is not None:
             _check_truth(conn, spec, truth, report)
@@ -142,20 +153,61 @@ def _one(conn: psycopg.Connection, query: sql.Composable, params: Sequence[objec
 # -- (a) models against the target ---------------------------------------------------------
 
 
-def _check_model(conn: psycopg.Connection, spec: Spec, model: Model, report: VerifyReport) -> None:
+def _emptied_stages(conn: psycopg.Connection, spec: Spec, report: VerifyReport) -> set[str]:
+    """Sources whose stage copy is empty while the ledger holds fates of their rows: said
+    once, rather than as every one of their keys missing."""
+    emptied = set()
+    for src in spec.sources:
+        if (
+            not src.lookup
+            and ledger.stage_rows(conn, spec, src.name, limit=1) == 0
+            and ledger.has_fates(conn, spec, src.name)
+        ):
+            emptied.add(src.name)
+            report.problems.append(
+                Problem(
+                    "stage",
+                    src.name,
+                    [],
+                    "the stage copy is empty but the ledger holds fates of its rows: a server "
+                    "crash or restart empties ferry's unlogged stage; run ferry sync to copy "
+                    "it again (models reading it are not checked)",
+                )
+            )
+    conn.commit()
+    return emptied
+
+
+# Passes over a model's merged rows, each with the survivors' fates of the one before.
+SURVIVOR_PASSES = 5
+
+
+def _check_model(conn: psycopg.Connection, spec: Spec, model: Model, report: VerifyReport) -> bool:
     """Recompute one model, compare fates with the ledger and rows with the target.
 
-    A model that cannot be recomputed (its SQL fails, its target is gone) is a problem of
-    that model; verify goes on with the others.
+    Parents' fates come from verify's own recomputation (``_ferry_f``); a merged row's
+    survivor's fate too, found by passes until they agree. A model that cannot be
+    recomputed (its SQL fails, its target is gone) is a problem of that model; verify goes
+    on with the others.
     """
     try:
         plan = Plan(conn, spec, model)
+        plan.final = True
+        plan.parent_led = [sql.Identifier("_ferry_f")] * len(model.parents)
         _materialize(conn, plan)
+        for _ in range(SURVIVOR_PASSES if model.merge_into else 0):
+            if not _record_fates(conn, spec, model):
+                break
+            plan.own_led = sql.Identifier("_ferry_f")
+            _materialize(conn, plan)
+        _record_fates(conn, spec, model)
+        conn.commit()
         report.checked["models"] += 1
         report.checked["rows"] += int(_one(conn, sql.SQL("SELECT count(*) FROM _ferry_v"))[0])
         if not _duplicates(conn, model, report):
             _compare_fates(conn, spec, model, report)
             _compare_rows(conn, spec, plan, report)
+        return True
     except FerryError as exc:
         report.problems.append(Problem("model", model.target, [], f"model {model.name}: {exc}"))
     except psycopg.Error as exc:
@@ -163,8 +215,41 @@ def _check_model(conn: psycopg.Connection, spec: Spec, model: Model, report: Ver
             Problem("model", model.target, [], f"model {model.name}: {safe_message(exc)}")
         )
     finally:
-        # The temp tables were never committed: rolling back drops them.
         conn.rollback()
+    return False
+
+
+def _record_fates(conn: psycopg.Connection, spec: Spec, model: Model) -> bool:
+    """Keep the model's recomputed fates (``_ferry_v``) in ``_ferry_f`` for the models that
+    depend on them; returns whether they changed. A row the database refused, or an
+    operator decided, has the ledger's fate: the spec cannot know it."""
+    name = sql.Literal(model.name)
+    before = _one(
+        conn,
+        sql.SQL(
+            "SELECT count(*), coalesce(sum(hashtext(source_key || status || "
+            "coalesce(target_uuid::text, ''))), 0) FROM _ferry_f WHERE model = {}"
+        ).format(name),
+    )
+    conn.execute(sql.SQL("DELETE FROM _ferry_f WHERE model = {}").format(name))
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO _ferry_f SELECT {name}, v.key, "
+            "CASE WHEN l.sqlstate IS NOT NULL OR l.decided_by IS NOT NULL THEN l.status "
+            "ELSE v.status END, CASE WHEN l.sqlstate IS NOT NULL OR l.decided_by IS NOT NULL "
+            "THEN l.target_uuid ELSE v.uuid END FROM _ferry_v v LEFT JOIN {led} l "
+            "ON l.model = {name} AND l.source_key = v.key AND l.status <> 'deleted' "
+            "ON CONFLICT DO NOTHING"
+        ).format(name=name, led=_led(spec))
+    )
+    after = _one(
+        conn,
+        sql.SQL(
+            "SELECT count(*), coalesce(sum(hashtext(source_key || status || "
+            "coalesce(target_uuid::text, ''))), 0) FROM _ferry_f WHERE model = {}"
+        ).format(name),
+    )
+    return before != after
 
 
 def _materialize(conn: psycopg.Connection, plan: Plan) -> None:
@@ -180,18 +265,31 @@ def _materialize(conn: psycopg.Connection, plan: Plan) -> None:
     """
     spec = plan.spec
     led, name = _led(spec), sql.Literal(plan.model.name)
-    own = sql.SQL("{}({}::uuid, {}, e._ferry_key)").format(
-        sql.Identifier(spec.ledger_schema, "key_uuid"),
-        sql.Literal(str(spec.namespace)),
-        sql.Literal(plan.uuid_name),
-    )
+    own = plan.own_uuid(sql.SQL("e._ferry_key"))
     conn.execute("DROP TABLE IF EXISTS _ferry_v, _ferry_e, _ferry_ids")
+    # A row the database refused (a failed cast, a unique or check violation) is taken as
+    # refused: computing it again could fail the whole model on the cast that refused it.
+    refused = sql.SQL(
+        "{led} l WHERE l.model = {name} AND l.status = 'quarantined' AND l.sqlstate IS NOT NULL"
+    ).format(led=led, name=name)
     conn.execute(
         sql.SQL(
             "CREATE TEMP TABLE _ferry_v AS SELECT e._ferry_key AS key, e._ferry_fate AS fate, "
             "e._ferry_status AS status, e._ferry_reason AS reason, e._ferry_repairs AS repairs, "
-            "e._ferry_uuid AS uuid, e._ferry_hash AS hash, {own} AS own FROM ({expected}) e"
-        ).format(own=own, expected=plan.expected(sql.SQL("true")))
+            "e._ferry_uuid AS uuid, e._ferry_hash AS hash, {own} AS own FROM ({expected}) e "
+            "UNION ALL SELECT l.source_key, 0, 'migrated', NULL, '{{}}', {lown}, NULL, {lown} "
+            "FROM {refused}{staged}"
+        ).format(
+            own=own,
+            expected=plan.expected(
+                sql.SQL("NOT EXISTS (SELECT FROM {} AND l.source_key = m0._key::text)").format(
+                    refused
+                )
+            ),
+            lown=plan.own_uuid(sql.SQL("l.source_key")),
+            refused=refused,
+            staged=_staged_clause(spec, plan),
+        )
     )
     conn.execute("ANALYZE _ferry_v")
     conn.execute(
@@ -211,6 +309,86 @@ def _materialize(conn: psycopg.Connection, plan: Plan) -> None:
     )
     conn.execute("ANALYZE _ferry_e")
     conn.execute("ANALYZE _ferry_ids")
+
+
+def _staged_clause(spec: Spec, plan: Plan) -> sql.Composable:
+    """`` AND`` the refused row's key is still staged (for a model that accounts for it)."""
+    if not plan.model.accounts:
+        return sql.SQL("")
+    src = spec.source(plan.model.source)
+    return sql.SQL(" AND EXISTS (SELECT FROM {} s WHERE s.{}::text = l.source_key)").format(
+        sql.Identifier(spec.stage_schema, src.stage_table), sql.Identifier(src.key)
+    )
+
+
+def _check_written(
+    conn: psycopg.Connection, spec: Spec, model: Model, report: VerifyReport
+) -> None:
+    """Beyond the rows the spec yields (``_compare_rows``): every merged row's survivor is
+    a migrated row of the model with its target row, and (where the model fills a legacy
+    key column) every row with a legacy key has the ledger row of ferry's write. Run after
+    ``_check_model``, whose ``_ferry_v`` it reads."""
+    led, name = _led(spec), sql.Literal(model.name)
+    table = sql.Identifier(model.target_schema, model.target_table)
+    key = sql.Identifier(model.key_column)
+    checks = [
+        (
+            "merge",
+            sql.SQL(
+                "SELECT l.source_key FROM {led} l WHERE l.model = {name} AND l.status = "
+                "'merged' AND NOT (EXISTS (SELECT FROM {led} s WHERE s.model = {name} "
+                "AND s.status = 'migrated' AND s.target_uuid = l.target_uuid) "
+                "AND EXISTS (SELECT FROM {t} t WHERE t.{k} = l.target_uuid))"
+            ),
+            "merged into a row that is not a migrated row of the model in the target",
+        ),
+    ]
+    if model.legacy_column:
+        checks.append(
+            (
+                "extra",
+                sql.SQL(
+                    "SELECT t.{k}::text FROM {t} t WHERE t.{legacy} IS NOT NULL "
+                    "AND NOT EXISTS (SELECT FROM {led} l WHERE l.target_table = {tt} "
+                    "AND l.target_uuid = t.{k}) AND NOT EXISTS (SELECT FROM {led} l "
+                    "WHERE l.model = {name} AND l.conflict AND {own} = t.{k}) "
+                    # A row the spec yields is _compare_rows' to report.
+                    "AND NOT EXISTS (SELECT FROM _ferry_v v WHERE v.own = t.{k})"
+                ),
+                f"in the target with a {model.legacy_column} but no ledger row of ferry's write",
+            )
+        )
+    own = uuid_sql(
+        spec.ledger_schema, spec.namespace, model.source if model.accounts else model.name,
+        sql.SQL("l.source_key"),
+    )  # fmt: skip
+    try:
+        for kind, query, what in checks:
+            n, keys = _one(
+                conn,
+                sql.SQL(
+                    "SELECT count(*), (array_agg(k ORDER BY length(k), k))[1:{s}] FROM ({q}) x(k)"
+                ).format(
+                    s=sql.Literal(SAMPLE),
+                    q=query.format(
+                        led=led, name=name, t=table, k=key, tt=sql.Literal(model.target),
+                        legacy=sql.Identifier(model.legacy_column or "id"), own=own,
+                    ),
+                ),
+            )  # fmt: skip
+            if n:
+                label = "uuids" if kind == "extra" else "keys"
+                problem = Problem(
+                    kind, model.target, [], f"model {model.name}: {n} row(s) {what}", n
+                )
+                setattr(problem, label, list(keys or []))
+                report.problems.append(problem)
+    except psycopg.Error as exc:
+        report.problems.append(
+            Problem("model", model.target, [], f"model {model.name}: {safe_message(exc)}")
+        )
+    finally:
+        conn.rollback()
 
 
 def _duplicates(conn: psycopg.Connection, model: Model, report: VerifyReport) -> bool:
@@ -361,7 +539,9 @@ def _compare_rows(conn: psycopg.Connection, spec: Spec, plan: Plan, report: Veri
 # -- (b) the ledger invariant -----------------------------------------------------------------
 
 
-def _check_invariant(conn: psycopg.Connection, spec: Spec, report: VerifyReport) -> None:
+def _check_invariant(
+    conn: psycopg.Connection, spec: Spec, report: VerifyReport, emptied: set[str]
+) -> None:
     """The ledger's own check, run so that it scales.
 
     Where the keys' fingerprints differ, it names the keys by anti-joins that end in
@@ -371,7 +551,12 @@ def _check_invariant(conn: psycopg.Connection, spec: Spec, report: VerifyReport)
     """
     try:
         conn.execute("SET LOCAL enable_nestloop = off")
-        ledger.check_invariant(conn, spec)
+        scope: dict[str, set[str] | None] = {
+            s.name: None for s in spec.sources if s.name not in emptied
+        }
+        _, bad = ledger.discrepancies(conn, spec, scope)
+        if bad:
+            raise InvariantError(ledger.describe(bad))
     except InvariantError as exc:
         report.problems.append(
             Problem(
@@ -509,7 +694,9 @@ def read_truth(path: Path, spec: Spec) -> tuple[list[tuple[str, str, str, str]],
                 continue
             if len(rec) != len(TRUTH_HEADER):
                 raise VerifyError(f"{path}:{line}: expected {len(TRUTH_HEADER)} fields")
-            table, key, status, reason = (f.strip() for f in rec)
+            # The key as written: a text key may begin or end with spaces.
+            table, status, reason = rec[0].strip(), rec[2].strip(), rec[3].strip()
+            key = rec[1]
             if status not in ledger.STATUSES:
                 raise VerifyError(f"{path}:{line}: unknown status {status!r}")
             if table not in names:
