@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ferry import ledger
+from ferry import ledger, quarantine
 from ferry.embedded import LocalCluster
 from ferry.pipeline import migrate
 from ferry.spec import Spec, load_spec
@@ -173,4 +173,43 @@ def test_a_sync_after_the_stage_was_emptied(world: World) -> None:
     world.migrate()
     world.crash()
     world.sync()
+    world.assert_converged()
+
+
+def test_a_retry_after_the_stage_was_emptied(world: World) -> None:
+    """History: item 1 with qty '-1' (quarantined by the reject rule negative_qty), item 2
+    fine; migrate; the server crashes (the unlogged stage is emptied); quarantine retry.
+
+    The retry recomputes item 1 from the empty stage, finds no row for it, and its own
+    invariant check then fails ("src_item: staged 0 but accounted 1"): the retry dies with
+    an InvariantError instead of working from the source rows (or refusing until a sync has
+    re-staged them). Violates: retry is part of any history, and the runs after a crash end
+    where a fresh migrate does."""
+    world.src("INSERT INTO src_item VALUES (1, NULL, 's1', '-1', 'ok'), (2, NULL, 's2', '1', 'ok')")
+    world.migrate()
+    world.crash()
+    quarantine.retry(world.target, world.spec)
+    world.sync()
+    world.assert_converged()
+
+
+def test_a_retry_after_a_migrate_that_died(world: World) -> None:
+    """History: item 1, tags T1 and T2 in the CSV (T2's label empty: NOT NULL refuses it,
+    so it is quarantined); migrate; T4 added to the CSV; a migrate killed before its third
+    chunk (the stage has T4, the ledger not yet); quarantine retry.
+
+    The retry, which (unlike a sync) does not refuse to follow a migrate that did not
+    finish, checks the invariant over the source of the keys it retried and dies with
+    "tags.csv: staged 3 but accounted 2".
+    Violates: retry is part of any history; it must refuse (as sync does) or finish."""
+    from tests.test_convergence import InjectedCrash, dying_after
+
+    world.src("INSERT INTO src_item VALUES (1, NULL, 's1', '1', 'ok')")
+    write_csv(world.data_dir / "tags.csv", {"T1": (1, "x"), "T2": (1, "")})
+    world.migrate()
+    write_csv(world.data_dir / "tags.csv", {"T1": (1, "x"), "T2": (1, ""), "T4": (1, "y")})
+    with pytest.raises(InjectedCrash), dying_after(2):
+        migrate(world.source, world.target, world.spec, data_dir=world.data_dir, jobs=1)
+    quarantine.retry(world.target, world.spec)
+    world.migrate()
     world.assert_converged()
