@@ -136,10 +136,10 @@ def test_exclusion_survives_syncs_and_reaches_the_report(
     code, out, _ = cli("quarantine", "list", *common, "--table", "books", "--json")
     assert "16" not in {r["source_key"] for r in json.loads(out)["rows"]}
 
-    # Undo: quarantined again until the next sync evaluates it afresh.
+    # Undo: evaluated afresh at once, as a fresh migrate would without the decision.
     code, _, err = cli("quarantine", "undo", "books", "16", *common)
     assert code == 0, err
-    assert fate(target, "books", "16") == ("quarantined", "operator_undone", None, None, None)
+    assert fate(target, "books", "16") == ("quarantined", "check_violation", None, None, "23514")
     sync(source, target, spec)
     assert fate(target, "books", "16") == ("quarantined", "check_violation", None, None, "23514")
     assert report.collect(target, spec)["decisions"] == []

@@ -34,7 +34,7 @@ from ferry.pipeline import Progress, _run_lock, put_back, session
 from ferry.spec import Spec
 
 OPERATOR = "operator"  # the reason of a row an operator excluded
-UNDONE = "operator_undone"  # the reason of a row whose decision was undone, until re-evaluated
+UNDONE = "operator_undone"  # the reason of an undone decision's row until it is settled
 
 
 class QuarantineError(FerryError):
@@ -283,8 +283,8 @@ def _decide(
                             [OPERATOR, by, note, run_id, chosen, key],
                         )
                     else:
-                        # Back to quarantine, without the old SQLSTATE: the next sync (or
-                        # retry) evaluates the row afresh and writes whatever it yields now.
+                        # Back to quarantine, without the old SQLSTATE: settled below, the
+                        # row is evaluated afresh and written as whatever it yields now.
                         conn.execute(
                             sql.SQL(
                                 "UPDATE {} SET status = CASE status WHEN 'deleted' THEN status "
@@ -296,16 +296,14 @@ def _decide(
                             ).format(led),
                             [UNDONE, run_id, chosen, key],
                         )
-                        # Handed to the next sync like a rolled-back key: with nothing else
-                        # changed, a sync would otherwise only retry the refused rows.
-                        for name in chosen:
-                            conn.execute(
-                                sql.SQL(
-                                    "INSERT INTO {} (model, source_key, run_id) "
-                                    "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
-                                ).format(sql.Identifier(spec.ledger_schema, "resync")),
-                                [name, key, run_id],
-                            )
+                # The rows whose fate follows this one's (children, rows merging into it)
+                # follow it now, as they would in a fresh migrate with the decision made.
+                work = settle.Work(
+                    keys={name: {key} for name in chosen} if action == "undo" else {},
+                    outcome={name: {key} for name in chosen},
+                )
+                with session(target, spec) as settling:
+                    settle.run(settling, target, spec, run_id, Progress(), 1, work)
                 counts.update(action=action, models=chosen, key=key, rows=len(chosen))
                 if by:
                     counts["by"] = by
@@ -325,6 +323,6 @@ def exclude(
 
 
 def undo(target: str, spec: Spec, table: str, key: str) -> list[str]:
-    """Clear an operator's decision: the row goes back to quarantine (reason
-    ``operator_undone``) and the next sync or retry evaluates it again."""
+    """Clear an operator's decision: the row is evaluated again at once, and takes the fate
+    the spec gives it now (with the rows whose fate follows its own)."""
     return _decide(target, spec, table, key, "undo", None, None)

@@ -45,6 +45,9 @@ class Work:
     # Keys handed on by a run that died: their fates may have changed already, so their
     # children are looked at whatever this run finds.
     resumed: bool = False
+    # model -> keys whose fate changed outside the models (an operator's decision): the
+    # rows that depend on them are looked at.
+    outcome: dict[str, set[str]] = field(default_factory=dict)
 
     def moved(self) -> set[str]:
         return {s for s in {*self.changed, *self.deleted} if self.changed.get(s) or
@@ -108,7 +111,7 @@ def settle(
     """One pass over the models in dependency order; returns the keys it touched per source
     (for the invariant), and adds its results to ``out``."""
     moved = work.moved()
-    outcome: dict[str, set[str]] = defaultdict(set)
+    outcome: dict[str, set[str]] = defaultdict(set, {m: set(k) for m, k in work.outcome.items()})
     touched: dict[str, set[str]] = defaultdict(set)
     for name in moved:
         touched[name] |= work.changed.get(name, set()) | work.deleted.get(name, set())
@@ -137,6 +140,10 @@ def settle(
                 for p in {p.model for p in model.parents}:
                     keys |= transform.dependents(conn, spec, model, _parent_key(model, p),
                                                  outcome[p])  # fmt: skip
+                if model.merge_into:  # merging into a row whose fate changed beforehand
+                    keys |= transform.dependents(
+                        conn, spec, model, model.merge_into, outcome[model.name]
+                    )
                 keys -= src_deleted
         else:
             # Derived rows (a list split into rows): small, recomputed whole when touched.
