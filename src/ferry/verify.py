@@ -268,9 +268,11 @@ def _materialize(conn: psycopg.Connection, plan: Plan) -> None:
     own = plan.own_uuid(sql.SQL("e._ferry_key"))
     conn.execute("DROP TABLE IF EXISTS _ferry_v, _ferry_e, _ferry_ids")
     # A row the database refused (a failed cast, a unique or check violation) is taken as
-    # refused: computing it again could fail the whole model on the cast that refused it.
+    # refused, and one an operator decided as decided: computing it again could fail the
+    # whole model on the cast that refused it.
     refused = sql.SQL(
-        "{led} l WHERE l.model = {name} AND l.status = 'quarantined' AND l.sqlstate IS NOT NULL"
+        "{led} l WHERE l.model = {name} AND ((l.status = 'quarantined' AND l.sqlstate IS NOT "
+        "NULL) OR l.decided_by IS NOT NULL)"
     ).format(led=led, name=name)
     conn.execute(
         sql.SQL(
