@@ -66,6 +66,12 @@ def test_every_row_gets_its_fate(library: tuple[str, str]) -> None:
         "lib_author": 5, "lib_book": 8, "loans.csv": 4,
     }  # fmt: skip
     assert result.counts["lib_author"].repaired == {"country_normalized": 2}
+    with psycopg.connect(target) as conn:
+        # A repair is what was done to a written row: the quarantined author, whose country
+        # the rule would also have normalized, carries none.
+        assert conn.execute(
+            "SELECT repairs FROM ferry.ledger WHERE model = 'authors' AND source_key = '4'"
+        ).fetchone() == ([],)
     ns = spec.namespace
     with psycopg.connect(target) as conn:
         # The merged duplicate's book points at the surviving author.

@@ -296,6 +296,13 @@ def test_a_sync_that_died_loses_nothing(
     with pytest.raises(RuntimeError):
         sync(source, target, spec)
     monkeypatch.undo()
+    with psycopg.connect(target) as conn:
+        # The staging record committed with the rows it describes: the dead sync's.
+        staged = conn.execute(
+            "SELECT s.run_id = (SELECT max(run_id) FROM ferry.runs WHERE kind = 'sync') "
+            "FROM ferry.staged s WHERE s.source = 'lib_book'"
+        ).fetchone()
+    assert staged == (True,)
     again = sync(source, target, spec)
     assert again.counts["resynced"] > 0
     with psycopg.connect(target) as conn:
