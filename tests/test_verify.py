@@ -185,3 +185,36 @@ def test_a_model_that_cannot_be_recomputed_is_a_problem_and_the_rest_is_checked(
     p = only(report, "model")
     assert p.table == "public.books" and "isbn" in p.detail
     assert report.checked["models"] == 2
+
+
+def test_a_merged_row_pointing_nowhere_is_found(world: World) -> None:
+    """The invariant counts a merged row as accounted for wherever it points: verify checks
+    that its survivor is a migrated row in the target."""
+    lost = "00000000-0000-4000-8000-0000000000aa"
+    world.run("UPDATE ferry.ledger SET target_uuid = %s WHERE model = 'authors' AND "
+              "source_key = '3'", [lost])  # fmt: skip
+    problem = only(verify(world.target, world.spec), "merge")
+    assert problem.keys == ["3"] and problem.count == 1
+
+
+def test_a_row_with_a_legacy_key_but_no_ledger_row_is_found(world: World) -> None:
+    """A row ferry wrote (it carries a legacy key) whose ledger row is gone, for a source row
+    the spec no longer yields: no other check reads it."""
+    stray = "00000000-0000-4000-8000-0000000000bb"
+    world.run("INSERT INTO authors (id, legacy_author_id, name, country_code) "
+              "VALUES (%s, 999, 'Stray', 'GB')", [stray])  # fmt: skip
+    authors = world.spec.model("authors").model_copy(update={"legacy_column": "legacy_author_id"})
+    spec = world.spec.model_copy(
+        update={"models": [authors if m.name == "authors" else m for m in world.spec.models]}
+    )
+    problem = only(verify(world.target, spec), "extra")
+    assert problem.uuids == [stray] and "no ledger row" in problem.detail
+
+
+def test_truth_keys_match_exactly(world: World, tmp_path: Path) -> None:
+    """A text key with spaces around it is a different key: the truth file's field is not
+    stripped (it was, so such a key could never match)."""
+    truth = tmp_path / "truth.csv"
+    truth.write_text(TRUTH.replace("lib_book,12,excluded", "lib_book, 12,excluded"))
+    problems = verify(world.target, world.spec, truth=truth).problems
+    assert [p.keys for p in problems if p.kind == "truth"] == [[" 12"], ["12"]], problems
