@@ -233,3 +233,27 @@ def test_verify_after_the_operator_excludes_a_row_whose_cast_fails(world: World)
     quarantine.exclude(world.target, world.spec, "items", "5", "left behind", by="test")
     assert world.fate("items", "5") == ("excluded", "operator")
     world.assert_converged()
+
+
+def test_a_row_kept_after_its_source_row_went_is_taken_back_when_it_returns(
+    world: World,
+) -> None:
+    """History: note 1 (on_delete = flag: its target row stays when its source row goes);
+    migrate; note 1 deleted from the source; sync; note 1 back in the source; sync.
+
+    The row ferry kept in the target has the UUID the returning row wants: an INSERT of it
+    was refused as a unique violation, and the note stayed quarantined where a fresh migrate
+    writes it. Violates: fates are a function of the current source."""
+    world.src(
+        "INSERT INTO src_group VALUES (1, 'g')",
+        "INSERT INTO src_item VALUES (1, 1, 's1', '1', 'ok')",
+        "INSERT INTO src_note VALUES (1, 1, 'hello')",
+    )
+    world.migrate()
+    world.src("DELETE FROM src_note WHERE id = 1")
+    world.sync()
+    assert world.fate("notes", "1") == ("deleted", "flagged")
+    world.src("INSERT INTO src_note VALUES (1, 1, 'hello again')")
+    world.sync()
+    assert world.fate("notes", "1") == ("migrated", None)
+    world.assert_converged()

@@ -94,6 +94,11 @@ def safe_message(exc: psycopg.Error) -> str:
 # A row merging into a survivor that has no fate yet: neither written nor recorded in this
 # pass (``Runner.pending``); ``pipeline.run_model`` runs it again once the survivor has one.
 PENDING = "pending"
+# A candidate whose earlier outcome is a row of ferry's in the target: migrated, or kept
+# (on_delete keep or flag) when its source row went.
+HELD = sql.SQL(
+    "(c._old_status = 'migrated' OR (c._old_status = 'deleted' AND c._old_uuid IS NOT NULL))"
+)
 # survivor excluded, quarantined, or missing (not yielded by the model, or deleted)
 SURVIVOR_REASONS = ("survivor_excluded", "survivor_quarantined", "missing_survivor")
 
@@ -908,9 +913,9 @@ class Runner:
             if self.fresh
             else self.conn.execute(
                 sql.SQL(
-                    "SELECT count(*) FILTER (WHERE _old_status IS NOT NULL), "
-                    "count(*) FILTER (WHERE _old_status = 'migrated') FROM _ferry_c WHERE {}"
-                ).format(rng)
+                    "SELECT count(*) FILTER (WHERE c._old_status IS NOT NULL), "
+                    "count(*) FILTER (WHERE {held}) FROM _ferry_c c WHERE {rng}"
+                ).format(held=HELD, rng=rng)
             ).fetchone()
         )
         any_old, has_old = (int(old[0]), int(old[1])) if old else (0, 0)
@@ -923,10 +928,10 @@ class Runner:
             conn.execute(
                 sql.SQL(
                     "UPDATE _ferry_c c SET _conflict = true "
-                    "WHERE {rng} AND c._old_status = 'migrated' "
+                    "WHERE {rng} AND {held} "
                     "AND NOT EXISTS (SELECT 1 FROM {t} t WHERE t.{key} = c._old_uuid "
                     "AND {h} = c._old_hash)"
-                ).format(rng=rng, t=plan.target, key=key, h=plan.target_hash("t"))
+                ).format(rng=rng, held=HELD, t=plan.target, key=key, h=plan.target_hash("t"))
             )
         if any_old:
             # Before-images for rollback, of every row this write changes (not the conflicts).
@@ -956,11 +961,11 @@ class Runner:
                 sql.SQL(
                     "INSERT INTO {pend} (target_table, target_uuid, model, source_key, row_hash, "
                     "run_id) SELECT {tt}, c._old_uuid, {model}, c._ferry_key, c._old_hash, {run} "
-                    "FROM _ferry_c c WHERE {rng} AND NOT c._conflict "
-                    "AND c._old_status = 'migrated' "
+                    "FROM _ferry_c c WHERE {rng} AND NOT c._conflict AND {held} "
                     "AND (c._ferry_fate <> 0 OR c._ferry_uuid IS DISTINCT FROM c._old_uuid) "
                     "ON CONFLICT DO NOTHING"
                 ).format(
+                    held=HELD,
                     pend=sql.Identifier(plan.spec.ledger_schema, "pending_deletes"),
                     tt=sql.Literal(plan.model.target),
                     model=sql.Literal(plan.model.name),
@@ -968,22 +973,24 @@ class Runner:
                     rng=rng,
                 )
             )
-        # New rows are plain INSERTs (cheaper than ON CONFLICT); rows ferry wrote before are
-        # UPDATEd in place. A UUID already taken by a row ferry did not write is a unique
-        # violation, bisected and quarantined like any other.
+        # New rows are plain INSERTs (cheaper than ON CONFLICT); rows ferry wrote before (a
+        # row kept when its source row went, too) are UPDATEd in place. A UUID already taken
+        # by a row ferry did not write is a unique violation, bisected and quarantined like
+        # any other.
         fresh = sql.SQL(
-            "{rng} AND _ferry_fate = 0 AND NOT _conflict AND (_old_status IS DISTINCT FROM "
-            "'migrated' OR _old_uuid IS DISTINCT FROM _ferry_uuid)"
-        ).format(rng=rng)
-        cur = conn.execute(self._insert_new(sql.SQL("_ferry_c"), fresh))
+            "{rng} AND c._ferry_fate = 0 AND NOT c._conflict AND (NOT coalesce({held}, false) "
+            "OR c._old_uuid IS DISTINCT FROM c._ferry_uuid)"
+        ).format(rng=rng, held=HELD)
+        cur = conn.execute(self._insert_new(sql.SQL("_ferry_c c"), fresh))
         self.written += max(cur.rowcount, 0)
         if has_old and names:
             cur = conn.execute(
                 sql.SQL(
                     "UPDATE {t} t SET {sets} FROM _ferry_c c WHERE {rng} AND c._ferry_fate = 0 "
-                    "AND NOT c._conflict AND c._old_status = 'migrated' "
+                    "AND NOT c._conflict AND {held} "
                     "AND c._old_uuid = c._ferry_uuid AND t.{key} = c._ferry_uuid"
                 ).format(
+                    held=HELD,
                     t=plan.target,
                     key=key,
                     rng=rng,
