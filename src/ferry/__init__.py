@@ -7,6 +7,7 @@ from ferry.errors import (
     EmbeddedServerError,
     FerryError,
     InvariantError,
+    PrivilegeError,
     SpecError,
     VerifyError,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "EmbeddedServerError",
     "FerryError",
     "InvariantError",
+    "PrivilegeError",
     "RunResult",
     "Spec",
     "SpecError",

@@ -42,3 +42,8 @@ class DuplicateKeysError(FerryError):
             "aside share a value"
         )
         self.table, self.name, self.model = table, name, model
+
+
+class PrivilegeError(FerryError):
+    """ferry's schemas are readable by a role other than their owner and ferry cannot close
+    them: the message names the role and the object (never a row)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from ferry import constraints, execute, ledger, settle, stage, transform
+from ferry import constraints, execute, ledger, privileges, settle, stage, transform
 from ferry.conninfo import connect
 from ferry.errors import FerryError
 from ferry.execute import Progress, put_back, run_model, session
@@ -317,7 +317,7 @@ def recorded_run(
     ferry's message (never a database message that could quote a row)."""
     with connect(target, app="ferry") as conn:
         ledger.ensure_schema(conn, spec)
-        with _run_lock(conn, spec):
+        with _run_lock(conn, spec), privileges.closed(conn, spec):
             put_back(conn, target, spec)
             with ledger.recorded(conn, spec, kind) as (run_id, counts):
                 yield conn, run_id, counts

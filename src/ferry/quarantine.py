@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import ledger, settle
+from ferry import ledger, privileges, settle
 from ferry.conninfo import connect
 from ferry.errors import FerryError
 from ferry.pipeline import Progress, _run_lock, put_back, session
@@ -189,7 +189,7 @@ def retry(
     models = models_for(spec, table) if table else None
     with connect(target, app="ferry-retry") as conn:
         _check_ledger(conn, spec)
-        with _run_lock(conn, spec):
+        with _run_lock(conn, spec), privileges.closed(conn, spec):
             put_back(conn, target, spec)
             selected: dict[str, set[str]] = defaultdict(set)
             for model, key in conn.execute(
@@ -242,7 +242,7 @@ def _decide(
     led = sql.Identifier(spec.ledger_schema, "ledger")
     with connect(target, app="ferry-quarantine") as conn:
         _check_ledger(conn, spec)
-        with _run_lock(conn, spec):
+        with _run_lock(conn, spec), privileges.closed(conn, spec):
             rows = conn.execute(
                 sql.SQL(
                     "SELECT model, status, reason, decided_by FROM {} "

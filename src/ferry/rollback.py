@@ -59,7 +59,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import ledger, transform
+from ferry import ledger, privileges, transform
 from ferry.conninfo import connect
 from ferry.errors import FerryError
 from ferry.pipeline import _run_lock, put_back
@@ -168,7 +168,7 @@ def rollback(
     with connect(target, app="ferry-rollback") as conn:
         _check_ledger(conn, spec)
         ensure_resync(conn, spec)
-        with _run_lock(conn, spec):
+        with _run_lock(conn, spec), privileges.closed(conn, spec):
             put_back(conn, target, spec)
             todo = _plan(conn, spec, run, all_)
             with ledger.recorded(conn, spec, "rollback") as (rb_id, counts):
