@@ -257,3 +257,28 @@ def test_a_row_kept_after_its_source_row_went_is_taken_back_when_it_returns(
     world.sync()
     assert world.fate("notes", "1") == ("migrated", None)
     world.assert_converged()
+
+
+def test_a_lower_key_that_arrives_later_takes_the_unique_value(world: World) -> None:
+    """History: item 5 (sku 's1') with a note under it; migrate; item 3 (sku 'S1': the same
+    value of the unique index on lower(sku)) inserted; sync.
+
+    A fresh migrate writes items in key order, so item 3 holds the value and item 5 is
+    refused; the sync refused item 3, which arrived second. Violates: a fate is a function
+    of the current source, not of the order in which its rows arrived."""
+    world.src(
+        "INSERT INTO src_group VALUES (1, 'g')",
+        "INSERT INTO src_item VALUES (5, 1, 's1', '1', 'ok')",
+        "INSERT INTO src_note VALUES (1, 5, 'hello')",
+    )
+    world.migrate()
+    world.src("INSERT INTO src_item VALUES (3, 1, 'S1', '2', 'ok')")
+    world.sync()
+    assert world.fate("items", "3") == ("migrated", None)
+    assert world.fate("items", "5") == ("quarantined", "unique_violation")
+    assert world.fate("notes", "1") == ("quarantined", "parent_quarantined")
+    world.assert_converged()
+    world.src("DELETE FROM src_item WHERE id = 3")  # and back: item 5 takes it again
+    world.sync()
+    assert world.fate("items", "5") == ("migrated", None)
+    world.assert_converged()

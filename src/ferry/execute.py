@@ -346,4 +346,5 @@ def _run_parallel(
         set().union(*(r.changed_keys for r in runners)),
         set().union(*(r.pending for r in runners)),
         set().union(*(r.new_keys for r in runners)),
+        set().union(*(r.blocked for r in runners)),
     )

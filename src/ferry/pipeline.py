@@ -346,6 +346,17 @@ def migrate(
             )
             result.staged = staging.results()
             result.counts, bad = checks.check(conn)
+        blocked = settle.Work(keys={m.model: m.blocked for m in result.models if m.blocked})
+        if blocked.keys:
+            # Rows refused for a value that a later key of ferry's gave up (transform._evict).
+            with session(target, spec) as work_conn:
+                settled = settle.run(
+                    work_conn, target, spec, run_id, progress, jobs, blocked,
+                    checked={s.name for s in spec.sources if not s.lookup},
+                )  # fmt: skip
+            result.counts.update(settled.counts)
+            result.models += settled.models
+            bad = {}
         if bad:
             # Keys whose fate the full pass could not settle alone: rows deleted from the
             # source since an earlier run, rows that moved to another model. Settled with

@@ -29,6 +29,7 @@ from ferry.spec import Model, Spec
 
 # Rounds of "check the invariant, settle the keys it names" before giving up.
 ROUNDS = 3
+UNIQUE_VIOLATION = "23505"
 
 
 @dataclass
@@ -110,6 +111,7 @@ def settle(
 ) -> dict[str, set[str]]:  # fmt: skip
     """One pass over the models in dependency order; returns the keys it touched per source
     (for the invariant), and adds its results to ``out``."""
+    first = len(out.models)
     moved = work.moved()
     outcome: dict[str, set[str]] = defaultdict(set, {m: set(k) for m, k in work.outcome.items()})
     touched: dict[str, set[str]] = defaultdict(set)
@@ -174,9 +176,30 @@ def settle(
         outcome[model.name] |= _release(conn, spec, model, gone, run_id)
         if model.accounts:
             touched[model.source] |= result.changed_keys | (keys or set())
+    freed = _pending_tables(conn, spec)
     deleted, _ = transform.apply_pending_deletes(conn, spec, run_id)
     out.deleted_rows += deleted
+    # Rows refused for a value that a row of ferry's with a later key gave up, and rows
+    # refused for a unique value in a table rows just left: written now that the deletions
+    # are done, as a migrate of the current source would (each pass that frees values).
+    blocked = _blocked(out.models[first:])
+    for model in spec.models:
+        if deleted and model.target in freed:
+            refused = _quarantined(conn, spec, model, "refused", UNIQUE_VIOLATION)
+            blocked[model.name] = blocked.get(model.name, set()) | refused
+    blocked = {m: ks for m, ks in blocked.items() if ks}
+    if blocked:
+        again = settle(conn, target, spec, run_id, progress, jobs, Work(keys=blocked), out)
+        for name, keys in again.items():
+            touched[name] |= keys
     return dict(touched)
+
+
+def _blocked(results: list[transform.ModelResult]) -> dict[str, set[str]]:
+    blocked: dict[str, set[str]] = defaultdict(set)
+    for r in results:
+        blocked[r.model] |= r.blocked
+    return dict(blocked)
 
 
 def _parent_key(model: Model, parent: str) -> str:
@@ -232,17 +255,33 @@ def _mark_deleted(
     return {r[0] for r in rows}
 
 
-def _quarantined(conn: psycopg.Connection, spec: Spec, model: Model, which: str | None) -> set[str]:
-    """Quarantined keys to try again (``Work.quarantined``)."""
+def _quarantined(
+    conn: psycopg.Connection, spec: Spec, model: Model, which: str | None,
+    sqlstate: str | None = None,
+) -> set[str]:  # fmt: skip
+    """Quarantined keys to try again (``Work.quarantined``), or only those the database
+    refused with ``sqlstate``."""
     if which is None:
         return set()
     rows = conn.execute(
         sql.SQL(
             "SELECT source_key FROM {} WHERE model = %s AND status = 'quarantined' "
-            "AND (%s OR sqlstate IS NOT NULL)"
+            "AND (%s OR sqlstate IS NOT NULL) AND (%s::text IS NULL OR sqlstate = %s)"
         ).format(sql.Identifier(spec.ledger_schema, "ledger")),
-        [model.name, which == "all"],
+        [model.name, which == "all", sqlstate, sqlstate],
     ).fetchall()
+    conn.commit()
+    return {r[0] for r in rows}
+
+
+def _pending_tables(conn: psycopg.Connection, spec: Spec) -> set[str]:
+    """The target tables that rows queued for deletion are about to leave."""
+    rows = conn.execute(
+        sql.SQL("SELECT DISTINCT target_table FROM {}").format(
+            sql.Identifier(spec.ledger_schema, "pending_deletes")
+        )
+    ).fetchall()
+    conn.commit()
     return {r[0] for r in rows}
 
 

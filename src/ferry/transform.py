@@ -64,6 +64,8 @@ class ModelResult:
     pending: set[str] = field(default_factory=set)
     # Keys that got their first ledger row, where a merge may depend on them (``new_keys``).
     new_keys: set[str] = field(default_factory=set)
+    # Keys to run again once the run's deletions are done (``Runner._evict``).
+    blocked: set[str] = field(default_factory=set)
 
     def add(self, other: ModelResult) -> None:
         """Fold a later pass over some of the same model's keys into this result."""
@@ -73,6 +75,7 @@ class ModelResult:
         self.transitions.update(other.transitions)
         self.changed_keys |= other.changed_keys
         self.new_keys |= other.new_keys
+        self.blocked |= other.blocked
         self.pending = set(other.pending)
 
 
@@ -244,7 +247,8 @@ class Plan:
         try:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute(
-                    sql.SQL("SELECT * FROM ({}) m LIMIT 0").format(sql.SQL(self.body))  # type: ignore[arg-type]
+                    sql.SQL("SELECT * FROM ({}) m LIMIT 0").format(sql.SQL(self.body)),  # type: ignore[arg-type]
+                    binary=True,  # the extended protocol: the server refuses a second statement
                 )
                 return {d.name: d.type_code for d in cur.description or []}
         except psycopg.Error as exc:
@@ -496,6 +500,9 @@ class Runner:
         # Of a model with merges, beyond a first load: keys that got their first ledger row.
         self.new_keys: set[str] = set()
         self.pending: set[str] = set()
+        # Rows refused for a unique value a later key of ferry's held: that row gives it up
+        # (``_evict``), and these run again once its deletion is done.
+        self.blocked: set[str] = set()
         # Whether an index leads with the target's key (see _insert_new): once, at the first
         # write, which comes after any keys were set aside for the load.
         self._keyed: bool | None = None
@@ -563,7 +570,18 @@ class Runner:
         """A sync's key list in chunks of at most ``chunk_size``, each its own transaction: a
         backlog of changes is then written, and bisected on an error, a chunk at a time, on
         ``jobs`` sessions where the model allows (``pipeline.run_model``). Of equal sizes, so
-        that no one chunk is left running alone at the end."""
+        that no one chunk is left running alone at the end. In the key's own order (not the
+        text's), as a migrate's ranges run: which of two colliding rows a unique index keeps
+        must not depend on which run wrote them."""
+        keys = [
+            r[0]
+            for r in self.conn.execute(
+                sql.SQL("SELECT k::text FROM unnest({}::{}[]) k ORDER BY k").format(
+                    sql.Literal(list(keys)), sql.SQL(self.plan.key_type)
+                )
+            )
+        ]
+        self.conn.commit()
         n = -(-len(keys) // self.chunk_size)
         return [keys[i * len(keys) // n : (i + 1) * len(keys) // n] for i in range(n)]
 
@@ -607,7 +625,7 @@ class Runner:
         return ModelResult(
             self.plan.model.name, self.rows, self.written, self.errors,
             time.perf_counter() - t0, self.transitions, self.changed_keys, self.pending,
-            self.new_keys,
+            self.new_keys, self.blocked,
         )  # fmt: skip
 
     def _chunk(self, lo: Any, hi: Any, keys: Sequence[str] | None) -> None:
@@ -1065,8 +1083,115 @@ class Runner:
         row = self.conn.execute(
             "SELECT _ferry_key FROM _ferry_c WHERE _ferry_n = %s", [n]
         ).fetchone()
-        if row is not None:
-            self._ledger_error(row[0], exc)
+        if row is None:
+            return
+        self._ledger_error(row[0], exc)
+        if isinstance(exc, psycopg.errors.UniqueViolation) and not self.fresh:
+            self._evict(n, row[0], exc)
+
+    def _evict(self, n: int, key: str, exc: psycopg.errors.UniqueViolation) -> None:
+        """Of ferry's rows colliding on a unique key, the lowest key is the one written, as
+        in a migrate that writes them in key order, whichever run brought them. When the row
+        that holds the value is ferry's, of this model, with a later key, it gives the value
+        up: quarantined as a unique violation, its target row queued for deletion (children
+        first, as every deletion). ``blocked`` asks for the row refused here to be run again
+        once those deletions are done."""
+        plan = self.plan
+        holder = _holder(self.conn, plan, exc.diag.constraint_name, n)
+        if holder is None or holder[0] == key:
+            return
+        later = self.conn.execute(
+            sql.SQL("SELECT %s::{t} > %s::{t}").format(t=sql.SQL(plan.key_type)),
+            [holder[0], key],
+        ).fetchone()
+        if not (later and later[0]):
+            return
+        in_chunk = self.conn.execute(
+            "SELECT 1 FROM _ferry_c WHERE _ferry_key = %s", [holder[0]]
+        ).fetchone()
+        if in_chunk:  # its own outcome is being written in this chunk: leave it be
+            return
+        ledger.record_history(
+            self.conn, plan.spec, self.run_id, plan.model.name, plan.model.target,
+            plan.model.key_column, [holder[0]],
+        )  # fmt: skip
+        self.conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (target_table, target_uuid, model, source_key, row_hash, run_id) "
+                "SELECT target_table, target_uuid, model, source_key, row_hash, %s FROM {} "
+                "WHERE model = %s AND source_key = %s ON CONFLICT DO NOTHING"
+            ).format(sql.Identifier(plan.spec.ledger_schema, "pending_deletes"), self.led),
+            [self.run_id, plan.model.name, holder[0]],
+        )
+        self.conn.execute(
+            sql.SQL(
+                "UPDATE {} SET status = 'quarantined', reason = %s, sqlstate = %s, message = %s, "
+                "repairs = '{{}}', target_uuid = NULL, row_hash = NULL, run_id = %s, "
+                "updated_at = clock_timestamp(), tries = tries + 1 "
+                "WHERE model = %s AND source_key = %s"
+            ).format(self.led),
+            [condition_name(exc), exc.sqlstate, safe_message(exc), self.run_id,
+             plan.model.name, holder[0]],
+        )  # fmt: skip
+        self.transitions[("migrated", "quarantined")] += 1
+        self.changed_keys.add(holder[0])
+        self.blocked.add(key)
+
+
+def _holder(
+    conn: psycopg.Connection, plan: Plan, index: str | None, n: int
+) -> tuple[str, str] | None:
+    """(source key, UUID) of the row of ferry's, of ``plan``'s model, that holds the values
+    of unique index ``index`` that candidate row ``n`` of ``_ferry_c`` wants; None if the
+    holder is not such a row, or the index's expressions read a column ferry does not
+    write. The index's own expressions are evaluated on both sides, so that an expression
+    index (``lower(email)``) is matched as the database matches it."""
+    if index is None:
+        return None
+    found = conn.execute(
+        "SELECT i.indexrelid, i.indnkeyatts, pg_get_expr(i.indpred, i.indrelid) "
+        "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE i.indrelid = to_regclass(%s) AND c.relname = %s AND i.indisunique",
+        [plan.model.target, index],
+    ).fetchone()
+    if found is None:
+        return None
+    oid, nkeys, pred = found
+    exprs = [
+        r[0]
+        for r in conn.execute(
+            "SELECT pg_get_indexdef(%s, k, true) FROM generate_series(1, %s) k", [oid, nkeys]
+        )
+    ]
+    cols = sql.SQL(", ").join(sql.Identifier(name) for name, _, _ in plan.columns)
+    wanted = sql.SQL(", ").join(
+        sql.SQL("({}) AS {}").format(sql.SQL(e), sql.Identifier(f"k{i}"))  # type: ignore[arg-type]
+        for i, e in enumerate(exprs)
+    )
+    same = sql.SQL(" AND ").join(
+        sql.SQL("({}) = w.{}").format(sql.SQL(e), sql.Identifier(f"k{i}"))  # type: ignore[arg-type]
+        for i, e in enumerate(exprs)
+    )
+    if pred:
+        same = sql.SQL("{} AND ({})").format(same, sql.SQL(pred))  # type: ignore[arg-type]
+    key = sql.Identifier(plan.model.key_column)
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                sql.SQL(
+                    "SELECT l.source_key, h.id::text FROM (SELECT {wanted} FROM (SELECT {cols} "
+                    "FROM _ferry_c WHERE _ferry_n = {n}) s) w CROSS JOIN LATERAL "
+                    "(SELECT {key} AS id FROM {t} WHERE {same}) h JOIN {led} l "
+                    "ON l.model = {model} AND l.status = 'migrated' AND l.target_uuid = h.id "
+                    "LIMIT 1"
+                ).format(
+                    wanted=wanted, cols=cols, n=sql.Literal(n), key=key, t=plan.target,
+                    same=same, led=plan.own_led, model=sql.Literal(plan.model.name),
+                )
+            ).fetchone()  # fmt: skip
+    except psycopg.Error:
+        return None
+    return None if row is None else (row[0], row[1])
 
 
 def with_rules(model: Model, body: str) -> sql.Composed:
@@ -1122,7 +1247,8 @@ def reads(conn: psycopg.Connection, spec: Spec, model: Model) -> Reads:
         conn.execute(
             sql.SQL("CREATE TEMP VIEW _ferry_reads AS {}").format(
                 with_rules(model, spec.model_sql(model))
-            )
+            ),
+            binary=True,  # the extended protocol: the server refuses a second statement
         )
         tables = {
             r[0]: r[1]
