@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ferry.errors import SpecError
+from ferry.sqltext import ShapeError, one_expression, one_query
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
@@ -83,6 +84,14 @@ class Rule(_Strict):
     reject: str | None = None
     repair: str | None = None
     when: str = Field(description="SQL boolean over the model's output columns.")
+
+    @field_validator("when")
+    @classmethod
+    def _one_expression(cls, v: str) -> str:
+        try:
+            return one_expression(v)
+        except ShapeError as exc:
+            raise ValueError(f"not one expression: {exc}") from None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Rule:
@@ -225,14 +234,20 @@ class Spec(_Strict):
         return next(m for m in self.models if m.name == name)
 
     def model_sql(self, model: Model) -> str:
-        text = model.sql.strip()
+        """The model's query, refused unless it is one query (``sqltext.one_query``): ferry
+        wraps it into statements of its own."""
+        text, where = model.sql.strip(), f"model {model.name}: its sql"
         if text.endswith(".sql") and "\n" not in text:
             path = self.base_dir / text
             try:
                 text = path.read_text()
             except OSError as exc:
                 raise SpecError(f"model {model.name}: cannot read {path}: {exc.strerror}") from None
-        return text.strip().rstrip(";")
+            where = f"model {model.name}: {path}"
+        try:
+            return one_query(text).strip()
+        except ShapeError as exc:
+            raise SpecError(f"{where}: not one query: {exc}") from None
 
     def reads(self, model: Model) -> set[str]:
         """The sources a model reads: its own and those whose stage table its SQL or rules
@@ -285,5 +300,8 @@ def load_spec(path: str | Path) -> Spec:
         problems = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors())
         raise SpecError(f"{path}: {problems}") from None
     for m in spec.models:
-        spec.model_sql(m)  # fail now, not halfway through a run
+        try:
+            spec.model_sql(m)  # fail now, not halfway through a run
+        except SpecError as exc:
+            raise SpecError(f"{path}: {exc}") from None
     return spec
