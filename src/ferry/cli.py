@@ -379,6 +379,44 @@ def status(
         console.print(f"check ok: last successful sync within {max_age}", markup=False)
 
 
+@app.command()
+def doctor(
+    source: str | None = SOURCE,
+    target: str | None = TARGET,
+    spec: Path | None = typer.Option(
+        None, "--spec", help="Also check its source and target tables.", exists=True, dir_okay=False
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Say what would go wrong before a run: roles, RLS, ferry's schemas, poolers, timeouts,
+    encodings, access to the source tables, versions. Exits 1 on anything that would break
+    a run."""
+    import json
+    import os
+
+    from ferry.doctor import diagnose
+    from ferry.spec import load_spec
+
+    try:
+        # Unvalidated: a malformed string is one of the findings, not the end of the check.
+        source = source or os.environ.get(conninfo.SOURCE_ENV) or _missing("source")
+        target = target or os.environ.get(conninfo.TARGET_ENV) or _missing("target")
+        found = diagnose(source, target, load_spec(spec) if spec is not None else None)
+    except FerryError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps(found.as_json(), indent=2))
+    else:
+        stdout.print(found.render(), markup=False, highlight=False)
+    if not found.ok:
+        raise typer.Exit(code=1)
+
+
+def _missing(what: str) -> str:
+    env = conninfo.SOURCE_ENV if what == "source" else conninfo.TARGET_ENV
+    return conninfo.resolve(None, env, what)  # raises: neither option nor variable is set
+
+
 quarantine_app = typer.Typer(
     no_args_is_help=True,
     help="Review quarantined rows: list, show one, retry, exclude with a note, undo.",

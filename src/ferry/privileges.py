@@ -81,7 +81,7 @@ WITH o AS (
     FROM ({_OBJECTS}) o
 ),
 held AS (
-    SELECT o.kind, o.ident, o.public, r.rolname::text AS role, ARRAY(
+    SELECT o.kind, o.ident, o.public, o.owner, r.rolname::text AS role, ARRAY(
         SELECT p FROM unnest(CASE o.kind
             WHEN 'schema' THEN %(schema)s::text[] WHEN 'table' THEN %(table)s::text[]
             WHEN 'sequence' THEN %(sequence)s::text[] ELSE %(function)s::text[] END) p
@@ -96,9 +96,11 @@ held AS (
     FROM o CROSS JOIN pg_roles r
     WHERE NOT {_ADMIN}
 )
-SELECT kind, ident, 'PUBLIC', public FROM o WHERE public <> '{{}}'
+SELECT kind, ident, 'PUBLIC', public, pg_has_role(current_user, owner, 'USAGE')
+FROM o WHERE public <> '{{}}'
 UNION ALL
-SELECT kind, ident, role, ARRAY(SELECT unnest(privileges) EXCEPT SELECT unnest(public))
+SELECT kind, ident, role, ARRAY(SELECT unnest(privileges) EXCEPT SELECT unnest(public)),
+       pg_has_role(current_user, owner, 'USAGE')
 FROM held WHERE NOT privileges <@ public
 ORDER BY 1, 2, 3
 """
@@ -167,6 +169,7 @@ class Leak:
     kind: str  # schema, table, sequence or function
     name: str  # the object, schema-qualified (a function with its argument types)
     privileges: tuple[str, ...]
+    revocable: bool = True  # ferry's role has the owner's privileges: a run revokes it
 
     def __str__(self) -> str:
         return f"{self.role} holds {', '.join(self.privileges)} on {self.kind} {self.name}"
@@ -183,7 +186,7 @@ def leaks(conn: psycopg.Connection, schemas: Sequence[str]) -> list[Leak]:
     once, for ``PUBLIC``). Administrators are not listed: see :func:`administrators`."""
     params = {"schemas": list(schemas), **{k: list(v) for k, v in _PRIVILEGES.items()}}
     rows = conn.execute(_LEAKS, params).fetchall()
-    return [Leak(role, kind, name, tuple(privs)) for kind, name, role, privs in rows]
+    return [Leak(role, kind, name, tuple(privs), ok) for kind, name, role, privs, ok in rows]
 
 
 def administrators(conn: psycopg.Connection, schemas: Sequence[str]) -> list[str]:
@@ -198,19 +201,34 @@ def without_rls(conn: psycopg.Connection, schemas: Sequence[str]) -> list[str]:
     return [r[0] for r in conn.execute(_NO_RLS, [list(schemas)]).fetchall()]
 
 
+def exposed_administrators(conn: psycopg.Connection, schemas: Sequence[str]) -> list[str]:
+    """API roles that read the schemas whatever is granted, each with why."""
+    rows = conn.execute(_EXPOSED_ADMINS, {"schemas": list(schemas), "api": list(API_ROLES)})
+    return [f"role {role} {why}" for role, why in rows.fetchall()]
+
+
+def default_grantees(conn: psycopg.Connection) -> list[str]:
+    """Roles that ferry's role's global default privileges grant new objects to: they hold
+    what ferry creates during a run until its end closes it."""
+    rows = conn.execute(
+        "SELECT DISTINCT coalesce((SELECT r.rolname::text FROM pg_roles r "
+        "WHERE r.oid = a.grantee), 'PUBLIC') FROM pg_default_acl d, aclexplode(d.defaclacl) a "
+        "WHERE d.defaclnamespace = 0 AND d.defaclrole = (SELECT oid FROM pg_roles "
+        "WHERE rolname = current_user) AND a.grantee <> d.defaclrole ORDER BY 1"
+    )
+    return [r[0] for r in rows.fetchall()]
+
+
 def close(conn: psycopg.Connection, schemas: Sequence[str]) -> None:
     """Revoke every grant on the schemas and their objects from every role but the owner,
     take back per-schema default privileges, enable row-level security on every table,
     commit, and check: raises :class:`PrivilegeError` naming role and object for any
     privilege that remains (an object ferry's role does not own, an API role that is an
     administrator)."""
-    exposed = conn.execute(
-        _EXPOSED_ADMINS, {"schemas": list(schemas), "api": list(API_ROLES)}
-    ).fetchall()
+    exposed = exposed_administrators(conn, schemas)
     if exposed:
-        role, why = exposed[0]
         raise PrivilegeError(
-            f"role {role} {why}: it can read ferry's schemas ({', '.join(schemas)}) whatever "
+            f"{exposed[0]}: it can read ferry's schemas ({', '.join(schemas)}) whatever "
             "ferry revokes; an API role must not (revoke that membership or attribute)"
         )
     for kind, ident, public, grantee in conn.execute(
