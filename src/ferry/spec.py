@@ -245,7 +245,7 @@ class Spec(_Strict):
                 raise SpecError(f"model {model.name}: cannot read {path}: {exc.strerror}") from None
             where = f"model {model.name}: {path}"
         try:
-            return one_query(text).strip()
+            return one_query(text).lstrip()  # a trailing newline ends a comment
         except ShapeError as exc:
             raise SpecError(f"{where}: not one query: {exc}") from None
 

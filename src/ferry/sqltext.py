@@ -194,16 +194,16 @@ def _no_writes(text: str, toks: list[Token]) -> None:
 
 def one_query(text: str) -> str:
     """``text`` if it is one query (``SELECT``, ``WITH ... SELECT``, ``VALUES``, ``TABLE``),
-    cut after its last token (trailing ``;`` and comments dropped, so that a trailing
-    ``--`` comment cannot swallow what ferry appends); else :class:`ShapeError`."""
+    without trailing ``;`` (see :func:`_ending`); else :class:`ShapeError`."""
     return _one_query(text)
 
 
 @lru_cache(maxsize=256)
 def _one_query(text: str) -> str:
     toks = tokens(text)
+    trailing: list[Token] = []
     while toks and toks[-1].text == ";" and toks[-1].kind == "punct":
-        toks.pop()
+        trailing.append(toks.pop())
     if not toks:
         raise ShapeError(text, 0, "there is no query")
     first = toks[0]
@@ -220,15 +220,25 @@ def _one_query(text: str) -> str:
                      and t is not first), None)  # fmt: skip
         if main is not None and main.word in _WRITES:
             raise ShapeError(text, main.start, f"{main.text.upper()} writes: a model only reads")
-    return text[: toks[-1].end]
+    return _ending(text, toks[-1].end, trailing)
+
+
+def _ending(text: str, end: int, semicolons: list[Token]) -> str:
+    """The text up to ``end`` (its last token), then what follows it -- comments, which a
+    reader of the spec may rely on (``Spec.reads`` counts a stage table a comment names) --
+    without the ``;`` and ending in a newline, so that a trailing ``--`` comment cannot
+    swallow what ferry appends after the text."""
+    cut = {tok.start for tok in semicolons}
+    tail = "".join(c for i, c in enumerate(text[end:], start=end) if i not in cut).rstrip()
+    return text[:end] + (tail + "\n" if tail else "")
 
 
 def one_expression(text: str) -> str:
-    """``text`` if it is one expression that stays inside the parenthesis ferry puts it in,
-    cut after its last token; else :class:`ShapeError`."""
+    """``text`` if it is one expression that stays inside the parenthesis ferry puts it in
+    (ending as :func:`_ending` says); else :class:`ShapeError`."""
     toks = tokens(text)
     if not toks:
         raise ShapeError(text, 0, "there is no expression")
     _balanced(text, toks, "';' ends a statement: a rule is one expression")
     _no_writes(text, toks)
-    return text[: toks[-1].end]
+    return _ending(text, toks[-1].end, [])
