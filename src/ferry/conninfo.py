@@ -44,7 +44,8 @@ def resolve(value: str | None, env: str, what: str) -> str:
 def connect(conninfo: str, *, autocommit: bool = False, app: str = "ferry") -> psycopg.Connection:
     """Open a connection whose failures never reveal the password.
 
-    ferry sets its own ``statement_timeout`` because Supabase may set one on the role that
+    A server in ``SQL_ASCII`` is talked to in UTF8 (names, keys); ferry sets its own
+    ``statement_timeout`` because Supabase may set one on the role that
     would cut a long COPY short. Its ``--jobs`` sessions are all the parallelism it wants:
     parallel workers building an index on top of them take the cores those sessions use
     (the demo's 2M-row indexes: 0.3 s sooner on an idle machine, 0.5 s more CPU each).
@@ -59,6 +60,10 @@ def connect(conninfo: str, *, autocommit: bool = False, app: str = "ferry") -> p
             f"cannot connect to {redact(conninfo)}: {detail.strip()}"
         ) from None
     with conn.cursor() as cur:
+        if conn.info.parameter_status("server_encoding") == "SQL_ASCII":
+            # Its default client encoding is SQL_ASCII too, which psycopg cannot decode: every
+            # name would come back as bytes. What the data's bytes are, the spec says (stage).
+            cur.execute("SET client_encoding = 'UTF8'")
         cur.execute("SET statement_timeout = 0")
         cur.execute("SET lock_timeout = '60s'")
         cur.execute("SET max_parallel_maintenance_workers = 0")

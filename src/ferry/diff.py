@@ -66,10 +66,17 @@ bits (about 3e-39 by accident). Keys missing on one side are exact, no hash invo
 Both sessions get the same ``DateStyle`` (ISO, YMD), ``TimeZone`` (UTC), ``IntervalStyle``
 (postgres), ``extra_float_digits`` (1: shortest exact), ``bytea_output`` (hex),
 ``lc_monetary`` (C) for the transaction (``SET LOCAL``), and ``jit`` off (compiling a
-one-pass aggregate costs more than it saves). Both sides must have the same server encoding
-and the same column types (checked); PostgreSQL 11 or newer (extended hash functions,
-``sha256``). Differences of text output between server versions (floats before 12) can only
-produce extra "updated" rows, never a miss.
+one-pass aggregate costs more than it saves). PostgreSQL 11 or newer (extended hash
+functions, ``sha256``). Differences of text output between server versions (floats before
+12) can only produce extra "updated" rows, never a miss.
+
+Where the stage holds a column as another type than the source (an enum as text, a domain
+as its base type, raw bytes of a ``SQL_ASCII`` source: ``columns.py``), the source is read
+through the expressions the stage copy used; any other difference of types is refused. A
+stage that is a view over a raw table is compared by its table. Servers in different
+encodings (a LATIN1 source, a UTF8 stage) would hash different bytes for the same text: then
+both sessions set ``client_encoding`` to the source's encoding (the one the stage recorded,
+``encodings.py``) and text is hashed as ``textsend`` gives it, the same bytes on both sides.
 
 Transactions and consistency
 ----------------------------
@@ -102,6 +109,8 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from ferry import columns as colmod
+from ferry import encodings
 from ferry.errors import FerryError
 from ferry.stage import relay
 
@@ -163,6 +172,7 @@ _FAST_HASH: dict[int, str] = {
     2950: "uuid_hash_extended({c}, {s})",
 }
 _INT_KEY_TYPES = {20, 21, 23}
+_TEXT_TYPES = {25, 1043}
 _PASSTHROUGH_SQLSTATE_CLASSES = ("08", "28", "3D", "40", "42", "53", "54", "55", "57", "58")
 
 
@@ -294,12 +304,16 @@ class _Side:
     version: int = 0
     reltuples: float = -1.0
     bytes: int = 0
+    marked: str | None = None  # the encoding the stage recorded (encodings.mark)
+    raw: bool = False  # the stage is a view over a raw table, which is what is compared
 
     def __post_init__(self) -> None:
         self.label = self.rel.as_string(self.conn)
 
     def describe(self, key: Sequence[str]) -> None:
         with _db_errors(f"reading the catalog entry of {self.name} table {self.label}"):
+            if self.name == "stage" and self._behind():
+                return self.describe(key)
             head = self.conn.execute(
                 "SELECT current_setting('server_encoding'),"
                 " current_setting('server_version_num')::int, c.reltuples::float8"
@@ -329,6 +343,23 @@ class _Side:
                     [self.label, key[0]],
                 ).fetchone()
                 self.key_indexed = bool(found and found[0])
+
+    def _behind(self) -> bool:
+        """Read the stage's mark; a view over a raw table is compared by its table (True)."""
+        row = self.conn.execute(
+            "SELECT n.nspname, obj_description(c.oid, 'pg_class') FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s::regclass",
+            [self.label],
+        ).fetchone()
+        if row is None:
+            return False
+        self.marked, raw = encodings.marked(row[1])
+        if raw is None or self.raw:
+            return False
+        self.raw = True
+        self.rel = sql.Identifier(row[0], raw)
+        self.label = self.rel.as_string(self.conn)
+        return True
 
     def run(
         self,
@@ -423,19 +454,25 @@ class _Plan:
 
 
 def _fingerprint(
-    columns: Sequence[str], types: dict[str, tuple[int, str, str, bool]], seed: int = 0
+    columns: Sequence[str],
+    types: dict[str, tuple[int, str, str, bool]],
+    seed: int = 0,
+    transcode: bool = False,
 ) -> sql.Composable:
     """The 64-bit fingerprint of ``columns`` (see the module docstring for why this shape).
 
     Also the bucket hash of a non-integer key (over the key columns, another seed): equal
     keys get equal hashes on both sides, and a uuid or text key is hashed without its text
-    output.
+    output. With ``transcode`` (servers in different encodings) text is hashed as the bytes
+    of the session's client encoding, which both sides then share (``textsend``).
     """
     parts: list[sql.Composable] = []
     rest: list[sql.Composable] = []
     for pos, col in enumerate(columns):
         ident = sql.Identifier("t", col)
         template = _FAST_HASH.get(types[col][0])
+        if transcode and types[col][0] in _TEXT_TYPES:
+            template = None
         if template is None:
             rest.append(ident)
             continue
@@ -448,18 +485,21 @@ def _fingerprint(
         )
     if rest:
         # Record text quotes '' as "" and leaves NULL empty, so the two stay apart.
-        parts.append(
-            sql.SQL('hashtextextended(ROW({})::text COLLATE "C", {})').format(
-                sql.SQL(", ").join(rest), sql.Literal(seed)
-            )
+        text = (
+            "hashtextextended(encode(textsend(ROW({})::text), 'hex'), {})"
+            if transcode
+            else 'hashtextextended(ROW({})::text COLLATE "C", {})'
         )
+        parts.append(sql.SQL(text).format(sql.SQL(", ").join(rest), sql.Literal(seed)))
     expr: sql.Composable = parts[0]
     for part in parts[1:]:
         expr = sql.SQL("hashint8extended({}, 0) # {}").format(expr, part)
     return expr
 
 
-def _make_plan(source: _Side, stage: _Side, key: Sequence[str], columns: Sequence[str]) -> _Plan:
+def _make_plan(
+    source: _Side, stage: _Side, key: Sequence[str], columns: Sequence[str], transcode: bool
+) -> _Plan:
     key, columns = tuple(key), tuple(columns)
     if not key:
         raise FerryError(f"range diff of {stage.label}: no key columns given")
@@ -482,16 +522,7 @@ def _make_plan(source: _Side, stage: _Side, key: Sequence[str], columns: Sequenc
                 f"{side.name} server of {side.label} is older than PostgreSQL 11 "
                 "(no extended hash functions)"
             )
-    differ = [c for c in columns if source.types[c][1] != stage.types[c][1]]
-    if differ:
-        raise FerryError(
-            f"column types differ between {source.label} and {stage.label}: {', '.join(differ)}"
-        )
-    if source.encoding != stage.encoding:
-        raise FerryError(
-            f"server encodings differ ({source.encoding} for {source.label}, "
-            f"{stage.encoding} for {stage.label}): row hashes would never match"
-        )
+    _read_as_staged(source, stage, key, columns)
     all_cols = sql.SQL(", ").join(sql.Identifier("t", c) for c in columns)
     return _Plan(
         key=key,
@@ -499,11 +530,40 @@ def _make_plan(source: _Side, stage: _Side, key: Sequence[str], columns: Sequenc
         int_key=len(key) == 1 and stage.types[key[0]][0] in _INT_KEY_TYPES,
         key_types=tuple(stage.types[k][2] for k in key),
         binary_keys=not any(stage.types[k][3] for k in key),
-        fingerprint=_fingerprint(columns, stage.types),
-        hash_expr=_fingerprint(key, stage.types, seed=_KEY_SEED),
+        fingerprint=_fingerprint(columns, stage.types, transcode=transcode),
+        hash_expr=_fingerprint(key, stage.types, seed=_KEY_SEED, transcode=transcode),
         row_hash=sql.SQL("substr(sha256(textsend(ROW({})::text)), 1, 16)").format(all_cols),
         key_list=sql.SQL(", ").join(sql.Identifier("t", k) for k in key),
     )
+
+
+def _read_as_staged(
+    source: _Side, stage: _Side, key: Sequence[str], columns: Sequence[str]
+) -> None:
+    """Where the stage holds a column as another type (an enum as text, a domain as its
+    base type, raw bytes: ``columns.py``), read the source through the same expressions the
+    stage copy used, as a subquery that PostgreSQL flattens (a plain key keeps its index).
+    Any other difference of types is refused."""
+    differ = [c for c in columns if source.types[c][1] != stage.types[c][1]]
+    if not differ:
+        return
+    with _db_errors(f"reading the columns of source table {source.label}"):
+        staged = {
+            c.name: c
+            for c in colmod.source_columns(source.conn, source.label, stage.raw, tuple(key))
+        }
+    wrong = [c for c in differ if c not in staged or staged[c].raw_type != stage.types[c][1]]
+    if wrong:
+        raise FerryError(
+            f"column types differ between {source.label} and {stage.label}: {', '.join(wrong)}"
+        )
+    exprs = [
+        sql.SQL("{} AS {}").format(
+            staged[c].select("t") if c in differ else sql.Identifier("t", c), sql.Identifier(c)
+        )
+        for c in columns
+    ]
+    source.rel = sql.SQL("(SELECT {} FROM {} t)").format(sql.SQL(", ").join(exprs), source.rel)
 
 
 def _key_array_params(plan: _Plan, keys: Sequence[Key]) -> tuple[sql.Composable, list[list[Any]]]:
@@ -847,7 +907,7 @@ def _int_setup(pair: _Pair, plan: _Plan) -> _IntBuckets | _HashBuckets | None:
     k = sql.Identifier(plan.key[0])
 
     def bounds(side: _Side) -> tuple[Any, ...]:
-        query = sql.SQL("SELECT min({k})::int8, max({k})::int8 FROM {r}").format(k=k, r=side.rel)
+        query = sql.SQL("SELECT min({k})::int8, max({k})::int8 FROM {r} t").format(k=k, r=side.rel)
         return side.run(query)[0]
 
     (smin, smax), (tmin, tmax) = pair.both(bounds)
@@ -1005,10 +1065,26 @@ def _opened(
             if not pair.same:
                 stack.enter_context(_session(stage.conn, snapshot=False))
             pair.both(lambda side: side.describe(key))
-            plan = _make_plan(source, stage, key, columns)
+            transcode = source.encoding != stage.encoding
+            if transcode:
+                _read_alike(pair)
+            plan = _make_plan(source, stage, key, columns, transcode)
             yield pair, plan, TableDiff(source=source.label, stage=stage.label)
     finally:
         pair.close()
+
+
+def _read_alike(pair: _Pair) -> None:
+    """Servers in different encodings: both sessions read text in the encoding the source's
+    bytes are in (the stage's mark, else the source server's), so that keys come back equal
+    and ``textsend`` gives both sides the same bytes to hash."""
+    source, stage = pair.source, pair.stage
+    encoding = stage.marked or (
+        source.encoding if source.encoding != encodings.UNCHECKED else encodings.UTF8
+    )
+    with _db_errors("setting the client encoding of the range diff"):
+        for side in (source, stage):
+            encodings.set_client(side.conn, encoding, local=True)
 
 
 def diff_table(

@@ -59,7 +59,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import ledger, privileges, transform
+from ferry import ledger, privileges, stage, transform
 from ferry.conninfo import connect
 from ferry.errors import FerryError
 from ferry.pipeline import _run_lock, put_back
@@ -463,7 +463,7 @@ def _delete(
 def _clear_stage(conn: psycopg.Connection, spec: Spec) -> None:
     """Every run undone: no staged row may stay without a fate, so the stage is emptied."""
     for src in spec.sources:
-        ident = sql.Identifier(spec.stage_schema, src.stage_table)
+        ident = stage.stored(conn, spec, src)
         row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [ident.as_string(conn)]).fetchone()
         if row and row[0]:
             conn.execute(sql.SQL("TRUNCATE {}").format(ident))

@@ -46,6 +46,11 @@ class Source(_Strict):
     lookup: bool = Field(
         False, description="Staged for joins only; its rows have no fate of their own."
     )
+    encoding: str | None = Field(
+        None,
+        description="Table only: what the source's bytes are (e.g. latin1) when its server "
+        "encoding is SQL_ASCII; default UTF8. Elsewhere it must match the server's.",
+    )
 
     @field_validator("key")
     @classmethod

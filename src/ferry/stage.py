@@ -1,8 +1,11 @@
 """Stage: copy every source table and CSV file into the stage schema of the target database.
 
 Rows stream from COPY to COPY in blocks, never parsed in Python, so memory stays flat and the
-speed is close to what the two servers can do. Binary COPY is used where both sides read the
-column types the same way (built-in types); other columns travel as text.
+speed is close to what the two servers can do. The copy is binary: every column is selected
+as a built-in type both servers read the same way (enums and user types as text, domains as
+their base type: ``columns.py``). The target converts the source's text from its encoding
+(``encodings.py``); a source whose server never checked its bytes is staged raw behind a
+view that converts them.
 """
 
 from __future__ import annotations
@@ -18,17 +21,12 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.abc import Buffer
 
+from ferry import columns, encodings
+from ferry.columns import Column
 from ferry.errors import FerryError
 from ferry.spec import Source, Spec
 
 _BLOCK = 1 << 20
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    type: str
-    binary: bool
 
 
 @dataclass(frozen=True)
@@ -40,20 +38,8 @@ class StageResult:
 
 
 def source_columns(conn: psycopg.Connection, table: str) -> list[Column]:
-    """Columns of a source table; types outside pg_catalog (enums, domains) travel as text."""
-    rows = conn.execute(
-        """
-        SELECT a.attname, format_type(a.atttypid, a.atttypmod),
-               t.typnamespace = 'pg_catalog'::regnamespace AND t.typtype = 'b'
-        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-        WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
-        ORDER BY a.attnum
-        """,
-        [table],
-    ).fetchall()
-    if not rows:
-        raise FerryError(f"source table {table} does not exist or has no columns")
-    return [Column(n, t if b else "text", bool(b)) for n, t, b in rows]
+    """Columns of a source table with their stage types (``columns.py``)."""
+    return columns.source_columns(conn, table)
 
 
 def relay(
@@ -161,8 +147,11 @@ def _raise(res: pq.abc.PGresult | None, what: str) -> NoReturn:
     raise cls(message)
 
 
-def _create(conn: psycopg.Connection, spec: Spec, src: Source, cols: list[Column]) -> sql.Composed:
-    """A new stage table, for a ``COPY ... FREEZE`` in the same transaction.
+def _create(
+    conn: psycopg.Connection, spec: Spec, src: Source, cols: list[Column], raw: bool = False
+) -> sql.Composed:
+    """A new stage table, for a ``COPY ... FREEZE`` in the same transaction; the raw table
+    behind the stage's view if ``raw``.
 
     Rows copied frozen are all-visible from the start: the transform's first reads need not
     stamp every tuple's commit status into its page (dirtying all of them), index-only scans
@@ -170,17 +159,64 @@ def _create(conn: psycopg.Connection, spec: Spec, src: Source, cols: list[Column
     wakes, finds nothing to do. A table created in the transaction is invisible to others
     until it commits, so freezing breaks no snapshot.
     """
-    target = sql.Identifier(spec.stage_schema, src.stage_table)
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))
+    _drop(conn, spec, src)
+    name = encodings.raw_name(src.stage_table) if raw else src.stage_table
+    target = sql.Identifier(spec.stage_schema, name)
     conn.execute(
         sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(
             target,
             sql.SQL(", ").join(
-                sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type)) for c in cols
+                sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.raw_type)) for c in cols
             ),
         )
     )
     return target
+
+
+def _drop(conn: psycopg.Connection, spec: Spec, src: Source) -> None:
+    """The earlier stage of a source, a table or a view over a raw table, whichever it was."""
+    for name in (src.stage_table, encodings.raw_name(src.stage_table)):
+        row = conn.execute(
+            "SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)",
+            [sql.Identifier(spec.stage_schema, name).as_string(conn)],
+        ).fetchone()
+        if row is not None:
+            kind = "VIEW" if row[0] == "v" else "TABLE"
+            conn.execute(
+                sql.SQL("DROP {} {}").format(sql.SQL(kind), sql.Identifier(spec.stage_schema, name))
+            )
+
+
+def stored(conn: psycopg.Connection, spec: Spec, src: Source) -> sql.Identifier:
+    """The table that holds a source's staged rows: the stage table, or the raw table behind
+    the stage's view (what ``TRUNCATE`` empties, which a view refuses)."""
+    raw = sql.Identifier(spec.stage_schema, encodings.raw_name(src.stage_table))
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [raw.as_string(conn)]).fetchone()
+    return raw if row and row[0] else sql.Identifier(spec.stage_schema, src.stage_table)
+
+
+def _view(
+    conn: psycopg.Connection, spec: Spec, src: Source, cols: list[Column], encoding: str
+) -> None:
+    """The stage models read: raw columns converted from the declared encoding. A value
+    that does not convert fails there, in the model's chunk, and only its row is
+    quarantined (with the database's reason)."""
+    raw = encodings.raw_name(src.stage_table)
+    view = sql.Identifier(spec.stage_schema, src.stage_table)
+    exprs = [
+        sql.SQL("convert_from({c}, {e})::{t} AS {c}").format(
+            c=sql.Identifier(c.name), e=sql.Literal(encoding), t=sql.SQL(c.type)
+        )
+        if c.raw
+        else sql.Identifier(c.name)
+        for c in cols
+    ]
+    conn.execute(
+        sql.SQL("CREATE VIEW {} AS SELECT {} FROM {}").format(
+            view, sql.SQL(", ").join(exprs), sql.Identifier(spec.stage_schema, raw)
+        )
+    )
+    encodings.mark(conn, "VIEW", view, encoding, raw)
 
 
 def _add_key(conn: psycopg.Connection, spec: Spec, src: Source, target: sql.Composed) -> None:
@@ -211,28 +247,43 @@ def stage_table(
     """Replace the stage copy of one source table, in one target transaction."""
     assert src.table is not None
     t0 = time.perf_counter()
-    cols = source_columns(source, src.table)
+    read = encodings.reading(source, src)
+    cols = columns.source_columns(source, src.table, read.raw, (src.key,))
     if src.key not in {c.name for c in cols}:
         raise FerryError(f"source {src.name}: key column {src.key} is not in {src.table}")
-    binary = all(c.binary for c in cols)
-    fmt = sql.SQL("FORMAT BINARY" if binary else "FORMAT TEXT")
-    query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT ({})").format(
-        sql.SQL(", ").join(
-            sql.Identifier(c.name)
-            if c.binary
-            else sql.SQL("{}::text").format(sql.Identifier(c.name))
-            for c in cols
-        ),
+    if read.encoding != encodings.UTF8 or read.raw:
+        # the source sends its bytes as they are; the target converts them from this
+        encodings.set_client(source, read.encoding, local=True)
+    query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT BINARY)").format(
+        sql.SQL(", ").join(c.select() for c in cols),
         sql.Identifier(*src.table.split(".")),
-        fmt,
     )
     with target.transaction():
-        dest = _create(target, spec, src, cols)
+        if read.encoding != encodings.UTF8:
+            encodings.set_client(target, read.encoding, local=True)
+        dest = _create(target, spec, src, cols, read.raw)
         cur = target.cursor()  # its rowcount, from COPY's own tag, is the rows staged
-        with cur.copy(sql.SQL("COPY {} FROM STDIN ({}, FREEZE)").format(dest, fmt)) as into:
-            nbytes = relay(copy_out(source, query), into, progress)
+        try:
+            with cur.copy(
+                sql.SQL("COPY {} FROM STDIN (FORMAT BINARY, FREEZE)").format(dest)
+            ) as into:
+                nbytes = relay(copy_out(source, query), into, progress)
+        except psycopg.DataError as exc:
+            # The raw path converts every column but the key: so the key did not convert.
+            raise FerryError(
+                f"source {src.name}: a value does not convert from {read.encoding} "
+                f"({type(exc).__name__}, SQLSTATE {exc.sqlstate}): "
+                + (
+                    "a key must convert, for the ledger to name its row"
+                    if read.raw
+                    else "declare what the bytes are with encoding in the spec"
+                )
+            ) from None
         rows = cur.rowcount
         _add_key(target, spec, src, dest)
+        encodings.mark(target, "TABLE", dest, read.encoding)
+        if read.raw:
+            _view(target, spec, src, cols, read.encoding)
     _analyze(target, dest)
     source.rollback()
     return StageResult(src.name, rows, nbytes, time.perf_counter() - t0)

@@ -1,0 +1,141 @@
+"""What each source column becomes in the stage, and the source-side expression that yields it.
+
+Why: the stage lives in another database, which has none of the source's enums, domains or
+composite types, and whose server may read bytes in another encoding. So every column is
+staged as a built-in type that both servers read the same way, and the stage copy and the
+range diff select the source through the same expressions, or their values (and hashes)
+would never meet:
+
+* built-in base, range and multirange types, and arrays of them: as they are (binary COPY);
+* a domain: its base type, when that is built in (the model sees an integer, not text);
+* enums, composites, user ranges and base types of extensions: ``text``; arrays of them
+  ``text[]`` (the text output of ``kind[]`` is the one of ``text[]``);
+* ``reg*`` types (OIDs that mean something only on their own server): ``text``.
+
+From a source whose bytes the server never checked (``SQL_ASCII``), every column that can
+hold characters travels raw (``bytea`` of its text, no conversion on the way) and is read
+through a view that converts it (see ``encodings.py``); the key travels as text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from ferry.errors import FerryError
+
+# Type categories (pg_type.typcategory) whose text output is ASCII whatever the encoding:
+# boolean, date/time, geometric, network, numeric, timespan, bit string.
+_ASCII_CATEGORIES = "BDGINTV"
+_ASCII_TYPES = ("uuid", "bytea", "pg_lsn", "macaddr", "macaddr8", "txid_snapshot", "pg_snapshot")
+
+_COLUMNS = """
+WITH RECURSIVE cols AS (
+    SELECT a.attnum, a.attname, a.atttypid AS typ, a.atttypmod AS mod
+    FROM pg_attribute a
+    WHERE a.attrelid = to_regclass(%(rel)s) AND a.attnum > 0 AND NOT a.attisdropped
+), base AS (
+    SELECT attnum, typ, mod FROM cols
+    UNION ALL
+    SELECT b.attnum, t.typbasetype, t.typtypmod
+    FROM base b JOIN pg_type t ON t.oid = b.typ WHERE t.typtype = 'd'
+), typed AS (
+    SELECT c.attnum, c.attname, format_type(c.typ, c.mod) AS own,
+           format_type(b.typ, b.mod) AS base, bt.typname,
+           bt.typnamespace = 'pg_catalog'::regnamespace AS builtin, bt.typtype,
+           bt.typcategory::text, e.oid IS NOT NULL AS is_array,
+           coalesce(e.typnamespace = 'pg_catalog'::regnamespace
+                    AND e.typtype IN ('b', 'r', 'm') AND e.typname NOT LIKE 'reg%%', false)
+               AS elem_builtin,
+           coalesce(e.typcategory, r.typcategory)::text AS inner_category,
+           coalesce(e.typname, r.typname) AS inner_name
+    FROM cols c
+    JOIN base b ON b.attnum = c.attnum
+    JOIN pg_type bt ON bt.oid = b.typ AND bt.typtype <> 'd'
+    LEFT JOIN pg_type e ON e.oid = bt.typelem AND bt.typlen = -1 AND bt.typcategory = 'A'
+    LEFT JOIN pg_range rg ON rg.rngtypid = bt.oid
+    LEFT JOIN pg_type r ON r.oid = rg.rngsubtype
+)
+SELECT attname, own, base, typname, builtin, typtype, typcategory, is_array, elem_builtin,
+       inner_category, inner_name
+FROM typed ORDER BY attnum
+"""
+
+
+@dataclass(frozen=True)
+class Column:
+    """A source column: its name, its stage type, and whether it travels raw."""
+
+    name: str
+    type: str  # the stage's type (what models read)
+    binary: bool = True  # kept for callers: every stage type is a built-in one
+    source_type: str = ""  # format_type on the source
+    raw: bool = False  # bytea of the text output, converted by the stage's view
+
+    @property
+    def cast(self) -> bool:
+        """The source column is selected through a cast to the stage type."""
+        return bool(self.source_type) and self.source_type != self.type
+
+    def select(self, alias: str | None = None) -> sql.Composable:
+        """The expression the source is read by (for COPY and for the diff)."""
+        ident = sql.Identifier(alias, self.name) if alias else sql.Identifier(self.name)
+        return source_expr(ident, self.source_type or self.type, self.raw_type)
+
+    @property
+    def raw_type(self) -> str:
+        """The type of the column in the stage table itself."""
+        return "bytea" if self.raw else self.type
+
+
+def source_expr(ident: sql.Composable, source_type: str, stage_type: str) -> sql.Composable:
+    """How a source column of ``source_type`` is read into a stage column of ``stage_type``.
+
+    The same rule serves the stage copy and the diff. A raw column is the bytes of the text
+    output as the server holds them: ``convert_to(..., 'SQL_ASCII')`` passes them through
+    unchecked (``textsend`` would check them against the client encoding, and fail the
+    whole statement on one bad byte).
+    """
+    if source_type == stage_type:
+        return ident
+    if stage_type == "bytea":
+        return sql.SQL("convert_to({}::text, 'SQL_ASCII')").format(ident)
+    return sql.SQL("{}::{}").format(ident, sql.SQL(stage_type))
+
+
+def source_columns(
+    conn: psycopg.Connection, table: str, raw: bool = False, keep: tuple[str, ...] = ()
+) -> list[Column]:
+    """The columns of a source table with their stage types; ``raw``: a source whose bytes
+    the server never checked, whose character columns other than ``keep`` (the key, which
+    the ledger must name) travel raw."""
+    rows = conn.execute(_COLUMNS, {"rel": table}).fetchall()
+    if not rows:
+        raise FerryError(f"source table {table} does not exist or has no columns")
+    out = []
+    for row in rows:
+        name, own, base, typname, builtin, typtype, category, is_array, elem_ok = row[:9]
+        inner_cat, inner = row[9:]
+        if is_array:
+            stage_type = base if builtin and elem_ok else "text[]"
+        elif builtin and typtype in ("b", "r", "m") and not typname.startswith("reg"):
+            stage_type = base
+        else:
+            stage_type = "text"
+        ascii_only = _ascii_only(stage_type, typname, category, inner_cat, inner)
+        out.append(Column(name, stage_type, True, own, raw and name not in keep and not ascii_only))
+    return out
+
+
+def _ascii_only(
+    stage_type: str, typname: str, category: str, inner_cat: str | None, inner: str | None
+) -> bool:
+    """Whether a stage type's text output can only be ASCII (then no encoding matters)."""
+    if stage_type in ("text", "text[]"):
+        return False
+    if inner_cat is not None:  # an array or a range: its elements decide (a multirange,
+        # whose subtype the catalogs of servers before 14 cannot name, counts as text)
+        return inner_cat in _ASCII_CATEGORIES or inner in _ASCII_TYPES
+    return category in _ASCII_CATEGORIES or typname in _ASCII_TYPES
