@@ -105,9 +105,11 @@ def run_model(
     target: str, spec: Spec, model_name: str, run_id: int, progress: Progress, jobs: int = 1,
     keys: list[str] | None = None, defer_constraints: bool = False,
     slots: transform.Slots | None = None, released: Callable[[], None] | None = None,
-    loaded: Callable[[], None] = lambda: None,
+    loaded: Callable[[], None] = lambda: None, retry: bool = False,
 ) -> transform.ModelResult:  # fmt: skip
     """One model, then again for the rows whose merge survivor's fate this run decided.
+    ``retry``: rows the database refused are sent to it again even if nothing about them
+    changed (``quarantine retry``).
 
     A merged row takes its survivor's fate (``transform.Plan.fate_case``): a row whose
     survivor had no fate yet is left pending, and a row whose survivor's fate changed (it
@@ -118,7 +120,7 @@ def run_model(
     model = spec.model(model_name)
     result = _run_model(
         target, spec, model_name, run_id, progress, jobs, keys, defer_constraints, slots,
-        released, (lambda: None) if model.merge_into else loaded,
+        released, (lambda: None) if model.merge_into else loaded, retry=retry,
     )  # fmt: skip
     if not model.merge_into:
         return result
@@ -132,8 +134,9 @@ def run_model(
             return result
         before = set(result.pending)
         again = _run_model(
-            target, spec, model_name, run_id, progress, jobs, sorted(todo), final=final
-        )
+            target, spec, model_name, run_id, progress, jobs, sorted(todo), final=final,
+            retry=retry,
+        )  # fmt: skip
         result.add(again)
         moved = again.changed_keys | again.new_keys
         final = not final and bool(again.pending) and again.pending == before and not moved
@@ -147,7 +150,7 @@ def _run_model(
     target: str, spec: Spec, model_name: str, run_id: int, progress: Progress, jobs: int = 1,
     keys: list[str] | None = None, defer_constraints: bool = False,
     slots: transform.Slots | None = None, released: Callable[[], None] | None = None,
-    loaded: Callable[[], None] = lambda: None, final: bool = False,
+    loaded: Callable[[], None] = lambda: None, final: bool = False, retry: bool = False,
 ) -> transform.ModelResult:  # fmt: skip
     """One pass of a model: its chunks on ``jobs`` sessions when no unique index makes that
     unsafe.
@@ -161,7 +164,7 @@ def _run_model(
     model = spec.model(model_name)
     with session(target, spec) as conn:
         plan = transform.Plan(conn, spec, model)
-        plan.final = final
+        plan.final, plan.retry_refused = final, retry
         total = ledger.stage_rows(conn, spec, model.source) if model.accounts else 0
         progress.model_started(model.name, len(keys) if keys is not None else total)
 

@@ -49,6 +49,8 @@ class Work:
     # model -> keys whose fate changed outside the models (an operator's decision): the
     # rows that depend on them are looked at.
     outcome: dict[str, set[str]] = field(default_factory=dict)
+    # Send rows the database refused to it again though nothing about them changed.
+    retry: bool = False
 
     def moved(self) -> set[str]:
         return {s for s in {*self.changed, *self.deleted} if self.changed.get(s) or
@@ -158,7 +160,7 @@ def settle(
         before = _ledger_keys(conn, spec, model) if keys is None else set()
         result = run_model(
             target, spec, model.name, run_id, progress, jobs=jobs,
-            keys=None if keys is None else sorted(keys),
+            keys=None if keys is None else sorted(keys), retry=work.retry,
         )  # fmt: skip
         out.models.append(result)
         out.transitions.update(result.transitions)

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import ledger
+from ferry import ledger, predict
 from ferry.errors import FerryError, SpecError
 from ferry.keys import uuid_sql
 from ferry.spec import Model, Spec
@@ -89,6 +89,7 @@ def safe_message(exc: psycopg.Error) -> str:
     diag = exc.diag
     text = diag.message_primary or type(exc).__name__
     text = re.sub(r':\s*".*$', "", text, flags=re.S)
+    text = re.sub(r":? ?0x[0-9a-f]{2}(?: 0x[0-9a-f]{2})*", "", text)  # an encoding error's bytes
     if diag.constraint_name and diag.constraint_name not in text:
         text += f" (constraint {diag.constraint_name})"
     return text[:300]
@@ -108,7 +109,7 @@ SURVIVOR_REASONS = ("survivor_excluded", "survivor_quarantined", "missing_surviv
 # The ledger columns a new row sets (``Runner._ledger_values`` gives them, in this order).
 LEDGER_COLUMNS = sql.SQL(
     "model, source_key, source_table, accounts, status, reason, repairs, target_table, "
-    "target_uuid, row_hash, run_id, first_run_id"
+    "target_uuid, row_hash, run_id, first_run_id, sqlstate, message"
 )
 
 
@@ -206,6 +207,14 @@ class Plan:
             row = conn.execute("SELECT format_type(%s, NULL)", [out["_key"]]).fetchone()
         conn.commit()
         self.key_type = row[0] if row else "text"
+        # What the target would refuse, checked before the write (``predict``).
+        self.refusals = predict.refusals(
+            conn, model.target, [n for n, _, _ in self.columns],
+            {model.key_column, model.legacy_column or model.key_column},
+        )  # fmt: skip
+        # Try again rows the database refused though nothing about them changed: the
+        # target's constraints did, or an operator asks (``quarantine retry``).
+        self.retry_refused = False
 
     def _parallel_safe(self, conn: psycopg.Connection) -> bool:
         """Chunks may run at once only if no unique index can make two of them collide.
@@ -338,7 +347,9 @@ class Plan:
         ``_ferry_reason``, ``_ferry_repairs``, ``_ferry_uuid``, the target columns (NULL unless
         migrated) and ``_ferry_hash`` (hash of the target columns, as ``target_hash`` computes
         it from a stored row). ``bounds`` is a predicate on ``m0._key``. ``_ferry_n`` numbers
-        the rows in key order for bisection; without ``numbered`` it is NULL (no sort).
+        the rows in key order for bisection; without ``numbered`` it is NULL (no sort). Rows
+        the target would refuse are quarantined already, with ``_ferry_sqlstate`` and
+        ``_ferry_message``, or ``blocked`` (``predict.overlay``).
         """
         m = self.model
         inner = sql.SQL("{} WHERE {} OFFSET 0").format(with_rules(m, self.body), bounds)
@@ -403,7 +414,7 @@ class Plan:
         statuses = sql.Literal(self.fates.statuses)
         reasons = sql.Literal(self.fates.reasons)
         shaped = sql.SQL(
-            "SELECT m._key::text AS _ferry_key, {n} AS _ferry_n, "
+            "SELECT m._key::text AS _ferry_key, {n} AS _ferry_n, m._key AS _ferry_k, "
             "m._ferry_fate, ({st}::text[])[m._ferry_fate + 1] AS _ferry_status, "
             "({rs}::text[])[m._ferry_fate + 1] AS _ferry_reason, {rep} AS _ferry_repairs, "
             "{uuid} AS _ferry_uuid, {vals} FROM ({wf}) m OFFSET 0"
@@ -412,9 +423,20 @@ class Plan:
             st=statuses, rs=reasons, rep=repair_arr, uuid=uuid,
             vals=sql.SQL(", ").join(values), wf=with_fate,
         )  # fmt: skip
-        return sql.SQL(
+        hashed = sql.SQL(
             "SELECT c.*, CASE WHEN c._ferry_fate = 0 THEN {h} END AS _ferry_hash FROM ({shaped}) c"
         ).format(h=self.target_hash("c"), shaped=shaped)
+        return predict.overlay(
+            self.refusals, hashed, [n for n, _, _ in self.columns], self.target,
+            m.key_column, self.own_led, m.name, self.key_type,
+        )  # fmt: skip
+
+    def refused_hash(self, alias: str) -> sql.Composed:
+        """What the ledger keeps of a row the database refused: its hash with the digest of
+        the target's rules, so that it is sent again only when one of the two changed."""
+        return sql.SQL("md5({}._ferry_hash || {})").format(
+            sql.Identifier(alias), sql.Literal(self.refusals.digest)
+        )
 
     def own_uuid(self, key: sql.Composable) -> sql.Composed:
         """The UUID of the row whose source key ``key`` evaluates to, whatever its fate."""
@@ -454,10 +476,20 @@ class Plan:
                 "WHERE (l.model IS NULL OR l.status IS DISTINCT FROM c._ferry_status "
                 "OR l.reason IS DISTINCT FROM c._ferry_reason OR l.repairs <> c._ferry_repairs "
                 "OR l.target_uuid IS DISTINCT FROM c._ferry_uuid "
-                "OR l.row_hash IS DISTINCT FROM c._ferry_hash OR l.sqlstate IS NOT NULL) "
+                "OR l.row_hash IS DISTINCT FROM c._ferry_hash "
+                "OR l.sqlstate IS DISTINCT FROM c._ferry_sqlstate) "
+                # A row the database refused is not sent to it again as it was, unless the
+                # target's constraints changed or an operator asks: each try logs it.
+                "AND NOT (NOT {retry} AND l.status = 'quarantined' AND c._ferry_fate = 0 "
+                "AND l.sqlstate IS NOT NULL AND l.row_hash = {refused}) "
                 # An operator's decision (ferry quarantine exclude) stands until they undo it.
                 "AND l.decided_by IS NULL"
-            ).format(led=led, model=sql.Literal(self.model.name)),
+            ).format(
+                led=led,
+                model=sql.Literal(self.model.name),
+                retry=sql.Literal(self.retry_refused),
+                refused=self.refused_hash("c"),
+            ),
             sql.SQL("SET LOCAL enable_hashjoin = on"),
             sql.SQL("SET LOCAL enable_mergejoin = on"),
             sql.SQL("DROP TABLE _ferry_e"),
@@ -655,9 +687,10 @@ class Runner:
         seen, keyprint = self._staged(lo, hi, keys, keyprint=self.aside)
         statement = sql.SQL(
             "WITH c AS MATERIALIZED ({expected}), t AS ({insert}), "
-            "l AS (INSERT INTO {led} ({cols}) SELECT {vals} FROM c WHERE _ferry_status <> {p}) "
-            "SELECT _ferry_status, count(*){twice}, CASE WHEN _ferry_status = {p} "
-            "THEN array_agg(_ferry_key) END FROM c GROUP BY 1"
+            "l AS (INSERT INTO {led} ({cols}) SELECT {vals} FROM c "
+            "WHERE _ferry_status NOT IN ({p}, {b})) "
+            "SELECT _ferry_status, count(*){twice}, CASE WHEN _ferry_status IN ({p}, {b}) "
+            "THEN array_agg(_ferry_key) END, bool_or(_ferry_holder IS NOT NULL) FROM c GROUP BY 1"
         ).format(
             expected=self.plan.expected(self._where(lo, hi, keys), numbered=False),
             insert=self._insert_new(sql.SQL("c"), sql.SQL("_ferry_fate = 0")),
@@ -665,6 +698,7 @@ class Runner:
             cols=LEDGER_COLUMNS,
             vals=self._ledger_values(),
             p=sql.Literal(PENDING),
+            b=sql.Literal(predict.BLOCKED),
             # Aside, no primary key refuses a key yielded twice: the chunk looks for one,
             # unless it yields exactly the keys staged in its range, as an accounting model
             # does: the same number, with the same fingerprint (ledger.fingerprint). The
@@ -683,13 +717,18 @@ class Runner:
         try:
             with conn.transaction():
                 counts = conn.execute(statement).fetchall()
-                if any(row[2] for row in counts):
+                # A key yielded twice, or a later key's unique value to take back: the
+                # careful way handles both.
+                if any(row[2] or row[4] for row in counts):
                     raise _YieldedTwice
         except (*BISECTABLE, _YieldedTwice):
             return False
-        for status, n, _, pending in counts:
+        for status, n, _, waiting, _ in counts:
             if status == PENDING:
-                self.pending.update(pending)
+                self.pending.update(waiting)
+                continue
+            if status == predict.BLOCKED:
+                self.blocked.update(waiting)
                 continue
             self.transitions[(None, status)] += n
             if status == self.plan.fates.statuses[0]:
@@ -737,7 +776,7 @@ class Runner:
         plan = self.plan
         return sql.SQL(
             "{model}, _ferry_key, {src}, {acc}, _ferry_status, _ferry_reason, _ferry_repairs, "
-            "{tt}, _ferry_uuid, _ferry_hash, {run}, {run}"
+            "{tt}, _ferry_uuid, _ferry_hash, {run}, {run}, _ferry_sqlstate, _ferry_message"
         ).format(
             model=sql.Literal(plan.model.name), src=sql.Literal(plan.source_table),
             acc=sql.Literal(plan.model.accounts), tt=sql.Literal(plan.model.target),
@@ -753,13 +792,14 @@ class Runner:
                 for statement in self.plan.candidates(where, self.led, self.fresh):
                     conn.execute(statement)
                 self._check_unique()
-                self.pending.update(
-                    r[0]
-                    for r in conn.execute(
-                        "DELETE FROM _ferry_c WHERE _ferry_status = %s RETURNING _ferry_key",
-                        [PENDING],
-                    )
-                )
+                for key, status, holder, message in conn.execute(
+                    "DELETE FROM _ferry_c WHERE _ferry_status IN (%s, %s) "
+                    "RETURNING _ferry_key, _ferry_status, _ferry_holder, _ferry_message",
+                    [PENDING, predict.BLOCKED],
+                ).fetchall():
+                    (self.pending if status == PENDING else self.blocked).add(key)
+                    if holder is not None:
+                        self._give_up(holder, predict.UNIQUE, message)
                 n = self._count("SELECT count(*) FROM _ferry_c")
                 seen = self._seen(lo, hi, keys)
                 if n:
@@ -853,8 +893,10 @@ class Runner:
         if self.progress:
             self.progress(1)
 
-    def _ledger_error(self, key: str, exc: psycopg.Error) -> None:
-        """Quarantine one row with the database's error; the same error again writes nothing."""
+    def _ledger_error(self, key: str, exc: psycopg.Error, attempted: str | None = None) -> None:
+        """Quarantine one row with the database's error; the same error again writes nothing.
+        ``attempted``: the hash of the row the database refused, kept so that the same row
+        is not sent again (``Plan.candidates``); None where the row could not be computed."""
         plan = self.plan
         # Aside, the key can have no earlier row, and there is no index to look it up by.
         old = None if self.aside else self.conn.execute(
@@ -866,6 +908,13 @@ class Runner:
         ).fetchone()  # fmt: skip
         self.errors += 1
         if old is not None and old[0] == "quarantined" and old[1] == exc.sqlstate:
+            if old[3] != attempted:
+                self.conn.execute(
+                    sql.SQL(
+                        "UPDATE {} SET row_hash = %s WHERE model = %s AND source_key = %s"
+                    ).format(self.led),
+                    [attempted, plan.model.name, key],
+                )
             return
         self.transitions[(old[0] if old else None, "quarantined")] += 1
         if old is not None:
@@ -888,8 +937,8 @@ class Runner:
         self.conn.execute(
             sql.SQL(
                 "INSERT INTO {led} AS l (model, source_key, source_table, accounts, status, "
-                "reason, sqlstate, message, target_table, run_id, first_run_id) VALUES "
-                "(%s, %s, %s, %s, 'quarantined', %s, %s, %s, %s, %s, %s){upsert}"
+                "reason, sqlstate, message, target_table, run_id, first_run_id, row_hash) VALUES "
+                "(%s, %s, %s, %s, 'quarantined', %s, %s, %s, %s, %s, %s, %s){upsert}"
             ).format(
                 led=self.led,
                 upsert=sql.SQL(
@@ -897,12 +946,13 @@ class Runner:
                     if self.aside
                     else " ON CONFLICT (model, source_key) DO UPDATE SET status = 'quarantined', "
                     "reason = EXCLUDED.reason, repairs = '{}', sqlstate = EXCLUDED.sqlstate, "
-                    "message = EXCLUDED.message, target_uuid = NULL, row_hash = NULL, "
+                    "message = EXCLUDED.message, target_uuid = NULL, row_hash = EXCLUDED.row_hash, "
                     "run_id = EXCLUDED.run_id, updated_at = clock_timestamp(), tries = l.tries + 1"
                 ),
             ),
             [plan.model.name, key, plan.source_table, plan.model.accounts, condition_name(exc),
-             exc.sqlstate, safe_message(exc), plan.model.target, self.run_id, self.run_id],
+             exc.sqlstate, safe_message(exc), plan.model.target, self.run_id, self.run_id,
+             attempted],
         )  # fmt: skip
 
     # -- writing ----------------------------------------------------------------------------
@@ -1028,7 +1078,8 @@ class Runner:
             conn.execute(
                 sql.SQL(
                     "UPDATE {led} l SET status = c._ferry_status, reason = c._ferry_reason, "
-                    "repairs = c._ferry_repairs, sqlstate = NULL, message = NULL, "
+                    "repairs = c._ferry_repairs, sqlstate = c._ferry_sqlstate, "
+                    "message = c._ferry_message, "
                     "target_uuid = c._ferry_uuid, row_hash = c._ferry_hash, conflict = false, "
                     "run_id = {run}, updated_at = clock_timestamp(), tries = l.tries + 1 "
                     "FROM _ferry_c c WHERE {rng} AND NOT c._conflict AND c._old_status IS NOT NULL "
@@ -1081,21 +1132,21 @@ class Runner:
 
     def _quarantine_row(self, n: int, exc: psycopg.Error) -> None:
         row = self.conn.execute(
-            "SELECT _ferry_key FROM _ferry_c WHERE _ferry_n = %s", [n]
+            sql.SQL("SELECT _ferry_key, {} FROM _ferry_c c WHERE _ferry_n = %s").format(
+                self.plan.refused_hash("c")
+            ),
+            [n],
         ).fetchone()
         if row is None:
             return
-        self._ledger_error(row[0], exc)
+        self._ledger_error(row[0], exc, row[1])
         if isinstance(exc, psycopg.errors.UniqueViolation) and not self.fresh:
             self._evict(n, row[0], exc)
 
     def _evict(self, n: int, key: str, exc: psycopg.errors.UniqueViolation) -> None:
-        """Of ferry's rows colliding on a unique key, the lowest key is the one written, as
-        in a migrate that writes them in key order, whichever run brought them. When the row
-        that holds the value is ferry's, of this model, with a later key, it gives the value
-        up: quarantined as a unique violation, its target row queued for deletion (children
-        first, as every deletion). ``blocked`` asks for the row refused here to be run again
-        once those deletions are done."""
+        """A unique violation nobody predicted (``predict`` finds most before the write):
+        if the row that holds the value is ferry's, of this model, with a later key, it
+        gives the value up (``_give_up``) and the refused row runs again once it is gone."""
         plan = self.plan
         holder = _holder(self.conn, plan, exc.diag.constraint_name, n)
         if holder is None or holder[0] == key:
@@ -1104,38 +1155,45 @@ class Runner:
             sql.SQL("SELECT %s::{t} > %s::{t}").format(t=sql.SQL(plan.key_type)),
             [holder[0], key],
         ).fetchone()
-        if not (later and later[0]):
-            return
         in_chunk = self.conn.execute(
             "SELECT 1 FROM _ferry_c WHERE _ferry_key = %s", [holder[0]]
         ).fetchone()
-        if in_chunk:  # its own outcome is being written in this chunk: leave it be
+        if not (later and later[0]) or in_chunk:
             return
+        self._give_up(holder[0], exc.sqlstate or predict.UNIQUE, safe_message(exc))
+        self.blocked.add(key)
+
+    def _give_up(self, holder: str, sqlstate: str, message: str) -> None:
+        """Of ferry's rows colliding on a unique key, the lowest key is the one written, as
+        in a migrate that writes them in key order, whichever run brought them: ``holder``,
+        a later key of this model, gives the value up. Quarantined as a unique violation,
+        its target row queued for deletion (children first, as every deletion); the rows
+        blocked on it run again once the run's deletions are done (``settle``)."""
+        plan = self.plan
         ledger.record_history(
             self.conn, plan.spec, self.run_id, plan.model.name, plan.model.target,
-            plan.model.key_column, [holder[0]],
+            plan.model.key_column, [holder],
         )  # fmt: skip
         self.conn.execute(
             sql.SQL(
                 "INSERT INTO {} (target_table, target_uuid, model, source_key, row_hash, run_id) "
                 "SELECT target_table, target_uuid, model, source_key, row_hash, %s FROM {} "
-                "WHERE model = %s AND source_key = %s ON CONFLICT DO NOTHING"
+                "WHERE model = %s AND source_key = %s AND status = 'migrated' "
+                "ON CONFLICT DO NOTHING"
             ).format(sql.Identifier(plan.spec.ledger_schema, "pending_deletes"), self.led),
-            [self.run_id, plan.model.name, holder[0]],
+            [self.run_id, plan.model.name, holder],
         )
         self.conn.execute(
             sql.SQL(
-                "UPDATE {} SET status = 'quarantined', reason = %s, sqlstate = %s, message = %s, "
-                "repairs = '{{}}', target_uuid = NULL, row_hash = NULL, run_id = %s, "
-                "updated_at = clock_timestamp(), tries = tries + 1 "
-                "WHERE model = %s AND source_key = %s"
+                "UPDATE {} SET status = 'quarantined', reason = 'unique_violation', "
+                "sqlstate = %s, message = %s, repairs = '{{}}', target_uuid = NULL, "
+                "row_hash = NULL, run_id = %s, updated_at = clock_timestamp(), "
+                "tries = tries + 1 WHERE model = %s AND source_key = %s AND status = 'migrated'"
             ).format(self.led),
-            [condition_name(exc), exc.sqlstate, safe_message(exc), self.run_id,
-             plan.model.name, holder[0]],
-        )  # fmt: skip
+            [sqlstate, message, self.run_id, plan.model.name, holder],
+        )
         self.transitions[("migrated", "quarantined")] += 1
-        self.changed_keys.add(holder[0])
-        self.blocked.add(key)
+        self.changed_keys.add(holder)
 
 
 def _holder(

@@ -1,0 +1,300 @@
+"""What the target would refuse, found by a query before a chunk writes.
+
+A NOT NULL column left empty, a CHECK that does not hold, a value a UNIQUE index already
+has: when the server raises these it writes the failing row into its log (``DETAIL:
+Failing row contains (...)``), which on a managed database every project member can read.
+So the rows that would break them are found first, in the statement that computes the
+chunk, and quarantined with the reason and SQLSTATE the server would have given; only what
+cannot be predicted (a trigger, a cast, a constraint over a column ferry does not write)
+still reaches the server, and bisection.
+
+Of ferry's rows that want one unique value, the lowest key is written, as a migrate that
+writes a model in key order would: a row whose value a later key of ferry's holds is
+``blocked`` (written again once that holder is gone; ``transform.Runner`` makes it give the
+value up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+NOT_NULL, CHECK, UNIQUE = "23502", "23514", "23505"
+BLOCKED = "blocked"
+
+
+@dataclass
+class Unique:
+    name: str
+    exprs: list[str]
+    predicate: str | None
+    nulls_distinct: bool
+
+
+@dataclass
+class Refusals:
+    """The constraints of a target table that can be checked on the rows ferry writes."""
+
+    table: str
+    # A digest of every rule the table holds rows to (constraints, indexes, triggers, column
+    # types): a row it refused is sent again only once it changed.
+    digest: str = ""
+    not_null: list[str] = field(default_factory=list)
+    checks: list[tuple[str, str]] = field(default_factory=list)  # (name, expression)
+    uniques: list[Unique] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.not_null or self.checks or self.uniques)
+
+
+def refusals(
+    conn: psycopg.Connection, table: str, written: list[str], skip_unique: set[str]
+) -> Refusals:
+    """The NOT NULL columns among ``written``, the CHECKs that read only ``written``
+    columns, and the unique indexes over them (but those on ``skip_unique`` alone: the
+    primary key and the legacy key, which only ferry fills from keys that are unique)."""
+    row = conn.execute(
+        "SELECT md5(concat_ws('|', "
+        "(SELECT string_agg(conname || pg_get_constraintdef(oid), ',' ORDER BY conname) "
+        " FROM pg_constraint WHERE conrelid = to_regclass(%(t)s)), "
+        "(SELECT string_agg(pg_get_indexdef(indexrelid), ',' ORDER BY indexrelid::regclass::text) "
+        " FROM pg_index WHERE indrelid = to_regclass(%(t)s)), "
+        "(SELECT string_agg(tgname || tgfoid::regprocedure::text || tgenabled::text, ',' "
+        " ORDER BY tgname) FROM pg_trigger WHERE tgrelid = to_regclass(%(t)s) "
+        " AND NOT tgisinternal), "
+        "(SELECT string_agg(attname || format_type(atttypid, atttypmod) || attnotnull::text, ',' "
+        " ORDER BY attnum) FROM pg_attribute WHERE attrelid = to_regclass(%(t)s) "
+        " AND attnum > 0 AND NOT attisdropped)))",
+        {"t": table},
+    ).fetchone()
+    out = Refusals(table, digest=row[0] if row else "")
+    cols = dict(
+        conn.execute(
+            "SELECT attnum, attname::text FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+            "AND attnum > 0 AND NOT attisdropped",
+            [table],
+        ).fetchall()
+    )
+    ours = set(written)
+    out.not_null = [
+        r[0]
+        for r in conn.execute(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+            "AND attnum > 0 AND NOT attisdropped AND attnotnull ORDER BY attnum",
+            [table],
+        )
+        if r[0] in ours
+    ]
+    # PostgreSQL checks them in name order; the first that fails names the refusal.
+    for name, keys, expr in conn.execute(
+        "SELECT conname::text, conkey, pg_get_expr(conbin, conrelid) FROM pg_constraint "
+        "WHERE conrelid = to_regclass(%s) AND contype = 'c' ORDER BY conname",
+        [table],
+    ):
+        if keys and all(cols.get(k) in ours for k in keys):
+            out.checks.append((name, expr))
+    for name, oid, nkeys, keys, has_expr, pred, distinct in conn.execute(
+        "SELECT c.relname::text, i.indexrelid, i.indnkeyatts, i.indkey::int2[], "
+        "i.indexprs IS NOT NULL, pg_get_expr(i.indpred, i.indrelid), "
+        "NOT coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false) "
+        "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indisvalid ORDER BY 1",
+        [table],
+    ).fetchall():
+        used = {cols.get(k) for k in keys if k}
+        if not has_expr and not pred and used <= skip_unique:
+            continue
+        exprs = [
+            r[0]
+            for r in conn.execute(
+                "SELECT pg_get_indexdef(%s, k, true) FROM generate_series(1, %s) k",
+                [oid, nkeys],
+            )
+        ]
+        # An expression's columns are not in indkey (a 0 there): read them from its text
+        # by asking the server which of the table's columns it depends on.
+        deps = {
+            r[0]
+            for r in conn.execute(
+                "SELECT a.attname::text FROM pg_depend d JOIN pg_attribute a "
+                "ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+                "WHERE d.classid = 'pg_class'::regclass AND d.objid = %s "
+                "AND d.refobjid = to_regclass(%s) AND d.refobjsubid > 0",
+                [oid, table],
+            )
+        }
+        if (used | deps) - {None} <= ours:
+            out.uniques.append(Unique(name, exprs, pred, distinct))
+    conn.commit()
+    return out
+
+
+def overlay(
+    ref: Refusals, rows: sql.Composable, columns: list[str], target: sql.Identifier,
+    key_column: str, own_led: sql.Composable, model: str, key_type: str,
+) -> sql.Composed:  # fmt: skip
+    """``rows`` (a computed chunk: ``_ferry_*`` columns, the target's ``columns`` typed, and
+    the typed key ``_ferry_k``) with the rows the target would refuse turned into
+    refusals: ``_ferry_fate`` -1, status quarantined, the condition name as reason, and
+    ``_ferry_sqlstate`` and ``_ferry_message`` as the server would give them. A row whose
+    unique value a later key of ferry's holds, or a row of the chunk whose own outcome is
+    being written, is ``blocked`` (``_ferry_fate`` -2), naming in ``_ferry_holder`` the
+    later key that must give the value up."""
+    ident = sql.Identifier
+    relname = ref.table.split(".")[-1]
+    simple: list[tuple[sql.Composable, str, str, str]] = []  # (test, reason, state, message)
+    for col in ref.not_null:
+        message = f'null value in column "{col}" of relation "{relname}" violates not-null'
+        simple.append(
+            (sql.SQL("x.{} IS NULL").format(ident(col)), "not_null_violation", NOT_NULL,
+             message + " constraint")
+        )  # fmt: skip
+    for name, expr in ref.checks:
+        simple.append(
+            (sql.SQL("({}) IS FALSE").format(sql.SQL(expr)), "check_violation", CHECK,  # type: ignore[arg-type]
+             f'new row for relation "{relname}" violates check constraint "{name}"')
+        )  # fmt: skip
+
+    def case(pick: int) -> sql.Composable:
+        if not simple:
+            return sql.SQL("NULL::text")
+        return sql.SQL("CASE {} END").format(
+            sql.SQL(" ").join(
+                sql.SQL("WHEN {} THEN {}").format(t[0], sql.Literal(t[pick])) for t in simple
+            )
+        )
+
+    live = sql.SQL("x._ferry_fate = 0")
+    failed = sql.SQL(" OR ").join(t[0] for t in simple) if simple else sql.SQL("false")
+    # The unique indexes' values of each row still to be written, and whether a lower key
+    # of the chunk wants the same ones.
+    extra: list[sql.Composable] = []
+    for u, un in enumerate(ref.uniques):
+        exprs = [sql.SQL("({})").format(sql.SQL(e)) for e in un.exprs]  # type: ignore[arg-type]
+        wants = [sql.SQL("{} AND NOT ({})").format(live, failed)]
+        if un.predicate:
+            wants.append(sql.SQL("({}) IS TRUE").format(sql.SQL(un.predicate)))  # type: ignore[arg-type]
+        if un.nulls_distinct:
+            wants += [sql.SQL("{} IS NOT NULL").format(e) for e in exprs]
+        want = sql.SQL(" AND ").join(wants)
+        extra += [
+            sql.SQL("{} AS {}").format(e, ident(f"_ferry_u{u}_{i}")) for i, e in enumerate(exprs)
+        ]
+        extra.append(sql.SQL("{} AS {}").format(want, ident(f"_ferry_w{u}")))
+        extra.append(
+            sql.SQL(
+                "CASE WHEN {w} THEN row_number() OVER (PARTITION BY {w}, {k} "
+                "ORDER BY x._ferry_k) > 1 ELSE false END AS {d}"
+            ).format(w=want, k=sql.SQL(", ").join(exprs), d=ident(f"_ferry_d{u}"))
+        )
+    chunk = sql.SQL("_ferry_chunk") if ref.uniques else sql.SQL("({})").format(rows)
+    step1 = sql.SQL(
+        "SELECT x.*, {live} AND ({failed}) AS _ferry_bad, {reason} AS _ferry_rreason, "
+        "{state} AS _ferry_rstate, {message} AS _ferry_rmessage{extra} FROM {chunk} x"
+    ).format(
+        live=live, failed=failed, reason=case(1), state=case(2), message=case(3),
+        extra=sql.SQL("").join(sql.SQL(", ") + e for e in extra), chunk=chunk,
+    )  # fmt: skip
+    if not ref.uniques:
+        null = sql.SQL("NULL")
+        return _final(step1, columns, sql.SQL("false"), null, null, null)
+    # Against the target: who holds each index's values (for the rows still wanting them).
+    held: list[sql.Composable] = []
+    for u, un in enumerate(ref.uniques):
+        same = [
+            sql.SQL("({}) = y.{}").format(sql.SQL(e), ident(f"_ferry_u{u}_{i}"))  # type: ignore[arg-type]
+            for i, e in enumerate(un.exprs)
+        ]
+        if un.predicate:
+            same.append(sql.SQL("({})").format(sql.SQL(un.predicate)))  # type: ignore[arg-type]
+        held.append(
+            sql.SQL(
+                "CASE WHEN y.{w} AND NOT y.{d} THEN (SELECT {k} FROM {t} WHERE {same} "
+                "AND {k} IS DISTINCT FROM y._ferry_uuid LIMIT 1) END AS {h}"
+            ).format(
+                w=ident(f"_ferry_w{u}"), d=ident(f"_ferry_d{u}"), k=ident(key_column), t=target,
+                same=sql.SQL(" AND ").join(same), h=ident(f"_ferry_h{u}"),
+            )
+        )  # fmt: skip
+    step2 = sql.SQL("SELECT y.*, {} FROM ({}) y").format(sql.SQL(", ").join(held), step1)
+    n = range(len(ref.uniques))
+    holder = sql.SQL("coalesce({})").format(
+        sql.SQL(", ").join(sql.SQL("z.{}").format(ident(f"_ferry_h{u}")) for u in n)
+    )
+
+    def named(test: str) -> sql.Composable:
+        return sql.SQL("CASE {} END").format(
+            sql.SQL(" ").join(
+                sql.SQL("WHEN z.{} {} THEN {}").format(
+                    ident(f"_ferry_{test}{u}"),
+                    sql.SQL("" if test == "d" else "IS NOT NULL"),
+                    sql.Literal(ref.uniques[u].name),
+                )
+                for u in n
+            )
+        )
+
+    step3 = sql.SQL(
+        "SELECT z.*, {dup} AS _ferry_dup, {dn} AS _ferry_dname, {h} AS _ferry_held, "
+        "{hn} AS _ferry_hname, CASE WHEN {h} IS NOT NULL THEN (SELECT l.source_key FROM {led} l "
+        "WHERE l.model = {m} AND l.status = 'migrated' AND l.target_uuid = {h} LIMIT 1) END "
+        "AS _ferry_hkey FROM ({s2}) z"
+    ).format(
+        dup=sql.SQL(" OR ").join(sql.SQL("z.{}").format(ident(f"_ferry_d{u}")) for u in n),
+        dn=named("d"), h=holder, hn=named("h"), led=own_led, m=sql.Literal(model), s2=step2,
+    )  # fmt: skip
+    mine = sql.SQL("EXISTS (SELECT FROM _ferry_chunk k WHERE k._ferry_key = w._ferry_hkey)")
+    later = sql.SQL("w._ferry_hkey::{} > w._ferry_k").format(sql.SQL(key_type))
+    dup_message = sql.SQL(
+        "'duplicate key value violates unique constraint \"' || "
+        "coalesce(w._ferry_dname, w._ferry_hname) || '\"'"
+    )
+    blocks = sql.SQL(
+        "w._ferry_held IS NOT NULL AND NOT w._ferry_dup AND w._ferry_hkey IS NOT NULL "
+        "AND ({} OR {})"
+    ).format(mine, later)
+    final = _final(
+        step3,
+        columns,
+        unique=sql.SQL("w._ferry_dup OR (w._ferry_held IS NOT NULL AND NOT ({}))").format(blocks),
+        blocked_by=sql.SQL("CASE WHEN {} THEN w._ferry_held END").format(blocks),
+        holder=sql.SQL("CASE WHEN NOT ({}) AND {} THEN w._ferry_hkey END").format(mine, later),
+        unique_message=dup_message,
+    )
+    return sql.SQL("WITH _ferry_chunk AS MATERIALIZED ({}) {}").format(rows, final)
+
+
+def _final(
+    rows: sql.Composable, columns: list[str], unique: sql.Composable,
+    blocked_by: sql.Composable, holder: sql.Composable, unique_message: sql.Composable,
+) -> sql.Composed:  # fmt: skip
+    """The chunk's rows as ``Plan.expected`` gives them, refusals folded in: refused alone
+    (``_ferry_bad``), refused for a unique value (``unique``), or blocked (``blocked_by``
+    names the holding row, ``holder`` the later key that must give it up)."""
+    fate = sql.SQL(
+        "CASE WHEN w._ferry_bad OR {u} THEN -1 WHEN {b} IS NOT NULL THEN -2 ELSE w._ferry_fate END"
+    ).format(u=unique, b=blocked_by)
+    return sql.SQL(
+        "SELECT v._ferry_key, v._ferry_n, v._ferry_k, v._ferry_f AS _ferry_fate, "
+        "CASE v._ferry_f WHEN -1 THEN 'quarantined' WHEN -2 THEN {blocked} "
+        "ELSE v._ferry_status END AS _ferry_status, "
+        "CASE v._ferry_f WHEN -1 THEN v._ferry_rr WHEN -2 THEN NULL "
+        "ELSE v._ferry_reason END AS _ferry_reason, "
+        "CASE WHEN v._ferry_f < 0 THEN '{{}}'::text[] ELSE v._ferry_repairs END "
+        "AS _ferry_repairs, CASE WHEN v._ferry_f < 0 THEN NULL ELSE v._ferry_uuid END "
+        "AS _ferry_uuid{cols}, v._ferry_hash, "
+        "CASE WHEN v._ferry_f = -1 THEN v._ferry_rs END AS _ferry_sqlstate, "
+        "CASE WHEN v._ferry_f = -1 THEN v._ferry_rm END AS _ferry_message, "
+        "CASE WHEN v._ferry_f = -2 THEN v._ferry_hold END AS _ferry_holder "
+        "FROM (SELECT w.*, {fate} AS _ferry_f, "
+        "CASE WHEN w._ferry_bad THEN w._ferry_rreason ELSE 'unique_violation' END AS _ferry_rr, "
+        "CASE WHEN w._ferry_bad THEN w._ferry_rstate ELSE {us} END AS _ferry_rs, "
+        "CASE WHEN w._ferry_bad THEN w._ferry_rmessage ELSE {um} END AS _ferry_rm, "
+        "({holder})::text AS _ferry_hold FROM ({rows}) w) v"
+    ).format(
+        blocked=sql.Literal(BLOCKED),
+        cols=sql.SQL("").join(sql.SQL(", v.{}").format(sql.Identifier(c)) for c in columns),
+        fate=fate, us=sql.Literal(UNIQUE), um=unique_message, holder=holder, rows=rows,
+    )  # fmt: skip
