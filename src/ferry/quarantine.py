@@ -207,9 +207,7 @@ def retry(
                 return result
             with ledger.recorded(conn, spec, "retry") as (run_id, counts):
                 result.run_id = run_id
-                work_keys = settle.Work(
-                    keys={m: set(ks) for m, ks in selected.items()}, retry=True
-                )
+                work_keys = settle.Work(keys={m: set(ks) for m, ks in selected.items()}, retry=True)
                 with session(target, spec) as work:
                     settled = settle.run(work, target, spec, run_id, progress, 1, work_keys)
                     result.transitions.update(settled.transitions)
