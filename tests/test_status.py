@@ -120,7 +120,8 @@ def test_a_first_load_written_aside_counts_as_it_goes_and_never_twice(
     watch.refresh(metrics, target, spec)
     assert metrics.ledger_rows == attached.ledger_rows
 
-    # A monitoring role granted the ledger but not its partitions sees the attached ones.
+    # A role granted the ledger by hand reads no row of it: RLS on ferry's tables (the
+    # next run that writes revokes the grant too; see privileges.py).
     with psycopg.connect(cluster.conninfo("st_aside_tgt"), autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'st_monitor'").fetchone():
             conn.execute("CREATE ROLE st_monitor LOGIN")
@@ -128,7 +129,7 @@ def test_a_first_load_written_aside_counts_as_it_goes_and_never_twice(
         tables = "ferry.runs, ferry.ledger, ferry.loads_aside, ferry.resync"
         conn.execute(f"GRANT SELECT ON {tables} TO st_monitor")
     monitored = status.collect(cluster.conninfo("st_aside_tgt", user="st_monitor"), spec)
-    assert sum(monitored.ledger_rows.values()) == 17 - 8
+    assert sum(monitored.ledger_rows.values()) == 0
 
     # Being attached (its key built under an exclusive lock): left out, not waited for.
     with psycopg.connect(target) as attaching:

@@ -70,9 +70,10 @@ WHERE n.nspname = ANY(%(schemas)s)
 
 # Roles that read everything whatever is granted: superusers, members of the object's
 # owner (the owner itself included), holders of the predefined read/write-all roles.
-_ADMIN = """(r.rolsuper OR pg_has_role(r.oid, o.owner, 'USAGE')
-    OR coalesce(pg_has_role(r.oid, to_regrole('pg_read_all_data'), 'USAGE'), false)
-    OR coalesce(pg_has_role(r.oid, to_regrole('pg_write_all_data'), 'USAGE'), false))"""
+# MEMBER, not USAGE: a NOINHERIT member (Supabase's API roles are) gets the rights by SET ROLE.
+_ADMIN = """(r.rolsuper OR pg_has_role(r.oid, o.owner, 'MEMBER')
+    OR coalesce(pg_has_role(r.oid, to_regrole('pg_read_all_data'), 'MEMBER'), false)
+    OR coalesce(pg_has_role(r.oid, to_regrole('pg_write_all_data'), 'MEMBER'), false))"""
 
 _LEAKS = f"""
 WITH o AS (
@@ -145,7 +146,7 @@ _EXPOSED_ADMINS = f"""
 WITH o AS ({_OBJECTS})
 SELECT DISTINCT r.rolname::text, CASE
     WHEN r.rolsuper THEN 'is a superuser'
-    WHEN pg_has_role(r.oid, o.owner, 'USAGE')
+    WHEN pg_has_role(r.oid, o.owner, 'MEMBER')
         THEN 'has the privileges of ' || o.owner::regrole::text || ', the owner of ' || o.ident
     ELSE 'holds pg_read_all_data or pg_write_all_data' END
 FROM o CROSS JOIN pg_roles r
