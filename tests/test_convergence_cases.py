@@ -180,15 +180,18 @@ def test_a_retry_after_the_stage_was_emptied(world: World) -> None:
     """History: item 1 with qty '-1' (quarantined by the reject rule negative_qty), item 2
     fine; migrate; the server crashes (the unlogged stage is emptied); quarantine retry.
 
-    The retry recomputes item 1 from the empty stage, finds no row for it, and its own
-    invariant check then fails ("src_item: staged 0 but accounted 1"): the retry dies with
-    an InvariantError instead of working from the source rows (or refusing until a sync has
-    re-staged them). Violates: retry is part of any history, and the runs after a crash end
-    where a fresh migrate does."""
+    The retry recomputed item 1 from the empty stage, found no row for it, and its own
+    invariant check then failed ("src_item: staged 0 but accounted 1"); once the invariant
+    settled such keys, it marked every row of the emptied stage deleted (an operator's
+    decision on one of them was then never taken back). It must refuse, naming the emptied
+    stage, until a sync has copied it again. Violates: the runs after a crash end where a
+    fresh migrate does."""
     world.src("INSERT INTO src_item VALUES (1, NULL, 's1', '-1', 'ok'), (2, NULL, 's2', '1', 'ok')")
     world.migrate()
     world.crash()
-    quarantine.retry(world.target, world.spec)
+    with pytest.raises(quarantine.QuarantineError, match="stage copy of .*src_item.* is empty"):
+        quarantine.retry(world.target, world.spec)
+    assert world.fate("items", "2") == ("migrated", None)
     world.sync()
     world.assert_converged()
 
@@ -281,4 +284,28 @@ def test_a_lower_key_that_arrives_later_takes_the_unique_value(world: World) -> 
     world.src("DELETE FROM src_item WHERE id = 3")  # and back: item 5 takes it again
     world.sync()
     assert world.fate("items", "5") == ("migrated", None)
+    world.assert_converged()
+
+
+def test_a_decided_row_that_went_and_came_back(world: World) -> None:
+    """History (found by the long profile, shrunk by hand): tag T3 with an empty label (NOT
+    NULL refuses it: quarantined); migrate; the operator excludes it; T3 gone from the CSV;
+    sync; T3 back; sync.
+
+    The deleted row kept its decision, and the candidates skip decided rows: T3 stayed
+    deleted though staged ("tags.csv: staged 1 but accounted 0; 1 keys without a fate").
+    A decision is about the row the operator saw; it goes with the row."""
+    world.src(
+        "INSERT INTO src_group VALUES (1, 'g')",
+        "INSERT INTO src_item VALUES (1, 1, 's1', '1', 'ok')",
+    )
+    write_csv(world.data_dir / "tags.csv", {"T3": (1, "")})
+    world.migrate()
+    assert world.fate("tags", "T3") == ("quarantined", "not_null_violation")
+    quarantine.exclude(world.target, world.spec, "tags.csv", "T3", "left behind", by="test")
+    write_csv(world.data_dir / "tags.csv", {})
+    world.sync()
+    write_csv(world.data_dir / "tags.csv", {"T3": (1, "back")})
+    world.sync()
+    assert world.fate("tags", "T3") == ("migrated", None)
     world.assert_converged()

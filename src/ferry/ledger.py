@@ -650,6 +650,15 @@ def staged_among(
     }
 
 
+def emptied(conn: psycopg.Connection, spec: Spec, source: str) -> bool:
+    """Whether the stage copy of ``source`` is empty though the ledger holds fates of its
+    rows: a server crash (or a restart after a failover) empties ferry's unlogged stage."""
+    src = spec.source(source)
+    return not src.lookup and stage_rows(conn, spec, source, limit=1) == 0 and has_fates(
+        conn, spec, source
+    )
+
+
 def has_fates(conn: psycopg.Connection, spec: Spec, source: str) -> bool:
     """Whether any source row of ``source`` has a live fate in the ledger."""
     row = conn.execute(

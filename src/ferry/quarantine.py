@@ -100,6 +100,18 @@ def _check_ledger(conn: psycopg.Connection, spec: Spec) -> None:
         raise QuarantineError(f"no ledger in schema {spec.ledger_schema}: ferry has not run here")
 
 
+def _check_stage(conn: psycopg.Connection, spec: Spec) -> None:
+    """A run that settles fates reads the stage: an emptied one would make every row look
+    deleted from the source."""
+    gone = [s.name for s in spec.sources if ledger.emptied(conn, spec, s.name)]
+    conn.commit()
+    if gone:
+        raise QuarantineError(
+            f"the stage copy of {', '.join(gone)} is empty (a server crash or restart empties "
+            "ferry's unlogged stage): run ferry sync first, which copies it again"
+        )
+
+
 _ENTRY_COLS = (
     "model, source_table, source_key, status, reason, sqlstate, message, first_seen, "
     "updated_at, tries, decided_by, decision, decided_at"
@@ -189,6 +201,7 @@ def retry(
     models = models_for(spec, table) if table else None
     with connect(target, app="ferry-retry") as conn:
         _check_ledger(conn, spec)
+        _check_stage(conn, spec)
         with _run_lock(conn, spec), privileges.closed(conn, spec):
             put_back(conn, target, spec)
             selected: dict[str, set[str]] = defaultdict(set)
@@ -242,6 +255,7 @@ def _decide(
     led = sql.Identifier(spec.ledger_schema, "ledger")
     with connect(target, app="ferry-quarantine") as conn:
         _check_ledger(conn, spec)
+        _check_stage(conn, spec)
         with _run_lock(conn, spec), privileges.closed(conn, spec):
             rows = conn.execute(
                 sql.SQL(

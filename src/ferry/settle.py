@@ -246,8 +246,10 @@ def _mark_deleted(
             _queue_deletes(conn, spec, model, ordered, run_id)
         rows = conn.execute(
             sql.SQL(
+                # An operator's decision was about the row that went: it goes with it.
                 "UPDATE {led} SET status = 'deleted', reason = %s, run_id = %s, "
                 "target_uuid = CASE WHEN %s THEN NULL ELSE target_uuid END, "
+                "decided_by = NULL, decision = NULL, decided_at = NULL, "
                 "updated_at = clock_timestamp() "
                 "WHERE model = %s AND source_key = ANY(%s) AND status <> 'deleted' "
                 "RETURNING source_key"

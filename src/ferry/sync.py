@@ -62,9 +62,7 @@ def _restage(
         stage_rel = (spec.stage_schema, src.stage_table)
         if not _stage_exists(t, spec, src):
             raise FerryError(f"source {src.name} was never staged: run ferry migrate first")
-        if ledger.stage_rows(t, spec, src.name, limit=1) == 0 and ledger.has_fates(
-            t, spec, src.name
-        ):
+        if ledger.emptied(t, spec, src.name):
             emptied.add(src.name)
         if src.csv is not None:
             assert src.columns is not None

@@ -158,11 +158,7 @@ def _emptied_stages(conn: psycopg.Connection, spec: Spec, report: VerifyReport) 
     once, rather than as every one of their keys missing."""
     emptied = set()
     for src in spec.sources:
-        if (
-            not src.lookup
-            and ledger.stage_rows(conn, spec, src.name, limit=1) == 0
-            and ledger.has_fates(conn, spec, src.name)
-        ):
+        if ledger.emptied(conn, spec, src.name):
             emptied.add(src.name)
             report.problems.append(
                 Problem(
