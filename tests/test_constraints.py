@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from ferry import constraints, execute, ledger, pipeline, quarantine, rollback, transform
+from ferry import constraints, execute, ledger, quarantine, rollback, transform
 from ferry.embedded import LocalCluster
 from ferry.errors import FerryError
 from ferry.pipeline import Progress, migrate

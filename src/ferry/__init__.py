@@ -3,13 +3,19 @@ step until cutover, and account for every source row in a ledger."""
 
 from ferry.errors import (
     ConnectionSettingsError,
+    DemoError,
     DuplicateKeysError,
     EmbeddedServerError,
     FerryError,
     InvariantError,
     PrivilegeError,
+    QuarantineError,
+    RollbackError,
     SpecError,
+    StatusError,
     VerifyError,
+    WatchError,
+    describe,
 )
 from ferry.keys import key_uuid
 from ferry.pipeline import RunResult, migrate
@@ -17,15 +23,21 @@ from ferry.spec import Spec, load_spec
 
 __all__ = [
     "ConnectionSettingsError",
+    "DemoError",
     "DuplicateKeysError",
     "EmbeddedServerError",
     "FerryError",
     "InvariantError",
     "PrivilegeError",
+    "QuarantineError",
+    "RollbackError",
     "RunResult",
     "Spec",
     "SpecError",
+    "StatusError",
     "VerifyError",
+    "WatchError",
+    "describe",
     "key_uuid",
     "load_spec",
     "migrate",

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ferry import conninfo
-from ferry.errors import FerryError
+from ferry.errors import FerryError, describe, lost
 
 app = typer.Typer(
     add_completion=False,
@@ -82,6 +82,24 @@ SPEC = typer.Option(..., "--spec", help="The migration spec (TOML).", exists=Tru
 SOURCE = typer.Option(
     None, "--source", help=f"Legacy database conninfo (or ${conninfo.SOURCE_ENV})."
 )
+# The servers the running command resolved (``_resolve``), by role, for ``_fail``.
+_SERVERS: dict[str, str] = {}
+
+
+def _resolve(value: str | None, env: str, what: str) -> str:
+    dsn = conninfo.resolve(value, env, what)
+    _SERVERS[what] = dsn
+    return dsn
+
+
+def _answers(dsn: str) -> bool:
+    try:
+        with psycopg.connect(dsn, connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
 TARGET = typer.Option(
     None, "--target", help=f"Target database conninfo (or ${conninfo.TARGET_ENV})."
 )
@@ -89,15 +107,20 @@ JOBS = typer.Option(2, "--jobs", min=1, help="Parallel sessions (stay below the 
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    """The error for the operator, without row contents: a database error shows its
-    condition, SQLSTATE and message with any quoted value cut out."""
-    if isinstance(exc, psycopg.Error):
-        from ferry.transform import condition_name, safe_message
-
-        text = f"{condition_name(exc)} ({exc.sqlstate}): {safe_message(exc)}"
-        console.print(f"[bold red]database error:[/] {escape(text)}")
-    else:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")
+    """The error for the operator, without row contents (``errors.describe``), naming the
+    command that was running (its words before the first option) and, for a lost
+    connection, the servers that do not answer now."""
+    words = [w for w in sys.argv[1:3] if not w.startswith("-")]
+    text = describe(exc, " ".join(["ferry", *words[: 2 if words[:1] == ["quarantine"] else 1]]))
+    if lost(exc):
+        down = [name for name, dsn in _SERVERS.items() if not _answers(dsn)]
+        text += (
+            f"; not answering now: the {' and the '.join(down)} server"
+            if down
+            else "; both servers answer again"
+        )
+    kind = "database error" if isinstance(exc, psycopg.Error) else "error"
+    console.print(f"[bold red]{kind}:[/] {escape(text)}")
     return typer.Exit(code=2)
 
 
@@ -124,8 +147,8 @@ def migrate(
 
     try:
         loaded = load_spec(spec)
-        src = conninfo.resolve(source, conninfo.SOURCE_ENV, "source")
-        tgt = conninfo.resolve(target, conninfo.TARGET_ENV, "target")
+        src = _resolve(source, conninfo.SOURCE_ENV, "source")
+        tgt = _resolve(target, conninfo.TARGET_ENV, "target")
         console.print(
             f"ferry migrate [bold]{loaded.name}[/]: {conninfo.redact(src)} → {conninfo.redact(tgt)}"
         )
@@ -171,8 +194,8 @@ def sync(
         raise typer.BadParameter("metrics are served only with --every", param_hint="--every")
     try:
         loaded = load_spec(spec)
-        src = conninfo.resolve(source, conninfo.SOURCE_ENV, "source")
-        tgt = conninfo.resolve(target, conninfo.TARGET_ENV, "target")
+        src = _resolve(source, conninfo.SOURCE_ENV, "source")
+        tgt = _resolve(target, conninfo.TARGET_ENV, "target")
         if every is not None:
             from ferry import watch
             from ferry.status import parse_duration
@@ -230,9 +253,7 @@ def verify(
     from ferry.verify import verify as run
 
     try:
-        result = run(
-            conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec), truth
-        )
+        result = run(_resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec), truth)
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
     stdout.print(result.summary(), markup=False)
@@ -254,9 +275,7 @@ def report(
     if fmt not in ("md", "html", "json"):
         raise typer.BadParameter("choose md, html or json", param_hint="--format")
     try:
-        data = reporting.collect(
-            conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec)
-        )
+        data = reporting.collect(_resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec))
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
     text = reporting.render(data, fmt)  # type: ignore[arg-type]
@@ -359,7 +378,7 @@ def status(
     except FerryError as exc:
         raise typer.BadParameter(str(exc), param_hint="--max-age") from None
     try:
-        found = st.collect(conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec))
+        found = st.collect(_resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec))
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
     problems = st.check(found, limit) if check else []
@@ -414,7 +433,7 @@ def doctor(
 
 def _missing(what: str) -> str:
     env = conninfo.SOURCE_ENV if what == "source" else conninfo.TARGET_ENV
-    return conninfo.resolve(None, env, what)  # raises: neither option nor variable is set
+    return _resolve(None, env, what)  # raises: neither option nor variable is set
 
 
 quarantine_app = typer.Typer(
@@ -447,7 +466,7 @@ def quarantine_list(
 
     try:
         entries, total = q.list_entries(
-            conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec),
+            _resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec),
             table=table, reason=reason, decided=decided, limit=limit,
         )  # fmt: skip
     except (FerryError, psycopg.Error) as exc:
@@ -489,7 +508,7 @@ def quarantine_show(
 
     try:
         source, values, fates = q.show_row(
-            conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec), table, key
+            _resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec), table, key
         )
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
@@ -529,7 +548,7 @@ def quarantine_retry(
     try:
         with RichProgress(console) as progress:
             result = q.retry(
-                conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec),
+                _resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec),
                 table=table, reason=reason, progress=progress,
             )  # fmt: skip
     except (FerryError, psycopg.Error) as exc:
@@ -562,7 +581,7 @@ def quarantine_exclude(
 
     try:
         models = q.exclude(
-            conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec), table,
+            _resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec), table,
             key, note, by,
         )  # fmt: skip
     except (FerryError, psycopg.Error) as exc:
@@ -585,7 +604,7 @@ def quarantine_undo(
 
     try:
         models = q.undo(
-            conninfo.resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec), table, key
+            _resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec), table, key
         )
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
@@ -617,7 +636,7 @@ def rollback(
         raise typer.BadParameter("give either --run N or --all", param_hint="--run/--all")
     try:
         loaded = load_spec(spec)
-        tgt = conninfo.resolve(target, conninfo.TARGET_ENV, "target")
+        tgt = _resolve(target, conninfo.TARGET_ENV, "target")
         todo = rb.plan(tgt, loaded, run=run, all_=everything)
         listed = ", ".join(f"{r.run_id} ({r.kind}, {r.status})" for r in todo.runs)
         console.print(

@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ferry import keys
-from ferry.errors import FerryError, InvariantError
+from ferry.errors import FerryError, InvariantError, describe
 from ferry.spec import Source, Spec
 
 STATUSES = ("migrated", "merged", "quarantined", "excluded", "deleted")
@@ -256,16 +256,14 @@ def recorded(
     conn: psycopg.Connection, spec: Spec, kind: str
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """A run row for the block: closed as ``ok`` with the counts the block fills in, or as
-    ``failed`` with ferry's message (never a database message, which could quote a row).
+    ``failed`` with what ``errors.describe`` lets be shown (never a row's values).
     Call it holding the run lock."""
     run_id = start_run(conn, spec, kind)
     counts: dict[str, Any] = {}
     try:
         yield run_id, counts
     except BaseException as exc:
-        finish_run(
-            conn, spec, run_id, {}, str(exc) if isinstance(exc, FerryError) else type(exc).__name__
-        )
+        finish_run(conn, spec, run_id, {}, describe(exc, kind))
         raise
     finish_run(conn, spec, run_id, counts, None)
 
@@ -654,8 +652,10 @@ def emptied(conn: psycopg.Connection, spec: Spec, source: str) -> bool:
     """Whether the stage copy of ``source`` is empty though the ledger holds fates of its
     rows: a server crash (or a restart after a failover) empties ferry's unlogged stage."""
     src = spec.source(source)
-    return not src.lookup and stage_rows(conn, spec, source, limit=1) == 0 and has_fates(
-        conn, spec, source
+    return (
+        not src.lookup
+        and stage_rows(conn, spec, source, limit=1) == 0
+        and has_fates(conn, spec, source)
     )
 
 
@@ -695,7 +695,7 @@ def check_invariant(
     scope = None if touched is None else dict(touched.items())
     counts, bad = discrepancies(conn, spec, scope, counts)  # type: ignore[arg-type]
     if bad:
-        raise InvariantError(describe(bad))
+        raise InvariantError(invariant_message(bad))
     return counts
 
 
@@ -741,7 +741,7 @@ def discrepancies(
     return counts, bad
 
 
-def describe(bad: dict[str, Discrepancy]) -> str:
+def invariant_message(bad: dict[str, Discrepancy]) -> str:
     """What ``InvariantError`` says: per source, the counts and up to ten keys of each kind."""
     problems = []
     for name, d in bad.items():

@@ -29,16 +29,12 @@ from psycopg import sql
 
 from ferry import ledger, privileges, settle
 from ferry.conninfo import connect
-from ferry.errors import FerryError
+from ferry.errors import QuarantineError
 from ferry.pipeline import Progress, _run_lock, put_back, session
 from ferry.spec import Spec
 
 OPERATOR = "operator"  # the reason of a row an operator excluded
 UNDONE = "operator_undone"  # the reason of an undone decision's row until it is settled
-
-
-class QuarantineError(FerryError):
-    """A review command could not do what was asked; the ledger is unchanged."""
 
 
 @dataclass

@@ -61,13 +61,9 @@ from psycopg import sql
 
 from ferry import ledger, privileges, stage, transform
 from ferry.conninfo import connect
-from ferry.errors import FerryError
+from ferry.errors import FerryError, RollbackError
 from ferry.pipeline import _run_lock, put_back
 from ferry.spec import Model, Spec
-
-
-class RollbackError(FerryError):
-    """A rollback was refused or failed; the target and the ledger are as they were."""
 
 
 @dataclass

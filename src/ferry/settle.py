@@ -85,7 +85,7 @@ def run(
             return out
         out.reconciled += 1
         work, checked = discrepant(conn, spec, bad), set(bad)
-    raise InvariantError(ledger.describe(bad))
+    raise InvariantError(ledger.invariant_message(bad))
 
 
 def discrepant(conn: psycopg.Connection, spec: Spec, bad: dict[str, ledger.Discrepancy]) -> Work:
@@ -96,7 +96,7 @@ def discrepant(conn: psycopg.Connection, spec: Spec, bad: dict[str, ledger.Discr
     for name, d in bad.items():
         for model in ledger.models_of(spec, name):
             if _yielded(conn, spec, spec.model(model), set(d.stale)):
-                raise InvariantError(ledger.describe(bad))
+                raise InvariantError(ledger.invariant_message(bad))
     return Work(
         deleted={s: set(d.stale) for s, d in bad.items()},
         keys={

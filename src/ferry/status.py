@@ -24,15 +24,11 @@ from rich.text import Text
 
 from ferry import ledger
 from ferry.conninfo import connect
-from ferry.errors import FerryError
+from ferry.errors import StatusError
 from ferry.spec import Spec
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
-
-
-class StatusError(FerryError):
-    """Status could not be read, or a duration could not be parsed."""
 
 
 def parse_duration(text: str) -> float:

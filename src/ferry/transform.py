@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from ferry import ledger, predict
-from ferry.errors import FerryError, SpecError
+from ferry.errors import FerryError, SpecError, condition_name, safe_message
 from ferry.keys import uuid_sql
 from ferry.spec import Model, Spec
 
@@ -77,22 +77,6 @@ class ModelResult:
         self.new_keys |= other.new_keys
         self.blocked |= other.blocked
         self.pending = set(other.pending)
-
-
-def condition_name(exc: psycopg.Error) -> str:
-    """``UniqueViolation`` -> ``unique_violation``: PostgreSQL's own condition names."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
-
-
-def safe_message(exc: psycopg.Error) -> str:
-    """The primary message without quoted values: it may be stored and shown, row data not."""
-    diag = exc.diag
-    text = diag.message_primary or type(exc).__name__
-    text = re.sub(r':\s*".*$', "", text, flags=re.S)
-    text = re.sub(r":? ?0x[0-9a-f]{2}(?: 0x[0-9a-f]{2})*", "", text)  # an encoding error's bytes
-    if diag.constraint_name and diag.constraint_name not in text:
-        text += f" (constraint {diag.constraint_name})"
-    return text[:300]
 
 
 # A row merging into a survivor that has no fate yet: neither written nor recorded in this
@@ -480,8 +464,9 @@ class Plan:
                 "OR l.sqlstate IS DISTINCT FROM c._ferry_sqlstate) "
                 # A row the database refused is not sent to it again as it was, unless the
                 # target's constraints changed or an operator asks: each try logs it.
-                "AND NOT (NOT {retry} AND l.status = 'quarantined' AND c._ferry_fate = 0 "
-                "AND l.sqlstate IS NOT NULL AND l.row_hash = {refused}) "
+                "AND NOT coalesce(NOT {retry} AND l.status = 'quarantined' "
+                "AND c._ferry_fate = 0 AND l.sqlstate IS NOT NULL AND l.row_hash = {refused}, "
+                "false) "
                 # An operator's decision (ferry quarantine exclude) stands until they undo it.
                 "AND l.decided_by IS NULL"
             ).format(

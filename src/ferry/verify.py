@@ -25,10 +25,10 @@ from psycopg import sql
 
 from ferry import ledger
 from ferry.conninfo import connect
-from ferry.errors import FerryError, InvariantError, VerifyError
+from ferry.errors import FerryError, InvariantError, VerifyError, safe_message
 from ferry.keys import uuid_sql
 from ferry.spec import Model, Spec
-from ferry.transform import Plan, safe_message
+from ferry.transform import Plan
 
 # How many keys a problem names: enough to find the rows, few enough to read.
 SAMPLE = 10
@@ -575,7 +575,7 @@ def _check_invariant(
         }
         _, bad = ledger.discrepancies(conn, spec, scope)
         if bad:
-            raise InvariantError(ledger.describe(bad))
+            raise InvariantError(ledger.invariant_message(bad))
     except InvariantError as exc:
         report.problems.append(
             Problem(

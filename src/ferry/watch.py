@@ -37,14 +37,10 @@ from psycopg import sql
 
 from ferry import ledger
 from ferry.conninfo import connect
-from ferry.errors import FerryError
+from ferry.errors import FerryError, WatchError, describe
 from ferry.spec import Spec
 
 log = logging.getLogger(__name__)
-
-
-class WatchError(FerryError):
-    """Continuous sync could not start (a bad interval, the metrics port taken)."""
 
 
 class Metrics:
@@ -159,19 +155,6 @@ def refresh(metrics: Metrics, target: str, spec: Spec) -> None:
     metrics.update(**values)
 
 
-def describe_failure(exc: BaseException) -> str:
-    """What a log may say about a failure: ferry's own messages (written to carry names,
-    keys and counts only); a database error's condition, SQLSTATE and primary message with
-    any quoted value cut out (as the CLI shows it); else just the exception's class."""
-    if isinstance(exc, FerryError):
-        return str(exc)
-    if isinstance(exc, psycopg.Error):
-        from ferry.transform import condition_name, safe_message
-
-        return f"{condition_name(exc)} ({exc.sqlstate or '-'}): {safe_message(exc)}"
-    return type(exc).__name__
-
-
 def next_delay(every: float, failures: int, max_backoff: float) -> float:
     """After ``failures`` failures in a row: the interval, doubled per failure beyond the
     first, capped at ``max_backoff`` (never below the interval itself)."""
@@ -231,7 +214,7 @@ def watch(
                     last_sync_duration=time.perf_counter() - t0,
                 )
                 say(
-                    f"sync failed ({failures} in a row): {describe_failure(exc)}; "
+                    f"sync failed ({failures} in a row): {describe(exc, 'sync')}; "
                     f"next try in {delay:g} s"
                 )
             else:

@@ -37,7 +37,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry.errors import FerryError
+from ferry.errors import DemoError
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +184,6 @@ TARGET_ONLY: dict[str, int] = {
 
 MAX_SCALE = 100.0
 _SEED_LIMIT = 2**31
-
-
-class DemoError(FerryError):
-    """The demo world cannot be built or changed as asked (wrong scale, delta twice, ...)."""
 
 
 def _scaled(count: int, scale: float, minimum: int = 1) -> int:
