@@ -111,7 +111,7 @@ from psycopg.pq import TransactionStatus
 
 from ferry import columns as colmod
 from ferry import encodings
-from ferry.errors import FerryError
+from ferry.errors import FerryError, describe, lost
 from ferry.stage import relay
 
 __all__ = [
@@ -173,7 +173,6 @@ _FAST_HASH: dict[int, str] = {
 }
 _INT_KEY_TYPES = {20, 21, 23}
 _TEXT_TYPES = {25, 1043}
-_PASSTHROUGH_SQLSTATE_CLASSES = ("08", "28", "3D", "40", "42", "53", "54", "55", "57", "58")
 
 
 @dataclass
@@ -247,22 +246,15 @@ def _as_rel(rel: Rel) -> sql.Composable:
 
 @contextmanager
 def _db_errors(what: str) -> Iterator[None]:
-    """Turn database errors into FerryError without quoting values.
-
-    Errors of classes that describe objects, connections and resources (42: undefined table,
-    08: connection ...) keep their primary message, which names objects only; others (data
-    exceptions, constraint violations) may quote a value, so only the class and SQLSTATE
-    are kept, and the original is not chained, so no traceback prints it either.
-    """
+    """Database errors as FerryError saying what the diff was doing, as ``errors.describe``
+    shows them (no value quoted), not chained, so that no traceback prints the original. A
+    lost connection goes up as it is, for the CLI to say which server to look at."""
     try:
         yield
     except psycopg.Error as exc:
-        state = exc.sqlstate or ""
-        if state[:2] in _PASSTHROUGH_SQLSTATE_CLASSES:
-            detail = (exc.diag.message_primary or type(exc).__name__).strip()
-        else:
-            detail = type(exc).__name__
-        raise FerryError(f"{what}: {detail} (SQLSTATE {state or 'none'})") from None
+        if lost(exc):
+            raise
+        raise FerryError(f"{what}: {describe(exc)}") from None
 
 
 def _result_bytes(cur: psycopg.Cursor[Any], fixed: dict[int, int] | None = None) -> int:
