@@ -107,28 +107,34 @@ def run_model(
     slots: transform.Slots | None = None, released: Callable[[], None] | None = None,
     loaded: Callable[[], None] = lambda: None, retry: bool = False,
 ) -> transform.ModelResult:  # fmt: skip
-    """One model, then again for the rows whose merge survivor's fate this run decided.
+    """One model, then again for the rows whose fate depends on rows of the model that this
+    run decided: merge survivors, and parents in the model itself.
     ``retry``: rows the database refused are sent to it again even if nothing about them
     changed (``quarantine retry``).
 
-    A merged row takes its survivor's fate (``transform.Plan.fate_case``): a row whose
-    survivor had no fate yet is left pending, and a row whose survivor's fate changed (it
-    was refused by the target, excluded, merged elsewhere) is decided again, until nothing
-    changes. Rows still pending when a pass decides nothing have no survivor: a last pass
-    calls it missing, and their own dependents follow.
+    A merged row takes its survivor's fate, a child its parent's (``transform.Plan.
+    fate_case``): a row whose survivor or parent had no fate yet is left pending, and one
+    whose survivor's or parent's fate changed (refused by the target, excluded, merged
+    elsewhere) is decided again, until nothing changes. Rows still pending when a pass
+    decides nothing have no such row: a last pass calls it missing, and their own
+    dependents follow. A child is written only once its parent is, so the target's foreign
+    key holds at every commit, whatever the chunks and the sessions.
     """
     model = spec.model(model_name)
     result = _run_model(
         target, spec, model_name, run_id, progress, jobs, keys, defer_constraints, slots,
-        released, (lambda: None) if model.merge_into else loaded, retry=retry,
+        released, (lambda: None) if transform.own_dependencies(model) else loaded, retry=retry,
     )  # fmt: skip
-    if not model.merge_into:
+    columns = transform.own_dependencies(model)
+    if not columns:
         return result
     moved = result.changed_keys | result.new_keys
     final = False
     for _ in range(MERGE_PASSES):
         with session(target, spec) as conn:
-            todo = result.pending | transform.dependents(conn, spec, model, model.merge_into, moved)
+            todo = set(result.pending)
+            for column in columns:
+                todo |= transform.dependents(conn, spec, model, column, moved)
         if not todo:
             loaded()
             return result
@@ -141,8 +147,8 @@ def run_model(
         moved = again.changed_keys | again.new_keys
         final = not final and bool(again.pending) and again.pending == before and not moved
     raise FerryError(
-        f"model {model.name}: merged rows did not settle after {MERGE_PASSES} passes "
-        "(do its merge_into values form a cycle?)"
+        f"model {model.name}: rows depending on its own rows did not settle after "
+        f"{MERGE_PASSES} passes"
     )
 
 

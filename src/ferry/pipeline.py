@@ -248,7 +248,7 @@ def transform_all(
     that without locks that stop the others, so the next models start meanwhile).
     """
     order = spec.order()
-    deps = {m.name: {p.model for p in m.parents} for m in order}
+    deps = {m.name: {p.model for p in m.parents} - {m.name} for m in order}
     for i, m in enumerate(order):
         deps[m.name] |= {o.name for o in order[:i] if o.target == m.target}
     reads = {m.name: [staged[s] for s in spec.reads(m)] for m in order}

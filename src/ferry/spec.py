@@ -227,8 +227,6 @@ class Spec(_Strict):
                     raise ValueError(
                         f"models[{i}].parents[{j}]: unknown model {p.model!r} (in {m.name})"
                     )
-                if p.model == m.name:
-                    raise ValueError(f"models[{i}].parents[{j}]: a model cannot be its own parent")
         self.order()  # raises on cycles
         return self
 
@@ -269,7 +267,9 @@ class Spec(_Strict):
         done: list[str] = []
         pending = list(self.models)
         while pending:
-            ready = [m for m in pending if all(p.model in done for p in m.parents)]
+            ready = [
+                m for m in pending if all(p.model in done or p.model == m.name for p in m.parents)
+            ]
             if not ready:
                 cycle = ", ".join(m.name for m in pending)
                 raise ValueError(f"the parents of these models form a cycle: {cycle}")

@@ -257,6 +257,9 @@ class Plan:
             if r.kind == "exclude":
                 st.append("excluded")
                 rs.append(r.name)
+        for _ in m.parents:  # a parent of the model's own with no fate yet
+            st.append(PENDING)
+            rs.append(None)
         for _ in m.parents:
             st.append("excluded")
             rs.append("parent_excluded")
@@ -284,7 +287,11 @@ class Plan:
             return sql.SQL("m.{}").format(sql.Identifier(f"_ferry_r{i}"))
 
         def pkey(j: int) -> sql.Composable:
-            return sql.SQL("m.{}").format(sql.Identifier(m.parents[j].key))
+            """The parent's key is set (and, for a row that is its own parent, ignored)."""
+            key = sql.SQL("m.{}").format(sql.Identifier(m.parents[j].key))
+            if m.parents[j].model != m.name:
+                return key
+            return sql.SQL("{0} IS NOT NULL AND {0}::text <> m._key::text AND {0}").format(key)
 
         def ps(j: int) -> sql.Composable:
             return sql.Identifier(f"p{j}", "status")
@@ -292,6 +299,13 @@ class Plan:
         for r in m.rules:
             if r.kind == "exclude":
                 whens.append(rule(ri[id(r)]))
+        for j, p in enumerate(m.parents):
+            # A parent of the model's own may be decided later in the run: wait for it.
+            whens.append(
+                sql.SQL("{k} IS NOT NULL AND ({s} IS NULL OR {s} = 'deleted') AND {w}").format(
+                    k=pkey(j), s=ps(j), w=sql.Literal(p.model == m.name and not self.final)
+                )
+            )
         for j in range(len(m.parents)):
             whens.append(sql.SQL("{} IS NOT NULL AND {} = 'excluded'").format(pkey(j), ps(j)))
         for r in m.rules:
@@ -356,8 +370,15 @@ class Plan:
             sql.SQL(", {a}.target_uuid AS {u}").format(
                 a=sql.Identifier(f"p{j}"), u=sql.Identifier(f"_ferry_pu{j}")
             )
-            for j in range(len(m.parents))
-        )
+            if p.model != m.name
+            # A row that is its own parent points at itself.
+            else sql.SQL(", CASE WHEN m.{k}::text = m._key::text THEN {own} "
+                         "ELSE {a}.target_uuid END AS {u}").format(
+                k=sql.Identifier(p.key), own=self.own_uuid(sql.SQL("m._key")),
+                a=sql.Identifier(f"p{j}"), u=sql.Identifier(f"_ferry_pu{j}"),
+            )
+            for j, p in enumerate(m.parents)
+        )  # fmt: skip
         survivor = sql.SQL(", s.target_uuid AS _ferry_su" if m.merge_into else "")
         with_fate = sql.SQL(
             "SELECT m.*{pc}{su}, {case} AS _ferry_fate FROM ({inner}) m {joins} OFFSET 0"
@@ -904,7 +925,7 @@ class Runner:
         self.transitions[(old[0] if old else None, "quarantined")] += 1
         if old is not None:
             self.changed_keys.add(key)
-        elif self.plan.model.merge_into and not self.fresh:
+        elif own_dependencies(self.plan.model) and not self.fresh:
             self.new_keys.add(key)
         if old is not None:
             ledger.record_history(
@@ -1092,7 +1113,7 @@ class Runner:
             ).format(rng)
         ):
             self.transitions[(prev, new)] += n
-        if plan.model.merge_into and not self.fresh:
+        if own_dependencies(plan.model) and not self.fresh:
             self.new_keys.update(
                 r[0]
                 for r in conn.execute(
@@ -1247,6 +1268,13 @@ def with_rules(model: Model, body: str) -> sql.Composed:
         sql.SQL("").join(rules),
         sql.SQL(body),  # type: ignore[arg-type]
     )
+
+
+def own_dependencies(model: Model) -> list[str]:
+    """The output columns through which a row's fate depends on other rows of its own model:
+    ``merge_into``, and the key of a parent that is the model itself."""
+    columns = [model.merge_into] if model.merge_into else []
+    return columns + [p.key for p in model.parents if p.model == model.name]
 
 
 def dependents(
@@ -1438,11 +1466,16 @@ def _referenced_by_others(conn: psycopg.Connection, spec: Spec, model: Model) ->
     pend = sql.Identifier(spec.ledger_schema, "pending_deletes")
     refs: dict[str, set[str]] = {}
     for ref_table, ref_col, ref_pk in _referencing(conn, model.target):
+        # A referencing row queued for deletion too (a child in the same table) goes first.
         rows = conn.execute(
             sql.SQL(
                 "SELECT p.target_uuid::text, {pk} FROM {pend} p "
-                "JOIN {rt} r ON r.{rc} = p.target_uuid WHERE p.model = %s"
+                "JOIN {rt} r ON r.{rc} = p.target_uuid WHERE p.model = %s "
+                "AND NOT EXISTS (SELECT FROM {pend} q WHERE q.target_table = {rtt} "
+                "AND q.target_uuid = {rpk})"
             ).format(
+                rtt=sql.Literal(ref_table),
+                rpk=sql.SQL("r.{}").format(sql.Identifier(ref_pk)) if ref_pk else sql.SQL("NULL"),
                 pk=sql.SQL("r.{}::text").format(sql.Identifier(ref_pk))
                 if ref_pk
                 else sql.SQL("NULL"),

@@ -28,7 +28,7 @@ from ferry.conninfo import connect
 from ferry.errors import FerryError, InvariantError, VerifyError, safe_message
 from ferry.keys import uuid_sql
 from ferry.spec import Model, Spec
-from ferry.transform import Plan
+from ferry.transform import Plan, own_dependencies
 
 # How many keys a problem names: enough to find the rows, few enough to read.
 SAMPLE = 10
@@ -189,12 +189,18 @@ def _check_model(conn: psycopg.Connection, spec: Spec, model: Model, report: Ver
     try:
         plan = Plan(conn, spec, model)
         plan.final = True
-        plan.parent_led = [sql.Identifier("_ferry_f")] * len(model.parents)
+        # Parents of other models: verify's own fates; of the model itself (and survivors),
+        # the ledger's first, then the passes' own until they agree.
+        plan.parent_led = [
+            led if p.model == model.name else sql.Identifier("_ferry_f")
+            for p, led in zip(model.parents, plan.parent_led, strict=True)
+        ]
         _materialize(conn, plan)
-        for _ in range(SURVIVOR_PASSES if model.merge_into else 0):
+        for _ in range(SURVIVOR_PASSES if own_dependencies(model) else 0):
             if not _record_fates(conn, spec, model):
                 break
             plan.own_led = sql.Identifier("_ferry_f")
+            plan.parent_led = [sql.Identifier("_ferry_f")] * len(model.parents)
             _materialize(conn, plan)
         if model.merge_into or spec.children(model.name):
             _record_fates(conn, spec, model)
