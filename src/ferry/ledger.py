@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from ferry import keys
+from ferry import catalog, keys
 from ferry.errors import FerryError, InvariantError, describe
 from ferry.spec import Source, Spec
 
@@ -153,7 +153,7 @@ def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:
         raise InvariantError("the target database must use UTF8 (ferry's keys hash UTF-8 text)")
     ident = sql.Identifier(spec.ledger_schema)
     meta = sql.Identifier(spec.ledger_schema, "meta")
-    if _exists(conn, meta):
+    if catalog.exists(conn, meta):
         version = conn.execute(sql.SQL("SELECT max(version) FROM {}").format(meta)).fetchone()
         if version and version[0] == SCHEMA_VERSION:
             conn.commit()
@@ -396,7 +396,7 @@ def staged_keys(
     """Rows of the stage table of ``src`` (``m0`` in ``where``) and, with ``keyprint``, the
     fingerprint of their keys, as the ledger's ``source_key`` holds them (0 for none)."""
     stage = sql.Identifier(spec.stage_schema, src.stage_table)
-    if not _exists(conn, stage):
+    if not catalog.exists(conn, stage):
         return 0, 0 if keyprint else None
     key = sql.SQL("m0.{}::text").format(sql.Identifier(src.key))
     row = conn.execute(
@@ -481,7 +481,7 @@ def with_aside(conn: psycopg.Connection, spec: Spec, columns: Sequence[str]) -> 
     parts: list[sql.Composable] = [sql.SQL("SELECT {} FROM {}").format(cols, led)]
     aside = sql.Identifier(spec.ledger_schema, "loads_aside")
     models: list[tuple[str]] = []
-    if _exists(conn, aside):  # a ledger older than schema 5 has none until its next run
+    if catalog.exists(conn, aside):  # a ledger older than schema 5 has none until its next run
         models = conn.execute(sql.SQL("SELECT model FROM {}").format(aside)).fetchall()
     for (model,) in models:
         part = sql.Identifier(spec.ledger_schema, partition_name(model))
@@ -610,7 +610,7 @@ def stage_rows(conn: psycopg.Connection, spec: Spec, source: str, limit: int | N
     """Rows in the stage table of ``source``; with ``limit``, counted only up to it (a
     threshold test need not scan 2M rows)."""
     stage = sql.Identifier(spec.stage_schema, spec.source(source).stage_table)
-    if not _exists(conn, stage):
+    if not catalog.exists(conn, stage):
         return 0
     query = (
         sql.SQL("SELECT count(*) FROM {}").format(stage)
@@ -667,11 +667,6 @@ def has_fates(conn: psycopg.Connection, spec: Spec, source: str) -> bool:
         ).format(sql.Identifier(spec.ledger_schema, "ledger")),
         [models_of(spec, source)],
     ).fetchone()
-    return bool(row and row[0])
-
-
-def _exists(conn: psycopg.Connection, table: sql.Identifier) -> bool:
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [table.as_string(conn)]).fetchone()
     return bool(row and row[0])
 
 

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
-from ferry import constraints, execute, ledger, privileges, settle, stage, transform
+from ferry import constraints, execute, ledger, runs, settle, stage, transform
 from ferry.conninfo import connect
 from ferry.errors import FerryError
-from ferry.execute import Progress, put_back, run_model, session
+from ferry.execute import Progress, run_model, session
 from ferry.spec import Source, Spec
 
 
@@ -32,25 +30,6 @@ class RunResult:
     models: list[transform.ModelResult] = field(default_factory=list)
     counts: dict[str, ledger.SourceCounts] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-@contextmanager
-def _run_lock(conn: psycopg.Connection, spec: Spec) -> Iterator[None]:
-    """One ferry run per ledger at a time: a second one fails at once instead of interleaving."""
-    key = f"ferry:{spec.ledger_schema}"
-    got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key]).fetchone()
-    conn.commit()
-    if not got or not got[0]:
-        raise FerryError(
-            f"another ferry run holds the lock on ledger schema {spec.ledger_schema}; "
-            "wait for it to finish (session pooler or direct connection required)"
-        )
-    try:
-        yield
-    finally:
-        conn.rollback()
-        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])
-        conn.commit()
 
 
 class SessionPairs:
@@ -308,21 +287,6 @@ def transform_all(
     return [done[m.name] for m in order]
 
 
-@contextmanager
-def recorded_run(
-    target: str, spec: Spec, kind: str
-) -> Iterator[tuple[psycopg.Connection, int, dict[str, Any]]]:
-    """A run as the ledger sees it: schema ready, lock held, deferred keys restored, a run
-    row opened; closed as ``ok`` with the counts the block fills in, or as ``failed`` with
-    ferry's message (never a database message that could quote a row)."""
-    with connect(target, app="ferry") as conn:
-        ledger.ensure_schema(conn, spec)
-        with _run_lock(conn, spec), privileges.closed(conn, spec):
-            put_back(conn, target, spec)
-            with ledger.recorded(conn, spec, kind) as (run_id, counts):
-                yield conn, run_id, counts
-
-
 def migrate(
     source: str, target: str, spec: Spec, *, data_dir: Path | None = None, jobs: int = 2,
     progress: Progress | None = None, defer_constraints: bool = True,
@@ -334,7 +298,7 @@ def migrate(
     """
     progress = progress or Progress()
     t0 = time.perf_counter()
-    with recorded_run(target, spec, "migrate") as (conn, run_id, counts):
+    with runs.recorded_run(target, spec, "migrate") as (conn, run_id, counts):
         result = RunResult(run_id, "migrate")
         data = data_dir or spec.base_dir
         with (

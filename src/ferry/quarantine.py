@@ -27,10 +27,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import ledger, privileges, settle
+from ferry import catalog, ledger, runs, settle
 from ferry.conninfo import connect
 from ferry.errors import QuarantineError
-from ferry.pipeline import Progress, _run_lock, put_back, session
+from ferry.pipeline import Progress, session
 from ferry.spec import Spec
 
 OPERATOR = "operator"  # the reason of a row an operator excluded
@@ -86,16 +86,6 @@ def models_for(spec: Spec, table: str) -> list[str]:
     return found
 
 
-def _check_ledger(conn: psycopg.Connection, spec: Spec) -> None:
-    row = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL",
-        [sql.Identifier(spec.ledger_schema, "ledger").as_string(conn)],
-    ).fetchone()
-    conn.commit()
-    if not row or not row[0]:
-        raise QuarantineError(f"no ledger in schema {spec.ledger_schema}: ferry has not run here")
-
-
 def _check_stage(conn: psycopg.Connection, spec: Spec) -> None:
     """A run that settles fates reads the stage: an emptied one would make every row look
     deleted from the source."""
@@ -134,7 +124,7 @@ def list_entries(
         where=where,
     )
     with connect(target, app="ferry-quarantine") as conn:
-        _check_ledger(conn, spec)
+        runs.require_ledger(conn, spec, QuarantineError)
         rows = conn.execute(query, [models, models, reason, reason, limit]).fetchall()
     total = int(rows[0][-1]) if rows else 0
     return [Entry(*r[:-1]) for r in rows], total
@@ -155,11 +145,8 @@ def show_row(
     src = spec.source(source)
     stage_t = sql.Identifier(spec.stage_schema, src.stage_table)
     with connect(target, app="ferry-quarantine") as conn:
-        _check_ledger(conn, spec)
-        exists = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL", [stage_t.as_string(conn)]
-        ).fetchone()
-        if not exists or not exists[0]:
+        runs.require_ledger(conn, spec, QuarantineError)
+        if not catalog.exists(conn, stage_t):
             raise QuarantineError(f"source {source} is not staged")
         try:
             # The key as an untyped literal: the server reads it as the key column's type,
@@ -195,49 +182,46 @@ def retry(
     """
     progress = progress or Progress()
     models = models_for(spec, table) if table else None
-    with connect(target, app="ferry-retry") as conn:
-        _check_ledger(conn, spec)
+    with runs.opened(target, spec, "ferry-retry", error=QuarantineError) as conn:
         _check_stage(conn, spec)
-        with _run_lock(conn, spec), privileges.closed(conn, spec):
-            put_back(conn, target, spec)
-            selected: dict[str, set[str]] = defaultdict(set)
-            for model, key in conn.execute(
-                sql.SQL(
-                    "SELECT model, source_key FROM {} WHERE status = 'quarantined' "
-                    "AND decided_by IS NULL AND (%s::text[] IS NULL OR model = ANY(%s)) "
-                    "AND (%s::text IS NULL OR reason = %s)"
-                ).format(sql.Identifier(spec.ledger_schema, "ledger")),
-                [models, models, reason, reason],
-            ):
-                selected[model].add(key)
-            conn.commit()
-            result = RetryResult(None, sum(map(len, selected.values())))
-            if not result.keys:
-                return result
-            with ledger.recorded(conn, spec, "retry") as (run_id, counts):
-                result.run_id = run_id
-                work_keys = settle.Work(keys={m: set(ks) for m, ks in selected.items()}, retry=True)
-                with session(target, spec) as work:
-                    settled = settle.run(work, target, spec, run_id, progress, 1, work_keys)
-                    result.transitions.update(settled.transitions)
-                    result.deleted = settled.deleted_rows
-                    row = work.execute(
-                        sql.SQL(
-                            "SELECT count(*) FROM {} WHERE status = 'quarantined' "
-                            "AND (model, source_key) IN (SELECT * FROM unnest(%s::text[], "
-                            "%s::text[]))"
-                        ).format(sql.Identifier(spec.ledger_schema, "ledger")),
-                        [
-                            [m for m, ks in selected.items() for _ in ks],
-                            [k for ks in selected.values() for k in ks],
-                        ],
-                    ).fetchone()
-                    work.commit()
-                    result.still_quarantined = int(row[0]) if row else 0
-                counts.update(
-                    retried=result.keys, fixed=result.fixed,
-                    still_quarantined=result.still_quarantined, deleted=result.deleted,
-                )  # fmt: skip
+        selected: dict[str, set[str]] = defaultdict(set)
+        for model, key in conn.execute(
+            sql.SQL(
+                "SELECT model, source_key FROM {} WHERE status = 'quarantined' "
+                "AND decided_by IS NULL AND (%s::text[] IS NULL OR model = ANY(%s)) "
+                "AND (%s::text IS NULL OR reason = %s)"
+            ).format(sql.Identifier(spec.ledger_schema, "ledger")),
+            [models, models, reason, reason],
+        ):
+            selected[model].add(key)
+        conn.commit()
+        result = RetryResult(None, sum(map(len, selected.values())))
+        if not result.keys:
+            return result
+        with ledger.recorded(conn, spec, "retry") as (run_id, counts):
+            result.run_id = run_id
+            work_keys = settle.Work(keys={m: set(ks) for m, ks in selected.items()}, retry=True)
+            with session(target, spec) as work:
+                settled = settle.run(work, target, spec, run_id, progress, 1, work_keys)
+                result.transitions.update(settled.transitions)
+                result.deleted = settled.deleted_rows
+                row = work.execute(
+                    sql.SQL(
+                        "SELECT count(*) FROM {} WHERE status = 'quarantined' "
+                        "AND (model, source_key) IN (SELECT * FROM unnest(%s::text[], "
+                        "%s::text[]))"
+                    ).format(sql.Identifier(spec.ledger_schema, "ledger")),
+                    [
+                        [m for m, ks in selected.items() for _ in ks],
+                        [k for ks in selected.values() for k in ks],
+                    ],
+                ).fetchone()
+                work.commit()
+                result.still_quarantined = int(row[0]) if row else 0
+            counts.update(
+                retried=result.keys, fixed=result.fixed,
+                still_quarantined=result.still_quarantined, deleted=result.deleted,
+            )  # fmt: skip
     return result
 
 
@@ -249,74 +233,70 @@ def _decide(
     kind ``decision`` with before-images. Returns the models whose ledger row changed."""
     models = models_for(spec, table)
     led = sql.Identifier(spec.ledger_schema, "ledger")
-    with connect(target, app="ferry-quarantine") as conn:
-        _check_ledger(conn, spec)
+    with runs.opened(target, spec, "ferry-quarantine", error=QuarantineError) as conn:
         _check_stage(conn, spec)
-        with _run_lock(conn, spec), privileges.closed(conn, spec):
-            rows = conn.execute(
-                sql.SQL(
-                    "SELECT model, status, reason, decided_by FROM {} "
-                    "WHERE model = ANY(%s) AND source_key = %s ORDER BY model"
-                ).format(led),
-                [models, key],
-            ).fetchall()
-            conn.commit()
-            if not rows:
-                raise QuarantineError(f"{table}: no ledger row for key {key}")
-            if action == "exclude":
-                chosen = [r[0] for r in rows if r[1] == "quarantined" and r[3] is None]
-                if not chosen:
-                    fates = ", ".join(f"{r[0]} {r[1]} ({r[2] or '-'})" for r in rows)
-                    raise QuarantineError(
-                        f"{table} key {key} is not quarantined ({fates}): only a quarantined "
-                        "row can be excluded"
-                    )
-            else:
-                chosen = [r[0] for r in rows if r[3] is not None]
-                if not chosen:
-                    raise QuarantineError(f"{table} key {key} carries no operator decision")
-            with ledger.recorded(conn, spec, "decision") as (run_id, counts):
-                with conn.transaction():
-                    for name in chosen:
-                        m = spec.model(name)
-                        ledger.record_history(
-                            conn, spec, run_id, m.name, m.target, m.key_column, [key]
-                        )
-                    if action == "exclude":
-                        conn.execute(
-                            sql.SQL(
-                                "UPDATE {} SET status = 'excluded', reason = %s, decided_by = %s, "
-                                "decision = %s, decided_at = clock_timestamp(), run_id = %s, "
-                                "updated_at = clock_timestamp() "
-                                "WHERE model = ANY(%s) AND source_key = %s"
-                            ).format(led),
-                            [OPERATOR, by, note, run_id, chosen, key],
-                        )
-                    else:
-                        # Back to quarantine, without the old SQLSTATE: settled below, the
-                        # row is evaluated afresh and written as whatever it yields now.
-                        conn.execute(
-                            sql.SQL(
-                                "UPDATE {} SET status = CASE status WHEN 'deleted' THEN status "
-                                "ELSE 'quarantined' END, reason = CASE status WHEN 'deleted' "
-                                "THEN reason ELSE %s END, sqlstate = NULL, message = NULL, "
-                                "decided_by = NULL, decision = NULL, decided_at = NULL, "
-                                "run_id = %s, updated_at = clock_timestamp() "
-                                "WHERE model = ANY(%s) AND source_key = %s"
-                            ).format(led),
-                            [UNDONE, run_id, chosen, key],
-                        )
-                # The rows whose fate follows this one's (children, rows merging into it)
-                # follow it now, as they would in a fresh migrate with the decision made.
-                work = settle.Work(
-                    keys={name: {key} for name in chosen} if action == "undo" else {},
-                    outcome={name: {key} for name in chosen},
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT model, status, reason, decided_by FROM {} "
+                "WHERE model = ANY(%s) AND source_key = %s ORDER BY model"
+            ).format(led),
+            [models, key],
+        ).fetchall()
+        conn.commit()
+        if not rows:
+            raise QuarantineError(f"{table}: no ledger row for key {key}")
+        if action == "exclude":
+            chosen = [r[0] for r in rows if r[1] == "quarantined" and r[3] is None]
+            if not chosen:
+                fates = ", ".join(f"{r[0]} {r[1]} ({r[2] or '-'})" for r in rows)
+                raise QuarantineError(
+                    f"{table} key {key} is not quarantined ({fates}): only a quarantined "
+                    "row can be excluded"
                 )
-                with session(target, spec) as settling:
-                    settle.run(settling, target, spec, run_id, Progress(), 1, work)
-                counts.update(action=action, models=chosen, key=key, rows=len(chosen))
-                if by:
-                    counts["by"] = by
+        else:
+            chosen = [r[0] for r in rows if r[3] is not None]
+            if not chosen:
+                raise QuarantineError(f"{table} key {key} carries no operator decision")
+        with ledger.recorded(conn, spec, "decision") as (run_id, counts):
+            with conn.transaction():
+                for name in chosen:
+                    m = spec.model(name)
+                    ledger.record_history(conn, spec, run_id, m.name, m.target, m.key_column, [key])
+                if action == "exclude":
+                    conn.execute(
+                        sql.SQL(
+                            "UPDATE {} SET status = 'excluded', reason = %s, decided_by = %s, "
+                            "decision = %s, decided_at = clock_timestamp(), run_id = %s, "
+                            "updated_at = clock_timestamp() "
+                            "WHERE model = ANY(%s) AND source_key = %s"
+                        ).format(led),
+                        [OPERATOR, by, note, run_id, chosen, key],
+                    )
+                else:
+                    # Back to quarantine, without the old SQLSTATE: settled below, the
+                    # row is evaluated afresh and written as whatever it yields now.
+                    conn.execute(
+                        sql.SQL(
+                            "UPDATE {} SET status = CASE status WHEN 'deleted' THEN status "
+                            "ELSE 'quarantined' END, reason = CASE status WHEN 'deleted' "
+                            "THEN reason ELSE %s END, sqlstate = NULL, message = NULL, "
+                            "decided_by = NULL, decision = NULL, decided_at = NULL, "
+                            "run_id = %s, updated_at = clock_timestamp() "
+                            "WHERE model = ANY(%s) AND source_key = %s"
+                        ).format(led),
+                        [UNDONE, run_id, chosen, key],
+                    )
+            # The rows whose fate follows this one's (children, rows merging into it)
+            # follow it now, as they would in a fresh migrate with the decision made.
+            work = settle.Work(
+                keys={name: {key} for name in chosen} if action == "undo" else {},
+                outcome={name: {key} for name in chosen},
+            )
+            with session(target, spec) as settling:
+                settle.run(settling, target, spec, run_id, Progress(), 1, work)
+            counts.update(action=action, models=chosen, key=key, rows=len(chosen))
+            if by:
+                counts["by"] = by
     return chosen
 
 

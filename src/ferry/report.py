@@ -26,7 +26,7 @@ from psycopg import sql
 
 from ferry import ledger
 from ferry.conninfo import connect
-from ferry.errors import FerryError
+from ferry.runs import require_ledger
 from ferry.spec import Spec
 
 Format = Literal["md", "html", "json"]
@@ -36,12 +36,7 @@ FATES = ("migrated", "merged", "quarantined", "excluded")
 def collect(target: str, spec: Spec) -> dict[str, Any]:
     """Count everything the report shows, straight from the databases (see docs/report.md)."""
     with connect(target, app="ferry-report") as conn:
-        exists = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL",
-            [sql.Identifier(spec.ledger_schema, "ledger").as_string(conn)],
-        ).fetchone()
-        if not exists or not exists[0]:
-            raise FerryError(f"no ledger in schema {spec.ledger_schema}: ferry has not run here")
+        require_ledger(conn, spec)
         sources = _sources(conn, spec)
         targets = _targets(conn, spec)
         runs = _runs(conn, spec)

@@ -59,10 +59,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import ledger, privileges, stage, transform
+from ferry import catalog, ledger, runs, stage, transform
 from ferry.conninfo import connect
 from ferry.errors import FerryError, RollbackError
-from ferry.pipeline import _run_lock, put_back
 from ferry.spec import Model, Spec
 
 
@@ -98,15 +97,6 @@ class RollbackResult:
 
 def _ident(spec: Spec, table: str) -> sql.Identifier:
     return sql.Identifier(spec.ledger_schema, table)
-
-
-def _check_ledger(conn: psycopg.Connection, spec: Spec) -> None:
-    row = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL", [_ident(spec, "runs").as_string(conn)]
-    ).fetchone()
-    conn.commit()
-    if not row or not row[0]:
-        raise RollbackError(f"no ledger in schema {spec.ledger_schema}: nothing to roll back")
 
 
 def _plan(conn: psycopg.Connection, spec: Spec, run: int | None, all_: bool) -> RollbackPlan:
@@ -151,7 +141,7 @@ def _plan(conn: psycopg.Connection, spec: Spec, run: int | None, all_: bool) -> 
 def plan(target: str, spec: Spec, *, run: int | None = None, all_: bool = False) -> RollbackPlan:
     """What ``rollback`` with the same arguments would undo (read-only)."""
     with connect(target, app="ferry-rollback") as conn:
-        _check_ledger(conn, spec)
+        runs.require_ledger(conn, spec, RollbackError)
         return _plan(conn, spec, run, all_)
 
 
@@ -161,20 +151,17 @@ def rollback(
     """Undo runs ``run``..latest (or every run with ``all_``), newest first, in one
     transaction; the rollback itself is recorded as a run of kind ``rollback``."""
     t0 = time.perf_counter()
-    with connect(target, app="ferry-rollback") as conn:
-        _check_ledger(conn, spec)
+    with runs.opened(target, spec, "ferry-rollback", error=RollbackError) as conn:
         ensure_resync(conn, spec)
-        with _run_lock(conn, spec), privileges.closed(conn, spec):
-            put_back(conn, target, spec)
-            todo = _plan(conn, spec, run, all_)
-            with ledger.recorded(conn, spec, "rollback") as (rb_id, counts):
-                result = RollbackResult(rb_id)
-                _rollback(conn, spec, todo, result)
-                result.seconds = time.perf_counter() - t0
-                counts.update(
-                    seconds=round(result.seconds, 3), undone_runs=result.undone,
-                    **result.counts, stage_cleared=result.stage_cleared,
-                )  # fmt: skip
+        todo = _plan(conn, spec, run, all_)
+        with ledger.recorded(conn, spec, "rollback") as (rb_id, counts):
+            result = RollbackResult(rb_id)
+            _rollback(conn, spec, todo, result)
+            result.seconds = time.perf_counter() - t0
+            counts.update(
+                seconds=round(result.seconds, 3), undone_runs=result.undone,
+                **result.counts, stage_cleared=result.stage_cleared,
+            )  # fmt: skip
     return result
 
 
@@ -202,7 +189,7 @@ def _rollback(
         except FerryError as exc:
             raise RollbackError(f"cannot roll back model {name}: {exc}") from None
     conn.commit()
-    refs = {name: transform._referencing(conn, plans[name].model.target) for name in plans}
+    refs = {name: transform.referencing(conn, plans[name].model.target) for name in plans}
     conn.commit()
     with conn.transaction():
         for info in runs:  # newest first
@@ -460,8 +447,7 @@ def _clear_stage(conn: psycopg.Connection, spec: Spec) -> None:
     """Every run undone: no staged row may stay without a fate, so the stage is emptied."""
     for src in spec.sources:
         ident = stage.stored(conn, spec, src)
-        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [ident.as_string(conn)]).fetchone()
-        if row and row[0]:
+        if catalog.exists(conn, ident):
             conn.execute(sql.SQL("TRUNCATE {}").format(ident))
     conn.execute(sql.SQL("DELETE FROM {}").format(_ident(spec, "staged")))
     conn.execute(sql.SQL("DELETE FROM {}").format(_ident(spec, "resync")))
@@ -497,11 +483,10 @@ def pending_resync(
     (see the module docstring). The keys that sync ``run_id`` handed on itself are its diff's.
     """
     table = _ident(spec, "resync")
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [table.as_string(conn)]).fetchone()
     changed: dict[str, set[str]] = defaultdict(set)
     deleted: dict[str, set[str]] = defaultdict(set)
     derived: set[str] = set()
-    if not exists or not exists[0]:
+    if not catalog.exists(conn, table):
         conn.commit()
         return changed, deleted, derived
     by_model: dict[str, list[str]] = defaultdict(list)
@@ -530,6 +515,5 @@ def pending_resync(
 def clear_resync(conn: psycopg.Connection, spec: Spec) -> None:
     """Called by a sync that took the handed-back keys, in its last transaction."""
     table = _ident(spec, "resync")
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [table.as_string(conn)]).fetchone()
-    if exists and exists[0]:
+    if catalog.exists(conn, table):
         conn.execute(sql.SQL("DELETE FROM {}").format(table))

@@ -21,7 +21,7 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.abc import Buffer
 
-from ferry import columns, encodings
+from ferry import catalog, columns, encodings
 from ferry.columns import Column
 from ferry.errors import FerryError
 from ferry.spec import Source, Spec
@@ -191,8 +191,7 @@ def stored(conn: psycopg.Connection, spec: Spec, src: Source) -> sql.Identifier:
     """The table that holds a source's staged rows: the stage table, or the raw table behind
     the stage's view (what ``TRUNCATE`` empties, which a view refuses)."""
     raw = sql.Identifier(spec.stage_schema, encodings.raw_name(src.stage_table))
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [raw.as_string(conn)]).fetchone()
-    return raw if row and row[0] else sql.Identifier(spec.stage_schema, src.stage_table)
+    return raw if catalog.exists(conn, raw) else sql.Identifier(spec.stage_schema, src.stage_table)
 
 
 def _view(

@@ -22,7 +22,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ferry import ledger
+from ferry import catalog, ledger
 from ferry.conninfo import connect
 from ferry.errors import StatusError
 from ferry.spec import Spec
@@ -144,11 +144,7 @@ def last_run(
 
 
 def _exists(conn: psycopg.Connection, spec: Spec, table: str) -> bool:
-    row = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL",
-        [sql.Identifier(spec.ledger_schema, table).as_string(conn)],
-    ).fetchone()
-    return bool(row and row[0])
+    return catalog.exists(conn, sql.Identifier(spec.ledger_schema, table))
 
 
 def collect(target: str, spec: Spec) -> Status:

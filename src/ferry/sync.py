@@ -26,9 +26,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import diff, ledger, rollback, settle, stage, status, transform
+from ferry import catalog, diff, ledger, rollback, settle, stage, status, transform
 from ferry.errors import FerryError
-from ferry.pipeline import Progress, SessionPairs, recorded_run, session
+from ferry.pipeline import Progress, SessionPairs, session
+from ferry.runs import recorded_run
 from ferry.spec import Source, Spec
 
 
@@ -134,11 +135,7 @@ def _hand_on(
 
 
 def _stage_exists(conn: psycopg.Connection, spec: Spec, src: Source) -> bool:
-    row = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL",
-        [sql.Identifier(spec.stage_schema, src.stage_table).as_string(conn)],
-    ).fetchone()
-    return bool(row and row[0])
+    return catalog.exists(conn, sql.Identifier(spec.stage_schema, src.stage_table))
 
 
 def _load_csv(conn: psycopg.Connection, src: Source, data_dir: Path) -> None:

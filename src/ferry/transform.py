@@ -1465,7 +1465,7 @@ def _referenced_by_others(conn: psycopg.Connection, spec: Spec, model: Model) ->
     """
     pend = sql.Identifier(spec.ledger_schema, "pending_deletes")
     refs: dict[str, set[str]] = {}
-    for ref_table, ref_col, ref_pk in _referencing(conn, model.target):
+    for ref_table, ref_col, ref_pk in referencing(conn, model.target):
         # A referencing row queued for deletion too (a child in the same table) goes first.
         rows = conn.execute(
             sql.SQL(
@@ -1503,7 +1503,7 @@ def _referenced_by_others(conn: psycopg.Connection, spec: Spec, model: Model) ->
     return {p for p, cs in refs.items() if any(c is None or c not in ours for c in cs)}
 
 
-def _referencing(conn: psycopg.Connection, target: str) -> list[tuple[str, str, str | None]]:
+def referencing(conn: psycopg.Connection, target: str) -> list[tuple[str, str, str | None]]:
     """Single-column foreign keys pointing at ``target``: (table, column, its uuid primary key).
 
     Without a single-column UUID primary key the referencing rows cannot be ferry's, so any

@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from ferry import ledger
+from ferry import catalog, ledger
 from ferry.conninfo import connect
 from ferry.errors import FerryError, InvariantError, VerifyError, safe_message
 from ferry.keys import uuid_sql
@@ -132,12 +132,9 @@ def verify(target: str, spec: Spec, truth: Path | None = None) -> VerifyReport:
 
 
 def _ledger_exists(conn: psycopg.Connection, spec: Spec) -> bool:
-    row = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL",
-        [sql.Identifier(spec.ledger_schema, "ledger").as_string(conn)],
-    ).fetchone()
+    found = catalog.exists(conn, sql.Identifier(spec.ledger_schema, "ledger"))
     conn.commit()
-    return bool(row and row[0])
+    return found
 
 
 def _led(spec: Spec) -> sql.Identifier:

@@ -35,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from psycopg import sql
 
-from ferry import ledger
+from ferry import catalog, ledger
 from ferry.conninfo import connect
 from ferry.errors import FerryError, WatchError, describe
 from ferry.spec import Spec
@@ -127,9 +127,7 @@ def refresh(metrics: Metrics, target: str, spec: Spec) -> None:
     led = sql.Identifier(spec.ledger_schema, "ledger")
     try:
         with connect(target, app="ferry-metrics") as conn:
-            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [led.as_string(conn)])
-            row = exists.fetchone()
-            if not row or not row[0]:
+            if not catalog.exists(conn, led):
                 return
             rows = conn.execute(
                 sql.SQL(
