@@ -54,3 +54,37 @@ def uuid_sql(schema: str, namespace: uuid.UUID, name: str, key: sql.Composable) 
     return sql.SQL("{}({}::uuid, {}, ({})::text)").format(
         sql.Identifier(schema, "key_uuid"), sql.Literal(str(namespace)), sql.Literal(name), key
     )
+
+
+def text_sql(alias: str, columns: list[str]) -> sql.Composed:
+    """The key's text from its column(s) of ``alias``: the column as text, or for a composite
+    key the row literal PostgreSQL prints, ``(7,"a b")`` (``composite_text``)."""
+    cols = [sql.Identifier(alias, c) for c in columns]
+    if len(cols) == 1:
+        return sql.SQL("{}::text").format(cols[0])
+    return sql.SQL("ROW({})::text").format(sql.SQL(", ").join(cols))
+
+
+def set_sql(alias: str, columns: list[str]) -> sql.Composed:
+    """The key is set: its column, or every column of a composite key, is not NULL."""
+    cols = [sql.Identifier(alias, c) for c in columns]
+    if len(cols) == 1:
+        return sql.SQL("{} IS NOT NULL").format(cols[0])
+    return sql.SQL("ROW({}) IS NOT NULL").format(sql.SQL(", ").join(cols))
+
+
+def composite_text(values: list[object]) -> str:
+    """A composite key's text, as PostgreSQL prints the row ``ROW(a, b)``: each part as its
+    type prints it (ISO dates), quoted when empty or holding a quote, a backslash, a
+    parenthesis, a comma or a space, with quotes and backslashes doubled inside; NULL as
+    nothing. The same text in Python and SQL, so ``key_uuid`` gives the same UUID."""
+    parts = []
+    for v in values:
+        if v is None:
+            parts.append("")
+            continue
+        text = ("t" if v else "f") if isinstance(v, bool) else str(v)
+        if text == "" or any(ch in text for ch in '"\\(),') or any(ch.isspace() for ch in text):
+            text = '"' + text.replace("\\", "\\\\").replace('"', '""') + '"'
+        parts.append(text)
+    return "(" + ",".join(parts) + ")"

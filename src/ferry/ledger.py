@@ -398,7 +398,7 @@ def staged_keys(
     stage = sql.Identifier(spec.stage_schema, src.stage_table)
     if not catalog.exists(conn, stage):
         return 0, 0 if keyprint else None
-    key = sql.SQL("m0.{}::text").format(sql.Identifier(src.key))
+    key = sql.SQL("m0.{}::text").format(sql.Identifier(src.stage_key))
     row = conn.execute(
         sql.SQL("SELECT count(*), {} FROM {} m0 WHERE {}").format(
             fingerprint(key) if keyprint else sql.SQL("NULL"), stage, where
@@ -633,7 +633,7 @@ def staged_among(
     typ = conn.execute(
         "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
         "WHERE attrelid = to_regclass(%s) AND attname = %s",
-        [stage.as_string(conn), src.key],
+        [stage.as_string(conn), src.stage_key],
     ).fetchone()
     if typ is None:
         return None
@@ -641,7 +641,7 @@ def staged_among(
         r[0]
         for r in conn.execute(
             sql.SQL("SELECT {k}::text FROM {s} WHERE {k} = ANY(%s::{t}[])").format(
-                k=sql.Identifier(src.key), s=stage, t=sql.SQL(typ[0])
+                k=sql.Identifier(src.stage_key), s=stage, t=sql.SQL(typ[0])
             ),
             [sorted(keys)],
         )
@@ -781,7 +781,7 @@ def _all_claimed(conn: psycopg.Connection, spec: Spec, src: Source, keys: list[s
             "FROM {led} l WHERE l.model = ANY(%s) AND l.source_key = s.{key}::text "
             "AND l.status <> 'deleted') LIMIT 1"
         ).format(
-            key=sql.Identifier(src.key),
+            key=sql.Identifier(src.stage_key),
             stage=sql.Identifier(spec.stage_schema, src.stage_table),
             led=sql.Identifier(spec.ledger_schema, "ledger"),
         ),
@@ -805,7 +805,7 @@ def _diagnose(
             "AND (NOT %s OR source_key = ANY(%s)) GROUP BY 1) l ON l.k = s.k "
             "WHERE s.k IS NULL OR l.k IS NULL OR l.n > 1"
         ).format(
-            key=sql.Identifier(src.key),
+            key=sql.Identifier(src.stage_key),
             stage=sql.Identifier(spec.stage_schema, src.stage_table),
             led=sql.Identifier(spec.ledger_schema, "ledger"),
         ),

@@ -152,7 +152,9 @@ def show_row(
             # The key as an untyped literal: the server reads it as the key column's type,
             # so the primary key index finds the row.
             cur = conn.execute(
-                sql.SQL("SELECT * FROM {} WHERE {} = %s").format(stage_t, sql.Identifier(src.key)),
+                sql.SQL("SELECT * FROM {} WHERE {} = %s").format(
+                    stage_t, sql.Identifier(src.stage_key)
+                ),
                 [key],
             )
             row = cur.fetchone()

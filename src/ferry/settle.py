@@ -146,7 +146,7 @@ def settle(
                                                  outcome[p])  # fmt: skip
                 if model.merge_into:  # merging into a row whose fate changed beforehand
                     keys |= transform.dependents(
-                        conn, spec, model, model.merge_into, outcome[model.name]
+                        conn, spec, model, [model.merge_into], outcome[model.name]
                     )
                 keys -= src_deleted
         else:
@@ -204,8 +204,8 @@ def _blocked(results: list[transform.ModelResult]) -> dict[str, set[str]]:
     return dict(blocked)
 
 
-def _parent_key(model: Model, parent: str) -> str:
-    return next(p.key for p in model.parents if p.model == parent)
+def _parent_key(model: Model, parent: str) -> list[str]:
+    return next(p.keys for p in model.parents if p.model == parent)
 
 
 def _queue_deletes(

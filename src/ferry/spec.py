@@ -27,6 +27,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The stage column holding a composite key's text.
+COMPOSITE_KEY = "_ferry_key"
+
+
 def _ident(value: str) -> str:
     if not _IDENT.match(value):
         raise ValueError(f"{value!r} is not a plain SQL identifier")
@@ -39,7 +43,10 @@ class Source(_Strict):
     name: str = Field(description="Name of the stage table and of the source in the ledger.")
     table: str | None = Field(None, description="schema.table in the source database.")
     csv: str | None = Field(None, description="CSV file, relative to the data directory.")
-    key: str = Field("id", description="Key column: one column, unique and not null.")
+    key: str | list[str] = Field(
+        "id",
+        description="Key column, or columns (a composite key): unique and not null together.",
+    )
     columns: tuple[str, ...] | None = Field(
         None, description="CSV only: the header's column names, in order (staged as text)."
     )
@@ -54,8 +61,24 @@ class Source(_Strict):
 
     @field_validator("key")
     @classmethod
-    def _key_ident(cls, v: str) -> str:
+    def _key_ident(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list):
+            if not v or len(set(v)) != len(v):
+                raise ValueError("a composite key names its columns once each")
+            return [_ident(c) for c in v] if len(v) > 1 else _ident(v[0])
         return _ident(v)
+
+    @property
+    def keys(self) -> list[str]:
+        """The key's columns, one or several."""
+        return [self.key] if isinstance(self.key, str) else list(self.key)
+
+    @property
+    def stage_key(self) -> str:
+        """The stage table's key column: the key itself, or for a composite key the column
+        ``_ferry_key`` that holds its text (``keys.KEY_TEXT``): one value to chunk, diff and
+        record fates by."""
+        return self.key if isinstance(self.key, str) else COMPOSITE_KEY
 
     @field_validator("name")
     @classmethod
@@ -123,16 +146,32 @@ class Parent(_Strict):
     """
 
     model: str
-    key: str = Field(description="Output column holding the parent's source key (NULL: none).")
+    key: str | list[str] = Field(
+        description="Output column holding the parent's source key, or columns holding the "
+        "parts of its composite key, in the parent source's key order (NULL: none)."
+    )
     column: str | None = Field(None, description="Target column that receives the parent UUID.")
     missing: str | None = Field(
         None, description="Quarantine reason when the parent key is set but unknown."
     )
 
-    @field_validator("key", "column")
+    @field_validator("key")
+    @classmethod
+    def _key_cols(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("a parent's key names at least one column")
+            return [_ident(c) for c in v] if len(v) > 1 else _ident(v[0])
+        return _ident(v)
+
+    @field_validator("column")
     @classmethod
     def _cols(cls, v: str | None) -> str | None:
         return None if v is None else _ident(v)
+
+    @property
+    def keys(self) -> list[str]:
+        return [self.key] if isinstance(self.key, str) else list(self.key)
 
 
 class Model(_Strict):

@@ -21,7 +21,7 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.abc import Buffer
 
-from ferry import catalog, columns, encodings
+from ferry import catalog, columns, encodings, keys
 from ferry.columns import Column
 from ferry.errors import FerryError
 from ferry.spec import Source, Spec
@@ -210,6 +210,8 @@ def _view(
         else sql.Identifier(c.name)
         for c in cols
     ]
+    if len(src.keys) > 1:
+        exprs.append(sql.Identifier(src.stage_key))
     conn.execute(
         sql.SQL("CREATE VIEW {} AS SELECT {} FROM {}").format(
             view, sql.SQL(", ").join(exprs), sql.Identifier(spec.stage_schema, raw)
@@ -219,15 +221,41 @@ def _view(
 
 
 def _add_key(conn: psycopg.Connection, spec: Spec, src: Source, target: sql.Composed) -> None:
+    """The stage's primary key; for a composite key, on the column holding its text, which a
+    trigger keeps as the parts change (a diff writes the parts only)."""
+    if len(src.keys) > 1:
+        _composite(conn, spec, src, target)
     try:
         conn.execute(
-            sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, sql.Identifier(src.key))
+            sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
+                target, sql.Identifier(src.stage_key)
+            )
         )
     except (psycopg.errors.UniqueViolation, psycopg.errors.NotNullViolation) as exc:
         raise FerryError(
-            f"source {src.name}: key column {src.key} is not unique and not null "
+            f"source {src.name}: key column{'s' if len(src.keys) > 1 else ''} "
+            f"{', '.join(src.keys)} is not unique and not null "
             f"({type(exc).__name__})"
         ) from None
+
+
+def _composite(conn: psycopg.Connection, spec: Spec, src: Source, target: sql.Composed) -> None:
+    key = sql.Identifier(src.stage_key)
+    text = keys.text_sql("t", src.keys)
+    fn = sql.Identifier(spec.stage_schema, f"{src.stage_table}__key")
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} text").format(target, key))
+    conn.execute(sql.SQL("UPDATE {} t SET {} = {}").format(target, key, text))
+    conn.execute(
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $f$ "
+            "BEGIN NEW.{key} := {text}; RETURN NEW; END $f$"
+        ).format(fn=fn, key=key, text=keys.text_sql("new", src.keys))
+    )
+    conn.execute(
+        sql.SQL(
+            "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
+        ).format(sql.Identifier("_ferry_key"), target, fn)
+    )
 
 
 def _analyze(conn: psycopg.Connection, table: sql.Composed) -> None:
@@ -247,9 +275,10 @@ def stage_table(
     assert src.table is not None
     t0 = time.perf_counter()
     read = encodings.reading(source, src)
-    cols = columns.source_columns(source, src.table, read.raw, (src.key,))
-    if src.key not in {c.name for c in cols}:
-        raise FerryError(f"source {src.name}: key column {src.key} is not in {src.table}")
+    cols = columns.source_columns(source, src.table, read.raw, tuple(src.keys))
+    for key in src.keys:
+        if key not in {c.name for c in cols}:
+            raise FerryError(f"source {src.name}: key column {key} is not in {src.table}")
     if read.encoding != encodings.UTF8 or read.raw:
         # the source sends its bytes as they are; the target converts them from this
         encodings.set_client(source, read.encoding, local=True)

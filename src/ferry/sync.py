@@ -28,6 +28,7 @@ from psycopg import sql
 
 from ferry import catalog, diff, ledger, rollback, settle, stage, status, transform
 from ferry.errors import FerryError
+from ferry.keys import composite_text
 from ferry.pipeline import Progress, SessionPairs, session
 from ferry.runs import recorded_run
 from ferry.spec import Source, Spec
@@ -69,7 +70,7 @@ def _restage(
             assert src.columns is not None
             _load_csv(t, src, data_dir)
             result = diff.sync_stage_table(
-                t, ("pg_temp", "_ferry_csv"), t, stage_rel, [src.key], list(src.columns)
+                t, ("pg_temp", "_ferry_csv"), t, stage_rel, src.keys, list(src.columns)
             )
             t.execute("DROP TABLE IF EXISTS pg_temp._ferry_csv")
         else:
@@ -81,7 +82,7 @@ def _restage(
                 tuple(src.table.split(".")),
                 t,
                 stage_rel,
-                [src.key],
+                src.keys,
                 cols,  # type: ignore[arg-type]
             )
             s.rollback()
@@ -158,13 +159,16 @@ def _load_csv(conn: psycopg.Connection, src: Source, data_dir: Path) -> None:
     except OSError as exc:
         raise FerryError(f"source {src.name}: cannot read {path}: {exc.strerror}") from None
     conn.execute(
-        sql.SQL("ALTER TABLE _ferry_csv ADD PRIMARY KEY ({})").format(sql.Identifier(src.key))
+        sql.SQL("ALTER TABLE _ferry_csv ADD PRIMARY KEY ({})").format(
+            sql.SQL(", ").join(map(sql.Identifier, src.keys))
+        )
     )
     conn.commit()
 
 
 def _key_text(key: tuple[Any, ...]) -> str:
-    return str(key[0])
+    """A key as the ledger names it: a composite key's text as ``keys.composite_text``."""
+    return str(key[0]) if len(key) == 1 else composite_text(list(key))
 
 
 def sync(

@@ -23,7 +23,7 @@ from psycopg import sql
 
 from ferry import ledger, predict
 from ferry.errors import FerryError, SpecError, condition_name, safe_message
-from ferry.keys import uuid_sql
+from ferry.keys import set_sql, text_sql, uuid_sql
 from ferry.spec import Model, Spec
 
 # Errors that belong to rows, not to the run: data exceptions (22), integrity (23), and
@@ -171,8 +171,9 @@ class Plan:
                 raise SpecError(f"{where}: parent column {col} is not a column of {model.target}")
             self.columns.append((col, tcols[col], sql.SQL("m._ferry_pu{}").format(sql.Literal(i))))
         for p in model.parents:
-            if p.key not in out:
-                raise SpecError(f"{where}: parent key {p.key} is not an output column of its SQL")
+            for key in p.keys:
+                if key not in out:
+                    raise SpecError(f"{where}: parent key {key} is not an output column of its SQL")
         if model.merge_into and model.merge_into not in out:
             raise SpecError(f"{where}: merge_into {model.merge_into} is not an output column")
         self.fates = self._fates()
@@ -185,7 +186,7 @@ class Plan:
             row = conn.execute(
                 "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
                 "WHERE attrelid = to_regclass(%s) AND attname = %s",
-                [sql.Identifier(spec.stage_schema, src.stage_table).as_string(conn), src.key],
+                [sql.Identifier(spec.stage_schema, src.stage_table).as_string(conn), src.stage_key],
             ).fetchone()
         else:
             row = conn.execute("SELECT format_type(%s, NULL)", [out["_key"]]).fetchone()
@@ -288,10 +289,12 @@ class Plan:
 
         def pkey(j: int) -> sql.Composable:
             """The parent's key is set (and, for a row that is its own parent, ignored)."""
-            key = sql.SQL("m.{}").format(sql.Identifier(m.parents[j].key))
-            if m.parents[j].model != m.name:
-                return key
-            return sql.SQL("{0} IS NOT NULL AND {0}::text <> m._key::text AND {0}").format(key)
+            p = m.parents[j]
+            if p.model != m.name:
+                return set_sql("m", p.keys)
+            return sql.SQL("{} AND {} <> m._key::text").format(
+                set_sql("m", p.keys), text_sql("m", p.keys)
+            )
 
         def ps(j: int) -> sql.Composable:
             return sql.Identifier(f"p{j}", "status")
@@ -302,23 +305,21 @@ class Plan:
         for j, p in enumerate(m.parents):
             # A parent of the model's own may be decided later in the run: wait for it.
             whens.append(
-                sql.SQL("{k} IS NOT NULL AND ({s} IS NULL OR {s} = 'deleted') AND {w}").format(
+                sql.SQL("{k} AND ({s} IS NULL OR {s} = 'deleted') AND {w}").format(
                     k=pkey(j), s=ps(j), w=sql.Literal(p.model == m.name and not self.final)
                 )
             )
         for j in range(len(m.parents)):
-            whens.append(sql.SQL("{} IS NOT NULL AND {} = 'excluded'").format(pkey(j), ps(j)))
+            whens.append(sql.SQL("{} AND {} = 'excluded'").format(pkey(j), ps(j)))
         for r in m.rules:
             if r.kind == "reject":
                 whens.append(rule(ri[id(r)]))
         for j in range(len(m.parents)):
             whens.append(
-                sql.SQL("{k} IS NOT NULL AND ({s} IS NULL OR {s} = 'deleted')").format(
-                    k=pkey(j), s=ps(j)
-                )
+                sql.SQL("{k} AND ({s} IS NULL OR {s} = 'deleted')").format(k=pkey(j), s=ps(j))
             )
         for j in range(len(m.parents)):
-            whens.append(sql.SQL("{} IS NOT NULL AND {} = 'quarantined'").format(pkey(j), ps(j)))
+            whens.append(sql.SQL("{} AND {} = 'quarantined'").format(pkey(j), ps(j)))
         if m.merge_into:
             merge = sql.SQL("m.{0} IS NOT NULL AND m.{0}::text <> m._key::text").format(
                 sql.Identifier(m.merge_into)
@@ -352,13 +353,11 @@ class Plan:
         m = self.model
         inner = sql.SQL("{} WHERE {} OFFSET 0").format(with_rules(m, self.body), bounds)
         joins = sql.SQL(" ").join(
-            sql.SQL(
-                "LEFT JOIN {led} {a} ON {a}.model = {pm} AND {a}.source_key = m.{k}::text"
-            ).format(
+            sql.SQL("LEFT JOIN {led} {a} ON {a}.model = {pm} AND {a}.source_key = {k}").format(
                 led=self.parent_led[j],
                 a=sql.Identifier(f"p{j}"),
                 pm=sql.Literal(p.model),
-                k=sql.Identifier(p.key),
+                k=text_sql("m", p.keys),
             )
             for j, p in enumerate(m.parents)
         )
@@ -372,9 +371,9 @@ class Plan:
             )
             if p.model != m.name
             # A row that is its own parent points at itself.
-            else sql.SQL(", CASE WHEN m.{k}::text = m._key::text THEN {own} "
+            else sql.SQL(", CASE WHEN {k} = m._key::text THEN {own} "
                          "ELSE {a}.target_uuid END AS {u}").format(
-                k=sql.Identifier(p.key), own=self.own_uuid(sql.SQL("m._key")),
+                k=text_sql("m", p.keys), own=self.own_uuid(sql.SQL("m._key")),
                 a=sql.Identifier(f"p{j}"), u=sql.Identifier(f"_ferry_pu{j}"),
             )
             for j, p in enumerate(m.parents)
@@ -568,7 +567,7 @@ class Runner:
                 "LEFT JOIN pg_stats s ON s.schemaname = %s AND s.tablename = %s "
                 "AND s.attname = %s WHERE c.oid = to_regclass(%s)"
             ).format(t=sql.SQL(plan.key_type)),
-            [spec.stage_schema, src.stage_table, src.key,
+            [spec.stage_schema, src.stage_table, src.stage_key,
              sql.Identifier(spec.stage_schema, src.stage_table).as_string(self.conn)],
         ).fetchone()  # fmt: skip
         if stats and stats[0] is not None and 0 <= stats[0] <= size:
@@ -587,7 +586,7 @@ class Runner:
                         "SELECT k FROM (SELECT {key} AS k, row_number() OVER (ORDER BY {key}) - 1 "
                         "AS n FROM {stage}) s WHERE n % {size} = 0 ORDER BY k"
                     ).format(
-                        key=sql.Identifier(src.key),
+                        key=sql.Identifier(src.stage_key),
                         stage=sql.Identifier(spec.stage_schema, src.stage_table),
                         size=sql.Literal(size),
                     )
@@ -647,7 +646,7 @@ class Runner:
 
     def _stage(self) -> tuple[sql.Identifier, str]:
         src = self.plan.spec.source(self.plan.model.source)
-        return sql.Identifier(self.plan.spec.stage_schema, src.stage_table), src.key
+        return sql.Identifier(self.plan.spec.stage_schema, src.stage_table), src.stage_key
 
     def chunks(self, keys: Sequence[str] | None = None) -> list[Chunk]:
         """The chunks of a key list (``key_chunks``), or else of the whole model (``bounds``)."""
@@ -834,7 +833,7 @@ class Runner:
         if not plan.model.accounts:
             return 0, None
         src = plan.spec.source(plan.model.source)
-        where = self._where(lo, hi, keys, src.key)
+        where = self._where(lo, hi, keys, src.stage_key)
         return ledger.staged_keys(self.conn, plan.spec, src, where, keyprint)
 
     def _count(self, query: sql.Composable | str) -> int:
@@ -1270,26 +1269,27 @@ def with_rules(model: Model, body: str) -> sql.Composed:
     )
 
 
-def own_dependencies(model: Model) -> list[str]:
+def own_dependencies(model: Model) -> list[list[str]]:
     """The output columns through which a row's fate depends on other rows of its own model:
     ``merge_into``, and the key of a parent that is the model itself."""
-    columns = [model.merge_into] if model.merge_into else []
-    return columns + [p.key for p in model.parents if p.model == model.name]
+    columns = [[model.merge_into]] if model.merge_into else []
+    return columns + [p.keys for p in model.parents if p.model == model.name]
 
 
 def dependents(
-    conn: psycopg.Connection, spec: Spec, model: Model, column: str, keys: Collection[str]
-) -> set[str]:
-    """Keys of ``model``'s rows whose output ``column`` (a parent's key, ``merge_into``)
-    holds any of ``keys``: the rows whose fate follows theirs. Run with the stage schema on
+    conn: psycopg.Connection, spec: Spec, model: Model, columns: list[str],
+    keys: Collection[str],
+) -> set[str]:  # fmt: skip
+    """Keys of ``model``'s rows whose output ``columns`` (a parent's key, ``merge_into``)
+    hold any of ``keys``: the rows whose fate follows theirs. Run with the stage schema on
     the search path."""
     if not keys:
         return set()
     body = sql.SQL(spec.model_sql(model))  # type: ignore[arg-type]
     # Keys as a literal: model SQL may hold a % that a parameter placeholder would trip on.
     rows = conn.execute(
-        sql.SQL("SELECT m0._key::text FROM ({}) m0 WHERE m0.{}::text = ANY({})").format(
-            body, sql.Identifier(column), sql.Literal(sorted(keys))
+        sql.SQL("SELECT m0._key::text FROM ({}) m0 WHERE {} = ANY({})").format(
+            body, text_sql("m0", columns), sql.Literal(sorted(keys))
         )
     ).fetchall()
     conn.commit()

@@ -319,7 +319,7 @@ def _staged_clause(spec: Spec, plan: Plan) -> sql.Composable:
         return sql.SQL("")
     src = spec.source(plan.model.source)
     return sql.SQL(" AND EXISTS (SELECT FROM {} s WHERE s.{}::text = l.source_key)").format(
-        sql.Identifier(spec.stage_schema, src.stage_table), sql.Identifier(src.key)
+        sql.Identifier(spec.stage_schema, src.stage_table), sql.Identifier(src.stage_key)
     )
 
 
