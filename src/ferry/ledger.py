@@ -8,7 +8,7 @@ ferry changes or deletes only target rows whose ledger row says ferry wrote them
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -815,3 +815,70 @@ def _diagnose(
     stale = sorted(r[0] for r in rows if r[1])
     twice = sorted(r[0] for r in rows if r[3])
     return unclaimed, stale, twice
+
+
+def hand_on(
+    conn: psycopg.Connection, spec: Spec, models: list[str], keys: list[str], run_id: int
+) -> None:
+    """Hand keys of these models on to the next sync (``<ledger>.resync``): the stage is
+    ahead of the ledger for them (a rollback, or a sync that re-staged them and may die),
+    so a diff of source and stage alone would never bring them back. Taken by
+    ``pending_resync``, cleared by ``clear_resync`` when a sync ends well."""
+    if not keys or not models:
+        return
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (model, source_key, run_id) SELECT m, k, %s "
+            "FROM unnest(%s::text[]) m, unnest(%s::text[]) k "
+            "ON CONFLICT (model, source_key) DO UPDATE SET run_id = EXCLUDED.run_id"
+        ).format(sql.Identifier(spec.ledger_schema, "resync")),
+        [run_id, models, keys],
+    )
+
+
+def pending_resync(
+    conn: psycopg.Connection, spec: Spec, run_id: int
+) -> tuple[dict[str, set[str]], dict[str, set[str]], set[str]]:
+    """The keys a rollback or an earlier sync (one that died) handed on, for the sync
+    ``run_id``: (staged keys per source, to transform again; keys per source no longer
+    staged, to mark deleted; derived models to recompute).
+
+    A rollback leaves the stage ahead of the ledger for these keys, and so does a sync that
+    re-staged them and died, so a diff of source and stage alone would never bring them back
+    (see the module docstring). The keys that sync ``run_id`` handed on itself are its diff's.
+    """
+    table = sql.Identifier(spec.ledger_schema, "resync")
+    changed: dict[str, set[str]] = defaultdict(set)
+    deleted: dict[str, set[str]] = defaultdict(set)
+    derived: set[str] = set()
+    if not catalog.exists(conn, table):
+        conn.commit()
+        return changed, deleted, derived
+    by_model: dict[str, list[str]] = defaultdict(list)
+    rows = conn.execute(
+        sql.SQL("SELECT model, source_key FROM {} WHERE run_id <> %s").format(table), [run_id]
+    )
+    for model, key in rows:
+        by_model[model].append(key)
+    names = {m.name for m in spec.models}
+    for name, handed in by_model.items():
+        if name not in names:
+            continue
+        model = spec.model(name)
+        if not model.accounts:
+            derived.add(name)
+            continue
+        staged = staged_among(conn, spec, model.source, handed)
+        if staged is None:  # not staged at all: the diff will insert everything anyway
+            continue
+        changed[model.source] |= staged
+        deleted[model.source] |= set(handed) - staged
+    conn.commit()
+    return changed, deleted, derived
+
+
+def clear_resync(conn: psycopg.Connection, spec: Spec) -> None:
+    """Called by a sync that took the handed-back keys, in its last transaction."""
+    table = sql.Identifier(spec.ledger_schema, "resync")
+    if catalog.exists(conn, table):
+        conn.execute(sql.SQL("DELETE FROM {}").format(table))

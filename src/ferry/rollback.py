@@ -152,7 +152,6 @@ def rollback(
     transaction; the rollback itself is recorded as a run of kind ``rollback``."""
     t0 = time.perf_counter()
     with runs.opened(target, spec, "ferry-rollback", error=RollbackError) as conn:
-        ensure_resync(conn, spec)
         todo = _plan(conn, spec, run, all_)
         with ledger.recorded(conn, spec, "rollback") as (rb_id, counts):
             result = RollbackResult(rb_id)
@@ -454,66 +453,3 @@ def _clear_stage(conn: psycopg.Connection, spec: Spec) -> None:
 
 
 # -- what sync needs -------------------------------------------------------------------------
-
-_RESYNC = """
-CREATE TABLE IF NOT EXISTS {} (
-    model      text NOT NULL,
-    source_key text NOT NULL,
-    run_id     bigint NOT NULL,
-    PRIMARY KEY (model, source_key)
-)"""
-
-
-def ensure_resync(conn: psycopg.Connection, spec: Spec) -> None:
-    """``<ledger>.resync``: the keys a rollback or a sync hands on to the next sync. Created
-    by its writers, so that ledgers made before it existed need no migration."""
-    conn.execute(sql.SQL(_RESYNC).format(_ident(spec, "resync")))
-    conn.commit()
-
-
-def pending_resync(
-    conn: psycopg.Connection, spec: Spec, run_id: int
-) -> tuple[dict[str, set[str]], dict[str, set[str]], set[str]]:
-    """The keys a rollback or an earlier sync (one that died) handed on, for the sync
-    ``run_id``: (staged keys per source, to transform again; keys per source no longer
-    staged, to mark deleted; derived models to recompute).
-
-    A rollback leaves the stage ahead of the ledger for these keys, and so does a sync that
-    re-staged them and died, so a diff of source and stage alone would never bring them back
-    (see the module docstring). The keys that sync ``run_id`` handed on itself are its diff's.
-    """
-    table = _ident(spec, "resync")
-    changed: dict[str, set[str]] = defaultdict(set)
-    deleted: dict[str, set[str]] = defaultdict(set)
-    derived: set[str] = set()
-    if not catalog.exists(conn, table):
-        conn.commit()
-        return changed, deleted, derived
-    by_model: dict[str, list[str]] = defaultdict(list)
-    rows = conn.execute(
-        sql.SQL("SELECT model, source_key FROM {} WHERE run_id <> %s").format(table), [run_id]
-    )
-    for model, key in rows:
-        by_model[model].append(key)
-    names = {m.name for m in spec.models}
-    for name, keys in by_model.items():
-        if name not in names:
-            continue
-        model = spec.model(name)
-        if not model.accounts:
-            derived.add(name)
-            continue
-        staged = ledger.staged_among(conn, spec, model.source, keys)
-        if staged is None:  # not staged at all: the diff will insert everything anyway
-            continue
-        changed[model.source] |= staged
-        deleted[model.source] |= set(keys) - staged
-    conn.commit()
-    return changed, deleted, derived
-
-
-def clear_resync(conn: psycopg.Connection, spec: Spec) -> None:
-    """Called by a sync that took the handed-back keys, in its last transaction."""
-    table = _ident(spec, "resync")
-    if catalog.exists(conn, table):
-        conn.execute(sql.SQL("DELETE FROM {}").format(table))

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import catalog, diff, ledger, rollback, settle, stage, status, transform
+from ferry import catalog, diff, ledger, settle, stage, status, transform
 from ferry.errors import FerryError
 from ferry.keys import composite_text
 from ferry.pipeline import Progress, SessionPairs, session
@@ -119,20 +119,10 @@ def _check_migrated(conn: psycopg.Connection, spec: Spec, run_id: int) -> None:
 def _hand_on(
     conn: psycopg.Connection, spec: Spec, src: Source, found: diff.TableDiff, run_id: int
 ) -> None:
-    """Record the keys a diff changed in the stage for every model of the source, until a
-    sync takes them (``rollback.pending_resync``, cleared by ``rollback.clear_resync``)."""
+    """The keys a diff changed in the stage, for every model of the source, handed on
+    (``ledger.hand_on``) in the transaction that re-stages them."""
     keys = [_key_text(k) for k in found.inserted + found.updated + found.deleted]
-    models = [m.name for m in spec.models if m.source == src.name]
-    if not keys or not models:
-        return
-    conn.execute(
-        sql.SQL(
-            "INSERT INTO {} (model, source_key, run_id) SELECT m, k, %s "
-            "FROM unnest(%s::text[]) m, unnest(%s::text[]) k "
-            "ON CONFLICT (model, source_key) DO UPDATE SET run_id = EXCLUDED.run_id"
-        ).format(sql.Identifier(spec.ledger_schema, "resync")),
-        [run_id, models, keys],
-    )
+    ledger.hand_on(conn, spec, [m.name for m in spec.models if m.source == src.name], keys, run_id)
 
 
 def _stage_exists(conn: psycopg.Connection, spec: Spec, src: Source) -> bool:
@@ -181,7 +171,6 @@ def sync(
     t0 = time.perf_counter()
     with recorded_run(target, spec, "sync") as (conn, run_id, counts):
         _check_migrated(conn, spec, run_id)
-        rollback.ensure_resync(conn, spec)
         result = SyncResult(run_id)
         _sync(source, target, spec, data_dir or spec.base_dir, jobs, progress, result)
         result.seconds = time.perf_counter() - t0
@@ -204,7 +193,7 @@ def _sync(
         conflicts_before = _conflicts(conn, spec)
         # Keys a rollback or a sync that died handed on: the stage is ahead of the ledger for
         # them, so the diff alone would never bring them back (see rollback.py, and above).
-        again, gone, rederive = rollback.pending_resync(conn, spec, result.run_id)
+        again, gone, rederive = ledger.pending_resync(conn, spec, result.run_id)
         for name, ks in again.items():
             changed.setdefault(name, set()).update(ks)
         for name, ks in gone.items():
@@ -228,7 +217,7 @@ def _sync(
         if settled.reconciled:
             result.counts["reconciled"] = settled.reconciled
         conflicts = _conflicts(conn, spec)
-        rollback.clear_resync(conn, spec)
+        ledger.clear_resync(conn, spec)
         conn.commit()
     transitions = settled.transitions
     result.counts.update(
