@@ -882,3 +882,22 @@ def clear_resync(conn: psycopg.Connection, spec: Spec) -> None:
     table = sql.Identifier(spec.ledger_schema, "resync")
     if catalog.exists(conn, table):
         conn.execute(sql.SQL("DELETE FROM {}").format(table))
+
+
+def queue_deletes(
+    conn: psycopg.Connection, spec: Spec, model: str, keys: list[str], run_id: int
+) -> None:
+    """Queue the target rows ferry wrote for these keys of ``model``: deleted once every
+    model has run, children's tables first (``transform.apply_pending_deletes``)."""
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {pend} (target_table, target_uuid, model, source_key, row_hash, "
+            "run_id) SELECT target_table, target_uuid, model, source_key, row_hash, %s "
+            "FROM {led} WHERE model = %s AND source_key = ANY(%s) AND status = 'migrated' "
+            "AND target_uuid IS NOT NULL ON CONFLICT DO NOTHING"
+        ).format(
+            pend=sql.Identifier(spec.ledger_schema, "pending_deletes"),
+            led=sql.Identifier(spec.ledger_schema, "ledger"),
+        ),
+        [run_id, model, keys],
+    )

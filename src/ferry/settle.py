@@ -208,25 +208,6 @@ def _parent_key(model: Model, parent: str) -> list[str]:
     return next(p.keys for p in model.parents if p.model == parent)
 
 
-def _queue_deletes(
-    conn: psycopg.Connection, spec: Spec, model: Model, keys: list[str], run_id: int
-) -> None:
-    """Queue the target rows ferry wrote for these keys; ``apply_pending_deletes`` removes
-    them once every model has run, children first."""
-    conn.execute(
-        sql.SQL(
-            "INSERT INTO {pend} (target_table, target_uuid, model, source_key, row_hash, "
-            "run_id) SELECT target_table, target_uuid, model, source_key, row_hash, %s "
-            "FROM {led} WHERE model = %s AND source_key = ANY(%s) AND status = 'migrated' "
-            "AND target_uuid IS NOT NULL ON CONFLICT DO NOTHING"
-        ).format(
-            pend=sql.Identifier(spec.ledger_schema, "pending_deletes"),
-            led=sql.Identifier(spec.ledger_schema, "ledger"),
-        ),
-        [run_id, model.name, keys],
-    )
-
-
 def _mark_deleted(
     conn: psycopg.Connection, spec: Spec, model: Model, keys: Collection[str], run_id: int
 ) -> set[str]:
@@ -243,7 +224,7 @@ def _mark_deleted(
             conn, spec, run_id, model.name, model.target, model.key_column, ordered
         )
         if model.on_delete == "delete":
-            _queue_deletes(conn, spec, model, ordered, run_id)
+            ledger.queue_deletes(conn, spec, model.name, ordered, run_id)
         rows = conn.execute(
             sql.SQL(
                 # An operator's decision was about the row that went: it goes with it.
@@ -304,7 +285,7 @@ def _release(
         return set()
     with conn.transaction():
         ledger.record_history(conn, spec, run_id, model.name, model.target, model.key_column, gone)
-        _queue_deletes(conn, spec, model, gone, run_id)
+        ledger.queue_deletes(conn, spec, model.name, gone, run_id)
         rows = conn.execute(
             sql.SQL(
                 "DELETE FROM {} WHERE model = %s AND source_key = ANY(%s) RETURNING source_key"

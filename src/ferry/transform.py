@@ -1179,15 +1179,7 @@ class Runner:
             self.conn, plan.spec, self.run_id, plan.model.name, plan.model.target,
             plan.model.key_column, [holder],
         )  # fmt: skip
-        self.conn.execute(
-            sql.SQL(
-                "INSERT INTO {} (target_table, target_uuid, model, source_key, row_hash, run_id) "
-                "SELECT target_table, target_uuid, model, source_key, row_hash, %s FROM {} "
-                "WHERE model = %s AND source_key = %s AND status = 'migrated' "
-                "ON CONFLICT DO NOTHING"
-            ).format(sql.Identifier(plan.spec.ledger_schema, "pending_deletes"), self.led),
-            [self.run_id, plan.model.name, holder],
-        )
+        ledger.queue_deletes(self.conn, plan.spec, plan.model.name, [holder], self.run_id)
         self.conn.execute(
             sql.SQL(
                 "UPDATE {} SET status = 'quarantined', reason = 'unique_violation', "
