@@ -324,3 +324,45 @@ def test_a_row_whose_cast_failed_is_tried_again_once_fixed(world: World) -> None
     world.sync()
     assert world.fate("items", "1") == ("migrated", None)
     world.assert_converged()
+
+
+def test_a_parent_still_referenced_by_a_row_that_waits_for_a_unique_value(world: World) -> None:
+    """History (found by the long profile): item 8 holds sku 's1'; item 4 sits under group
+    2; migrate; group 2 deleted, and item 4 moves out of it and takes sku 's1'; sync.
+
+    Item 4, a lower key, waits for item 8 to give 's1' up, so its old row still points at
+    group 2 when the deletions run: deleting group 2 failed the sync on the foreign key.
+    The group's row now stays queued until the pass that rewrites item 4."""
+    world.src(
+        "INSERT INTO src_group VALUES (2, 'g')",
+        "INSERT INTO src_item VALUES (8, NULL, 's1', '1', 'ok'), (4, 2, NULL, '1', 'ok')",
+    )
+    world.migrate()
+    world.src(
+        "DELETE FROM src_group WHERE id = 2",
+        "UPDATE src_item SET group_id = NULL, sku = 's1' WHERE id = 4",
+    )
+    world.sync()
+    assert world.fate("items", "4") == ("migrated", None)
+    assert world.fate("items", "8") == ("quarantined", "unique_violation")
+    world.assert_converged()
+
+
+def test_an_orphan_whose_parent_arrives_in_a_later_pass(world: World) -> None:
+    """History (found by the long profile, shrunk by hand): item 8 holds sku 's1', note 8
+    names item 4; migrate; item 8 re-keyed to 4 (so the note's parent arrives, and takes
+    's1' that 8 held); migrate.
+
+    Item 4 waits for 8's row to go and is written in a later pass of the run, after the
+    notes ran: note 8 stayed an orphan though its parent was there. A parent that arrives
+    now brings its waiting orphans along."""
+    world.src(
+        "INSERT INTO src_item VALUES (8, NULL, 's1', '1', 'ok')",
+        "INSERT INTO src_note VALUES (8, 4, 'hi')",
+    )
+    world.migrate()
+    assert world.fate("notes", "8") == ("quarantined", "orphan_item")
+    world.src("UPDATE src_item SET id = 4 WHERE id = 8")
+    world.migrate()
+    assert world.fate("notes", "8") == ("migrated", None)
+    world.assert_converged()

@@ -116,6 +116,8 @@ def settle(
     first = len(out.models)
     moved = work.moved()
     outcome: dict[str, set[str]] = defaultdict(set, {m: set(k) for m, k in work.outcome.items()})
+    # Keys that got their first ledger row: an orphan may have been waiting for one.
+    arrived: dict[str, set[str]] = defaultdict(set)
     touched: dict[str, set[str]] = defaultdict(set)
     for name in moved:
         touched[name] |= work.changed.get(name, set()) | work.deleted.get(name, set())
@@ -144,6 +146,10 @@ def settle(
                 for p in {p.model for p in model.parents}:
                     keys |= transform.dependents(conn, spec, model, _parent_key(model, p),
                                                  outcome[p])  # fmt: skip
+                for parent in model.parents:
+                    if arrived[parent.model]:
+                        keys |= _orphans(conn, spec, model, parent.missing or
+                                         f"orphan_{parent.model}")  # fmt: skip
                 if model.merge_into:  # merging into a row whose fate changed beforehand
                     keys |= transform.dependents(
                         conn, spec, model, [model.merge_into], outcome[model.name]
@@ -165,6 +171,7 @@ def settle(
         out.models.append(result)
         out.transitions.update(result.transitions)
         outcome[model.name] |= result.changed_keys
+        arrived[model.name] |= result.new_keys
         asked = before if keys is None else keys
         if work.resumed:
             outcome[model.name] |= asked
@@ -254,6 +261,20 @@ def _quarantined(
             "AND (%s OR sqlstate IS NOT NULL) AND (%s::text IS NULL OR sqlstate = %s)"
         ).format(sql.Identifier(spec.ledger_schema, "ledger")),
         [model.name, which == "all", sqlstate, sqlstate],
+    ).fetchall()
+    conn.commit()
+    return {r[0] for r in rows}
+
+
+def _orphans(conn: psycopg.Connection, spec: Spec, model: Model, reason: str) -> set[str]:
+    """Keys of ``model`` quarantined for a missing parent (``reason``): few, and each may be
+    waiting for a parent that arrived."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT source_key FROM {} WHERE model = %s AND status = 'quarantined' "
+            "AND reason = %s AND decided_by IS NULL"
+        ).format(sql.Identifier(spec.ledger_schema, "ledger")),
+        [model.name, reason],
     ).fetchall()
     conn.commit()
     return {r[0] for r in rows}

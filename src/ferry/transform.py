@@ -483,10 +483,11 @@ class Plan:
                 "OR l.row_hash IS DISTINCT FROM c._ferry_hash "
                 "OR l.sqlstate IS DISTINCT FROM c._ferry_sqlstate) "
                 # A row the database refused is not sent to it again as it was, unless the
-                # target's constraints changed or an operator asks: each try logs it.
+                # target's constraints changed or an operator asks: each try logs it. (Not
+                # a unique or foreign key violation: those depend on other rows.)
                 "AND NOT coalesce(NOT {retry} AND l.status = 'quarantined' "
-                "AND c._ferry_fate = 0 AND l.sqlstate IS NOT NULL AND l.row_hash = {refused}, "
-                "false) "
+                "AND c._ferry_fate = 0 AND l.sqlstate NOT IN ('23505', '23503') "
+                "AND l.row_hash = {refused}, false) "
                 # An operator's decision (ferry quarantine exclude) stands until they undo it.
                 "AND l.decided_by IS NULL"
             ).format(
@@ -534,7 +535,8 @@ class Runner:
         self.transitions: Counter[tuple[str | None, str]] = Counter()
         # Keys whose status or UUID changed: their children must be looked at again.
         self.changed_keys: set[str] = set()
-        # Of a model with merges, beyond a first load: keys that got their first ledger row.
+        # Beyond a first load: keys that got their first ledger row (a merge survivor, a
+        # parent that rows waiting as orphans were waiting for).
         self.new_keys: set[str] = set()
         self.pending: set[str] = set()
         # Rows refused for a unique value a later key of ferry's held: that row gives it up
@@ -924,7 +926,7 @@ class Runner:
         self.transitions[(old[0] if old else None, "quarantined")] += 1
         if old is not None:
             self.changed_keys.add(key)
-        elif own_dependencies(self.plan.model) and not self.fresh:
+        elif not self.fresh:
             self.new_keys.add(key)
         if old is not None:
             ledger.record_history(
@@ -1112,7 +1114,7 @@ class Runner:
             ).format(rng)
         ):
             self.transitions[(prev, new)] += n
-        if own_dependencies(plan.model) and not self.fresh:
+        if not self.fresh:
             self.new_keys.update(
                 r[0]
                 for r in conn.execute(
@@ -1191,6 +1193,8 @@ class Runner:
         )
         self.transitions[("migrated", "quarantined")] += 1
         self.changed_keys.add(holder)
+        # Run again too, once its row is gone: refused then as a migrate would refuse it.
+        self.blocked.add(holder)
 
 
 def _holder(
@@ -1401,8 +1405,10 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
     """Delete the queued target rows, children's tables first; return (deleted, conflicts).
 
     A queued row is deleted only if it is still what ferry wrote (its hash matches) and no row
-    ferry did not write references it: the application's own rows are never touched, not even
-    through an ON DELETE CASCADE. Otherwise the ledger row is flagged as a conflict.
+    references it any more: the application's own rows are never touched, not even through an
+    ON DELETE CASCADE. A row edited, or referenced by the application's, is kept and its
+    ledger row flagged as a conflict; one still referenced by a row of ferry's that a later
+    pass of the run rewrites (a row blocked on a unique value) stays queued for that pass.
     """
     pend = sql.Identifier(spec.ledger_schema, "pending_deletes")
     led = sql.Identifier(spec.ledger_schema, "ledger")
@@ -1418,11 +1424,14 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
         plan = Plan(conn, spec, model)
         key = sql.Identifier(model.key_column)
         guarded: list[sql.Composable] = [sql.SQL("{} = p.row_hash").format(plan.target_hash("t"))]
-        protected = _referenced_by_others(conn, spec, model)
-        if protected:
+        protected, held = _referenced(conn, spec, model)
+        if protected | held:
             guarded.append(
-                sql.SQL("NOT t.{} = ANY({}::uuid[])").format(key, sql.Literal(sorted(protected)))
+                sql.SQL("NOT t.{} = ANY({}::uuid[])").format(
+                    key, sql.Literal(sorted(protected | held))
+                )
             )
+        later = sql.SQL("NOT p.target_uuid = ANY({}::uuid[])").format(sql.Literal(sorted(held)))
         with conn.transaction():
             cur = conn.execute(
                 sql.SQL(
@@ -1438,18 +1447,22 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
                 sql.SQL(
                     "UPDATE {led} l SET conflict = true, updated_at = clock_timestamp() "
                     "FROM {pend} p, {t} t WHERE p.model = %s AND l.model = p.model "
-                    "AND l.source_key = p.source_key AND t.{key} = p.target_uuid"
-                ).format(led=led, pend=pend, t=plan.target, key=key),
+                    "AND l.source_key = p.source_key AND t.{key} = p.target_uuid AND {later}"
+                ).format(led=led, pend=pend, t=plan.target, key=key, later=later),
                 [model.name],
             )
             conflicts += max(cur.rowcount, 0)
-            conn.execute(sql.SQL("DELETE FROM {} WHERE model = %s").format(pend), [model.name])
+            conn.execute(
+                sql.SQL("DELETE FROM {} p WHERE p.model = %s AND {}").format(pend, later),
+                [model.name],
+            )
     conn.commit()
     return deleted, conflicts
 
 
-def _referenced_by_others(conn: psycopg.Connection, spec: Spec, model: Model) -> set[str]:
-    """Queued rows of ``model`` that a row ferry did not write still references.
+def _referenced(conn: psycopg.Connection, spec: Spec, model: Model) -> tuple[set[str], set[str]]:
+    """Queued rows of ``model`` still referenced: by a row ferry did not write (kept, a
+    conflict), or only by rows of ferry's not queued themselves (kept for a later pass).
 
     Two steps so that the ledger (millions of rows, no index on target_uuid) is read at most
     once, and only when queued rows are referenced at all: children are deleted first, so
@@ -1480,7 +1493,7 @@ def _referenced_by_others(conn: psycopg.Connection, spec: Spec, model: Model) ->
         for parent, child in rows:
             refs.setdefault(parent, set()).add(child)
     if not refs:
-        return set()
+        return set(), set()
     children = sorted({c for cs in refs.values() for c in cs if c is not None})
     ours = {
         r[0]
@@ -1492,7 +1505,8 @@ def _referenced_by_others(conn: psycopg.Connection, spec: Spec, model: Model) ->
             [children],
         )
     }
-    return {p for p, cs in refs.items() if any(c is None or c not in ours for c in cs)}
+    protected = {p for p, cs in refs.items() if any(c is None or c not in ours for c in cs)}
+    return protected, set(refs) - protected
 
 
 def referencing(conn: psycopg.Connection, target: str) -> list[tuple[str, str, str | None]]:
