@@ -366,3 +366,26 @@ def test_an_orphan_whose_parent_arrives_in_a_later_pass(world: World) -> None:
     world.migrate()
     assert world.fate("notes", "8") == ("migrated", None)
     world.assert_converged()
+
+
+def test_a_row_refused_for_its_own_values_is_not_sent_again_as_it_was(world: World) -> None:
+    """A cast that fails is logged by the server with the value: the row is tried again
+    when its own row changes (or on quarantine retry), not on every sync that finds some
+    other change."""
+    marker = "PHI-CAST-7731"
+    world.src(
+        f"INSERT INTO src_item VALUES (1, NULL, 's1', '{marker}', 'ok'), (2, NULL, 's2', '1', 'ok')"
+    )
+    world.migrate()
+    assert world.fate("items", "1") == ("quarantined", "invalid_text_representation")
+    start = world.cluster.logfile.stat().st_size
+    world.src("UPDATE src_item SET qty = '2' WHERE id = 2")
+    world.sync()
+    world.sync()
+    with world.cluster.logfile.open("rb") as log:
+        log.seek(start)
+        assert marker.encode() not in log.read()
+    world.src("UPDATE src_item SET qty = '3' WHERE id = 1")
+    world.sync()
+    assert world.fate("items", "1") == ("migrated", None)
+    world.assert_converged()

@@ -30,6 +30,8 @@ from ferry.spec import Model, Spec
 # Rounds of "check the invariant, settle the keys it names" before giving up.
 ROUNDS = 3
 UNIQUE_VIOLATION = "23505"
+# Refusals that other rows decide: a unique value, a foreign key.
+OTHER_ROWS = (UNIQUE_VIOLATION, "23503")
 
 
 @dataclass
@@ -251,17 +253,21 @@ def _quarantined(
     conn: psycopg.Connection, spec: Spec, model: Model, which: str | None,
     sqlstate: str | None = None,
 ) -> set[str]:  # fmt: skip
-    """Quarantined keys to try again (``Work.quarantined``), or only those the database
-    refused with ``sqlstate``."""
+    """Quarantined keys to try again (``Work.quarantined``): by a rule, whose verdict can
+    change with any row ("all"), and those the database refused for a unique value or a
+    foreign key, which other rows decide ("all" and "refused"); or only those refused with
+    ``sqlstate``. A row refused for its own values (a cast, a CHECK) is tried again when its
+    own row changes, or on ``quarantine retry``: each try of an unpredicted one is logged."""
     if which is None:
         return set()
     rows = conn.execute(
         sql.SQL(
             "SELECT source_key FROM {} WHERE model = %s AND status = 'quarantined' "
-            "AND (%s OR sqlstate IS NOT NULL) AND (%s::text IS NULL OR sqlstate = %s)"
+            "AND decided_by IS NULL AND ((%s AND sqlstate IS NULL) OR sqlstate = ANY(%s))"
         ).format(sql.Identifier(spec.ledger_schema, "ledger")),
-        [model.name, which == "all", sqlstate, sqlstate],
-    ).fetchall()
+        [model.name, which == "all" and sqlstate is None,
+         [sqlstate] if sqlstate else list(OTHER_ROWS)],
+    ).fetchall()  # fmt: skip
     conn.commit()
     return {r[0] for r in rows}
 
