@@ -132,6 +132,15 @@ def test_sync_writes_its_key_lists_in_chunks(synced: dict) -> None:
         assert progress.chunks[m] >= asked[m] // 2, (m, asked[m], progress.chunks[m])
 
 
+def test_a_model_that_declares_what_it_reads_is_not_computed_whole(synced: dict) -> None:
+    """message_attachments reads dispatch_record (reads = ... in the spec): the sync looks
+    at the attachments of the records that changed, a key list, not at every attachment
+    (and the ground truth, times included, still verifies: test_delta_sync_matches_...)."""
+    progress: Chunks = synced["progress"]
+    lines = (synced["workdir"] / "record_attachments.csv").read_text().splitlines()
+    assert 0 < progress.keys["message_attachments"] < len(lines) - 1
+
+
 def test_a_derived_model_takes_a_key_list(synced: dict) -> None:
     """A sync looks again at some rows of a model that does not account for its source (its
     quarantined ones, say): the keys must compare with its own ``_key``, an integer here."""

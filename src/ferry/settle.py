@@ -129,11 +129,17 @@ def settle(
         # Rows computed from rows they do not come from: which of them a change reaches is
         # not known here, so the model is computed whole, writing only the rows that differ.
         whole = model.name in work.whole
+        reached: set[str] = set()  # rows a change in a source it declares it reads reaches
         if not whole and (moved - {model.source} or model.source in moved):
             reads = transform.reads(conn, spec, model)
-            whole = bool((moved - {model.source}) & reads.sources) or (
+            declared = {r.source: r.keys for r in model.reads}
+            others = (moved - {model.source}) & reads.sources
+            whole = bool(others - declared.keys()) or (
                 model.source in moved and not reads.row_local
             )
+            for other in others & declared.keys():
+                touched_keys = work.changed.get(other, set()) | work.deleted.get(other, set())
+                reached |= transform.dependents(conn, spec, model, declared[other], touched_keys)
         parents_moved = any(outcome[p.model] for p in model.parents)
         keys: set[str] | None
         if model.accounts:
@@ -143,7 +149,7 @@ def settle(
             if whole:
                 keys = None
             else:
-                keys = set(src_changed) | work.keys.get(model.name, set())
+                keys = set(src_changed) | work.keys.get(model.name, set()) | reached
                 keys |= _quarantined(conn, spec, model, work.quarantined)
                 for p in {p.model for p in model.parents}:
                     keys |= transform.dependents(conn, spec, model, _parent_key(model, p),
@@ -159,7 +165,7 @@ def settle(
                 keys -= src_deleted
         else:
             # Derived rows (a list split into rows): small, recomputed whole when touched.
-            whole = whole or bool(src_changed or src_deleted or parents_moved)
+            whole = whole or bool(src_changed or src_deleted or parents_moved or reached)
             whole = whole or bool(work.keys.get(model.name))
             keys = None if whole else _quarantined(conn, spec, model, work.quarantined)
         conn.commit()

@@ -174,6 +174,27 @@ class Parent(_Strict):
         return [self.key] if isinstance(self.key, str) else list(self.key)
 
 
+class Reads(_Strict):
+    """A source a model's SQL reads besides its own, and how: ``key`` is the output column
+    (or columns, for a composite key) holding the key of the row of ``source`` it reads."""
+
+    source: str
+    key: str | list[str]
+
+    @field_validator("key")
+    @classmethod
+    def _key_cols(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("reads names at least one key column")
+            return [_ident(c) for c in v] if len(v) > 1 else _ident(v[0])
+        return _ident(v)
+
+    @property
+    def keys(self) -> list[str]:
+        return [self.key] if isinstance(self.key, str) else list(self.key)
+
+
 class Model(_Strict):
     """One target table fed by one source table: ``sql`` yields its rows, one per source key.
 
@@ -205,6 +226,12 @@ class Model(_Strict):
     merge_rule: str = "merged"
     on_delete: Literal["delete", "keep", "flag"] = "delete"
     chunk_size: int | None = Field(None, ge=1)
+    reads: list[Reads] = Field(
+        default_factory=list,
+        description="Other sources the SQL reads, each with the output column(s) holding the "
+        "key of the row it reads: a sync then looks again only at the rows a change there "
+        "reaches, instead of computing the model whole.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -261,6 +288,9 @@ class Spec(_Strict):
                     f"models[{i}] ({m.name}): source {m.source!r} is a lookup; "
                     "set accounts = false or make the source migrated"
                 )
+            for j, r in enumerate(m.reads):
+                if r.source not in sources:
+                    raise ValueError(f"models[{i}].reads[{j}]: unknown source {r.source!r}")
             for j, p in enumerate(m.parents):
                 if p.model not in names:
                     raise ValueError(

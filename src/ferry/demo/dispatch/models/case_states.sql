@@ -2,6 +2,7 @@
 SELECT s.id AS _key,
        s.id AS legacy_state_id,
        s.instance_id AS _instance_id,
+       s.instruction_id AS _instruction_id,
        s.status,
        s.note,
        s.created_at AT TIME ZONE 'UTC' AS created_at
