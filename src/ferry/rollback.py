@@ -261,14 +261,36 @@ def _undo_run(
     conn.execute("ANALYZE _ferry_rb")
     present = {r[0] for r in conn.execute("SELECT DISTINCT model FROM _ferry_rb")}
     order = [m for m in spec.order() if m.name in present]
-    for model in order:  # parents first: a re-created row's parents exist before it
-        result.counts["target_recreated"] += _recreate(conn, model)
-    for model in order:
-        result.counts["target_restored"] += _restore(conn, spec, model, plans[model.name])
-    for model in reversed(order):  # children first: nothing references a row when it goes
-        result.counts["target_deleted"] += _delete(
-            conn, spec, model, plans[model.name], refs[model.name]
-        )
+
+    def recreate() -> None:
+        for model in order:  # parents first: a re-created row's parents exist before it
+            result.counts["target_recreated"] += _recreate(conn, model)
+
+    def restore() -> None:
+        for model in order:
+            result.counts["target_restored"] += _restore(conn, spec, model, plans[model.name])
+
+    def delete() -> None:
+        for model in reversed(order):  # children first: nothing references a row when it goes
+            result.counts["target_deleted"] += _delete(
+                conn, spec, model, plans[model.name], refs[model.name]
+            )
+
+    # Rows re-created and restored before the run's own rows go, so that a restored row's
+    # parent is back first; unless a row the run wrote holds a unique value a re-created row
+    # takes back (a lower key the run wrote, whose later key gave the value up): then those
+    # go first.
+    counted = Counter(result.counts)
+    try:
+        with conn.transaction():
+            recreate()
+            restore()
+            delete()
+    except psycopg.errors.UniqueViolation:
+        result.counts = counted
+        delete()
+        recreate()
+        restore()
     cur = conn.execute(
         sql.SQL(
             "DELETE FROM {led} l USING _ferry_rb b WHERE l.model = b.model "
