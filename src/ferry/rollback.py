@@ -61,7 +61,7 @@ from psycopg import sql
 
 from ferry import catalog, ledger, runs, stage, transform
 from ferry.conninfo import connect
-from ferry.errors import FerryError, RollbackError
+from ferry.errors import FerryError, RollbackError, describe
 from ferry.spec import Model, Spec
 
 
@@ -277,20 +277,29 @@ def _undo_run(
             )
 
     # Rows re-created and restored before the run's own rows go, so that a restored row's
-    # parent is back first; unless a row the run wrote holds a unique value a re-created row
-    # takes back (a lower key the run wrote, whose later key gave the value up): then those
-    # go first.
+    # parent is back first; but a row the run wrote or changed may hold a unique value that
+    # a re-created row takes back (a lower key that a later key gave the value up to): then
+    # it goes, or is restored, first. The first order that breaks no constraint is kept.
     counted = Counter(result.counts)
-    try:
-        with conn.transaction():
-            recreate()
-            restore()
-            delete()
-    except psycopg.errors.UniqueViolation:
-        result.counts = counted
-        delete()
-        recreate()
-        restore()
+    orders = [
+        (recreate, restore, delete),
+        (delete, recreate, restore),
+        (restore, delete, recreate),
+        (delete, restore, recreate),
+    ]
+    for i, steps in enumerate(orders):
+        result.counts = Counter(counted)
+        try:
+            with conn.transaction():
+                for step in steps:
+                    step()
+            break
+        except psycopg.errors.IntegrityError as exc:
+            if i == len(orders) - 1:
+                raise RollbackError(
+                    f"run {run_id}: its rows cannot be put back without breaking "
+                    f"{describe(exc)}; nothing was changed"
+                ) from None
     cur = conn.execute(
         sql.SQL(
             "DELETE FROM {led} l USING _ferry_rb b WHERE l.model = b.model "
