@@ -157,23 +157,50 @@ def overlay(
              f'new row for relation "{relname}" violates check constraint "{name}"')
         )  # fmt: skip
 
-    def case(pick: int) -> sql.Composable:
-        if not simple:
-            return sql.SQL("NULL::text")
-        return sql.SQL("CASE {} END").format(
-            sql.SQL(" ").join(
-                sql.SQL("WHEN {} THEN {}").format(t[0], sql.Literal(t[pick])) for t in simple
-            )
-        )
+    def pick(i: int) -> sql.Composable:
+        """The reason, SQLSTATE or message of the first test that fails (NULL: none)."""
+        return sql.SQL("({}::text[])[x._ferry_i]").format(sql.Literal([t[i] for t in simple]))
 
-    live = sql.SQL("x._ferry_fate = 0")
-    failed = sql.SQL(" OR ").join(t[0] for t in simple) if simple else sql.SQL("false")
+    # Each test once per row, in a fenced subquery: flattened, PostgreSQL would copy the
+    # CASE into every expression that reads its result, and run the tests again there.
+    first = sql.SQL("CASE WHEN x._ferry_fate = 0 THEN CASE {} ELSE 0 END ELSE 0 END").format(
+        sql.SQL(" ").join(
+            sql.SQL("WHEN {} THEN {}").format(t[0], sql.Literal(i + 1))
+            for i, t in enumerate(simple)
+        )
+    ) if simple else sql.SQL("0")  # fmt: skip
+    chunk = sql.SQL("_ferry_chunk") if ref.uniques else sql.SQL("({})").format(rows)
+    tested = sql.SQL("SELECT x.*, {} AS _ferry_i FROM {} x OFFSET 0").format(first, chunk)
+    if not ref.uniques:
+        # One fenced layer that tests each row, one that shapes it: on 2M rows each layer
+        # more is a copy of every row.
+        refused = sql.SQL("x._ferry_i > 0")
+        return sql.SQL(
+            "SELECT x._ferry_key, x._ferry_n, x._ferry_k, "
+            "CASE WHEN {r} THEN -1 ELSE x._ferry_fate END AS _ferry_fate, "
+            "CASE WHEN {r} THEN 'quarantined' ELSE x._ferry_status END AS _ferry_status, "
+            "CASE WHEN {r} THEN {reason} ELSE x._ferry_reason END AS _ferry_reason, "
+            "CASE WHEN {r} THEN '{{}}'::text[] ELSE x._ferry_repairs END AS _ferry_repairs, "
+            "CASE WHEN {r} THEN NULL ELSE x._ferry_uuid END AS _ferry_uuid{cols}, "
+            "x._ferry_hash, {state} AS _ferry_sqlstate, {message} AS _ferry_message, "
+            "NULL::text AS _ferry_holder FROM ({tested}) x"
+        ).format(
+            r=refused if simple else sql.SQL("false"),
+            reason=pick(1) if simple else sql.SQL("NULL::text"),
+            state=pick(2) if simple else sql.SQL("NULL::text"),
+            message=pick(3) if simple else sql.SQL("NULL::text"),
+            cols=sql.SQL("").join(sql.SQL(", x.{}").format(ident(c)) for c in columns),
+            tested=tested if simple else sql.SQL("SELECT x.*, 0 AS _ferry_i FROM {} x").format(
+                chunk
+            ),
+        )  # fmt: skip
     # The unique indexes' values of each row still to be written, and whether a lower key
     # of the chunk wants the same ones.
+    live = sql.SQL("x._ferry_fate = 0 AND x._ferry_i = 0")
     extra: list[sql.Composable] = []
     for u, un in enumerate(ref.uniques):
         exprs = [sql.SQL("({})").format(sql.SQL(e)) for e in un.exprs]  # type: ignore[arg-type]
-        wants = [sql.SQL("{} AND NOT ({})").format(live, failed)]
+        wants: list[sql.Composable] = [live]
         if un.predicate:
             wants.append(sql.SQL("({}) IS TRUE").format(sql.SQL(un.predicate)))  # type: ignore[arg-type]
         if un.nulls_distinct:
@@ -189,17 +216,16 @@ def overlay(
                 "ORDER BY x._ferry_k) > 1 ELSE false END AS {d}"
             ).format(w=want, k=sql.SQL(", ").join(exprs), d=ident(f"_ferry_d{u}"))
         )
-    chunk = sql.SQL("_ferry_chunk") if ref.uniques else sql.SQL("({})").format(rows)
+    null = sql.SQL("NULL::text")
     step1 = sql.SQL(
-        "SELECT x.*, {live} AND ({failed}) AS _ferry_bad, {reason} AS _ferry_rreason, "
-        "{state} AS _ferry_rstate, {message} AS _ferry_rmessage{extra} FROM {chunk} x"
+        "SELECT x.*, x._ferry_i > 0 AS _ferry_bad, {reason} AS _ferry_rreason, "
+        "{state} AS _ferry_rstate, {message} AS _ferry_rmessage{extra} FROM ({tested}) x "
+        "OFFSET 0"
     ).format(
-        live=live, failed=failed, reason=case(1), state=case(2), message=case(3),
-        extra=sql.SQL("").join(sql.SQL(", ") + e for e in extra), chunk=chunk,
+        reason=pick(1) if simple else null, state=pick(2) if simple else null,
+        message=pick(3) if simple else null,
+        extra=sql.SQL("").join(sql.SQL(", ") + e for e in extra), tested=tested,
     )  # fmt: skip
-    if not ref.uniques:
-        null = sql.SQL("NULL")
-        return _final(step1, columns, sql.SQL("false"), null, null, null)
     # Against the target: who holds each index's values (for the rows still wanting them).
     held: list[sql.Composable] = []
     for u, un in enumerate(ref.uniques):
@@ -218,7 +244,7 @@ def overlay(
                 same=sql.SQL(" AND ").join(same), h=ident(f"_ferry_h{u}"),
             )
         )  # fmt: skip
-    step2 = sql.SQL("SELECT y.*, {} FROM ({}) y").format(sql.SQL(", ").join(held), step1)
+    step2 = sql.SQL("SELECT y.*, {} FROM ({}) y OFFSET 0").format(sql.SQL(", ").join(held), step1)
     n = range(len(ref.uniques))
     holder = sql.SQL("coalesce({})").format(
         sql.SQL(", ").join(sql.SQL("z.{}").format(ident(f"_ferry_h{u}")) for u in n)
@@ -240,7 +266,7 @@ def overlay(
         "SELECT z.*, {dup} AS _ferry_dup, {dn} AS _ferry_dname, {h} AS _ferry_held, "
         "{hn} AS _ferry_hname, CASE WHEN {h} IS NOT NULL THEN (SELECT l.source_key FROM {led} l "
         "WHERE l.model = {m} AND l.status = 'migrated' AND l.target_uuid = {h} LIMIT 1) END "
-        "AS _ferry_hkey FROM ({s2}) z"
+        "AS _ferry_hkey FROM ({s2}) z OFFSET 0"
     ).format(
         dup=sql.SQL(" OR ").join(sql.SQL("z.{}").format(ident(f"_ferry_d{u}")) for u in n),
         dn=named("d"), h=holder, hn=named("h"), led=own_led, m=sql.Literal(model), s2=step2,
@@ -292,7 +318,7 @@ def _final(
         "CASE WHEN w._ferry_bad THEN w._ferry_rreason ELSE 'unique_violation' END AS _ferry_rr, "
         "CASE WHEN w._ferry_bad THEN w._ferry_rstate ELSE {us} END AS _ferry_rs, "
         "CASE WHEN w._ferry_bad THEN w._ferry_rmessage ELSE {um} END AS _ferry_rm, "
-        "({holder})::text AS _ferry_hold FROM ({rows}) w) v"
+        "({holder})::text AS _ferry_hold FROM ({rows}) w OFFSET 0) v"
     ).format(
         blocked=sql.Literal(BLOCKED),
         cols=sql.SQL("").join(sql.SQL(", v.{}").format(sql.Identifier(c)) for c in columns),
