@@ -29,15 +29,21 @@ def test_a_run_closes_ok_with_its_counts_or_failed_without_row_contents(
             counts["rows"] = 3
         with pytest.raises(FerryError), ledger.recorded(conn, spec, "retry"):
             raise FerryError("source lib_book: 2 keys without a fate")
-        # A database error's message can quote the row it refused: only its class is kept.
+        # A database error's message can quote the row it refused: errors.describe keeps
+        # its condition, SQLSTATE and primary message with quoted values cut.
         with pytest.raises(psycopg.errors.UniqueViolation), ledger.recorded(conn, spec, "retry"):
             conn.execute("CREATE TEMP TABLE t (email text UNIQUE)")
             conn.execute("INSERT INTO t VALUES ('patient@example.org'), ('patient@example.org')")
         assert conn.execute(RUNS).fetchall() == [
             ("sync", "ok", {"rows": 3}, None),
             ("retry", "failed", {}, "source lib_book: 2 keys without a fate"),
-            ("retry", "failed", {}, "UniqueViolation"),
-        ]
+            (
+                "retry", "failed", {},
+                'unique_violation (23505): duplicate key value violates unique constraint '
+                '"t_email_key"',
+            ),
+        ]  # fmt: skip
+        assert "patient" not in str(conn.execute(RUNS).fetchall())
         assert run_id == conn.execute("SELECT min(run_id) FROM ferry.runs").fetchone()[0]
 
 
