@@ -12,9 +12,17 @@ import re
 import tomllib
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ferry.errors import SpecError
 from ferry.sqltext import ShapeError, one_expression, one_query
@@ -37,13 +45,30 @@ def _ident(value: str) -> str:
     return value
 
 
+def _key_columns(v: str | list[str]) -> str | list[str]:
+    """A key of one column or several (named once each); a list of one is that column."""
+    if isinstance(v, str):
+        return _ident(v)
+    if not v or len(set(v)) != len(v):
+        raise ValueError("a key names its columns, each once")
+    return [_ident(c) for c in v] if len(v) > 1 else _ident(v[0])
+
+
+def _as_list(v: str | list[str]) -> list[str]:
+    return [v] if isinstance(v, str) else list(v)
+
+
+# A key of one column or several, validated by ``_key_columns``.
+KeyColumns = Annotated[str | list[str], AfterValidator(_key_columns)]
+
+
 class Source(_Strict):
     """A source table (or CSV file) copied into the stage schema."""
 
     name: str = Field(description="Name of the stage table and of the source in the ledger.")
     table: str | None = Field(None, description="schema.table in the source database.")
     csv: str | None = Field(None, description="CSV file, relative to the data directory.")
-    key: str | list[str] = Field(
+    key: KeyColumns = Field(
         "id",
         description="Key column, or columns (a composite key): unique and not null together.",
     )
@@ -59,19 +84,10 @@ class Source(_Strict):
         "encoding is SQL_ASCII; default UTF8. Elsewhere it must match the server's.",
     )
 
-    @field_validator("key")
-    @classmethod
-    def _key_ident(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list):
-            if not v or len(set(v)) != len(v):
-                raise ValueError("a composite key names its columns once each")
-            return [_ident(c) for c in v] if len(v) > 1 else _ident(v[0])
-        return _ident(v)
-
     @property
     def keys(self) -> list[str]:
         """The key's columns, one or several."""
-        return [self.key] if isinstance(self.key, str) else list(self.key)
+        return _as_list(self.key)
 
     @property
     def stage_key(self) -> str:
@@ -146,7 +162,7 @@ class Parent(_Strict):
     """
 
     model: str
-    key: str | list[str] = Field(
+    key: KeyColumns = Field(
         description="Output column holding the parent's source key, or columns holding the "
         "parts of its composite key, in the parent source's key order (NULL: none)."
     )
@@ -155,15 +171,6 @@ class Parent(_Strict):
         None, description="Quarantine reason when the parent key is set but unknown."
     )
 
-    @field_validator("key")
-    @classmethod
-    def _key_cols(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list):
-            if not v:
-                raise ValueError("a parent's key names at least one column")
-            return [_ident(c) for c in v] if len(v) > 1 else _ident(v[0])
-        return _ident(v)
-
     @field_validator("column")
     @classmethod
     def _cols(cls, v: str | None) -> str | None:
@@ -171,7 +178,7 @@ class Parent(_Strict):
 
     @property
     def keys(self) -> list[str]:
-        return [self.key] if isinstance(self.key, str) else list(self.key)
+        return _as_list(self.key)
 
 
 class Reads(_Strict):
@@ -179,20 +186,11 @@ class Reads(_Strict):
     (or columns, for a composite key) holding the key of the row of ``source`` it reads."""
 
     source: str
-    key: str | list[str]
-
-    @field_validator("key")
-    @classmethod
-    def _key_cols(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list):
-            if not v:
-                raise ValueError("reads names at least one key column")
-            return [_ident(c) for c in v] if len(v) > 1 else _ident(v[0])
-        return _ident(v)
+    key: KeyColumns
 
     @property
     def keys(self) -> list[str]:
-        return [self.key] if isinstance(self.key, str) else list(self.key)
+        return _as_list(self.key)
 
 
 class Model(_Strict):
