@@ -30,6 +30,8 @@ from ferry.spec import Model, Spec
 # Rounds of "check the invariant, settle the keys it names" before giving up.
 ROUNDS = 3
 UNIQUE_VIOLATION = "23505"
+# Passes over rows blocked on a unique value within one run (each frees values by deleting).
+BLOCKED_PASSES = 10
 # Refusals that other rows decide: a unique value, a foreign key.
 OTHER_ROWS = (UNIQUE_VIOLATION, "23503")
 
@@ -111,10 +113,11 @@ def discrepant(conn: psycopg.Connection, spec: Spec, bad: dict[str, ledger.Discr
 
 def settle(
     conn: psycopg.Connection, target: str, spec: Spec, run_id: int, progress: Progress,
-    jobs: int, work: Work, out: Settled,
+    jobs: int, work: Work, out: Settled, depth: int = 0,
 ) -> dict[str, set[str]]:  # fmt: skip
     """One pass over the models in dependency order; returns the keys it touched per source
-    (for the invariant), and adds its results to ``out``."""
+    (for the invariant), and adds its results to ``out``. ``depth``: passes of rows blocked
+    on a unique value so far (bounded: what is left waits for the next run)."""
     first = len(out.models)
     moved = work.moved()
     outcome: dict[str, set[str]] = defaultdict(set, {m: set(k) for m, k in work.outcome.items()})
@@ -205,8 +208,10 @@ def settle(
             refused = _quarantined(conn, spec, model, "refused", UNIQUE_VIOLATION)
             blocked[model.name] = blocked.get(model.name, set()) | refused
     blocked = {m: ks for m, ks in blocked.items() if ks}
-    if blocked:
-        again = settle(conn, target, spec, run_id, progress, jobs, Work(keys=blocked), out)
+    if blocked and depth < BLOCKED_PASSES:
+        again = settle(
+            conn, target, spec, run_id, progress, jobs, Work(keys=blocked), out, depth + 1
+        )
         for name, keys in again.items():
             touched[name] |= keys
     return dict(touched)
