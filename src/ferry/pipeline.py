@@ -310,26 +310,21 @@ def migrate(
             )
             result.staged = staging.results()
             result.counts, bad = checks.check(conn)
-        blocked = settle.Work(keys={m.model: m.blocked for m in result.models if m.blocked})
-        if blocked.keys:
-            # Rows refused for a value that a later key of ferry's gave up (transform._evict).
+        blocked = {m.model: m.blocked for m in result.models if m.blocked}
+        if bad or blocked:
+            # What the full pass could not settle alone: keys the invariant names (rows
+            # deleted from the source since an earlier run, rows that moved to another
+            # model), and rows refused for a value a later key of ferry's gave up
+            # (transform._give_up). Settled with every fate that depends on theirs, and
+            # proved again (every source when rows were blocked: their pass moves fates).
             with session(target, spec) as work_conn:
+                work = settle.discrepant(work_conn, spec, bad)
+                for model, keys in blocked.items():
+                    work.keys[model] = work.keys.get(model, set()) | keys
+                checked = set(bad) | ({s.name for s in spec.sources} if blocked else set())
                 settled = settle.run(
-                    work_conn, target, spec, run_id, progress, jobs, blocked,
-                    checked={s.name for s in spec.sources if not s.lookup},
-                )  # fmt: skip
-            result.counts.update(settled.counts)
-            result.models += settled.models
-            bad = {}
-        if bad:
-            # Keys whose fate the full pass could not settle alone: rows deleted from the
-            # source since an earlier run, rows that moved to another model. Settled with
-            # every fate that depends on theirs, then proved again.
-            with session(target, spec) as work_conn:
-                settled = settle.run(
-                    work_conn, target, spec, run_id, progress, jobs,
-                    settle.discrepant(work_conn, spec, bad), checked=set(bad),
-                )  # fmt: skip
+                    work_conn, target, spec, run_id, progress, jobs, work, checked=checked
+                )
             result.counts.update(settled.counts)
             result.models += settled.models
         result.seconds = time.perf_counter() - t0
