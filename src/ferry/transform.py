@@ -1202,26 +1202,16 @@ def _holder(
 ) -> tuple[str, str] | None:
     """(source key, UUID) of the row of ferry's, of ``plan``'s model, that holds the values
     of unique index ``index`` that candidate row ``n`` of ``_ferry_c`` wants; None if the
-    holder is not such a row, or the index's expressions read a column ferry does not
-    write. The index's own expressions are evaluated on both sides, so that an expression
-    index (``lower(email)``) is matched as the database matches it."""
-    if index is None:
+    holder is not such a row, or the index is not one ``predict`` checks (its expressions
+    read a column ferry does not write, or only the primary or legacy key). The index's own expressions are evaluated on
+    both sides, so that an expression index (``lower(email)``) is matched as the database
+    matches it."""
+    # The indexes the prediction knows (``predict.refusals``): their expressions, as read
+    # once for the model.
+    unique = next((u for u in plan.refusals.uniques if u.name == index), None)
+    if unique is None:
         return None
-    found = conn.execute(
-        "SELECT i.indexrelid, i.indnkeyatts, pg_get_expr(i.indpred, i.indrelid) "
-        "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-        "WHERE i.indrelid = to_regclass(%s) AND c.relname = %s AND i.indisunique",
-        [plan.model.target, index],
-    ).fetchone()
-    if found is None:
-        return None
-    oid, nkeys, pred = found
-    exprs = [
-        r[0]
-        for r in conn.execute(
-            "SELECT pg_get_indexdef(%s, k, true) FROM generate_series(1, %s) k", [oid, nkeys]
-        )
-    ]
+    exprs, pred = unique.exprs, unique.predicate
     cols = sql.SQL(", ").join(sql.Identifier(name) for name, _, _ in plan.columns)
     wanted = sql.SQL(", ").join(
         sql.SQL("({}) AS {}").format(sql.SQL(e), sql.Identifier(f"k{i}"))  # type: ignore[arg-type]
