@@ -1203,9 +1203,9 @@ def _holder(
     """(source key, UUID) of the row of ferry's, of ``plan``'s model, that holds the values
     of unique index ``index`` that candidate row ``n`` of ``_ferry_c`` wants; None if the
     holder is not such a row, or the index is not one ``predict`` checks (its expressions
-    read a column ferry does not write, or only the primary or legacy key). The index's own expressions are evaluated on
-    both sides, so that an expression index (``lower(email)``) is matched as the database
-    matches it."""
+    read a column ferry does not write, or only the primary or legacy key). The index's own
+    expressions are evaluated on both sides, so that an expression index (``lower(email)``)
+    is matched as the database matches it."""
     # The indexes the prediction knows (``predict.refusals``): their expressions, as read
     # once for the model.
     unique = next((u for u in plan.refusals.uniques if u.name == index), None)
