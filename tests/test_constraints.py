@@ -11,12 +11,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from ferry import constraints, execute, ledger, quarantine, rollback, transform
+from ferry import constraints, deletes, execute, ledger, quarantine, query, rollback
+from ferry.chunk import ModelResult
 from ferry.embedded import LocalCluster
 from ferry.errors import FerryError
 from ferry.pipeline import Progress, migrate
 from ferry.spec import Spec, load_spec
-from ferry.transform import ModelResult
 from tests.helpers import fresh_db, table_checksum
 from tests.test_crash import OWNER, SPEC_DIR, TABLES, _spec, _world
 
@@ -639,8 +639,8 @@ def test_undoing_a_first_load_leaves_the_rows_the_application_wrote_or_changed(
         )
         conn.commit()
         conn.execute("SET search_path = ferry_stage, pg_catalog")
-        plan = transform.Plan(conn, spec, spec.model("loans"))
-        assert transform.undo_first_load(conn, plan) == 1
+        plan = query.Plan(conn, spec, spec.model("loans"))
+        assert deletes.undo_first_load(conn, plan) == 1
         left = conn.execute("SELECT id, member FROM public.loans ORDER BY member").fetchall()
         assert left == [(copied, "app"), (edited, "edited")]
         led = conn.execute("SELECT count(*) FROM ferry.ledger WHERE model = 'loans'").fetchone()

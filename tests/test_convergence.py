@@ -47,7 +47,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from ferry import ledger, quarantine, rollback, transform
+from ferry import chunk, ledger, quarantine, rollback
 from ferry.embedded import LocalCluster
 from ferry.pipeline import migrate
 from ferry.spec import Rule, Spec, load_spec
@@ -119,22 +119,22 @@ class InjectedCrash(RuntimeError):
 @contextmanager
 def dying_after(chunks: int) -> Iterator[None]:
     """Runs die before their chunk number ``chunks`` (counted from 0, over every model and
-    thread): ``transform.Runner._chunk`` is wrapped while the block runs, then restored."""
-    original = transform.Runner._chunk
+    thread): ``chunk.Runner._chunk`` is wrapped while the block runs, then restored."""
+    original = chunk.Runner._chunk
     count, lock = itertools.count(), threading.Lock()
 
-    def chunk(self: transform.Runner, lo: Any, hi: Any, keys: Any) -> None:
+    def dying(self: chunk.Runner, lo: Any, hi: Any, keys: Any) -> None:
         with lock:
             n = next(count)
         if n >= chunks:
             raise InjectedCrash(f"killed before chunk {n}")
         original(self, lo, hi, keys)
 
-    transform.Runner._chunk = chunk  # type: ignore[method-assign]
+    chunk.Runner._chunk = dying  # type: ignore[method-assign]
     try:
         yield
     finally:
-        transform.Runner._chunk = original  # type: ignore[method-assign]
+        chunk.Runner._chunk = original  # type: ignore[method-assign]
 
 
 def write_csv(path: Path, tags: dict[str, tuple[int, str]]) -> None:

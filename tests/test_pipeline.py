@@ -13,8 +13,8 @@ from ferry.embedded import LocalCluster
 from ferry.errors import FerryError, InvariantError, SpecError
 from ferry.keys import key_uuid
 from ferry.pipeline import migrate
+from ferry.query import Plan
 from ferry.spec import Source, Spec, load_spec
-from ferry.transform import Plan
 from tests.helpers import fresh_db, table_checksum
 
 SPEC_DIR = Path(__file__).parent / "specs" / "library"

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 import ferry.spec
-from ferry import ledger, transform
+from ferry import dependencies, ledger, query
 from ferry.embedded import LocalCluster
 from ferry.errors import SpecError
 from ferry.spec import load_spec
@@ -161,14 +161,14 @@ def test_the_server_refuses_a_second_statement_too(
         conn.commit()
         model = spec.model("books")
         # What load keeps of a model ending in a comment runs inside ferry's statements.
-        assert "_author_id" in transform.Plan(conn, spec, model)._output_columns(conn)
+        assert "_author_id" in query.output_columns(conn, model, spec.model_sql(model))
         monkeypatch.setattr(ferry.spec, "one_query", lambda text: text)
         (tmp_path / "books.sql").write_text(INJECTED)
         with pytest.raises(SpecError, match="model books: its SQL does not run"):
-            transform.Plan(conn, spec, model)
+            query.Plan(conn, spec, model)
         conn.rollback()
         with pytest.raises(psycopg.errors.SyntaxError, match="multiple commands"):
-            transform.reads(conn, spec, model)
+            dependencies.reads(conn, spec, model)
         conn.rollback()
         tables = conn.execute(
             "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' "

@@ -15,12 +15,12 @@ import ferry.pipeline
 import ferry.settle
 from ferry.demo import world
 from ferry.demo.run import MIGRATOR, dispatch_spec
+from ferry.dependencies import reads
 from ferry.embedded import LocalCluster
 from ferry.errors import FerryError
 from ferry.pipeline import Progress, migrate, run_model, session
 from ferry.spec import Spec, load_spec
 from ferry.sync import sync
-from ferry.transform import reads
 from ferry.verify import verify
 from tests.helpers import fresh_db, table_checksum
 

@@ -17,7 +17,7 @@ from contextlib import ExitStack
 import psycopg
 from psycopg import sql
 
-from ferry import constraints, ledger, stage, transform
+from ferry import chunk, constraints, deletes, dependencies, ledger, query, stage
 from ferry.conninfo import connect
 from ferry.errors import DuplicateKeysError, FerryError
 from ferry.spec import Spec
@@ -31,7 +31,7 @@ class Progress:
     def stage_done(self, result: stage.StageResult) -> None: ...
     def model_started(self, model: str, total_rows: int) -> None: ...
     def model_advanced(self, model: str, rows: int) -> None: ...
-    def model_done(self, result: transform.ModelResult) -> None: ...
+    def model_done(self, result: chunk.ModelResult) -> None: ...
 
 
 def session(target: str, spec: Spec) -> psycopg.Connection:
@@ -104,15 +104,15 @@ MERGE_PASSES = 50
 def run_model(
     target: str, spec: Spec, model_name: str, run_id: int, progress: Progress, jobs: int = 1,
     keys: list[str] | None = None, defer_constraints: bool = False,
-    slots: transform.Slots | None = None, released: Callable[[], None] | None = None,
+    slots: chunk.Slots | None = None, released: Callable[[], None] | None = None,
     loaded: Callable[[], None] = lambda: None, retry: bool = False,
-) -> transform.ModelResult:  # fmt: skip
+) -> chunk.ModelResult:  # fmt: skip
     """One model, then again for the rows whose fate depends on rows of the model that this
     run decided: merge survivors, and parents in the model itself.
     ``retry``: rows the database refused are sent to it again even if nothing about them
     changed (``quarantine retry``).
 
-    A merged row takes its survivor's fate, a child its parent's (``transform.Plan.
+    A merged row takes its survivor's fate, a child its parent's (``query.Plan.
     fate_case``): a row whose survivor or parent had no fate yet is left pending, and one
     whose survivor's or parent's fate changed (refused by the target, excluded, merged
     elsewhere) is decided again, until nothing changes. Rows still pending when a pass
@@ -123,9 +123,9 @@ def run_model(
     model = spec.model(model_name)
     result = _run_model(
         target, spec, model_name, run_id, progress, jobs, keys, defer_constraints, slots,
-        released, (lambda: None) if transform.own_dependencies(model) else loaded, retry=retry,
+        released, (lambda: None) if dependencies.own_dependencies(model) else loaded, retry=retry,
     )  # fmt: skip
-    columns = transform.own_dependencies(model)
+    columns = dependencies.own_dependencies(model)
     if not columns:
         return result
     moved = result.changed_keys | result.new_keys
@@ -134,7 +134,7 @@ def run_model(
         with session(target, spec) as conn:
             todo = set(result.pending)
             for column in columns:
-                todo |= transform.dependents(conn, spec, model, column, moved)
+                todo |= dependencies.dependents(conn, spec, model, column, moved)
         if not todo:
             loaded()
             return result
@@ -155,9 +155,9 @@ def run_model(
 def _run_model(
     target: str, spec: Spec, model_name: str, run_id: int, progress: Progress, jobs: int = 1,
     keys: list[str] | None = None, defer_constraints: bool = False,
-    slots: transform.Slots | None = None, released: Callable[[], None] | None = None,
+    slots: chunk.Slots | None = None, released: Callable[[], None] | None = None,
     loaded: Callable[[], None] = lambda: None, final: bool = False, retry: bool = False,
-) -> transform.ModelResult:  # fmt: skip
+) -> chunk.ModelResult:  # fmt: skip
     """One pass of a model: its chunks on ``jobs`` sessions when no unique index makes that
     unsafe.
 
@@ -169,7 +169,7 @@ def _run_model(
     """
     model = spec.model(model_name)
     with session(target, spec) as conn:
-        plan = transform.Plan(conn, spec, model)
+        plan = query.Plan(conn, spec, model)
         plan.final, plan.retry_refused = final, retry
         total = ledger.stage_rows(conn, spec, model.source) if model.accounts else 0
         progress.model_started(model.name, len(keys) if keys is not None else total)
@@ -184,7 +184,7 @@ def _run_model(
         if aside:
             ledger.partition(conn, spec, model.name, aside=True, run_id=run_id)
             conn.commit()
-        runner = transform.Runner(conn, plan, run_id, advance, slots, aside)
+        runner = chunk.Runner(conn, plan, run_id, advance, slots, aside)
         work = runner.chunks(keys)
         # Unique keys too, where no two chunks can collide on one (see constraints.py).
         unique = deferred and plan.parallel_safe and constraints.unique_aside_ok(conn, model.target)
@@ -262,10 +262,10 @@ def _unique_indexes(target: str, spec: Spec, table: str) -> None:
 
 
 def _unique_back(
-    conn: psycopg.Connection, target: str, spec: Spec, plan: transform.Plan, run_id: int,
-    advance: Callable[[int], None], slots: transform.Slots | None,
-    result: transform.ModelResult,
-) -> transform.ModelResult:  # fmt: skip
+    conn: psycopg.Connection, target: str, spec: Spec, plan: query.Plan, run_id: int,
+    advance: Callable[[int], None], slots: chunk.Slots | None,
+    result: chunk.ModelResult,
+) -> chunk.ModelResult:  # fmt: skip
     """Put back the unique keys a first load set aside; if rows collide, load it again.
 
     The load is taken out (``put_back``) and run once more, one chunk at a time, with the
@@ -277,7 +277,7 @@ def _unique_back(
     if not undone:
         return result
     advance(-result.rows)
-    return transform.Runner(conn, plan, run_id, advance, slots).run()
+    return chunk.Runner(conn, plan, run_id, advance, slots).run()
 
 
 def put_back(
@@ -285,7 +285,7 @@ def put_back(
 ) -> set[str]:
     """Put back what is set aside (``constraints.restore``), of one table or, for what a
     crashed run left, of all, before anything else touches them. A unique key that cannot
-    be built takes out the first load that set it aside (``transform.undo_first_load``),
+    be built takes out the first load that set it aside (``deletes.undo_first_load``),
     once per model, and the rest is tried again. Returns the models taken out, which must
     load again (the next migrate does)."""
     undone: set[str] = set()
@@ -311,15 +311,15 @@ def put_back(
                 ) from None
             undone.add(exc.model)
             with session(target, spec) as work:
-                plan = transform.Plan(work, spec, spec.model(exc.model))
-                transform.undo_first_load(work, plan)
+                plan = query.Plan(work, spec, spec.model(exc.model))
+                deletes.undo_first_load(work, plan)
 
 
 def _run_parallel(
-    target: str, spec: Spec, plan: transform.Plan, run_id: int, advance: Callable[[int], None],
-    work: list[transform.Chunk], jobs: int, slots: transform.Slots | None = None,
+    target: str, spec: Spec, plan: query.Plan, run_id: int, advance: Callable[[int], None],
+    work: list[chunk.Chunk], jobs: int, slots: chunk.Slots | None = None,
     aside: bool = False,
-) -> transform.ModelResult:  # fmt: skip
+) -> chunk.ModelResult:  # fmt: skip
     """Chunks are independent transactions: hand them to ``jobs`` sessions."""
     t0 = time.perf_counter()
     # Chunks far apart run at once: neighbours would insert into the same last pages of the
@@ -330,22 +330,22 @@ def _run_parallel(
     pending = list(reversed(order))
     lock = threading.Lock()
 
-    def worker() -> transform.Runner:
+    def worker() -> chunk.Runner:
         with session(target, spec) as conn:
-            runner = transform.Runner(conn, plan, run_id, advance, slots, aside)
+            runner = chunk.Runner(conn, plan, run_id, advance, slots, aside)
             while True:
                 with lock:
                     if not pending:
                         return runner
-                    chunk = pending.pop()
-                runner.run([chunk])
+                    piece = pending.pop()
+                runner.run([piece])
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         runners = [f.result() for f in [pool.submit(worker) for _ in range(jobs)]]
     transitions: Counter[tuple[str | None, str]] = Counter()
     for r in runners:
         transitions.update(r.transitions)
-    return transform.ModelResult(
+    return chunk.ModelResult(
         plan.model.name,
         sum(r.rows for r in runners),
         sum(r.written for r in runners),

@@ -888,7 +888,7 @@ def queue_deletes(
     conn: psycopg.Connection, spec: Spec, model: str, keys: list[str], run_id: int
 ) -> None:
     """Queue the target rows ferry wrote for these keys of ``model``: deleted once every
-    model has run, children's tables first (``transform.apply_pending_deletes``)."""
+    model has run, children's tables first (``deletes.apply_pending_deletes``)."""
     conn.execute(
         sql.SQL(
             "INSERT INTO {pend} (target_table, target_uuid, model, source_key, row_hash, "

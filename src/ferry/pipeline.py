@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from ferry import constraints, execute, ledger, runs, settle, stage, transform
+from ferry import chunk, constraints, deletes, execute, ledger, runs, settle, stage
 from ferry.conninfo import connect
 from ferry.errors import FerryError
 from ferry.execute import Progress, run_model, session
@@ -27,7 +27,7 @@ class RunResult:
     run_id: int
     kind: str
     staged: list[stage.StageResult] = field(default_factory=list)
-    models: list[transform.ModelResult] = field(default_factory=list)
+    models: list[chunk.ModelResult] = field(default_factory=list)
     counts: dict[str, ledger.SourceCounts] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -161,7 +161,7 @@ class Checks:
     a chunk.
     """
 
-    def __init__(self, target: str, spec: Spec, slots: transform.Slots) -> None:
+    def __init__(self, target: str, spec: Spec, slots: chunk.Slots) -> None:
         self.target, self.spec, self.slots = target, spec, slots
         self._waiting = {
             m.source: set(ledger.models_of(spec, m.source)) for m in spec.models if m.accounts
@@ -212,7 +212,7 @@ class Checks:
 def transform_all(
     target: str, spec: Spec, run_id: int, progress: Progress, jobs: int,
     defer_constraints: bool, checks: Checks, staged: Mapping[str, Future[stage.StageResult]],
-) -> list[transform.ModelResult]:  # fmt: skip
+) -> list[chunk.ModelResult]:  # fmt: skip
     """Run each model once its parents are done and the sources it reads are ``staged``,
     then delete what they queued, children first.
 
@@ -233,7 +233,7 @@ def transform_all(
     reads = {m.name: [staged[s] for s in spec.reads(m)] for m in order}
     locks: dict[str, set[tuple[str, str]]] = {}  # once its sources are staged: it counts rows
     pending = [m.name for m in order]
-    done: dict[str, transform.ModelResult] = {}
+    done: dict[str, chunk.ModelResult] = {}
     limit = max(1, jobs)
     slots = checks.slots
 
@@ -248,7 +248,7 @@ def transform_all(
         return lambda: released[name].set_result(None)
 
     with connect(target, app="ferry-transform") as conn, ThreadPoolExecutor(limit) as pool:
-        running: dict[Future[transform.ModelResult], str] = {}
+        running: dict[Future[chunk.ModelResult], str] = {}
         while pending or running:
             for future in staged.values():
                 if future.done() and (failed := future.exception()) is not None:
@@ -283,7 +283,7 @@ def transform_all(
                 if future in running:
                     done[running.pop(future)] = future.result()
     with connect(target, app="ferry-transform") as conn:
-        transform.apply_pending_deletes(conn, spec, run_id)
+        deletes.apply_pending_deletes(conn, spec, run_id)
     return [done[m.name] for m in order]
 
 
@@ -303,7 +303,7 @@ def migrate(
         data = data_dir or spec.base_dir
         with (
             Staging(source, target, spec, run_id, data, jobs, progress) as staging,
-            Checks(target, spec, transform.Slots(max(1, jobs))) as checks,
+            Checks(target, spec, chunk.Slots(max(1, jobs))) as checks,
         ):
             result.models = transform_all(
                 target, spec, run_id, progress, jobs, defer_constraints, checks, staging.staged
@@ -315,7 +315,7 @@ def migrate(
             # What the full pass could not settle alone: keys the invariant names (rows
             # deleted from the source since an earlier run, rows that moved to another
             # model), and rows refused for a value a later key of ferry's gave up
-            # (transform._give_up). Settled with every fate that depends on theirs, and
+            # (chunk.Runner._give_up). Settled with every fate that depends on theirs, and
             # proved again (every source when rows were blocked: their pass moves fates).
             with session(target, spec) as work_conn:
                 work = settle.discrepant(work_conn, spec, bad)

@@ -10,7 +10,7 @@ still reaches the server, and bisection.
 
 Of ferry's rows that want one unique value, the lowest key is written, as a migrate that
 writes a model in key order would: a row whose value a later key of ferry's holds is
-``blocked`` (written again once that holder is gone; ``transform.Runner`` makes it give the
+``blocked`` (written again once that holder is gone; ``chunk.Runner`` makes it give the
 value up).
 """
 

@@ -22,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ferry import ledger, pipeline, stage, transform
+from ferry import chunk, ledger, pipeline, stage
 
 
 class _RowRate(TextColumn):
@@ -87,7 +87,7 @@ class RichProgress(pipeline.Progress):
     def model_advanced(self, model: str, rows: int) -> None:
         self.bars.advance(self.tasks["m:" + model], rows)
 
-    def model_done(self, result: transform.ModelResult) -> None:
+    def model_done(self, result: chunk.ModelResult) -> None:
         if not self.live:
             self.console.print(
                 f"model {result.model}: {result.rows:,} rows, {result.written:,} written "

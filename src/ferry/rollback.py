@@ -59,7 +59,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import catalog, ledger, runs, stage, transform
+from ferry import catalog, deletes, ledger, query, runs, stage
 from ferry.conninfo import connect
 from ferry.errors import FerryError, RollbackError, describe
 from ferry.spec import Model, Spec
@@ -181,14 +181,14 @@ def _rollback(
         raise RollbackError(
             "these runs changed rows of models the spec no longer has: " + ", ".join(unknown)
         )
-    plans: dict[str, transform.Plan] = {}
+    plans: dict[str, query.Plan] = {}
     for name in sorted(touched):
         try:
-            plans[name] = transform.Plan(conn, spec, spec.model(name))
+            plans[name] = query.Plan(conn, spec, spec.model(name))
         except FerryError as exc:
             raise RollbackError(f"cannot roll back model {name}: {exc}") from None
     conn.commit()
-    refs = {name: transform.referencing(conn, plans[name].model.target) for name in plans}
+    refs = {name: deletes.referencing(conn, plans[name].model.target) for name in plans}
     conn.commit()
     with conn.transaction():
         for info in runs:  # newest first
@@ -237,7 +237,7 @@ def _columns(conn: psycopg.Connection, table: str) -> list[str]:
 
 def _undo_run(
     conn: psycopg.Connection, spec: Spec, run_id: int, result: RollbackResult,
-    plans: dict[str, transform.Plan], refs: dict[str, list[tuple[str, str, str | None]]],
+    plans: dict[str, query.Plan], refs: dict[str, list[tuple[str, str, str | None]]],
 ) -> None:  # fmt: skip
     """Undo one run, every later run being undone already (see the module docstring)."""
     hist, led = _ident(spec, "history"), _ident(spec, "ledger")
@@ -369,7 +369,7 @@ def _recreate(conn: psycopg.Connection, model: Model) -> int:
     return max(cur.rowcount, 0)
 
 
-def _restore(conn: psycopg.Connection, spec: Spec, model: Model, plan: transform.Plan) -> int:
+def _restore(conn: psycopg.Connection, spec: Spec, model: Model, plan: query.Plan) -> int:
     """Rows the run updated: ferry's columns back to the before-image, if still ferry's."""
     if not plan.columns:
         return 0
@@ -419,7 +419,7 @@ def _restore(conn: psycopg.Connection, spec: Spec, model: Model, plan: transform
 
 
 def _delete(
-    conn: psycopg.Connection, spec: Spec, model: Model, plan: transform.Plan,
+    conn: psycopg.Connection, spec: Spec, model: Model, plan: query.Plan,
     refs: list[tuple[str, str, str | None]],
 ) -> int:  # fmt: skip
     """Target rows a key owns now but did not own before the run: deleted, if still ferry's

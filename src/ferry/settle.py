@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from ferry import ledger, transform
+from ferry import chunk, deletes, dependencies, ledger, query
 from ferry.errors import InvariantError
 from ferry.execute import Progress, run_model
 from ferry.spec import Model, Spec
@@ -63,7 +63,7 @@ class Work:
 
 @dataclass
 class Settled:
-    models: list[transform.ModelResult] = field(default_factory=list)
+    models: list[chunk.ModelResult] = field(default_factory=list)
     transitions: Counter[tuple[str | None, str]] = field(default_factory=Counter)
     deleted_rows: int = 0
     counts: dict[str, ledger.SourceCounts] = field(default_factory=dict)
@@ -134,7 +134,7 @@ def settle(
         whole = model.name in work.whole
         reached: set[str] = set()  # rows a change in a source it declares it reads reaches
         if not whole and (moved - {model.source} or model.source in moved):
-            reads = transform.reads(conn, spec, model)
+            reads = dependencies.reads(conn, spec, model)
             declared = {r.source: r.keys for r in model.reads}
             others = (moved - {model.source}) & reads.sources
             whole = bool(others - declared.keys()) or (
@@ -142,7 +142,7 @@ def settle(
             )
             for other in others & declared.keys():
                 touched_keys = work.changed.get(other, set()) | work.deleted.get(other, set())
-                reached |= transform.dependents(conn, spec, model, declared[other], touched_keys)
+                reached |= dependencies.dependents(conn, spec, model, declared[other], touched_keys)
         parents_moved = any(outcome[p.model] for p in model.parents)
         keys: set[str] | None
         if model.accounts:
@@ -155,14 +155,14 @@ def settle(
                 keys = set(src_changed) | work.keys.get(model.name, set()) | reached
                 keys |= _quarantined(conn, spec, model, work.quarantined)
                 for p in {p.model for p in model.parents}:
-                    keys |= transform.dependents(conn, spec, model, _parent_key(model, p),
+                    keys |= dependencies.dependents(conn, spec, model, _parent_key(model, p),
                                                  outcome[p])  # fmt: skip
                 for parent in model.parents:
                     if arrived[parent.model]:
                         keys |= _orphans(conn, spec, model, parent.missing or
                                          f"orphan_{parent.model}")  # fmt: skip
                 if model.merge_into:  # merging into a row whose fate changed beforehand
-                    keys |= transform.dependents(
+                    keys |= dependencies.dependents(
                         conn, spec, model, [model.merge_into], outcome[model.name]
                     )
                 keys -= src_deleted
@@ -197,7 +197,7 @@ def settle(
         if model.accounts:
             touched[model.source] |= result.changed_keys | (keys or set())
     freed = _pending_tables(conn, spec)
-    deleted, _ = transform.apply_pending_deletes(conn, spec, run_id)
+    deleted, _ = deletes.apply_pending_deletes(conn, spec, run_id)
     out.deleted_rows += deleted
     # Rows refused for a value that a row of ferry's with a later key gave up, and rows
     # refused for a unique value in a table rows just left: written now that the deletions
@@ -217,7 +217,7 @@ def settle(
     return dict(touched)
 
 
-def _blocked(results: list[transform.ModelResult]) -> dict[str, set[str]]:
+def _blocked(results: list[chunk.ModelResult]) -> dict[str, set[str]]:
     blocked: dict[str, set[str]] = defaultdict(set)
     for r in results:
         blocked[r.model] |= r.blocked
@@ -339,7 +339,7 @@ def _yielded(conn: psycopg.Connection, spec: Spec, model: Model, keys: set[str])
         return set()
     body = sql.SQL(spec.model_sql(model))  # type: ignore[arg-type]
     # Typed like the stage key, so that the stage's primary key index finds them.
-    key_type = sql.SQL(transform.Plan(conn, spec, model).key_type)
+    key_type = sql.SQL(query.Plan(conn, spec, model).key_type)
     return {
         r[0]
         for r in conn.execute(

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import catalog, diff, ledger, settle, stage, status, transform
+from ferry import catalog, chunk, diff, ledger, settle, stage, status
 from ferry.errors import FerryError
 from ferry.keys import composite_text
 from ferry.pipeline import Progress, SessionPairs, session
@@ -40,7 +40,7 @@ class SyncResult:
     seconds: float = 0.0
     bytes_from_source: int = 0
     diffs: dict[str, diff.TableDiff] = field(default_factory=dict)
-    models: list[transform.ModelResult] = field(default_factory=list)
+    models: list[chunk.ModelResult] = field(default_factory=list)
     counts: dict[str, Any] = field(default_factory=dict)
     source_counts: dict[str, ledger.SourceCounts] = field(default_factory=dict)
 

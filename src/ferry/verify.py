@@ -25,10 +25,11 @@ from psycopg import sql
 
 from ferry import catalog, ledger
 from ferry.conninfo import connect
+from ferry.dependencies import own_dependencies
 from ferry.errors import FerryError, InvariantError, VerifyError, safe_message
 from ferry.keys import uuid_sql
+from ferry.query import Plan
 from ferry.spec import Model, Spec
-from ferry.transform import Plan, own_dependencies
 
 # How many keys a problem names: enough to find the rows, few enough to read.
 SAMPLE = 10
