@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import psycopg
 from psycopg import sql
 
@@ -10,3 +13,153 @@ def exists(conn: psycopg.Connection, relation: sql.Identifier) -> bool:
     """Whether a table or view of that name exists (a qualified ``Identifier``)."""
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [relation.as_string(conn)]).fetchone()
     return bool(row and row[0])
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    """A column as a catalog reader needs it: ``base`` and the rest describe the type under
+    any domain, since that is what a value must be cast to."""
+
+    name: str
+    type: str  # format_type of the column's own type
+    not_null: bool
+    has_default: bool  # a default, an identity or a generated value fills it
+    writable: bool  # not generated, not an identity GENERATED ALWAYS
+    base: str  # format_type of the type under any domain
+    typtype: str  # pg_type.typtype of the base type: b, e (enum), r, m, c ...
+    category: str  # pg_type.typcategory of the base type: S string, N numeric, D date ...
+    builtin: bool  # the base type is in pg_catalog
+    labels: tuple[str, ...] = ()  # an enum's labels, in order
+    domain: bool = False
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    """A declared foreign key: ``columns`` of its table refer to ``ref_columns`` of
+    ``ref_table`` (``schema.table``)."""
+
+    columns: tuple[str, ...]
+    ref_table: str
+    ref_columns: tuple[str, ...]
+
+
+def relations(
+    conn: psycopg.Connection, schemas: Sequence[str], views: bool = False
+) -> list[tuple[str, str, str]]:
+    """``(schema, name, kind)`` of the tables (kind ``table``) and, with ``views``, views
+    (``view``) of ``schemas``: a partitioned table once, its partitions not at all."""
+    kinds = ["r", "p"] + (["v", "m"] if views else [])
+    rows = conn.execute(
+        "SELECT n.nspname::text, c.relname::text, "
+        "CASE WHEN c.relkind IN ('r', 'p') THEN 'table' ELSE 'view' END "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        'WHERE n.nspname = ANY(%s) AND c.relkind = ANY(%s::"char"[]) AND NOT c.relispartition '
+        "ORDER BY 1, 2",
+        [list(schemas), kinds],
+    ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+_TABLE_COLUMNS = """
+WITH RECURSIVE cols AS (
+    SELECT a.attnum, a.attname::text AS name, a.atttypid, a.atttypmod, a.attnotnull,
+           a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '' AS has_default,
+           a.attgenerated = '' AND a.attidentity <> 'a' AS writable
+    FROM pg_attribute a
+    WHERE a.attrelid = to_regclass(%(rel)s) AND a.attnum > 0 AND NOT a.attisdropped
+), base AS (
+    SELECT attnum, atttypid AS typ, atttypmod AS mod, 0 AS depth FROM cols
+    UNION ALL
+    SELECT b.attnum, t.typbasetype, t.typtypmod, b.depth + 1
+    FROM base b JOIN pg_type t ON t.oid = b.typ WHERE t.typtype = 'd'
+)
+SELECT c.name, format_type(c.atttypid, c.atttypmod), c.attnotnull, c.has_default, c.writable,
+       format_type(b.typ, b.mod), bt.typtype::text, bt.typcategory::text,
+       bt.typnamespace = 'pg_catalog'::regnamespace,
+       ARRAY(SELECT e.enumlabel::text FROM pg_enum e WHERE e.enumtypid = bt.oid
+             ORDER BY e.enumsortorder),
+       b.depth > 0
+FROM cols c
+JOIN base b ON b.attnum = c.attnum
+JOIN pg_type bt ON bt.oid = b.typ AND bt.typtype <> 'd'
+ORDER BY c.attnum
+"""
+
+
+def table_columns(conn: psycopg.Connection, relation: str) -> list[ColumnInfo]:
+    """The columns of ``relation`` (``schema.table``), in order."""
+    rows = conn.execute(_TABLE_COLUMNS, {"rel": relation}).fetchall()
+    return [
+        ColumnInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], tuple(r[9]), r[10])
+        for r in rows
+    ]
+
+
+def unique_keys(
+    conn: psycopg.Connection, relation: str, not_null: bool = True
+) -> list[tuple[str, ...]]:
+    """Column lists that identify a row of ``relation``: its primary key first, then each
+    unique index over plain columns that are all NOT NULL (no expression, no predicate),
+    fewer columns first; with ``not_null`` False, nullable ones too."""
+    rows = conn.execute(
+        "SELECT i.indisprimary, ARRAY(SELECT a.attname::text FROM unnest(i.indkey) WITH "
+        "ORDINALITY k(attnum, n) JOIN pg_attribute a ON a.attrelid = i.indrelid "
+        "AND a.attnum = k.attnum ORDER BY k.n), "
+        "bool_and(a2.attnotnull) "
+        "FROM pg_index i JOIN pg_attribute a2 ON a2.attrelid = i.indrelid "
+        "AND a2.attnum = ANY(i.indkey) "
+        "WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indisvalid "
+        "AND i.indexprs IS NULL AND i.indpred IS NULL AND NOT (0 = ANY(i.indkey)) "
+        "GROUP BY i.indexrelid, i.indisprimary, i.indkey, i.indrelid "
+        "ORDER BY NOT i.indisprimary, cardinality(i.indkey::int2[]), i.indexrelid",
+        [relation],
+    ).fetchall()
+    return [tuple(cols) for primary, cols, filled in rows if primary or filled or not not_null]
+
+
+def primary_key(conn: psycopg.Connection, relation: str) -> tuple[str, ...]:
+    """The primary key's columns of ``relation``, in order (empty: it has none)."""
+    row = conn.execute(
+        "SELECT ARRAY(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY k(n, o) "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o) "
+        "FROM pg_index i WHERE i.indrelid = to_regclass(%s) AND i.indisprimary",
+        [relation],
+    ).fetchone()
+    return tuple(row[0]) if row else ()
+
+
+def foreign_keys(conn: psycopg.Connection, relation: str) -> list[ForeignKey]:
+    """The foreign keys declared on ``relation``, in the order of their names."""
+    rows = conn.execute(
+        "SELECT ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i) "
+        "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i), "
+        "rn.nspname::text || '.' || r.relname::text, "
+        "ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i) "
+        "JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i) "
+        "FROM pg_constraint c JOIN pg_class r ON r.oid = c.confrelid "
+        "JOIN pg_namespace rn ON rn.oid = r.relnamespace "
+        "WHERE c.conrelid = to_regclass(%s) AND c.contype = 'f' ORDER BY c.conname",
+        [relation],
+    ).fetchall()
+    return [ForeignKey(tuple(cols), ref, tuple(refcols)) for cols, ref, refcols in rows]
+
+
+def checks(conn: psycopg.Connection, relation: str) -> list[tuple[str, str]]:
+    """``(name, definition)`` of the CHECK constraints of ``relation``."""
+    rows = conn.execute(
+        "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE conrelid = to_regclass(%s) AND contype = 'c' ORDER BY conname",
+        [relation],
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def rows_up_to(conn: psycopg.Connection, relation: sql.Identifier, limit: int) -> int:
+    """The rows of ``relation``, counted only up to ``limit`` (a size test need not scan a
+    big table)."""
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM (SELECT FROM {} LIMIT {}) s").format(
+            relation, sql.Literal(limit)
+        )
+    ).fetchone()
+    return int(row[0]) if row else 0

@@ -125,6 +125,44 @@ def _fail(exc: Exception) -> typer.Exit:
 
 
 @app.command()
+def init(
+    source: str | None = SOURCE,
+    target: str | None = TARGET,
+    out: Path = typer.Option(
+        ..., "--out", help="Folder for spec.toml and the models' SQL; no file is overwritten."
+    ),
+    views: bool = typer.Option(False, "--views", help="Also offer the legacy views as sources."),
+    schema: list[str] = typer.Option(
+        ["public"], "--schema", help="Legacy schema to read (repeat for several)."
+    ),
+    target_schema: list[str] = typer.Option(
+        ["public"], "--target-schema", help="Target schema to read (repeat for several)."
+    ),
+    name: str | None = typer.Option(None, "--name", help="The spec's name (default: db names)."),
+) -> None:
+    """Write a first spec from both catalogs, and say what it left for you.
+
+    Every legacy table becomes a source (small tables only referred to: lookups), each
+    target table it can match a model with its SQL, the match and its evidence in a comment;
+    what needs a business rule is flagged in the SQL, with rule stubs commented out in the
+    spec, which loads and migrates as written. Refuses to overwrite any file."""
+    from ferry.scaffold import scaffold, summary
+
+    try:
+        src = _resolve(source, conninfo.SOURCE_ENV, "source")
+        tgt = _resolve(target, conninfo.TARGET_ENV, "target")
+        console.print(f"ferry init: {conninfo.redact(src)} → {conninfo.redact(tgt)}")
+        result = scaffold(
+            src, tgt, out, views=views, source_schemas=tuple(schema),
+            target_schemas=tuple(target_schema), name=name,
+        )  # fmt: skip
+    except (FerryError, psycopg.Error) as exc:
+        raise _fail(exc) from None
+    stdout.print(summary(result))
+    stdout.print(f"wrote {len(result.files)} files in {out}", markup=False)
+
+
+@app.command()
 def migrate(
     spec: Path = SPEC,
     source: str | None = SOURCE,

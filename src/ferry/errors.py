@@ -28,6 +28,10 @@ class EmbeddedServerError(FerryError):
     """The local PostgreSQL cluster could not be created, started or stopped."""
 
 
+class InitError(FerryError):
+    """``ferry init`` would overwrite a file: it writes nothing, and says which."""
+
+
 class InvariantError(FerryError):
     """The ledger does not account for every staged row: a run must fail loudly."""
 
