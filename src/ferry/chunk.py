@@ -463,13 +463,18 @@ class Runner:
             return None
         stage, col = self._stage()
         where = self._where(lo, hi, None, col)
-        n = self._count(sql.SQL("SELECT count(*) FROM {} m0 WHERE {}").format(stage, where))
+        # distinct keys: a key the stage repeats (duplicate_key) is not split
+        n = self._count(
+            sql.SQL("SELECT count(DISTINCT {}) FROM {} m0 WHERE {}").format(
+                sql.Identifier(col), stage, where
+            )
+        )
         if n <= 1:
             return None
         mid = self.conn.execute(
-            sql.SQL("SELECT {k} FROM {s} m0 WHERE {w} ORDER BY {k} OFFSET {o} LIMIT 1").format(
-                k=sql.Identifier(col), s=stage, w=where, o=sql.Literal(n // 2)
-            )
+            sql.SQL(
+                "SELECT DISTINCT {k} FROM {s} m0 WHERE {w} ORDER BY {k} OFFSET {o} LIMIT 1"
+            ).format(k=sql.Identifier(col), s=stage, w=where, o=sql.Literal(n // 2))
         ).fetchone()
         assert mid is not None
         return [(lo, mid[0], None), (mid[0], hi, None)]

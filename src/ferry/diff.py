@@ -96,6 +96,7 @@ value are reduced to their class and SQLSTATE).
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 import math
 import time
@@ -112,7 +113,7 @@ from psycopg.pq import TransactionStatus
 from ferry import columns as colmod
 from ferry import encodings
 from ferry.errors import FerryError, describe, lost
-from ferry.stage import relay
+from ferry.stage import allow_repeats, relay
 
 __all__ = [
     "ApplyStats",
@@ -855,12 +856,17 @@ def _leaf_hashes(side: _Side, plan: _Plan, scope: sql.Composable, params: Any) -
     nkey = len(plan.key)
     hash_width = 16 if plan.binary_keys else 34  # bytea, binary or as hex text
     out: dict[Key, bytes] = {}
-    rows = 0
+    repeated: dict[Key, list[bytes]] = {}
     for r in side.rows(query, params, binary=plan.binary_keys, fixed={nkey: hash_width}):
-        out[r[:nkey]] = r[nkey]
-        rows += 1
-    if len(out) != rows:
-        raise FerryError(f"{side.name} table {side.label} has {rows - len(out)} duplicate key(s)")
+        key = r[:nkey]
+        if key in out:
+            repeated.setdefault(key, [out[key]]).append(r[nkey])
+        out[key] = r[nkey]
+    # A key the table repeats (its rows are quarantined, duplicate_key): its rows' hashes
+    # as one, in any order, so that any change among them shows.
+    for key, hashes in repeated.items():
+        joined = b"".join(sorted(h if isinstance(h, bytes) else str(h).encode() for h in hashes))
+        out[key] = hashlib.sha256(joined).digest()[:16]
     nulls = sum(1 for k in out if None in k)
     if nulls:
         raise FerryError(f"{side.name} table {side.label} has {nulls} row(s) with a NULL key")
@@ -1168,7 +1174,9 @@ def _run_apply(pair: _Pair, plan: _Plan, diff: TableDiff) -> ApplyStats:
             for start in range(0, len(to_copy), COPY_KEYS_PER_STATEMENT):
                 chunk = to_copy[start : start + COPY_KEYS_PER_STATEMENT]
                 unnest, params = _key_array_params(plan, chunk)
-                cur = conn.execute(
+                stats.rows_copied += _insert(
+                    conn,
+                    stage.rel,
                     sql.SQL(
                         "INSERT INTO {dst} ({cols}) SELECT {tcols} FROM {src} t"
                         " WHERE ({keys}) IN (SELECT * FROM {un})"
@@ -1177,17 +1185,32 @@ def _run_apply(pair: _Pair, plan: _Plan, diff: TableDiff) -> ApplyStats:
                     ),
                     params,
                 )
-                stats.rows_copied += max(cur.rowcount, 0)
         else:
-            cur = conn.execute(
+            stats.rows_copied = _insert(
+                conn,
+                stage.rel,
                 sql.SQL("INSERT INTO {dst} ({cols}) SELECT {cols} FROM {tmp}").format(
                     dst=stage.rel, cols=cols, tmp=tmp
-                )
+                ),
             )
-            stats.rows_copied = max(cur.rowcount, 0)
             conn.execute(sql.SQL("DROP TABLE pg_temp.{}").format(tmp))
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+def _insert(
+    conn: psycopg.Connection[Any], rel: sql.Composable, query: sql.Composable,
+    params: Any = None,
+) -> int:  # fmt: skip
+    """Rows inserted into the stage. A source that now repeats a key its stage held once
+    makes the stage's primary key a plain index (``stage.allow_repeats``): the repeated
+    rows are staged, and their models quarantine them."""
+    try:
+        with conn.transaction():
+            return max(conn.execute(query, params).rowcount, 0)
+    except psycopg.errors.UniqueViolation:
+        allow_repeats(conn, rel)
+        return max(conn.execute(query, params).rowcount, 0)
 
 
 def apply_diff(

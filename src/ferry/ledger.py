@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 from ferry import catalog, keys
 from ferry.errors import FerryError, InvariantError, describe
 from ferry.spec import Source, Spec
+from ferry.stage import unique_key
 
 STATUSES = ("migrated", "merged", "quarantined", "excluded", "deleted")
 # Roles that Supabase hands to every API caller: ferry's schemas must stay closed to them.
@@ -393,15 +394,22 @@ def staged_keys(
     conn: psycopg.Connection, spec: Spec, src: Source, where: sql.Composable = sql.SQL("true"),
     keyprint: bool = True,
 ) -> tuple[int, int | None]:  # fmt: skip
-    """Rows of the stage table of ``src`` (``m0`` in ``where``) and, with ``keyprint``, the
-    fingerprint of their keys, as the ledger's ``source_key`` holds them (0 for none)."""
+    """Keys in the stage table of ``src`` (``m0`` in ``where``): its rows, but once for the
+    rows that repeat a key; with ``keyprint``, the fingerprint of the keys, as the ledger's
+    ``source_key`` holds them (0 for none)."""
     stage = sql.Identifier(spec.stage_schema, src.stage_table)
     if not catalog.exists(conn, stage):
         return 0, 0 if keyprint else None
     key = sql.SQL("m0.{}::text").format(sql.Identifier(src.stage_key))
+    rows: sql.Composable = stage
+    if not unique_key(conn, spec, src):
+        # rows that repeat a key have one fate between them (duplicate_key): keys count
+        rows = sql.SQL("(SELECT DISTINCT m0.{k} FROM {s} m0 WHERE {w})").format(
+            k=sql.Identifier(src.stage_key), s=stage, w=where
+        )
     row = conn.execute(
         sql.SQL("SELECT count(*), {} FROM {} m0 WHERE {}").format(
-            fingerprint(key) if keyprint else sql.SQL("NULL"), stage, where
+            fingerprint(key) if keyprint else sql.SQL("NULL"), rows, where
         )
     ).fetchone()
     if row is None:
@@ -607,11 +615,14 @@ def first_load(conn: psycopg.Connection, spec: Spec, model: str) -> bool:
 
 
 def stage_rows(conn: psycopg.Connection, spec: Spec, source: str, limit: int | None = None) -> int:
-    """Rows in the stage table of ``source``; with ``limit``, counted only up to it (a
-    threshold test need not scan 2M rows)."""
+    """Rows in the stage table of ``source`` (the rows that share a key its source repeats
+    once: they have one fate); with ``limit``, counted only up to it (a threshold test need
+    not scan 2M rows)."""
     stage = sql.Identifier(spec.stage_schema, spec.source(source).stage_table)
     if not catalog.exists(conn, stage):
         return 0
+    if limit is None and not unique_key(conn, spec, spec.source(source)):
+        return staged_keys(conn, spec, spec.source(source), keyprint=False)[0]
     query = (
         sql.SQL("SELECT count(*) FROM {}").format(stage)
         if limit is None
@@ -764,7 +775,8 @@ def _totals(conn: psycopg.Connection, spec: Spec, source: str) -> SourceCounts:
         ).format(sql.Identifier(spec.ledger_schema, "ledger")),
         [models_of(spec, source)],
     ).fetchone()
-    return SourceCounts(source, staged=stage_rows(conn, spec, source), migrated=int(row[0]))
+    staged = staged_keys(conn, spec, spec.source(source), keyprint=False)[0]
+    return SourceCounts(source, staged=staged, migrated=int(row[0]))
 
 
 def models_of(spec: Spec, source: str) -> list[str]:
@@ -798,7 +810,7 @@ def _diagnose(
     rows = conn.execute(
         sql.SQL(
             "SELECT coalesce(s.k, l.k), s.k IS NULL, l.k IS NULL, coalesce(l.n, 0) > 1 "
-            "FROM (SELECT {key}::text AS k FROM {stage} "
+            "FROM (SELECT DISTINCT {key}::text AS k FROM {stage} "
             "WHERE NOT %s OR {key}::text = ANY(%s)) s "
             "FULL JOIN (SELECT source_key AS k, count(*) AS n FROM {led} WHERE accounts "
             "AND source_table = %s AND status <> 'deleted' "

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from ferry import ledger, predict
+from ferry import ledger, predict, stage
 from ferry.errors import SpecError, safe_message
 from ferry.keys import set_sql, text_sql, uuid_sql
 from ferry.spec import Model, Spec
@@ -33,6 +33,8 @@ PENDING = "pending"
 HELD = sql.SQL(
     "(c._old_status = 'migrated' OR (c._old_status = 'deleted' AND c._old_uuid IS NOT NULL))"
 )
+# The fate of rows that share a key their source repeats: all of them, none picked.
+DUPLICATE_KEY = "duplicate_key"
 # survivor excluded, quarantined, or missing (not yielded by the model, or deleted)
 SURVIVOR_REASONS = ("survivor_excluded", "survivor_quarantined", "missing_survivor")
 
@@ -50,6 +52,9 @@ class Shape:
     refusals: predict.Refusals
     parent_led: list[sql.Composable]  # each parent's ledger rows (``ledger.table_of``)
     own_led: sql.Composable  # the model's own
+    # The stage and its key column, when the stage holds a key more than once (its source
+    # repeats it): those rows are quarantined, duplicate_key (``Plan.expected``).
+    repeats: tuple[sql.Identifier, sql.Identifier] | None = None
 
     @classmethod
     def read(cls, conn: psycopg.Connection, spec: Spec, model: Model) -> Shape:
@@ -88,8 +93,18 @@ class Shape:
             [ledger.table_of(conn, spec, p.model) for p in model.parents],
             # A merged row takes its survivor's fate and UUID from the model's own rows.
             ledger.table_of(conn, spec, model.name),
+            _repeats(conn, spec, model),
         )  # fmt: skip
         return shape
+
+
+def _repeats(
+    conn: psycopg.Connection, spec: Spec, model: Model
+) -> tuple[sql.Identifier, sql.Identifier] | None:
+    src = spec.source(model.source)
+    if not model.accounts or stage.unique_key(conn, spec, src):
+        return None
+    return sql.Identifier(spec.stage_schema, src.stage_table), sql.Identifier(src.stage_key)
 
 
 def output_columns(conn: psycopg.Connection, model: Model, body: str) -> dict[str, int]:
@@ -210,6 +225,9 @@ class Plan:
     def _fates(self) -> Fates:
         st: list[str] = ["migrated"]
         rs: list[str | None] = [None]
+        if self.shape.repeats:
+            st.append("quarantined")
+            rs.append(DUPLICATE_KEY)
         m = self.model
         for r in m.rules:
             if r.kind == "exclude":
@@ -256,6 +274,8 @@ class Plan:
         def ps(j: int) -> sql.Composable:
             return sql.Identifier(f"p{j}", "status")
 
+        if self.shape.repeats:
+            whens.append(sql.SQL("m._ferry_dup"))
         for r in m.rules:
             if r.kind == "exclude":
                 whens.append(rule(ri[id(r)]))
@@ -309,6 +329,14 @@ class Plan:
         """
         m = self.model
         inner = sql.SQL("{} WHERE {} OFFSET 0").format(with_rules(m, self.body), bounds)
+        if self.shape.repeats:
+            # Rows of a key the stage repeats: one row for them all, quarantined
+            # (duplicate_key) before any rule, so that none of them is picked.
+            inner = sql.SQL(
+                "SELECT * FROM (SELECT d.*, (SELECT count(*) FROM {s} s WHERE s.{k} = d._key) "
+                "> 1 AS _ferry_dup, row_number() OVER (PARTITION BY d._key) AS _ferry_dn "
+                "FROM ({i}) d) d WHERE NOT d._ferry_dup OR d._ferry_dn = 1 OFFSET 0"
+            ).format(s=self.shape.repeats[0], k=self.shape.repeats[1], i=inner)
         joins = sql.SQL(" ").join(
             sql.SQL("LEFT JOIN {led} {a} ON {a}.model = {pm} AND {a}.source_key = {k}").format(
                 led=self.parent_led[j],

@@ -35,8 +35,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# The stage column holding a composite key's text.
+# The stage column holding a composite key's text, or the identity of a row of a table
+# declared without a key (``rowid.py``).
 COMPOSITE_KEY = "_ferry_key"
+# ``key = "*"``: the table has no reliable key; a row is known by its content.
+ROW_KEY = "*"
 
 
 def _ident(value: str) -> str:
@@ -62,15 +65,24 @@ def _as_list(v: str | list[str]) -> list[str]:
 KeyColumns = Annotated[str | list[str], AfterValidator(_key_columns)]
 
 
+def _source_key(v: str | list[str]) -> str | list[str]:
+    return v if v == ROW_KEY else _key_columns(v)
+
+
+# A source's key: columns, or ``"*"`` for a table without one.
+SourceKey = Annotated[str | list[str], AfterValidator(_source_key)]
+
+
 class Source(_Strict):
     """A source table (or CSV file) copied into the stage schema."""
 
     name: str = Field(description="Name of the stage table and of the source in the ledger.")
     table: str | None = Field(None, description="schema.table in the source database.")
     csv: str | None = Field(None, description="CSV file, relative to the data directory.")
-    key: KeyColumns = Field(
+    key: SourceKey = Field(
         "id",
-        description="Key column, or columns (a composite key): unique and not null together.",
+        description="Key column, or columns (a composite key): not null; rows that repeat a "
+        'key are quarantined (duplicate_key). "*": no key, a row is known by its content.',
     )
     columns: tuple[str, ...] | None = Field(
         None, description="CSV only: the header's column names, in order (staged as text)."
@@ -85,16 +97,21 @@ class Source(_Strict):
     )
 
     @property
+    def keyless(self) -> bool:
+        """Declared without a key (``key = "*"``): a row's identity is its content."""
+        return self.key == ROW_KEY
+
+    @property
     def keys(self) -> list[str]:
-        """The key's columns, one or several."""
-        return _as_list(self.key)
+        """The key's columns, one or several (none for a table without a key)."""
+        return [] if self.keyless else _as_list(self.key)
 
     @property
     def stage_key(self) -> str:
-        """The stage table's key column: the key itself, or for a composite key the column
-        ``_ferry_key`` that holds its text (``keys.KEY_TEXT``): one value to chunk, diff and
-        record fates by."""
-        return self.key if isinstance(self.key, str) else COMPOSITE_KEY
+        """The stage table's key column: the key itself, or for a composite key (and a table
+        without one) the column ``_ferry_key`` that holds its text (the row's identity): one
+        value to chunk, diff and record fates by."""
+        return self.key if isinstance(self.key, str) and not self.keyless else COMPOSITE_KEY
 
     @field_validator("name")
     @classmethod

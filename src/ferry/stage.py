@@ -21,10 +21,10 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.abc import Buffer
 
-from ferry import catalog, columns, encodings, keys
+from ferry import catalog, columns, encodings, keys, rowid
 from ferry.columns import Column
 from ferry.errors import FerryError
-from ferry.spec import Source, Spec
+from ferry.spec import COMPOSITE_KEY, Source, Spec
 
 _BLOCK = 1 << 20
 
@@ -210,7 +210,7 @@ def _view(
         else sql.Identifier(c.name)
         for c in cols
     ]
-    if len(src.keys) > 1:
+    if src.stage_key == COMPOSITE_KEY:  # a composite key's text, or a row's identity
         exprs.append(sql.Identifier(src.stage_key))
     conn.execute(
         sql.SQL("CREATE VIEW {} AS SELECT {} FROM {}").format(
@@ -220,23 +220,68 @@ def _view(
     encodings.mark(conn, "VIEW", view, encoding, raw)
 
 
-def _add_key(conn: psycopg.Connection, spec: Spec, src: Source, target: sql.Composed) -> None:
+def _add_key(
+    conn: psycopg.Connection, spec: Spec, src: Source, target: sql.Composed, cols: list[Column]
+) -> None:
     """The stage's primary key; for a composite key, on the column holding its text, which a
-    trigger keeps as the parts change (a diff writes the parts only)."""
-    if len(src.keys) > 1:
+    trigger keeps as the parts change (a diff writes the parts only); for a table with no key,
+    on the identity of each row (``rowid.py``). A key the source repeats is indexed instead:
+    its rows are all quarantined (``duplicate_key``), and the others go on."""
+    if src.keyless:
+        rowid.add(conn, target, [c.name for c in cols])
+    elif len(src.keys) > 1:
         _composite(conn, spec, src, target)
     try:
-        conn.execute(
-            sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
-                target, sql.Identifier(src.stage_key)
+        with conn.transaction():  # a savepoint: a key that repeats fails only this
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
+                    target, sql.Identifier(src.stage_key)
+                )
             )
+    except psycopg.errors.UniqueViolation:
+        conn.execute(
+            sql.SQL("CREATE INDEX ON {} ({})").format(target, sql.Identifier(src.stage_key))
         )
-    except (psycopg.errors.UniqueViolation, psycopg.errors.NotNullViolation) as exc:
+    except psycopg.errors.NotNullViolation:
         raise FerryError(
             f"source {src.name}: key column{'s' if len(src.keys) > 1 else ''} "
-            f"{', '.join(src.keys)} is not unique and not null "
-            f"({type(exc).__name__})"
+            f"{', '.join(src.keys)} holds NULL (NotNullViolation): a row without a key "
+            'cannot be named (declare key = "*" for a table without a reliable key)'
         ) from None
+
+
+def allow_repeats(conn: psycopg.Connection, table: sql.Composable) -> None:
+    """A stage whose source now repeats a key: its primary key becomes a plain index on the
+    same columns, so that the repeated rows are staged and quarantined (``duplicate_key``)."""
+    label = table.as_string(conn)
+    row = conn.execute(
+        "SELECT c.conname, ARRAY(SELECT a.attname::text FROM unnest(c.conkey) k(n) "
+        "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n) "
+        "FROM pg_constraint c WHERE c.conrelid = to_regclass(%s) AND c.contype IN ('p', 'u')",
+        [label],
+    ).fetchone()
+    if row is None:
+        return
+    conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table, sql.Identifier(row[0])))
+    conn.execute(
+        sql.SQL("CREATE INDEX ON {} ({})").format(
+            table, sql.SQL(", ").join(map(sql.Identifier, row[1]))
+        )
+    )
+
+
+def unique_key(conn: psycopg.Connection, spec: Spec, src: Source) -> bool:
+    """Whether the stage of ``src`` holds each key once (its primary key): False once its
+    source repeated a key (``allow_repeats``). A source never staged counts as unique."""
+    table = stored(conn, spec, src)
+    row = conn.execute(
+        "SELECT to_regclass(%s) IS NULL OR EXISTS (SELECT FROM pg_index i "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+        "WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indnkeyatts = 1 "
+        "AND a.attname = %s)",
+        [table.as_string(conn), table.as_string(conn), src.stage_key],
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _composite(conn: psycopg.Connection, spec: Spec, src: Source, target: sql.Composed) -> None:
@@ -276,6 +321,26 @@ def stage_table(
     t0 = time.perf_counter()
     read = encodings.reading(source, src)
     cols = columns.source_columns(source, src.table, read.raw, tuple(src.keys))
+    with target.transaction():
+        dest = _create(target, spec, src, cols, read.raw)
+        rows, nbytes = copy_table(source, target, src, read, cols, dest, progress)
+        _add_key(target, spec, src, dest, cols)
+        encodings.mark(target, "TABLE", dest, read.encoding)
+        if read.raw:
+            _view(target, spec, src, cols, read.encoding)
+    _analyze(target, dest)
+    source.rollback()
+    return StageResult(src.name, rows, nbytes, time.perf_counter() - t0)
+
+
+def copy_table(
+    source: psycopg.Connection, target: psycopg.Connection, src: Source,
+    read: encodings.Reading, cols: list[Column], dest: sql.Composable,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[int, int]:  # fmt: skip
+    """COPY a source table's rows into ``dest``, a table created in the target's open
+    transaction (whose client encoding it sets for the rest of it); returns rows and bytes."""
+    assert src.table is not None
     for key in src.keys:
         if key not in {c.name for c in cols}:
             raise FerryError(f"source {src.name}: key column {key} is not in {src.table}")
@@ -286,35 +351,28 @@ def stage_table(
         sql.SQL(", ").join(c.select() for c in cols),
         sql.Identifier(*src.table.split(".")),
     )
-    with target.transaction():
-        if read.encoding != encodings.UTF8:
-            encodings.set_client(target, read.encoding, local=True)
-        dest = _create(target, spec, src, cols, read.raw)
-        cur = target.cursor()  # its rowcount, from COPY's own tag, is the rows staged
-        try:
-            with cur.copy(
-                sql.SQL("COPY {} FROM STDIN (FORMAT BINARY, FREEZE)").format(dest)
-            ) as into:
-                nbytes = relay(copy_out(source, query), into, progress)
-        except psycopg.DataError as exc:
-            # The raw path converts every column but the key: so the key did not convert.
-            raise FerryError(
-                f"source {src.name}: a value does not convert from {read.encoding} "
-                f"({type(exc).__name__}, SQLSTATE {exc.sqlstate}): "
-                + (
-                    "a key must convert, for the ledger to name its row"
-                    if read.raw
-                    else "declare what the bytes are with encoding in the spec"
-                )
-            ) from None
-        rows = cur.rowcount
-        _add_key(target, spec, src, dest)
-        encodings.mark(target, "TABLE", dest, read.encoding)
-        if read.raw:
-            _view(target, spec, src, cols, read.encoding)
-    _analyze(target, dest)
-    source.rollback()
-    return StageResult(src.name, rows, nbytes, time.perf_counter() - t0)
+    if read.encoding != encodings.UTF8:
+        encodings.set_client(target, read.encoding, local=True)
+    cur = target.cursor()  # its rowcount, from COPY's own tag, is the rows staged
+    try:
+        with cur.copy(
+            sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
+                dest, sql.SQL(", ").join(sql.Identifier(c.name) for c in cols)
+            )
+        ) as into:
+            nbytes = relay(copy_out(source, query), into, progress)
+    except psycopg.DataError as exc:
+        # The raw path converts every column but the key: so the key did not convert.
+        raise FerryError(
+            f"source {src.name}: a value does not convert from {read.encoding} "
+            f"({type(exc).__name__}, SQLSTATE {exc.sqlstate}): "
+            + (
+                "a key must convert, for the ledger to name its row"
+                if read.raw
+                else "declare what the bytes are with encoding in the spec"
+            )
+        ) from None
+    return cur.rowcount, nbytes
 
 
 def stage_csv(
@@ -323,8 +381,24 @@ def stage_csv(
 ) -> StageResult:  # fmt: skip
     """Stage a CSV file with every column as text: casts belong to the models, where a bad
     value quarantines one row instead of failing the whole file."""
-    assert src.csv is not None and src.columns is not None
+    assert src.columns is not None
     t0 = time.perf_counter()
+    cols = [Column(n, "text", False) for n in src.columns]
+    with target.transaction():
+        dest = _create(target, spec, src, cols)
+        rows, nbytes = copy_csv(target, src, data_dir, dest, progress)
+        _add_key(target, spec, src, dest, cols)
+    _analyze(target, dest)
+    return StageResult(src.name, rows, nbytes, time.perf_counter() - t0)
+
+
+def copy_csv(
+    target: psycopg.Connection, src: Source, data_dir: Path, dest: sql.Composable,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[int, int]:  # fmt: skip
+    """COPY a CSV source's file into ``dest``, a table created in the target's open
+    transaction, after checking its header; returns rows and bytes."""
+    assert src.csv is not None and src.columns is not None
     path = data_dir / src.csv
     names = list(src.columns)
     try:
@@ -337,17 +411,13 @@ def stage_csv(
             f"source {src.name}: the header of {path.name} has columns {header}, "
             f"the spec declares {names}"
         )
-    cols = [Column(n, "text", False) for n in names]
-    with target.transaction():
-        dest = _create(target, spec, src, cols)
-        copy = sql.SQL("COPY {} FROM STDIN (FORMAT CSV, HEADER true, FREEZE)").format(dest)
-        cur = target.cursor()
-        with path.open("rb") as fh, cur.copy(copy) as into:
-            nbytes = relay(iter(lambda: fh.read(_BLOCK), b""), into, progress)
-        rows = cur.rowcount
-        _add_key(target, spec, src, dest)
-    _analyze(target, dest)
-    return StageResult(src.name, rows, nbytes, time.perf_counter() - t0)
+    copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT CSV, HEADER true, FREEZE)").format(
+        dest, sql.SQL(", ").join(map(sql.Identifier, names))
+    )
+    cur = target.cursor()
+    with path.open("rb") as fh, cur.copy(copy) as into:
+        nbytes = relay(iter(lambda: fh.read(_BLOCK), b""), into, progress)
+    return cur.rowcount, nbytes
 
 
 def record(conn: psycopg.Connection, spec: Spec, result: StageResult, run_id: int) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import catalog, chunk, diff, ledger, settle, stage, status
+from ferry import catalog, chunk, diff, keyless, ledger, settle, stage, status
 from ferry.errors import FerryError
 from ferry.keys import composite_text
 from ferry.pipeline import Progress, SessionPairs, session
@@ -66,7 +66,9 @@ def _restage(
             raise FerryError(f"source {src.name} was never staged: run ferry migrate first")
         if ledger.emptied(t, spec, src.name):
             emptied.add(src.name)
-        if src.csv is not None:
+        if src.keyless:  # no key to diff by: copied whole, identities compared
+            result = keyless.restage(s, t, spec, src, data_dir)
+        elif src.csv is not None:
             assert src.columns is not None
             _load_csv(t, src, data_dir)
             result = diff.sync_stage_table(
@@ -148,8 +150,8 @@ def _load_csv(conn: psycopg.Connection, src: Source, data_dir: Path) -> None:
                 copy.write(block)
     except OSError as exc:
         raise FerryError(f"source {src.name}: cannot read {path}: {exc.strerror}") from None
-    conn.execute(
-        sql.SQL("ALTER TABLE _ferry_csv ADD PRIMARY KEY ({})").format(
+    conn.execute(  # not unique: a key the file repeats is quarantined, not refused
+        sql.SQL("CREATE INDEX ON _ferry_csv ({})").format(
             sql.SQL(", ").join(map(sql.Identifier, src.keys))
         )
     )
