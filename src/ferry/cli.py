@@ -325,6 +325,93 @@ def report(
 
 
 @app.command()
+def check(
+    spec: Path = SPEC,
+    source: str | None = SOURCE,
+    target: str | None = TARGET,
+    data_dir: Path | None = typer.Option(
+        None, help="Where CSV sources are (default: the spec's folder)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Check a spec against both databases without writing anything: tables, columns, each
+    model's SQL (run on zero rows), casts to the target's types, cycles, unique keys.
+
+    Each finding names the spec's line, or the model SQL's file, line and column. Exits 1
+    on any error.
+    """
+    import json
+
+    from ferry.check import check as run
+
+    try:
+        result = run(
+            spec,
+            _resolve(source, conninfo.SOURCE_ENV, "source"),
+            _resolve(target, conninfo.TARGET_ENV, "target"),
+            data_dir,
+        )
+    except (FerryError, psycopg.Error) as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps(result.as_json(), indent=2))
+    else:
+        stdout.print(result.render(), markup=False, highlight=False)
+    if not result.ok:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def plan(
+    spec: Path = SPEC,
+    source: str | None = SOURCE,
+    target: str | None = TARGET,
+    data_dir: Path | None = typer.Option(
+        None, help="Where CSV sources are (default: the spec's folder)."
+    ),
+    sample: int | None = typer.Option(
+        None, "--sample", min=1, help="Stage at most N rows of each source (lowest keys)."
+    ),
+    jobs: int = JOBS,
+    fmt: str = typer.Option("md", "--format", help="md, html or json."),
+    out: Path | None = typer.Option(None, "--out", help="File to write (default: stdout)."),
+) -> None:
+    """Every row's fate and what the target would refuse, as a migrate would give them,
+    without touching the target's tables: the report of `ferry report`, for a run not made.
+
+    Runs the models into scratch copies of the target tables (their rows included) in the
+    target database, and drops them at the end. With --sample, a child whose parent was not
+    sampled reads as an orphan.
+    """
+    from ferry import plan as planning
+    from ferry.progress import RichProgress
+    from ferry.spec import load_spec
+
+    if fmt not in ("md", "html", "json"):
+        raise typer.BadParameter("choose md, html or json", param_hint="--format")
+    try:
+        loaded = load_spec(spec)
+        src = _resolve(source, conninfo.SOURCE_ENV, "source")
+        tgt = _resolve(target, conninfo.TARGET_ENV, "target")
+        console.print(
+            f"ferry plan [bold]{loaded.name}[/]: {conninfo.redact(src)} → {conninfo.redact(tgt)}"
+            " (the target's tables are only read)"
+        )
+        with RichProgress(console) as progress:
+            result = planning.plan(
+                src, tgt, loaded, data_dir=data_dir, sample=sample, jobs=jobs, progress=progress
+            )
+    except (FerryError, psycopg.Error) as exc:
+        raise _fail(exc) from None
+    text = planning.render(result.data, fmt)  # type: ignore[arg-type]
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text)
+        stdout.print(f"wrote {out}", markup=False)
+
+
+@app.command()
 def demo(
     workdir: Path = typer.Option(Path(".ferry/demo"), help="Cluster, exports, truth and reports."),
     scale: float = typer.Option(0.1, "--scale", help="Scale factor: 1.0 is DOMAIN.md's size."),

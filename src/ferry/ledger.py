@@ -143,6 +143,13 @@ END
 $$"""
 
 
+def helpers(schema: str) -> list[sql.Composed]:
+    """The engine's SQL helpers that model SQL and rules may call (``key_uuid``,
+    ``is_json``), made in ``schema``: ``pg_temp`` for ``ferry check``, which runs a spec's
+    SQL before any ledger exists."""
+    return [keys.function_ddl(schema), sql.SQL(_IS_JSON).format(schema=sql.Identifier(schema))]
+
+
 # Bumped whenever the DDL above changes; ensure_schema skips its work when it matches.
 SCHEMA_VERSION = 5
 

@@ -72,9 +72,10 @@ class Staging:
 
     def __init__(
         self, source: str, target: str, spec: Spec, run_id: int, data_dir: Path, jobs: int,
-        progress: Progress,
+        progress: Progress, sample: int | None = None,
     ) -> None:  # fmt: skip
         self.source, self.spec, self.run_id = source, spec, run_id
+        self.sample = sample  # at most this many rows of each source (``ferry plan --sample``)
         self.data_dir, self.jobs, self.progress = data_dir, max(1, jobs), progress
         self.staged: dict[str, Future[stage.StageResult]] = {}
         self._pairs = SessionPairs(source, target, "ferry-stage")
@@ -102,9 +103,9 @@ class Staging:
             self.progress.stage_advanced(src.name, n)
 
         if src.csv is not None:
-            result = stage.stage_csv(t, self.spec, src, self.data_dir, adv)
+            result = stage.stage_csv(t, self.spec, src, self.data_dir, adv, self.sample)
         else:
-            result = stage.stage_table(s, t, self.spec, src, adv)
+            result = stage.stage_table(s, t, self.spec, src, adv, self.sample)
         stage.record(t, self.spec, result, self.run_id)
         t.commit()
         self.progress.stage_done(result)
@@ -289,12 +290,12 @@ def transform_all(
 
 def migrate(
     source: str, target: str, spec: Spec, *, data_dir: Path | None = None, jobs: int = 2,
-    progress: Progress | None = None, defer_constraints: bool = True,
+    progress: Progress | None = None, defer_constraints: bool = True, sample: int | None = None,
 ) -> RunResult:  # fmt: skip
     """Full run: re-stage everything, then bring every model's rows up to date.
 
     Safe to repeat and to resume after a crash: rows whose outcome did not change are not
-    written again.
+    written again. ``sample``: stage at most that many rows of each source (``ferry plan``).
     """
     progress = progress or Progress()
     t0 = time.perf_counter()
@@ -302,7 +303,7 @@ def migrate(
         result = RunResult(run_id, "migrate")
         data = data_dir or spec.base_dir
         with (
-            Staging(source, target, spec, run_id, data, jobs, progress) as staging,
+            Staging(source, target, spec, run_id, data, jobs, progress, sample) as staging,
             Checks(target, spec, chunk.Slots(max(1, jobs))) as checks,
         ):
             result.models = transform_all(

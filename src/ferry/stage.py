@@ -314,16 +314,17 @@ def _analyze(conn: psycopg.Connection, table: sql.Composed) -> None:
 
 def stage_table(
     source: psycopg.Connection, target: psycopg.Connection, spec: Spec, src: Source,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, sample: int | None = None,
 ) -> StageResult:  # fmt: skip
-    """Replace the stage copy of one source table, in one target transaction."""
+    """Replace the stage copy of one source table, in one target transaction; ``sample``:
+    only that many rows of it (``sampled``)."""
     assert src.table is not None
     t0 = time.perf_counter()
     read = encodings.reading(source, src)
     cols = columns.source_columns(source, src.table, read.raw, tuple(src.keys))
     with target.transaction():
         dest = _create(target, spec, src, cols, read.raw)
-        rows, nbytes = copy_table(source, target, src, read, cols, dest, progress)
+        rows, nbytes = copy_table(source, target, src, read, cols, dest, progress, sample)
         _add_key(target, spec, src, dest, cols)
         encodings.mark(target, "TABLE", dest, read.encoding)
         if read.raw:
@@ -336,10 +337,11 @@ def stage_table(
 def copy_table(
     source: psycopg.Connection, target: psycopg.Connection, src: Source,
     read: encodings.Reading, cols: list[Column], dest: sql.Composable,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, sample: int | None = None,
 ) -> tuple[int, int]:  # fmt: skip
-    """COPY a source table's rows into ``dest``, a table created in the target's open
-    transaction (whose client encoding it sets for the rest of it); returns rows and bytes."""
+    """COPY a source table's rows (``sample``: only that many, ``sampled``) into ``dest``, a
+    table created in the target's open transaction (whose client encoding it sets for the
+    rest of it); returns rows and bytes."""
     assert src.table is not None
     for key in src.keys:
         if key not in {c.name for c in cols}:
@@ -347,9 +349,10 @@ def copy_table(
     if read.encoding != encodings.UTF8 or read.raw:
         # the source sends its bytes as they are; the target converts them from this
         encodings.set_client(source, read.encoding, local=True)
-    query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT BINARY)").format(
+    query = sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT (FORMAT BINARY)").format(
         sql.SQL(", ").join(c.select() for c in cols),
         sql.Identifier(*src.table.split(".")),
+        sampled(src, sample),
     )
     if read.encoding != encodings.UTF8:
         encodings.set_client(target, read.encoding, local=True)
@@ -375,18 +378,37 @@ def copy_table(
     return cur.rowcount, nbytes
 
 
+def sampled(src: Source, sample: int | None) -> sql.Composable:
+    """`` ORDER BY key LIMIT n``: the rows of lowest keys, the same ones on every run, for a
+    plan on a sample (``ferry plan --sample``); nothing when there is no sample."""
+    if sample is None:
+        return sql.SQL("")
+    order = sql.SQL(", ").join(map(sql.Identifier, src.keys))
+    return sql.SQL("{} LIMIT {}").format(
+        sql.SQL(" ORDER BY {}").format(order) if src.keys else sql.SQL(""), sql.Literal(sample)
+    )
+
+
 def stage_csv(
     target: psycopg.Connection, spec: Spec, src: Source, data_dir: Path,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, sample: int | None = None,
 ) -> StageResult:  # fmt: skip
     """Stage a CSV file with every column as text: casts belong to the models, where a bad
-    value quarantines one row instead of failing the whole file."""
+    value quarantines one row instead of failing the whole file. ``sample``: only that many
+    rows (``sampled``), taken after the copy."""
     assert src.columns is not None
     t0 = time.perf_counter()
     cols = [Column(n, "text", False) for n in src.columns]
     with target.transaction():
         dest = _create(target, spec, src, cols)
         rows, nbytes = copy_csv(target, src, data_dir, dest, progress)
+        if sample is not None and rows > sample:
+            target.execute(
+                sql.SQL("DELETE FROM {t} WHERE ctid NOT IN (SELECT ctid FROM {t}{s})").format(
+                    t=dest, s=sampled(src, sample)
+                )
+            )
+            rows = sample
         _add_key(target, spec, src, dest, cols)
     _analyze(target, dest)
     return StageResult(src.name, rows, nbytes, time.perf_counter() - t0)
