@@ -241,3 +241,40 @@ def test_a_spec_declares_a_table_without_a_key() -> None:
     visits = spec.source("visits")
     assert visits.keyless and visits.stage_key == "_ferry_key" and visits.keys == []
     assert not spec.source("lines").keyless and spec.source("members").stage_key == "id"
+
+
+def test_a_keyless_table_from_sql_ascii(cluster: LocalCluster, tmp_path: Path) -> None:
+    """From a server that never checked its bytes, a keyless row is known by its bytes: one
+    that does not read as UTF-8 still has an identity, and is quarantined with the reason."""
+    with psycopg.connect(cluster.conninfo("postgres"), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS ascii_src WITH (FORCE)")
+        conn.execute(
+            "CREATE DATABASE ascii_src ENCODING SQL_ASCII LC_COLLATE 'C' LC_CTYPE 'C' "
+            "TEMPLATE template0"
+        )
+    source = cluster.conninfo("ascii_src")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute((SPEC / "source.sql").read_text())
+        conn.execute(  # 'caf' and a Latin-1 e-acute: not UTF-8
+            "INSERT INTO visits VALUES (4, '2024-01-05', convert_from('\\x636166e9', 'SQL_ASCII'))"
+        )
+    for f in ("spec.toml", "notes.csv", "codes.csv"):
+        shutil.copy(SPEC / f, tmp_path / f)
+    target, spec = _target(cluster, "ascii_tgt"), load_spec(tmp_path / "spec.toml")
+    migrate(source, target, spec)
+    visits = {k: v for k, v in _fates(target).items() if k[0] == "visits"}
+    assert sorted(visits.values(), key=str) == sorted(
+        [OK] * 4 + [("quarantined", "parent_quarantined"),
+                    ("quarantined", "character_not_in_repertoire")], key=str,
+    )  # fmt: skip
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("INSERT INTO visits VALUES (2, '2024-01-02', NULL)")
+        conn.execute("UPDATE visits SET note = 'edited' WHERE day = '2024-01-04'")
+        conn.execute("UPDATE visits SET note = 'cafe' WHERE day = '2024-01-05'")  # fixed
+    result = sync(source, target, spec)
+    assert (len(result.diffs["visits"].inserted), len(result.diffs["visits"].deleted)) == (3, 2)
+    visits = {k: v for k, v in _fates(target).items() if k[0] == "visits"}
+    assert sorted(visits.values(), key=str) == sorted(
+        [OK] * 6 + [("quarantined", "parent_quarantined")], key=str
+    )
+    _converges(cluster, source, target, spec, "ascii")
