@@ -106,25 +106,25 @@ class Lines:
         return starts[index], min(later, default=len(self.lines))
 
     def line(self, kind: str, index: int, key: str | None = None, text: str | None = None) -> int:
-        """1-based line of ``key = `` (or of the first line holding ``text``) in the block;
-        the block's header if neither is written there; else 1."""
+        """1-based line, in the block, of the first line holding ``text`` from ``key = ``
+        on; of ``key = ``; or of the block's header. 1 if the block is not written as one."""
         span = self.block(kind, index)
         if span is None:
             return 1
         first, end = span
-        for i in range(first, end):
-            line = self.lines[i]
-            if key is not None and re.match(rf"\s*{re.escape(key)}\s*=", line):
-                return i + 1
-            if text is not None and text in line:
-                return i + 1
-        return first + 1
-
-    def offset_line(self, offset: int) -> tuple[int, int]:
-        """(line, column), 1-based, of a character offset into the text."""
-        return self.text.count("\n", 0, offset) + 1, offset - (
-            self.text.rfind("\n", 0, offset) + 1
-        ) + 1
+        at = next(
+            (
+                i
+                for i in range(first, end)
+                if key is not None and re.match(rf"\s*{re.escape(key)}\s*=", self.lines[i])
+            ),
+            None,
+        )
+        if text is not None:
+            for i in range(first if at is None else at, end):
+                if text in self.lines[i]:
+                    return i + 1
+        return (first if at is None else at) + 1
 
 
 def check(
@@ -149,7 +149,19 @@ def check(
         conn.read_only = True
         for i, src in enumerate(spec.sources):
             if src.table is not None:
-                result.findings += _source_table(conn, lines, i, src, shapes)
+                try:
+                    result.findings += _source_table(conn, lines, i, src, shapes)
+                except psycopg.Error as exc:  # a table this role may not read, say
+                    conn.rollback()
+                    result.findings.append(
+                        Finding(
+                            "error",
+                            "source_table",
+                            str(path),
+                            lines.line("sources", i, "table"),
+                            f"source {src.name}: {src.table} cannot be read: {describe(exc)}",
+                        )
+                    )
             else:
                 result.findings += _source_csv(lines, i, src, data_dir or spec.base_dir, shapes)
         conn.rollback()
