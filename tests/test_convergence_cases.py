@@ -24,6 +24,8 @@ from tests.helpers import fresh_db
 from tests.test_convergence import (
     OWNER,
     SPEC_DIR,
+    InjectedCrash,
+    dying_after,
     fresh_differences,
     structural_problems,
     write_csv,
@@ -429,4 +431,29 @@ def test_rolling_back_a_sync_in_which_a_changed_row_took_a_value(world: World) -
     rollback.rollback(world.target, world.spec, run=int(last[0]))
     assert world.fate("items", "8") == ("migrated", None)
     world.sync()
+    world.assert_converged()
+
+
+def test_a_value_held_by_a_row_whose_deletion_a_killed_run_left_queued(world: World) -> None:
+    """History: item 5 (sku 's1') with a note under it; migrate; item 5 deleted and item 3
+    (sku 's1') inserted; a sync killed after the items were written and before the run's
+    deletions; sync.
+
+    The killed sync marked item 5 deleted and queued its target row's deletion, and left
+    item 3 refused for the value that row still holds. The next sync must free the value
+    first and write item 3, as a fresh migrate does (a long Hypothesis run found histories
+    ending with item 3 refused after such a kill)."""
+    world.src(
+        "INSERT INTO src_group VALUES (1, 'g')",
+        "INSERT INTO src_item VALUES (5, 1, 's1', '1', 'ok')",
+        "INSERT INTO src_note VALUES (1, 5, 'hello')",
+    )
+    world.migrate()
+    world.src(
+        "DELETE FROM src_item WHERE id = 5", "INSERT INTO src_item VALUES (3, 1, 's1', '2', 'ok')"
+    )
+    with pytest.raises(InjectedCrash), dying_after(1):
+        world.sync()
+    world.sync()
+    assert world.fate("items", "3") == ("migrated", None)
     world.assert_converged()

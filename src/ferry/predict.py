@@ -22,7 +22,14 @@ import psycopg
 from psycopg import sql
 
 NOT_NULL, CHECK, UNIQUE = "23502", "23514", "23505"
+NOT_NULL_REASON = "not_null_violation"
 BLOCKED = "blocked"
+
+
+def not_null_message(table: str, column: str) -> str:
+    """The server's message for a NOT NULL column left empty (no value in it)."""
+    relname = table.split(".")[-1]
+    return f'null value in column "{column}" of relation "{relname}" violates not-null constraint'
 
 
 @dataclass
@@ -144,13 +151,9 @@ def overlay(
     later key that must give the value up."""
     ident = sql.Identifier
     relname = ref.table.split(".")[-1]
-    simple: list[tuple[sql.Composable, str, str, str]] = []  # (test, reason, state, message)
-    for col in ref.not_null:
-        message = f'null value in column "{col}" of relation "{relname}" violates not-null'
-        simple.append(
-            (sql.SQL("x.{} IS NULL").format(ident(col)), "not_null_violation", NOT_NULL,
-             message + " constraint")
-        )  # fmt: skip
+    # (test, reason, state, message); NOT NULL columns are tested where the fate is decided
+    # (``query.Plan.fate_case``), which costs no pass over the rows.
+    simple: list[tuple[sql.Composable, str, str, str]] = []
     for name, expr in ref.checks:
         simple.append(
             (sql.SQL("({}) IS FALSE").format(sql.SQL(expr)), "check_violation", CHECK,  # type: ignore[arg-type]
@@ -171,10 +174,11 @@ def overlay(
     ) if simple else sql.SQL("0")  # fmt: skip
     chunk = sql.SQL("_ferry_chunk") if ref.uniques else sql.SQL("({})").format(rows)
     tested = sql.SQL("SELECT x.*, {} AS _ferry_i FROM {} x OFFSET 0").format(first, chunk)
+    if not ref.uniques and not simple:
+        # Nothing to test: no pass over the rows (on 2M rows each is a copy of every row).
+        return sql.SQL("SELECT x.*, NULL::text AS _ferry_holder FROM ({}) x").format(rows)
     if not ref.uniques:
-        # One fenced layer that tests each row, one that shapes it: on 2M rows each layer
-        # more is a copy of every row.
-        refused = sql.SQL("x._ferry_i > 0")
+        # One fenced layer that tests each row, one that shapes it.
         return sql.SQL(
             "SELECT x._ferry_key, x._ferry_n, x._ferry_k, "
             "CASE WHEN {r} THEN -1 ELSE x._ferry_fate END AS _ferry_fate, "
@@ -182,17 +186,13 @@ def overlay(
             "CASE WHEN {r} THEN {reason} ELSE x._ferry_reason END AS _ferry_reason, "
             "CASE WHEN {r} THEN '{{}}'::text[] ELSE x._ferry_repairs END AS _ferry_repairs, "
             "CASE WHEN {r} THEN NULL ELSE x._ferry_uuid END AS _ferry_uuid{cols}, "
-            "x._ferry_hash, {state} AS _ferry_sqlstate, {message} AS _ferry_message, "
-            "NULL::text AS _ferry_holder FROM ({tested}) x"
+            "x._ferry_hash, CASE WHEN {r} THEN {state} ELSE x._ferry_sqlstate END "
+            "AS _ferry_sqlstate, CASE WHEN {r} THEN {message} ELSE x._ferry_message END "
+            "AS _ferry_message, NULL::text AS _ferry_holder FROM ({tested}) x"
         ).format(
-            r=refused if simple else sql.SQL("false"),
-            reason=pick(1) if simple else sql.SQL("NULL::text"),
-            state=pick(2) if simple else sql.SQL("NULL::text"),
-            message=pick(3) if simple else sql.SQL("NULL::text"),
+            r=sql.SQL("x._ferry_i > 0"), reason=pick(1), state=pick(2), message=pick(3),
             cols=sql.SQL("").join(sql.SQL(", x.{}").format(ident(c)) for c in columns),
-            tested=tested if simple else sql.SQL("SELECT x.*, 0 AS _ferry_i FROM {} x").format(
-                chunk
-            ),
+            tested=tested,
         )  # fmt: skip
     # The unique indexes' values of each row still to be written, and whether a lower key
     # of the chunk wants the same ones.
@@ -311,8 +311,9 @@ def _final(
         "CASE WHEN v._ferry_f < 0 THEN '{{}}'::text[] ELSE v._ferry_repairs END "
         "AS _ferry_repairs, CASE WHEN v._ferry_f < 0 THEN NULL ELSE v._ferry_uuid END "
         "AS _ferry_uuid{cols}, v._ferry_hash, "
-        "CASE WHEN v._ferry_f = -1 THEN v._ferry_rs END AS _ferry_sqlstate, "
-        "CASE WHEN v._ferry_f = -1 THEN v._ferry_rm END AS _ferry_message, "
+        "CASE WHEN v._ferry_f = -1 THEN v._ferry_rs ELSE v._ferry_sqlstate END "
+        "AS _ferry_sqlstate, "
+        "CASE WHEN v._ferry_f = -1 THEN v._ferry_rm ELSE v._ferry_message END AS _ferry_message, "
         "CASE WHEN v._ferry_f = -2 THEN v._ferry_hold END AS _ferry_holder "
         "FROM (SELECT w.*, {fate} AS _ferry_f, "
         "CASE WHEN w._ferry_bad THEN w._ferry_rreason ELSE 'unique_violation' END AS _ferry_rr, "

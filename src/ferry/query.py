@@ -23,6 +23,10 @@ class Fates:
 
     statuses: list[str]
     reasons: list[str | None]
+    # The SQLSTATE and message of a refusal the fate itself predicts (a NOT NULL column).
+    states: list[str | None]
+    messages: list[str | None]
+    merged: int  # the index of ``merged``
 
 
 # A row merging into a survivor that has no fate yet: neither written nor recorded in this
@@ -215,9 +219,9 @@ class Plan:
             (name, shape.target[name], expr)
             for name, expr in _written(model, shape.output, shape.target)
         ]
-        self.fates = self._fates()
         self.hashable, self.parallel_safe = shape.hashable, shape.parallel_safe
         self.key_type, self.refusals = shape.key_type, shape.refusals
+        self.fates = self._fates()
         # Try again rows the database refused though nothing about them changed: the
         # target's constraints did, or an operator asks (``quarantine retry``).
         self.retry_refused = False
@@ -251,7 +255,17 @@ class Plan:
             rs.append("parent_quarantined")
         st += ["excluded", "quarantined", "quarantined", PENDING, "merged"]
         rs += [*SURVIVOR_REASONS, None, m.merge_rule]
-        return Fates(st, rs)
+        merged = len(st) - 1
+        states: list[str | None] = [None] * len(st)
+        messages: list[str | None] = [None] * len(st)
+        # A row that would be written with a NOT NULL column empty: refused, as the server
+        # would refuse it, in the CASE that decides the fate (``predict`` for the rest).
+        for col in self.refusals.not_null:
+            st.append("quarantined")
+            rs.append(predict.NOT_NULL_REASON)
+            states.append(predict.NOT_NULL)
+            messages.append(predict.not_null_message(self.refusals.table, col))
+        return Fates(st, rs, states, messages, merged)
 
     def fate_case(self) -> sql.Composable:
         """One CASE per row: predicates run once, in the order exclude > reject > merge."""
@@ -311,6 +325,11 @@ class Plan:
             ]
         else:
             whens += [sql.SQL("false")] * 5
+        # Of a row to be written, the first NOT NULL column left empty (in column order, as
+        # the server checks them): a written column's value is NULL exactly when what fills
+        # it is, a cast of a value being a value.
+        for col in self.refusals.not_null:
+            whens.append(sql.SQL("{} IS NULL").format(self._filled_by(col)))
         parts = [
             sql.SQL("WHEN {} THEN {}").format(w, sql.Literal(i + 1)) for i, w in enumerate(whens)
         ]
@@ -351,18 +370,9 @@ class Plan:
                 "{} LEFT JOIN {} s ON s.model = {} AND s.source_key = m.{}::text"
             ).format(joins, self.own_led, sql.Literal(m.name), sql.Identifier(m.merge_into))
         parent_cols = sql.SQL("").join(
-            sql.SQL(", {a}.target_uuid AS {u}").format(
-                a=sql.Identifier(f"p{j}"), u=sql.Identifier(f"_ferry_pu{j}")
-            )
-            if p.model != m.name
-            # A row that is its own parent points at itself.
-            else sql.SQL(", CASE WHEN {k} = m._key::text THEN {own} "
-                         "ELSE {a}.target_uuid END AS {u}").format(
-                k=text_sql("m", p.keys), own=self.own_uuid(sql.SQL("m._key")),
-                a=sql.Identifier(f"p{j}"), u=sql.Identifier(f"_ferry_pu{j}"),
-            )
-            for j, p in enumerate(m.parents)
-        )  # fmt: skip
+            sql.SQL(", {} AS {}").format(self._parent_uuid(j), sql.Identifier(f"_ferry_pu{j}"))
+            for j in range(len(m.parents))
+        )
         survivor = sql.SQL(", s.target_uuid AS _ferry_su" if m.merge_into else "")
         with_fate = sql.SQL(
             "SELECT m.*{pc}{su}, {case} AS _ferry_fate FROM ({inner}) m {joins} OFFSET 0"
@@ -388,7 +398,7 @@ class Plan:
         own = self.own_uuid(sql.SQL("m._key"))
         if m.merge_into:
             # The survivor's own UUID, or, if it is merged too, the one it merged into.
-            merged = len(self.fates.statuses) - 1
+            merged = self.fates.merged
             uuid = sql.SQL("CASE m._ferry_fate WHEN 0 THEN {} WHEN {} THEN m._ferry_su END").format(
                 own, sql.Literal(merged)
             )
@@ -412,13 +422,40 @@ class Plan:
             st=statuses, rs=reasons, rep=repair_arr, uuid=uuid,
             vals=sql.SQL(", ").join(values), wf=with_fate,
         )  # fmt: skip
+        if self.refusals.not_null:
+            refused = sql.SQL(
+                "({}::text[])[c._ferry_fate + 1] AS _ferry_sqlstate, "
+                "({}::text[])[c._ferry_fate + 1] AS _ferry_message"
+            ).format(sql.Literal(self.fates.states), sql.Literal(self.fates.messages))
+        else:
+            refused = sql.SQL("NULL::text AS _ferry_sqlstate, NULL::text AS _ferry_message")
         hashed = sql.SQL(
-            "SELECT c.*, CASE WHEN c._ferry_fate = 0 THEN {h} END AS _ferry_hash FROM ({shaped}) c"
-        ).format(h=self.target_hash("c"), shaped=shaped)
+            "SELECT c.*, CASE WHEN c._ferry_fate = 0 THEN {h} END AS _ferry_hash, {refused} "
+            "FROM ({shaped}) c"
+        ).format(h=self.target_hash("c"), refused=refused, shaped=shaped)
         return predict.overlay(
             self.refusals, hashed, [n for n, _, _ in self.columns], self.target,
             m.key_column, self.own_led, m.name, self.key_type,
         )  # fmt: skip
+
+    def _parent_uuid(self, j: int) -> sql.Composable:
+        """The UUID a row's parent ``j`` has in the target (over the parent's ledger row)."""
+        p = self.model.parents[j]
+        if p.model != self.model.name:
+            return sql.SQL("{}.target_uuid").format(sql.Identifier(f"p{j}"))
+        # A row that is its own parent points at itself.
+        return sql.SQL("CASE WHEN {k} = m._key::text THEN {own} ELSE {a}.target_uuid END").format(
+            k=text_sql("m", p.keys), own=self.own_uuid(sql.SQL("m._key")),
+            a=sql.Identifier(f"p{j}"),
+        )  # fmt: skip
+
+    def _filled_by(self, column: str) -> sql.Composable:
+        """What fills a written column, where the fate is decided: the model's output, or a
+        parent's UUID."""
+        for j, p in enumerate(self.model.parents):
+            if p.column == column:
+                return self._parent_uuid(j)
+        return sql.SQL("m.{}").format(sql.Identifier(column))
 
     def refused_hash(self, alias: str) -> sql.Composed:
         """What the ledger keeps of a row the database refused: its hash with the digest of

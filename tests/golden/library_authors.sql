@@ -4,22 +4,24 @@ WHEN x._ferry_i > 0 THEN -1
 ELSE x._ferry_fate END AS _ferry_fate, CASE
 WHEN x._ferry_i > 0 THEN 'quarantined'
 ELSE x._ferry_status END AS _ferry_status, CASE
-WHEN x._ferry_i > 0 THEN ('{not_null_violation,not_null_violation,check_violation}'::text[])[x._ferry_i]
+WHEN x._ferry_i > 0 THEN ('{check_violation}'::text[])[x._ferry_i]
 ELSE x._ferry_reason END AS _ferry_reason, CASE
 WHEN x._ferry_i > 0 THEN '{}'::text[]
 ELSE x._ferry_repairs END AS _ferry_repairs, CASE
 WHEN x._ferry_i > 0 THEN NULL
-ELSE x._ferry_uuid END AS _ferry_uuid, x."legacy_author_id", x."name", x."country_code", x._ferry_hash, ('{23502,23502,23514}'::text[])[x._ferry_i] AS _ferry_sqlstate, ( E'{"null value in column \\"name\\" of relation \\"authors\\" violates not-null constraint","null value in column \\"country_code\\" of relation \\"authors\\" violates not-null constraint","new row for relation \\"authors\\" violates check constraint \\"authors_country_code_check\\""}'::text[])[x._ferry_i] AS _ferry_message, NULL::text AS _ferry_holder
+ELSE x._ferry_uuid END AS _ferry_uuid, x."legacy_author_id", x."name", x."country_code", x._ferry_hash, CASE
+WHEN x._ferry_i > 0 THEN ('{23514}'::text[])[x._ferry_i]
+ELSE x._ferry_sqlstate END AS _ferry_sqlstate, CASE
+WHEN x._ferry_i > 0 THEN ( E'{"new row for relation \\"authors\\" violates check constraint \\"authors_country_code_check\\""}'::text[])[x._ferry_i]
+ELSE x._ferry_message END AS _ferry_message, NULL::text AS _ferry_holder
 FROM (SELECT x.*, CASE
 WHEN x._ferry_fate = 0 THEN CASE
-WHEN x."name" IS NULL THEN 1
-WHEN x."country_code" IS NULL THEN 2
-WHEN ((country_code ~ '^[A-Z]{2}$'::text)) IS FALSE THEN 3
+WHEN ((country_code ~ '^[A-Z]{2}$'::text)) IS FALSE THEN 1
 ELSE 0 END
 ELSE 0 END AS _ferry_i
 FROM (SELECT c.*, CASE
-WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_author_id", "c"."name", "c"."country_code"), 0)::text END AS _ferry_hash
-FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,quarantined,excluded,quarantined,quarantined,pending,merged}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,unknown_country,survivor_excluded,survivor_quarantined,missing_survivor,NULL,duplicate_author}'::text[])[m._ferry_fate + 1] AS _ferry_reason, CASE
+WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_author_id", "c"."name", "c"."country_code"), 0)::text END AS _ferry_hash, ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502}'::text[])[c._ferry_fate + 1] AS _ferry_sqlstate, ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"name\\" of relation \\"authors\\" violates not-null constraint","null value in column \\"country_code\\" of relation \\"authors\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] AS _ferry_message
+FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,quarantined,excluded,quarantined,quarantined,pending,merged,quarantined,quarantined}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,unknown_country,survivor_excluded,survivor_quarantined,missing_survivor,NULL,duplicate_author,not_null_violation,not_null_violation}'::text[])[m._ferry_fate + 1] AS _ferry_reason, CASE
 WHEN m._ferry_fate = 0 THEN array_remove(ARRAY[CASE
 WHEN m."_ferry_r1" THEN 'country_normalized' END]::text[], NULL)
 ELSE '{}'::text[] END AS _ferry_repairs, CASE m._ferry_fate
@@ -35,6 +37,8 @@ WHEN m."_same_as" IS NOT NULL AND m."_same_as"::text <> m._key::text AND s.statu
 WHEN m."_same_as" IS NOT NULL AND m."_same_as"::text <> m._key::text AND (s.status IS NULL OR s.status = 'deleted') AND false THEN 4
 WHEN m."_same_as" IS NOT NULL AND m."_same_as"::text <> m._key::text AND (s.status IS NULL OR s.status = 'deleted') THEN 5
 WHEN m."_same_as" IS NOT NULL AND m."_same_as"::text <> m._key::text THEN 6
+WHEN m."name" IS NULL THEN 7
+WHEN m."country_code" IS NULL THEN 8
 ELSE 0 END AS _ferry_fate
 FROM (SELECT m0.*, (country_code IS NULL) AS "_ferry_r0", (_country_fixed) AS "_ferry_r1"
 FROM (SELECT a.id AS _key, a.id AS legacy_author_id, a.name,
@@ -56,22 +60,24 @@ WHEN x._ferry_i > 0 THEN -1
 ELSE x._ferry_fate END AS _ferry_fate, CASE
 WHEN x._ferry_i > 0 THEN 'quarantined'
 ELSE x._ferry_status END AS _ferry_status, CASE
-WHEN x._ferry_i > 0 THEN ('{not_null_violation,not_null_violation,check_violation}'::text[])[x._ferry_i]
+WHEN x._ferry_i > 0 THEN ('{check_violation}'::text[])[x._ferry_i]
 ELSE x._ferry_reason END AS _ferry_reason, CASE
 WHEN x._ferry_i > 0 THEN '{}'::text[]
 ELSE x._ferry_repairs END AS _ferry_repairs, CASE
 WHEN x._ferry_i > 0 THEN NULL
-ELSE x._ferry_uuid END AS _ferry_uuid, x."legacy_author_id", x."name", x."country_code", x._ferry_hash, ('{23502,23502,23514}'::text[])[x._ferry_i] AS _ferry_sqlstate, ( E'{"null value in column \\"name\\" of relation \\"authors\\" violates not-null constraint","null value in column \\"country_code\\" of relation \\"authors\\" violates not-null constraint","new row for relation \\"authors\\" violates check constraint \\"authors_country_code_check\\""}'::text[])[x._ferry_i] AS _ferry_message, NULL::text AS _ferry_holder
+ELSE x._ferry_uuid END AS _ferry_uuid, x."legacy_author_id", x."name", x."country_code", x._ferry_hash, CASE
+WHEN x._ferry_i > 0 THEN ('{23514}'::text[])[x._ferry_i]
+ELSE x._ferry_sqlstate END AS _ferry_sqlstate, CASE
+WHEN x._ferry_i > 0 THEN ( E'{"new row for relation \\"authors\\" violates check constraint \\"authors_country_code_check\\""}'::text[])[x._ferry_i]
+ELSE x._ferry_message END AS _ferry_message, NULL::text AS _ferry_holder
 FROM (SELECT x.*, CASE
 WHEN x._ferry_fate = 0 THEN CASE
-WHEN x."name" IS NULL THEN 1
-WHEN x."country_code" IS NULL THEN 2
-WHEN ((country_code ~ '^[A-Z]{2}$'::text)) IS FALSE THEN 3
+WHEN ((country_code ~ '^[A-Z]{2}$'::text)) IS FALSE THEN 1
 ELSE 0 END
 ELSE 0 END AS _ferry_i
 FROM (SELECT c.*, CASE
-WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_author_id", "c"."name", "c"."country_code"), 0)::text END AS _ferry_hash
-FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,quarantined,excluded,quarantined,quarantined,pending,merged}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,unknown_country,survivor_excluded,survivor_quarantined,missing_survivor,NULL,duplicate_author}'::text[])[m._ferry_fate + 1] AS _ferry_reason, CASE
+WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_author_id", "c"."name", "c"."country_code"), 0)::text END AS _ferry_hash, ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502}'::text[])[c._ferry_fate + 1] AS _ferry_sqlstate, ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"name\\" of relation \\"authors\\" violates not-null constraint","null value in column \\"country_code\\" of relation \\"authors\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] AS _ferry_message
+FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,quarantined,excluded,quarantined,quarantined,pending,merged,quarantined,quarantined}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,unknown_country,survivor_excluded,survivor_quarantined,missing_survivor,NULL,duplicate_author,not_null_violation,not_null_violation}'::text[])[m._ferry_fate + 1] AS _ferry_reason, CASE
 WHEN m._ferry_fate = 0 THEN array_remove(ARRAY[CASE
 WHEN m."_ferry_r1" THEN 'country_normalized' END]::text[], NULL)
 ELSE '{}'::text[] END AS _ferry_repairs, CASE m._ferry_fate
@@ -87,6 +93,8 @@ WHEN m."_same_as" IS NOT NULL AND m."_same_as"::text <> m._key::text AND s.statu
 WHEN m."_same_as" IS NOT NULL AND m."_same_as"::text <> m._key::text AND (s.status IS NULL OR s.status = 'deleted') AND false THEN 4
 WHEN m."_same_as" IS NOT NULL AND m."_same_as"::text <> m._key::text AND (s.status IS NULL OR s.status = 'deleted') THEN 5
 WHEN m."_same_as" IS NOT NULL AND m."_same_as"::text <> m._key::text THEN 6
+WHEN m."name" IS NULL THEN 7
+WHEN m."country_code" IS NULL THEN 8
 ELSE 0 END AS _ferry_fate
 FROM (SELECT m0.*, (country_code IS NULL) AS "_ferry_r0", (_country_fixed) AS "_ferry_r1"
 FROM (SELECT a.id AS _key, a.id AS legacy_author_id, a.name,
@@ -137,22 +145,24 @@ WHEN x._ferry_i > 0 THEN -1
 ELSE x._ferry_fate END AS _ferry_fate, CASE
 WHEN x._ferry_i > 0 THEN 'quarantined'
 ELSE x._ferry_status END AS _ferry_status, CASE
-WHEN x._ferry_i > 0 THEN ('{not_null_violation,not_null_violation,check_violation}'::text[])[x._ferry_i]
+WHEN x._ferry_i > 0 THEN ('{check_violation}'::text[])[x._ferry_i]
 ELSE x._ferry_reason END AS _ferry_reason, CASE
 WHEN x._ferry_i > 0 THEN '{}'::text[]
 ELSE x._ferry_repairs END AS _ferry_repairs, CASE
 WHEN x._ferry_i > 0 THEN NULL
-ELSE x._ferry_uuid END AS _ferry_uuid, x."legacy_author_id", x."name", x."country_code", x._ferry_hash, ('{23502,23502,23514}'::text[])[x._ferry_i] AS _ferry_sqlstate, ( E'{"null value in column \\"name\\" of relation \\"authors\\" violates not-null constraint","null value in column \\"country_code\\" of relation \\"authors\\" violates not-null constraint","new row for relation \\"authors\\" violates check constraint \\"authors_country_code_check\\""}'::text[])[x._ferry_i] AS _ferry_message, NULL::text AS _ferry_holder
+ELSE x._ferry_uuid END AS _ferry_uuid, x."legacy_author_id", x."name", x."country_code", x._ferry_hash, CASE
+WHEN x._ferry_i > 0 THEN ('{23514}'::text[])[x._ferry_i]
+ELSE x._ferry_sqlstate END AS _ferry_sqlstate, CASE
+WHEN x._ferry_i > 0 THEN ( E'{"new row for relation \\"authors\\" violates check constraint \\"authors_country_code_check\\""}'::text[])[x._ferry_i]
+ELSE x._ferry_message END AS _ferry_message, NULL::text AS _ferry_holder
 FROM (SELECT x.*, CASE
 WHEN x._ferry_fate = 0 THEN CASE
-WHEN x."name" IS NULL THEN 1
-WHEN x."country_code" IS NULL THEN 2
-WHEN ((country_code ~ '^[A-Z]{2}$'::text)) IS FALSE THEN 3
+WHEN ((country_code ~ '^[A-Z]{2}$'::text)) IS FALSE THEN 1
 ELSE 0 END
 ELSE 0 END AS _ferry_i
 FROM (SELECT c.*, CASE
-WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_author_id", "c"."name", "c"."country_code"), 0)::text END AS _ferry_hash
-FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,quarantined,excluded,quarantined,quarantined,pending,merged}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,unknown_country,survivor_excluded,survivor_quarantined,missing_survivor,NULL,duplicate_author}'::text[])[m._ferry_fate + 1] AS _ferry_reason, CASE
+WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_author_id", "c"."name", "c"."country_code"), 0)::text END AS _ferry_hash, ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502}'::text[])[c._ferry_fate + 1] AS _ferry_sqlstate, ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"name\\" of relation \\"authors\\" violates not-null constraint","null value in column \\"country_code\\" of relation \\"authors\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] AS _ferry_message
+FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,quarantined,excluded,quarantined,quarantined,pending,merged,quarantined,quarantined}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,unknown_country,survivor_excluded,survivor_quarantined,missing_survivor,NULL,duplicate_author,not_null_violation,not_null_violation}'::text[])[m._ferry_fate + 1] AS _ferry_reason, CASE
 WHEN m._ferry_fate = 0 THEN array_remove(ARRAY[CASE
 WHEN m."_ferry_r1" THEN 'country_normalized' END]::text[], NULL)
 ELSE '{}'::text[] END AS _ferry_repairs, CASE m._ferry_fate
@@ -168,6 +178,8 @@ WHEN m."_same_as" IS NOT NULL AND m."_same_as"::text <> m._key::text AND s.statu
 WHEN m."_same_as" IS NOT NULL AND m."_same_as"::text <> m._key::text AND (s.status IS NULL OR s.status = 'deleted') AND false THEN 4
 WHEN m."_same_as" IS NOT NULL AND m."_same_as"::text <> m._key::text AND (s.status IS NULL OR s.status = 'deleted') THEN 5
 WHEN m."_same_as" IS NOT NULL AND m."_same_as"::text <> m._key::text THEN 6
+WHEN m."name" IS NULL THEN 7
+WHEN m."country_code" IS NULL THEN 8
 ELSE 0 END AS _ferry_fate
 FROM (SELECT m0.*, (country_code IS NULL) AS "_ferry_r0", (_country_fixed) AS "_ferry_r1"
 FROM (SELECT a.id AS _key, a.id AS legacy_author_id, a.name,

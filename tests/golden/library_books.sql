@@ -1,7 +1,7 @@
 -- expected
 WITH _ferry_chunk AS MATERIALIZED (SELECT c.*, CASE
-WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0)::text END AS _ferry_hash
-FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,excluded,pending,excluded,quarantined,quarantined,excluded,quarantined,quarantined,pending,merged}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,draft,NULL,parent_excluded,orphan_author,parent_quarantined,survivor_excluded,survivor_quarantined,missing_survivor,NULL,merged}'::text[])[m._ferry_fate + 1] AS _ferry_reason, '{}'::text[] AS _ferry_repairs, CASE m._ferry_fate
+WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0)::text END AS _ferry_hash, ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502,23502}'::text[])[c._ferry_fate + 1] AS _ferry_sqlstate, ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"author_id\\" of relation \\"books\\" violates not-null constraint","null value in column \\"title\\" of relation \\"books\\" violates not-null constraint","null value in column \\"price\\" of relation \\"books\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] AS _ferry_message
+FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,excluded,pending,excluded,quarantined,quarantined,excluded,quarantined,quarantined,pending,merged,quarantined,quarantined,quarantined}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,draft,NULL,parent_excluded,orphan_author,parent_quarantined,survivor_excluded,survivor_quarantined,missing_survivor,NULL,merged,not_null_violation,not_null_violation,not_null_violation}'::text[])[m._ferry_fate + 1] AS _ferry_reason, '{}'::text[] AS _ferry_repairs, CASE m._ferry_fate
 WHEN 0 THEN "ferry"."key_uuid"('3f0e4a52-6a55-4c1c-9a3e-6d0c2f7a9b11'::uuid, 'lib_book', (m._key)::text) END AS _ferry_uuid, CASE
 WHEN m._ferry_fate = 0 THEN (m."legacy_book_id")::bigint END AS "legacy_book_id", CASE
 WHEN m._ferry_fate = 0 THEN (m."title")::text END AS "title", CASE
@@ -20,6 +20,9 @@ WHEN false THEN 7
 WHEN false THEN 8
 WHEN false THEN 9
 WHEN false THEN 10
+WHEN "p0".target_uuid IS NULL THEN 11
+WHEN m."title" IS NULL THEN 12
+WHEN m."price" IS NULL THEN 13
 ELSE 0 END AS _ferry_fate
 FROM (SELECT m0.*, (_status = 'draft') AS "_ferry_r0"
 FROM (SELECT b.id AS _key,
@@ -45,8 +48,10 @@ WHEN v._ferry_f < 0 THEN '{}'::text[]
 ELSE v._ferry_repairs END AS _ferry_repairs, CASE
 WHEN v._ferry_f < 0 THEN NULL
 ELSE v._ferry_uuid END AS _ferry_uuid, v."legacy_book_id", v."title", v."isbn", v."price", v."published_at", v."author_id", v._ferry_hash, CASE
-WHEN v._ferry_f = -1 THEN v._ferry_rs END AS _ferry_sqlstate, CASE
-WHEN v._ferry_f = -1 THEN v._ferry_rm END AS _ferry_message, CASE
+WHEN v._ferry_f = -1 THEN v._ferry_rs
+ELSE v._ferry_sqlstate END AS _ferry_sqlstate, CASE
+WHEN v._ferry_f = -1 THEN v._ferry_rm
+ELSE v._ferry_message END AS _ferry_message, CASE
 WHEN v._ferry_f = -2 THEN v._ferry_hold END AS _ferry_holder
 FROM (SELECT w.*, CASE
 WHEN w._ferry_bad OR w._ferry_dup OR (w._ferry_held IS NOT NULL AND NOT (w._ferry_held IS NOT NULL AND NOT w._ferry_dup AND w._ferry_hkey IS NOT NULL AND (EXISTS (SELECT
@@ -77,24 +82,21 @@ WHEN y."_ferry_w0" AND NOT y."_ferry_d0" THEN (SELECT "id"
 FROM "public"."books"
 WHERE (lower(isbn)) = y."_ferry_u0_0" AND "id" IS DISTINCT
 FROM y._ferry_uuid LIMIT 1) END AS "_ferry_h0"
-FROM (SELECT x.*, x._ferry_i > 0 AS _ferry_bad, ('{not_null_violation,not_null_violation,not_null_violation,check_violation}'::text[])[x._ferry_i] AS _ferry_rreason, ('{23502,23502,23502,23514}'::text[])[x._ferry_i] AS _ferry_rstate, ( E'{"null value in column \\"author_id\\" of relation \\"books\\" violates not-null constraint","null value in column \\"title\\" of relation \\"books\\" violates not-null constraint","null value in column \\"price\\" of relation \\"books\\" violates not-null constraint","new row for relation \\"books\\" violates check constraint \\"books_price_check\\""}'::text[])[x._ferry_i] AS _ferry_rmessage, (lower(isbn)) AS "_ferry_u0_0", x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL AS "_ferry_w0", CASE
+FROM (SELECT x.*, x._ferry_i > 0 AS _ferry_bad, ('{check_violation}'::text[])[x._ferry_i] AS _ferry_rreason, ('{23514}'::text[])[x._ferry_i] AS _ferry_rstate, ( E'{"new row for relation \\"books\\" violates check constraint \\"books_price_check\\""}'::text[])[x._ferry_i] AS _ferry_rmessage, (lower(isbn)) AS "_ferry_u0_0", x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL AS "_ferry_w0", CASE
 WHEN x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL THEN row_number() OVER (PARTITION BY x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL, (lower(isbn))
 ORDER BY x._ferry_k) > 1
 ELSE false END AS "_ferry_d0"
 FROM (SELECT x.*, CASE
 WHEN x._ferry_fate = 0 THEN CASE
-WHEN x."author_id" IS NULL THEN 1
-WHEN x."title" IS NULL THEN 2
-WHEN x."price" IS NULL THEN 3
-WHEN ((price >= (0)::numeric)) IS FALSE THEN 4
+WHEN ((price >= (0)::numeric)) IS FALSE THEN 1
 ELSE 0 END
 ELSE 0 END AS _ferry_i
 FROM _ferry_chunk x OFFSET 0) x OFFSET 0) y OFFSET 0) z OFFSET 0) w OFFSET 0) v
 
 -- candidates[0]
 CREATE TEMP TABLE _ferry_e ON COMMIT DROP AS WITH _ferry_chunk AS MATERIALIZED (SELECT c.*, CASE
-WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0)::text END AS _ferry_hash
-FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,excluded,pending,excluded,quarantined,quarantined,excluded,quarantined,quarantined,pending,merged}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,draft,NULL,parent_excluded,orphan_author,parent_quarantined,survivor_excluded,survivor_quarantined,missing_survivor,NULL,merged}'::text[])[m._ferry_fate + 1] AS _ferry_reason, '{}'::text[] AS _ferry_repairs, CASE m._ferry_fate
+WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0)::text END AS _ferry_hash, ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502,23502}'::text[])[c._ferry_fate + 1] AS _ferry_sqlstate, ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"author_id\\" of relation \\"books\\" violates not-null constraint","null value in column \\"title\\" of relation \\"books\\" violates not-null constraint","null value in column \\"price\\" of relation \\"books\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] AS _ferry_message
+FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,excluded,pending,excluded,quarantined,quarantined,excluded,quarantined,quarantined,pending,merged,quarantined,quarantined,quarantined}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,draft,NULL,parent_excluded,orphan_author,parent_quarantined,survivor_excluded,survivor_quarantined,missing_survivor,NULL,merged,not_null_violation,not_null_violation,not_null_violation}'::text[])[m._ferry_fate + 1] AS _ferry_reason, '{}'::text[] AS _ferry_repairs, CASE m._ferry_fate
 WHEN 0 THEN "ferry"."key_uuid"('3f0e4a52-6a55-4c1c-9a3e-6d0c2f7a9b11'::uuid, 'lib_book', (m._key)::text) END AS _ferry_uuid, CASE
 WHEN m._ferry_fate = 0 THEN (m."legacy_book_id")::bigint END AS "legacy_book_id", CASE
 WHEN m._ferry_fate = 0 THEN (m."title")::text END AS "title", CASE
@@ -113,6 +115,9 @@ WHEN false THEN 7
 WHEN false THEN 8
 WHEN false THEN 9
 WHEN false THEN 10
+WHEN "p0".target_uuid IS NULL THEN 11
+WHEN m."title" IS NULL THEN 12
+WHEN m."price" IS NULL THEN 13
 ELSE 0 END AS _ferry_fate
 FROM (SELECT m0.*, (_status = 'draft') AS "_ferry_r0"
 FROM (SELECT b.id AS _key,
@@ -138,8 +143,10 @@ WHEN v._ferry_f < 0 THEN '{}'::text[]
 ELSE v._ferry_repairs END AS _ferry_repairs, CASE
 WHEN v._ferry_f < 0 THEN NULL
 ELSE v._ferry_uuid END AS _ferry_uuid, v."legacy_book_id", v."title", v."isbn", v."price", v."published_at", v."author_id", v._ferry_hash, CASE
-WHEN v._ferry_f = -1 THEN v._ferry_rs END AS _ferry_sqlstate, CASE
-WHEN v._ferry_f = -1 THEN v._ferry_rm END AS _ferry_message, CASE
+WHEN v._ferry_f = -1 THEN v._ferry_rs
+ELSE v._ferry_sqlstate END AS _ferry_sqlstate, CASE
+WHEN v._ferry_f = -1 THEN v._ferry_rm
+ELSE v._ferry_message END AS _ferry_message, CASE
 WHEN v._ferry_f = -2 THEN v._ferry_hold END AS _ferry_holder
 FROM (SELECT w.*, CASE
 WHEN w._ferry_bad OR w._ferry_dup OR (w._ferry_held IS NOT NULL AND NOT (w._ferry_held IS NOT NULL AND NOT w._ferry_dup AND w._ferry_hkey IS NOT NULL AND (EXISTS (SELECT
@@ -170,16 +177,13 @@ WHEN y."_ferry_w0" AND NOT y."_ferry_d0" THEN (SELECT "id"
 FROM "public"."books"
 WHERE (lower(isbn)) = y."_ferry_u0_0" AND "id" IS DISTINCT
 FROM y._ferry_uuid LIMIT 1) END AS "_ferry_h0"
-FROM (SELECT x.*, x._ferry_i > 0 AS _ferry_bad, ('{not_null_violation,not_null_violation,not_null_violation,check_violation}'::text[])[x._ferry_i] AS _ferry_rreason, ('{23502,23502,23502,23514}'::text[])[x._ferry_i] AS _ferry_rstate, ( E'{"null value in column \\"author_id\\" of relation \\"books\\" violates not-null constraint","null value in column \\"title\\" of relation \\"books\\" violates not-null constraint","null value in column \\"price\\" of relation \\"books\\" violates not-null constraint","new row for relation \\"books\\" violates check constraint \\"books_price_check\\""}'::text[])[x._ferry_i] AS _ferry_rmessage, (lower(isbn)) AS "_ferry_u0_0", x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL AS "_ferry_w0", CASE
+FROM (SELECT x.*, x._ferry_i > 0 AS _ferry_bad, ('{check_violation}'::text[])[x._ferry_i] AS _ferry_rreason, ('{23514}'::text[])[x._ferry_i] AS _ferry_rstate, ( E'{"new row for relation \\"books\\" violates check constraint \\"books_price_check\\""}'::text[])[x._ferry_i] AS _ferry_rmessage, (lower(isbn)) AS "_ferry_u0_0", x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL AS "_ferry_w0", CASE
 WHEN x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL THEN row_number() OVER (PARTITION BY x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL, (lower(isbn))
 ORDER BY x._ferry_k) > 1
 ELSE false END AS "_ferry_d0"
 FROM (SELECT x.*, CASE
 WHEN x._ferry_fate = 0 THEN CASE
-WHEN x."author_id" IS NULL THEN 1
-WHEN x."title" IS NULL THEN 2
-WHEN x."price" IS NULL THEN 3
-WHEN ((price >= (0)::numeric)) IS FALSE THEN 4
+WHEN ((price >= (0)::numeric)) IS FALSE THEN 1
 ELSE 0 END
 ELSE 0 END AS _ferry_i
 FROM _ferry_chunk x OFFSET 0) x OFFSET 0) y OFFSET 0) z OFFSET 0) w OFFSET 0) v
@@ -216,8 +220,8 @@ DROP TABLE _ferry_e
 CREATE TEMP TABLE _ferry_c ON COMMIT DROP AS
 SELECT c.*, NULL::text AS _old_status, NULL::uuid AS _old_uuid, NULL::text AS _old_hash, false AS _conflict
 FROM (WITH _ferry_chunk AS MATERIALIZED (SELECT c.*, CASE
-WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0)::text END AS _ferry_hash
-FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,excluded,pending,excluded,quarantined,quarantined,excluded,quarantined,quarantined,pending,merged}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,draft,NULL,parent_excluded,orphan_author,parent_quarantined,survivor_excluded,survivor_quarantined,missing_survivor,NULL,merged}'::text[])[m._ferry_fate + 1] AS _ferry_reason, '{}'::text[] AS _ferry_repairs, CASE m._ferry_fate
+WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0)::text END AS _ferry_hash, ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502,23502}'::text[])[c._ferry_fate + 1] AS _ferry_sqlstate, ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"author_id\\" of relation \\"books\\" violates not-null constraint","null value in column \\"title\\" of relation \\"books\\" violates not-null constraint","null value in column \\"price\\" of relation \\"books\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] AS _ferry_message
+FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,excluded,pending,excluded,quarantined,quarantined,excluded,quarantined,quarantined,pending,merged,quarantined,quarantined,quarantined}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,draft,NULL,parent_excluded,orphan_author,parent_quarantined,survivor_excluded,survivor_quarantined,missing_survivor,NULL,merged,not_null_violation,not_null_violation,not_null_violation}'::text[])[m._ferry_fate + 1] AS _ferry_reason, '{}'::text[] AS _ferry_repairs, CASE m._ferry_fate
 WHEN 0 THEN "ferry"."key_uuid"('3f0e4a52-6a55-4c1c-9a3e-6d0c2f7a9b11'::uuid, 'lib_book', (m._key)::text) END AS _ferry_uuid, CASE
 WHEN m._ferry_fate = 0 THEN (m."legacy_book_id")::bigint END AS "legacy_book_id", CASE
 WHEN m._ferry_fate = 0 THEN (m."title")::text END AS "title", CASE
@@ -236,6 +240,9 @@ WHEN false THEN 7
 WHEN false THEN 8
 WHEN false THEN 9
 WHEN false THEN 10
+WHEN "p0".target_uuid IS NULL THEN 11
+WHEN m."title" IS NULL THEN 12
+WHEN m."price" IS NULL THEN 13
 ELSE 0 END AS _ferry_fate
 FROM (SELECT m0.*, (_status = 'draft') AS "_ferry_r0"
 FROM (SELECT b.id AS _key,
@@ -261,8 +268,10 @@ WHEN v._ferry_f < 0 THEN '{}'::text[]
 ELSE v._ferry_repairs END AS _ferry_repairs, CASE
 WHEN v._ferry_f < 0 THEN NULL
 ELSE v._ferry_uuid END AS _ferry_uuid, v."legacy_book_id", v."title", v."isbn", v."price", v."published_at", v."author_id", v._ferry_hash, CASE
-WHEN v._ferry_f = -1 THEN v._ferry_rs END AS _ferry_sqlstate, CASE
-WHEN v._ferry_f = -1 THEN v._ferry_rm END AS _ferry_message, CASE
+WHEN v._ferry_f = -1 THEN v._ferry_rs
+ELSE v._ferry_sqlstate END AS _ferry_sqlstate, CASE
+WHEN v._ferry_f = -1 THEN v._ferry_rm
+ELSE v._ferry_message END AS _ferry_message, CASE
 WHEN v._ferry_f = -2 THEN v._ferry_hold END AS _ferry_holder
 FROM (SELECT w.*, CASE
 WHEN w._ferry_bad OR w._ferry_dup OR (w._ferry_held IS NOT NULL AND NOT (w._ferry_held IS NOT NULL AND NOT w._ferry_dup AND w._ferry_hkey IS NOT NULL AND (EXISTS (SELECT
@@ -293,16 +302,13 @@ WHEN y."_ferry_w0" AND NOT y."_ferry_d0" THEN (SELECT "id"
 FROM "public"."books"
 WHERE (lower(isbn)) = y."_ferry_u0_0" AND "id" IS DISTINCT
 FROM y._ferry_uuid LIMIT 1) END AS "_ferry_h0"
-FROM (SELECT x.*, x._ferry_i > 0 AS _ferry_bad, ('{not_null_violation,not_null_violation,not_null_violation,check_violation}'::text[])[x._ferry_i] AS _ferry_rreason, ('{23502,23502,23502,23514}'::text[])[x._ferry_i] AS _ferry_rstate, ( E'{"null value in column \\"author_id\\" of relation \\"books\\" violates not-null constraint","null value in column \\"title\\" of relation \\"books\\" violates not-null constraint","null value in column \\"price\\" of relation \\"books\\" violates not-null constraint","new row for relation \\"books\\" violates check constraint \\"books_price_check\\""}'::text[])[x._ferry_i] AS _ferry_rmessage, (lower(isbn)) AS "_ferry_u0_0", x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL AS "_ferry_w0", CASE
+FROM (SELECT x.*, x._ferry_i > 0 AS _ferry_bad, ('{check_violation}'::text[])[x._ferry_i] AS _ferry_rreason, ('{23514}'::text[])[x._ferry_i] AS _ferry_rstate, ( E'{"new row for relation \\"books\\" violates check constraint \\"books_price_check\\""}'::text[])[x._ferry_i] AS _ferry_rmessage, (lower(isbn)) AS "_ferry_u0_0", x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL AS "_ferry_w0", CASE
 WHEN x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL THEN row_number() OVER (PARTITION BY x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL, (lower(isbn))
 ORDER BY x._ferry_k) > 1
 ELSE false END AS "_ferry_d0"
 FROM (SELECT x.*, CASE
 WHEN x._ferry_fate = 0 THEN CASE
-WHEN x."author_id" IS NULL THEN 1
-WHEN x."title" IS NULL THEN 2
-WHEN x."price" IS NULL THEN 3
-WHEN ((price >= (0)::numeric)) IS FALSE THEN 4
+WHEN ((price >= (0)::numeric)) IS FALSE THEN 1
 ELSE 0 END
 ELSE 0 END AS _ferry_i
 FROM _ferry_chunk x OFFSET 0) x OFFSET 0) y OFFSET 0) z OFFSET 0) w OFFSET 0) v) c
