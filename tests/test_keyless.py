@@ -20,7 +20,7 @@ from psycopg import sql
 from ferry import keys, ledger, report, stage
 from ferry.embedded import LocalCluster
 from ferry.pipeline import migrate
-from ferry.quarantine import list_entries
+from ferry.quarantine import list_entries, show_row
 from ferry.spec import Spec, load_spec
 from ferry.sync import sync
 from ferry.verify import verify
@@ -161,6 +161,9 @@ def test_a_key_that_repeats_quarantines_its_rows(cluster: LocalCluster, tmp_path
     data = report.collect(target, spec)
     members = next(s for s in data["sources"] if s["source_table"] == "members")
     assert members["quarantined"] == {"duplicate_key": 2} and members["adds_up"]
+    assert "duplicate_key" in report.render(data, "md")
+    _, values, shown = show_row(target, spec, "members", "5")
+    assert values is not None and [(e.status, e.reason) for e in shown] == [DUP]
 
     with psycopg.connect(source, autocommit=True) as conn:
         conn.execute("DELETE FROM members WHERE name = 'cy again'")  # 3 is unique again
