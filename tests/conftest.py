@@ -1,7 +1,8 @@
 """Session fixtures: one real PostgreSQL cluster for the whole test session.
 
 The cluster lives under a temporary directory (or FERRY_TEST_WORKDIR, to inspect it after a
-run). Tests create their own databases on it, so they stay independent of each other.
+run). Tests create their own databases on it, so they stay independent of each other. It runs
+with ``wal_level = logical``, for the tests of change capture from the WAL (``test_wal.py``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ def cluster() -> Iterator[LocalCluster]:
     if base:
         workdir = Path(base)
         workdir.mkdir(parents=True, exist_ok=True)
-        with running(workdir) as c:
+        with running(workdir, logical=True) as c:
             yield c
     else:
-        with tempfile.TemporaryDirectory(prefix="ferry-test-") as tmp, running(Path(tmp)) as c:
+        with (
+            tempfile.TemporaryDirectory(prefix="ferry-test-") as tmp,
+            running(Path(tmp), logical=True) as c,
+        ):
             yield c

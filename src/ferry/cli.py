@@ -177,6 +177,13 @@ def migrate(
         help="First loads of big tables set the target's foreign keys aside and put them back "
         "validated (about twice as fast); parent tables stay readable, their writes wait.",
     ),
+    changes: str | None = typer.Option(
+        None,
+        "--changes",
+        help="How later syncs find changes: wal (a logical replication slot on the source, "
+        "made before the stage's snapshot; needs wal_level = logical and a REPLICATION role) "
+        "or checksum (the range diff; drops a slot). Default: as the last migrate chose.",
+    ),
 ) -> None:
     """Stage every source, run every model, and prove every source row has a fate."""
     from ferry.pipeline import migrate as run
@@ -193,7 +200,7 @@ def migrate(
         with RichProgress(console) as progress:
             result = run(
                 src, tgt, loaded, data_dir=data_dir, jobs=jobs, progress=progress,
-                defer_constraints=defer_constraints,
+                defer_constraints=defer_constraints, changes=changes,
             )  # fmt: skip
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
@@ -217,6 +224,9 @@ def sync(
     ),
     max_backoff: str = typer.Option(
         "10m", "--max-backoff", help="With --every: longest wait after failed syncs."
+    ),
+    full: bool = typer.Option(
+        False, "--full", help="Compare every row by checksums even where the WAL names changes."
     ),
 ) -> None:
     """Bring the target in step with the legacy database: only what changed moves.
@@ -254,7 +264,9 @@ def sync(
                 raise typer.Exit(code=130) from None
             return
         with RichProgress(console) as progress:
-            result = run(src, tgt, loaded, data_dir=data_dir, jobs=jobs, progress=progress)
+            result = run(
+                src, tgt, loaded, data_dir=data_dir, jobs=jobs, progress=progress, full=full
+            )
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
     _print_sync(result)
@@ -264,6 +276,8 @@ def _print_sync(result: object) -> None:
     from ferry.sync import SyncResult
 
     assert isinstance(result, SyncResult)
+    for note in result.notes:
+        console.print(f"[yellow]warning:[/] {escape(note)}")
     c = result.counts
     if not result.changed and not any(c.get(k) for k in ("fixed_on_retry", "newly_quarantined")):
         stdout.print(f"sync: nothing changed ({result.seconds:.2f} s)")
@@ -486,6 +500,14 @@ def status(
         False, "--check", help="Exit 1 if the last sync failed or is older than --max-age."
     ),
     max_age: str = typer.Option("15m", "--max-age", help="With --check: 90s, 15m, 2h, ..."),
+    source: str | None = typer.Option(
+        None,
+        "--source",
+        help=f"Legacy database conninfo (or ${conninfo.SOURCE_ENV}): the replication slot's lag.",
+    ),
+    max_slot_lag: str = typer.Option(
+        "1GB", "--max-slot-lag", help="WAL a replication slot may hold before it is a problem."
+    ),
 ) -> None:
     """Where the migration stands: last runs, fates, conflicts, quarantine by reason.
 
@@ -503,7 +525,14 @@ def status(
     except FerryError as exc:
         raise typer.BadParameter(str(exc), param_hint="--max-age") from None
     try:
-        found = st.collect(_resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec))
+        lag = st.parse_size(max_slot_lag)
+    except FerryError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--max-slot-lag") from None
+    try:
+        src = _optional_source(source)
+        found = st.collect(
+            _resolve(target, conninfo.TARGET_ENV, "target"), load_spec(spec), src, lag
+        )
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
     problems = st.check(found, limit) if check else []
@@ -745,6 +774,12 @@ def rollback(
     ),
     everything: bool = typer.Option(False, "--all", help="Undo every run; empties the stage."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    source: str | None = typer.Option(
+        None,
+        "--source",
+        help=f"Legacy database conninfo (or ${conninfo.SOURCE_ENV}): with --all, where the "
+        "replication slot is dropped.",
+    ),
 ) -> None:
     """Undo runs: remove the target rows they inserted, restore the rows they changed.
 
@@ -771,7 +806,7 @@ def rollback(
         if not yes and not typer.confirm("Roll back?", default=False, err=True):
             stdout.print("nothing was changed")
             raise typer.Exit(code=1)
-        result = rb.rollback(tgt, loaded, run=run, all_=everything)
+        result = rb.rollback(tgt, loaded, run=run, all_=everything, source=_optional_source(source))
     except (FerryError, psycopg.Error) as exc:
         raise _fail(exc) from None
     c = result.counts
@@ -782,7 +817,47 @@ def rollback(
         f"{c['ledger_removed']:,}, restored {c['ledger_restored']:,}"
         + ("; stage emptied (run migrate next)" if result.stage_cleared
            else f"; {c['keys']:,} keys will be taken again by the next sync")
+        + (f"; replication slot {result.slot_dropped} dropped" if result.slot_dropped else "")
     )  # fmt: skip
+
+
+def _optional_source(value: str | None) -> str | None:
+    """A source only some commands need: the option, else the environment, else None."""
+    import os
+
+    if value is None and not os.environ.get(conninfo.SOURCE_ENV):
+        return None
+    return _resolve(value, conninfo.SOURCE_ENV, "source")
+
+
+@app.command()
+def cleanup(
+    spec: Path = SPEC,
+    source: str | None = SOURCE,
+    target: str | None = TARGET,
+) -> None:
+    """Drop what ferry keeps on the source: the replication slot of --changes wal.
+
+    A slot that no sync advances keeps WAL on the source's disk until it fills: run this
+    at cutover, or to go back to the checksum diff (later syncs use it; migrate --changes
+    wal makes a slot again). The ledger and the target are not touched.
+    """
+    from ferry import runs, wal
+    from ferry.spec import load_spec
+
+    try:
+        loaded = load_spec(spec)
+        src = _resolve(source, conninfo.SOURCE_ENV, "source")
+        tgt = _resolve(target, conninfo.TARGET_ENV, "target")
+        with runs.opened(tgt, loaded, "ferry-cleanup") as conn:
+            dropped = wal.drop_slot(src, conn, loaded)
+    except (FerryError, psycopg.Error) as exc:
+        raise _fail(exc) from None
+    stdout.print(
+        f"replication slot {dropped} dropped; syncs compare by checksums now"
+        if dropped
+        else "nothing to clean up: this target has no replication slot on the source"
+    )
 
 
 if __name__ == "__main__":

@@ -121,6 +121,7 @@ __all__ = [
     "TableDiff",
     "apply_diff",
     "diff_table",
+    "sync_stage_keys",
     "sync_stage_table",
 ]
 
@@ -1252,6 +1253,62 @@ def sync_stage_table(
     with _opened(source_conn, source_rel, stage_conn, stage_rel, key, columns) as opened:
         pair, plan, result = opened
         _run_diff(pair, plan, result)
+        result.applied = _run_apply(pair, plan, result)
+    diff_bytes = 0 if pair.same else pair.source.bytes
+    result.bytes_from_source = diff_bytes + result.applied.bytes_from_source
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _diff_keys(pair: _Pair, plan: _Plan, result: TableDiff, keys: Sequence[Key]) -> None:
+    """What ``_run_diff`` finds, for the given keys only: their rows listed on both sides by
+    key (index lookups), compared by the same strong row hash."""
+    inserted: list[Key] = []
+    updated: list[Key] = []
+    deleted: list[Key] = []
+    tkeys = sql.SQL(", ").join(sql.Identifier("t", k) for k in plan.key)
+    for start in range(0, len(keys), COPY_KEYS_PER_STATEMENT):
+        unnest, params = _key_array_params(plan, keys[start : start + COPY_KEYS_PER_STATEMENT])
+
+        def listed(side: _Side, u: sql.Composable = unnest, p: list[Any] = params) -> dict:
+            scope = sql.SQL("FROM {rel} t WHERE ({keys}) IN (SELECT * FROM {un})").format(
+                rel=side.rel, keys=tkeys, un=u
+            )
+            return _leaf_hashes(side, plan, scope, p)
+
+        src_rows, stg_rows = pair.both(listed)
+        gone = stg_rows.keys() - src_rows.keys()
+        result.rows_compared += len(src_rows) + len(gone)
+        result.source_rows += len(src_rows)
+        result.stage_rows += len(stg_rows)
+        deleted.extend(gone)
+        for key, _ in src_rows.items() - stg_rows.items():
+            (updated if key in stg_rows else inserted).append(key)
+    result.inserted = sorted(inserted)
+    result.updated = sorted(updated)
+    result.deleted = sorted(deleted)
+
+
+def sync_stage_keys(
+    source_conn: psycopg.Connection[Any],
+    source_rel: Rel,
+    stage_conn: psycopg.Connection[Any],
+    stage_rel: Rel,
+    key: Sequence[str],
+    columns: Sequence[str],
+    keys: Sequence[Sequence[Any]],
+) -> TableDiff:
+    """:func:`sync_stage_table` for a known set of candidate keys (a change feed named them:
+    ``wal.py``): only their rows are compared and copied, in one source snapshot and one stage
+    transaction, and the result is what the full diff would say of them. A key given that
+    did not change (a change undone, one already staged) comes back in no list. Keys may be
+    given as text: they are cast to the stage's key types. Only ``source_rows`` and
+    ``stage_rows`` differ in meaning: the rows found for these keys, not whole tables."""
+    started = time.perf_counter()
+    with _opened(source_conn, source_rel, stage_conn, stage_rel, key, columns) as opened:
+        pair, plan, result = opened
+        _diff_keys(pair, plan, result, [tuple(k) for k in keys])
+        result.levels = 1 if keys else 0
         result.applied = _run_apply(pair, plan, result)
     diff_bytes = 0 if pair.same else pair.source.bytes
     result.bytes_from_source = diff_bytes + result.applied.bytes_from_source

@@ -53,6 +53,15 @@ _SERVER_SETTINGS = {
     "log_min_messages": "warning",
 }
 
+# With ``logical``: what change capture from the WAL needs (``wal.py``). Not the default: at
+# ``minimal`` a COPY into a table its transaction created writes no WAL, which the stage's
+# first copy relies on for its speed.
+_LOGICAL_SETTINGS = {
+    "wal_level": "logical",
+    "max_wal_senders": "10",
+    "max_replication_slots": "40",
+}
+
 
 def _major(bindir: Path) -> int:
     out = subprocess.run(
@@ -120,6 +129,7 @@ class LocalCluster:
     workdir: Path
     port: int = 0
     bindir: Path = field(default_factory=find_bindir)
+    logical: bool = False  # wal_level = logical, slots and WAL senders (``_LOGICAL_SETTINGS``)
 
     def __post_init__(self) -> None:
         # The server changes into its data directory: every path it is given must be absolute.
@@ -177,7 +187,8 @@ class LocalCluster:
         if self.is_running():
             self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "stop")
         self.port = self.port or _free_port()
-        opts = " ".join(f"-c {k}={v}" for k, v in _SERVER_SETTINGS.items())
+        settings = {**_SERVER_SETTINGS, **(_LOGICAL_SETTINGS if self.logical else {})}
+        opts = " ".join(f"-c {k}={v}" for k, v in settings.items())
         opts += f" -p {self.port} -k {self.datadir}"
         self._cmd(
             str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
@@ -219,13 +230,18 @@ class LocalCluster:
 
 
 @contextmanager
-def running(workdir: Path, bindir: Path | None = None) -> Iterator[LocalCluster]:
+def running(
+    workdir: Path, bindir: Path | None = None, *, logical: bool = False
+) -> Iterator[LocalCluster]:
     """Start the cluster for the duration of a block and stop it on any exit, Ctrl-C included.
 
     SIGTERM is turned into ``SystemExit`` so that the ``finally`` clause runs for it too.
+    ``logical``: with logical decoding (``wal_level = logical``), for ``--changes wal``.
     """
     cluster = (
-        LocalCluster(Path(workdir)) if bindir is None else LocalCluster(Path(workdir), 0, bindir)
+        LocalCluster(Path(workdir), logical=logical)
+        if bindir is None
+        else LocalCluster(Path(workdir), 0, bindir, logical)
     )
     previous = signal.getsignal(signal.SIGTERM)
 

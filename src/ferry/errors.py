@@ -76,6 +76,11 @@ class WatchError(FerryError):
     """Continuous sync could not start (a bad interval, the metrics port taken)."""
 
 
+class ChangeCaptureError(FerryError):
+    """Change capture from the source's WAL cannot be used (no logical decoding, no
+    REPLICATION privilege, no free slot): the message says what the source lacks."""
+
+
 class DemoError(FerryError):
     """The demo world cannot be built or changed as asked (wrong scale, delta twice, ...)."""
 

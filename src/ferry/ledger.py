@@ -118,6 +118,13 @@ CREATE TABLE IF NOT EXISTS {schema}.loads_aside (
     model  text PRIMARY KEY,
     run_id bigint NOT NULL
 );
+CREATE TABLE IF NOT EXISTS {schema}.changes (
+    slot        text PRIMARY KEY,
+    run_id      bigint NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    lsn         pg_lsn,
+    advanced_at timestamptz
+);
 CREATE TABLE IF NOT EXISTS {schema}.model_runs (
     run_id  bigint NOT NULL,
     model   text NOT NULL,
@@ -151,7 +158,7 @@ def helpers(schema: str) -> list[sql.Composed]:
 
 
 # Bumped whenever the DDL above changes; ensure_schema skips its work when it matches.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:
@@ -920,3 +927,58 @@ def queue_deletes(
         ),
         [run_id, model, keys],
     )
+
+
+@dataclass
+class ChangeSlot:
+    """The replication slot on the source that names changed keys (``wal.py``): recorded
+    before it is created, so that no slot of ferry's can exist that its ledger forgets."""
+
+    slot: str
+    run_id: int
+    created_at: Any
+    lsn: str | None  # where ferry last advanced it to, after a sync committed
+    advanced_at: Any
+
+
+def change_slot(conn: psycopg.Connection, spec: Spec) -> ChangeSlot | None:
+    """The slot this target's syncs read changes from; None: they diff by checksums."""
+    table = sql.Identifier(spec.ledger_schema, "changes")
+    if not catalog.exists(conn, table):
+        return None
+    row = conn.execute(
+        sql.SQL("SELECT slot, run_id, created_at, lsn::text, advanced_at FROM {} LIMIT 1").format(
+            table
+        )
+    ).fetchone()
+    return ChangeSlot(*row) if row else None
+
+
+def record_slot(conn: psycopg.Connection, spec: Spec, slot: str, run_id: int) -> None:
+    """The slot ``slot`` is about to be made (again): the only one, not yet advanced."""
+    table = sql.Identifier(spec.ledger_schema, "changes")
+    conn.execute(sql.SQL("DELETE FROM {} WHERE slot <> %s").format(table), [slot])
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (slot, run_id) VALUES (%s, %s) ON CONFLICT (slot) DO UPDATE SET "
+            "run_id = EXCLUDED.run_id, created_at = clock_timestamp(), lsn = NULL, "
+            "advanced_at = NULL"
+        ).format(table),
+        [slot, run_id],
+    )
+
+
+def slot_advanced(conn: psycopg.Connection, spec: Spec, slot: str, lsn: str) -> None:
+    conn.execute(
+        sql.SQL(
+            "UPDATE {} SET lsn = %s::pg_lsn, advanced_at = clock_timestamp() WHERE slot = %s"
+        ).format(sql.Identifier(spec.ledger_schema, "changes")),
+        [lsn, slot],
+    )
+
+
+def forget_slot(conn: psycopg.Connection, spec: Spec, slot: str) -> None:
+    """Called once the slot is dropped on the source (or found gone there)."""
+    table = sql.Identifier(spec.ledger_schema, "changes")
+    if catalog.exists(conn, table):
+        conn.execute(sql.SQL("DELETE FROM {} WHERE slot = %s").format(table), [slot])

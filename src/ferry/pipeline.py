@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from ferry import chunk, constraints, deletes, execute, ledger, runs, settle, stage
+from ferry import chunk, constraints, deletes, execute, ledger, runs, settle, stage, wal
 from ferry.conninfo import connect
 from ferry.errors import FerryError
 from ferry.execute import Progress, run_model, session
@@ -72,10 +72,12 @@ class Staging:
 
     def __init__(
         self, source: str, target: str, spec: Spec, run_id: int, data_dir: Path, jobs: int,
-        progress: Progress, sample: int | None = None,
+        progress: Progress, snapshot: wal.Export | None = None, sample: int | None = None,
     ) -> None:  # fmt: skip
         self.source, self.spec, self.run_id = source, spec, run_id
         self.sample = sample  # at most this many rows of each source (``ferry plan --sample``)
+        # A replication slot just made: every table is read as the source was when it began
+        self.snapshot = snapshot
         self.data_dir, self.jobs, self.progress = data_dir, max(1, jobs), progress
         self.staged: dict[str, Future[stage.StageResult]] = {}
         self._pairs = SessionPairs(source, target, "ferry-stage")
@@ -91,6 +93,8 @@ class Staging:
     def __exit__(self, *exc: object) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._pairs.__exit__()
+        if self.snapshot is not None:
+            self.snapshot.close()
 
     def results(self) -> list[stage.StageResult]:
         return [f.result() for f in self.staged.values()]
@@ -105,6 +109,8 @@ class Staging:
         if src.csv is not None:
             result = stage.stage_csv(t, self.spec, src, self.data_dir, adv, self.sample)
         else:
+            if self.snapshot is not None:
+                self.snapshot.use(s)
             result = stage.stage_table(s, t, self.spec, src, adv, self.sample)
         stage.record(t, self.spec, result, self.run_id)
         t.commit()
@@ -290,20 +296,27 @@ def transform_all(
 
 def migrate(
     source: str, target: str, spec: Spec, *, data_dir: Path | None = None, jobs: int = 2,
-    progress: Progress | None = None, defer_constraints: bool = True, sample: int | None = None,
+    progress: Progress | None = None, defer_constraints: bool = True,
+    changes: str | None = None, sample: int | None = None,
 ) -> RunResult:  # fmt: skip
     """Full run: re-stage everything, then bring every model's rows up to date.
 
     Safe to repeat and to resume after a crash: rows whose outcome did not change are not
-    written again. ``sample``: stage at most that many rows of each source (``ferry plan``).
+    written again. ``changes``: where later syncs learn what changed: ``wal`` (a logical
+    replication slot on the source, made before the stage's snapshot: ``wal.py``),
+    ``checksum`` (the range diff; drops a slot), or None (as the ledger says). ``sample``:
+    stage at most that many rows of each source (``ferry plan``).
     """
     progress = progress or Progress()
     t0 = time.perf_counter()
     with runs.recorded_run(target, spec, "migrate") as (conn, run_id, counts):
         result = RunResult(run_id, "migrate")
         data = data_dir or spec.base_dir
+        snapshot = wal.for_migrate(source, conn, spec, changes, run_id)
         with (
-            Staging(source, target, spec, run_id, data, jobs, progress, sample) as staging,
+            Staging(
+                source, target, spec, run_id, data, jobs, progress, snapshot, sample
+            ) as staging,
             Checks(target, spec, chunk.Slots(max(1, jobs))) as checks,
         ):
             result.models = transform_all(

@@ -59,7 +59,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import catalog, deletes, ledger, query, runs, stage
+from ferry import catalog, deletes, ledger, query, runs, stage, wal
 from ferry.conninfo import connect
 from ferry.errors import FerryError, RollbackError, describe
 from ferry.spec import Model, Spec
@@ -93,6 +93,7 @@ class RollbackResult:
     counts: Counter[str] = field(default_factory=Counter)
     stage_cleared: bool = False
     seconds: float = 0.0
+    slot_dropped: str | None = None  # the source's replication slot, when every run was undone
 
 
 def _ident(spec: Spec, table: str) -> sql.Identifier:
@@ -146,13 +147,23 @@ def plan(target: str, spec: Spec, *, run: int | None = None, all_: bool = False)
 
 
 def rollback(
-    target: str, spec: Spec, *, run: int | None = None, all_: bool = False
-) -> RollbackResult:
+    target: str, spec: Spec, *, run: int | None = None, all_: bool = False,
+    source: str | None = None,
+) -> RollbackResult:  # fmt: skip
     """Undo runs ``run``..latest (or every run with ``all_``), newest first, in one
-    transaction; the rollback itself is recorded as a run of kind ``rollback``."""
+    transaction; the rollback itself is recorded as a run of kind ``rollback``. When every
+    run is undone, the replication slot of ``--changes wal`` is dropped on ``source``
+    (refused up front without it: a slot nobody advances fills the source's disk)."""
     t0 = time.perf_counter()
     with runs.opened(target, spec, "ferry-rollback", error=RollbackError) as conn:
         todo = _plan(conn, spec, run, all_)
+        slot = ledger.change_slot(conn, spec) if todo.everything else None
+        conn.commit()
+        if slot is not None and source is None:
+            raise RollbackError(
+                f"this target has replication slot {slot.slot} on the source: give the source "
+                "(--source) so that undoing every run drops it too"
+            )
         with ledger.recorded(conn, spec, "rollback") as (rb_id, counts):
             result = RollbackResult(rb_id)
             _rollback(conn, spec, todo, result)
@@ -161,6 +172,8 @@ def rollback(
                 seconds=round(result.seconds, 3), undone_runs=result.undone,
                 **result.counts, stage_cleared=result.stage_cleared,
             )  # fmt: skip
+        if slot is not None and source is not None:
+            result.slot_dropped = wal.drop_slot(source, conn, spec)
     return result
 
 

@@ -22,7 +22,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ferry import catalog, ledger
+from ferry import catalog, ledger, wal
 from ferry.conninfo import connect
 from ferry.errors import StatusError
 from ferry.spec import Spec
@@ -95,6 +95,7 @@ class Status:
     quarantined: list[tuple[str, str, int]] = field(default_factory=list)  # model, reason, n
     decisions: int = 0
     resync_pending: int = 0
+    slot: SlotStatus | None = None  # change capture from the WAL (``wal.py``)
 
     @property
     def since_last_ok(self) -> float | None:
@@ -118,7 +119,99 @@ class Status:
             "quarantined": [{"model": m, "reason": r, "rows": n} for m, r, n in self.quarantined],
             "operator_decisions": self.decisions,
             "resync_pending": self.resync_pending,
+            "replication_slot": self.slot.as_json() if self.slot else None,
         }
+
+
+@dataclass
+class SlotStatus:
+    """The source's replication slot: how far behind it is, and since when. A slot that is
+    not advanced keeps WAL on the source's disk until the disk fills, so it is worth an
+    alert. ``lag_bytes`` and the rest are None when the source was not given."""
+
+    slot: str
+    created_at: datetime
+    advanced_at: datetime | None
+    age: float  # seconds since last advanced (or made)
+    max_lag: int  # bytes: more is a problem for --check, and shown as a warning
+    read: bool = False  # the source was asked
+    exists: bool = False
+    lag_bytes: int | None = None
+    retained_bytes: int | None = None
+    safe_wal_size: int | None = None
+    wal_status: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        if not self.read:
+            return None
+        if not self.exists or self.wal_status == "lost":
+            return (
+                f"replication slot {self.slot} is gone from the source (or lost its WAL): the "
+                "next sync compares every row by checksums and makes it again"
+            )
+        held = max(self.lag_bytes or 0, self.retained_bytes or 0)
+        if held > self.max_lag:
+            return (
+                f"replication slot {self.slot} holds {format_bytes(held)} of WAL on the source "
+                f"(more than {format_bytes(self.max_lag)}), last advanced "
+                f"{format_duration(self.age)} ago: sync, or drop it with ferry cleanup"
+            )
+        return None
+
+    def as_json(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["created_at"] = self.created_at.isoformat()
+        out["advanced_at"] = self.advanced_at.isoformat() if self.advanced_at else None
+        out["problem"] = self.problem
+        return out
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
+
+
+def parse_size(text: str) -> int:
+    """``500MB``, ``2GB``, ``1.5G``, or plain bytes -> bytes (powers of 1024)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise StatusError(f"{text!r} is not a size: write it like 500MB or 2GB")
+    return int(float(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " "))
+
+
+def format_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:,} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n = n / 1024  # type: ignore[assignment]
+    return f"{n:.1f} TB"
+
+
+def _slot(
+    conn: psycopg.Connection, spec: Spec, source: str | None, max_lag: int
+) -> SlotStatus | None:
+    try:
+        found = ledger.change_slot(conn, spec)
+    except psycopg.errors.InsufficientPrivilege:  # a monitoring role granted other tables only
+        conn.rollback()
+        return None
+    if found is None:
+        return None
+    row = conn.execute(
+        "SELECT extract(epoch FROM clock_timestamp() - coalesce(%s, %s))::float8",
+        [found.advanced_at, found.created_at],
+    ).fetchone()
+    out = SlotStatus(
+        found.slot, found.created_at, found.advanced_at, float(row[0]) if row else 0.0, max_lag
+    )
+    if source is not None:
+        with connect(source, app="ferry-status") as src:
+            state = wal.slot_state(src, found.slot)
+        out.read, out.exists, out.wal_status = True, state.exists, state.wal_status
+        out.lag_bytes, out.retained_bytes = state.lag_bytes, state.retained_bytes
+        out.safe_wal_size = state.safe_wal_size
+    return out
 
 
 _RUN = (
@@ -147,9 +240,12 @@ def _exists(conn: psycopg.Connection, spec: Spec, table: str) -> bool:
     return catalog.exists(conn, sql.Identifier(spec.ledger_schema, table))
 
 
-def collect(target: str, spec: Spec) -> Status:
+def collect(
+    target: str, spec: Spec, source: str | None = None, max_slot_lag: int = 1 << 30
+) -> Status:
     """Read the run history and the ledger's counts (cheap: one pass over the ledger), the
-    first loads still written aside included (``ledger.with_aside``)."""
+    first loads still written aside included (``ledger.with_aside``); with ``source``, the
+    lag of the replication slot there (``SlotStatus``)."""
     with connect(target, app="ferry-status") as conn:
         if not _exists(conn, spec, "runs"):
             raise StatusError(f"no ledger in schema {spec.ledger_schema}: ferry has not run here")
@@ -203,6 +299,7 @@ def collect(target: str, spec: Spec) -> Status:
                 )
             ).fetchone()
             st.resync_pending = int(row[0]) if row else 0
+        st.slot = _slot(conn, spec, source, max_slot_lag)
     return st
 
 
@@ -232,6 +329,8 @@ def check(st: Status, max_age: float) -> list[str]:
         )
     if st.resync_pending:
         problems.append(f"{st.resync_pending} keys rolled back await the next sync")
+    if st.slot is not None and st.slot.problem:
+        problems.append(st.slot.problem)
     return problems
 
 
@@ -272,6 +371,8 @@ def render(st: Status) -> Group:
     if st.resync_pending:
         fates.add_row("[yellow]rolled back, awaiting sync[/]", f"{st.resync_pending:,}")
     parts: list[Any] = [runs, fates]
+    if st.slot is not None:
+        parts.append(_render_slot(st.slot))
     if st.quarantined:
         q = Table(title="Quarantined by reason", title_justify="left")
         q.add_column("Model")
@@ -283,3 +384,23 @@ def render(st: Status) -> Group:
     else:
         parts.append(Text("Nothing in quarantine."))
     return Group(*parts)
+
+
+def _render_slot(slot: SlotStatus) -> Table:
+    table = Table(title="Changes from the source's WAL", title_justify="left")
+    table.add_column("")
+    table.add_column("")
+    table.add_row("replication slot", slot.slot)
+    table.add_row("last advanced", f"{format_duration(slot.age)} ago")
+    if not slot.read:
+        table.add_row("lag", "(pass --source to read it)")
+    elif not slot.exists:
+        table.add_row("lag", "[red]the slot is gone from the source[/]")
+    else:
+        table.add_row("lag", format_bytes(slot.lag_bytes))
+        table.add_row("WAL kept for it", format_bytes(slot.retained_bytes))
+        if slot.safe_wal_size is not None:
+            table.add_row("WAL until it is invalidated", format_bytes(slot.safe_wal_size))
+    if slot.problem:
+        table.add_row("[bold yellow]warning[/]", f"[yellow]{slot.problem}[/]")
+    return table

@@ -13,6 +13,11 @@ found go into ``<ledger>.resync`` in the transaction that re-stages them, as a r
 hands keys back (``rollback.py``), and stay there until a sync ends well. A sync that finds
 keys an earlier one left there also looks again at the children of every key it looks at,
 since the fates that the dead sync changed before it died are no change to it.
+
+Where the target captures changes from the source's WAL (``wal.py``), the slot names the
+changed keys instead, and only those are compared and re-staged (``diff.sync_stage_keys``);
+a source the slot cannot speak for (a TRUNCATE, no key, ...) is diffed whole, as is every
+source with ``full``. What follows the re-stage is the same either way.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import catalog, chunk, diff, keyless, ledger, settle, stage, status
+from ferry import catalog, chunk, diff, keyless, ledger, settle, stage, status, wal
 from ferry.errors import FerryError
 from ferry.keys import composite_text
 from ferry.pipeline import Progress, SessionPairs, session
@@ -43,6 +48,7 @@ class SyncResult:
     models: list[chunk.ModelResult] = field(default_factory=list)
     counts: dict[str, Any] = field(default_factory=dict)
     source_counts: dict[str, ledger.SourceCounts] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # warnings for the operator (no row data)
 
     @property
     def changed(self) -> bool:
@@ -50,12 +56,15 @@ class SyncResult:
 
 
 def _restage(
-    source: str, target: str, spec: Spec, data_dir: Path, jobs: int, run_id: int
-) -> tuple[dict[str, diff.TableDiff], set[str]]:
+    source: str, target: str, spec: Spec, data_dir: Path, jobs: int, run_id: int,
+    feed: wal.Changes | None = None,
+) -> tuple[dict[str, diff.TableDiff], set[str]]:  # fmt: skip
     """Diff every source against its stage and copy only what changed; the keys it changed
     are handed on, and the staging record updated, in the same transaction (``_hand_on``).
     Also returns the sources whose stage copy was empty though the ledger holds fates of
-    their rows: a server crash (or a restart after a failover) empties unlogged tables."""
+    their rows: a server crash (or a restart after a failover) empties unlogged tables.
+    With a ``feed`` from the WAL, a table is compared only for the keys it names, unless
+    it says to compare the whole table (or the stage was emptied)."""
     pairs = SessionPairs(source, target, "ferry-sync")
     emptied: set[str] = set()
 
@@ -75,10 +84,24 @@ def _restage(
                 t, ("pg_temp", "_ferry_csv"), t, stage_rel, src.keys, list(src.columns)
             )
             t.execute("DROP TABLE IF EXISTS pg_temp._ferry_csv")
+        elif feed is not None and src.name not in feed.full and src.name not in emptied:
+            assert src.table is not None
+            keys = sorted(feed.keys.get(src.name, ()), key=str)
+            if keys:
+                cols = [c.name for c in stage.source_columns(s, src.table)]
+                s.rollback()
+                result = diff.sync_stage_keys(
+                    s, tuple(src.table.split(".")), t, stage_rel, src.keys, cols, keys,  # type: ignore[arg-type]
+                )  # fmt: skip
+                s.rollback()
+            else:  # the WAL names no change of this table: nothing to read
+                result = diff.TableDiff(source=src.table, stage=src.stage_table)
         else:
             assert src.table is not None
             cols = [c.name for c in stage.source_columns(s, src.table)]
             s.rollback()
+            if feed is not None and feed.export is not None:
+                feed.export.use(s)  # a slot made again: diff in the snapshot it exported
             result = diff.sync_stage_table(
                 s,
                 tuple(src.table.split(".")),
@@ -165,16 +188,28 @@ def _key_text(key: tuple[Any, ...]) -> str:
 
 def sync(
     source: str, target: str, spec: Spec, *, data_dir: Path | None = None, jobs: int = 2,
-    progress: Progress | None = None,
+    progress: Progress | None = None, full: bool = False,
 ) -> SyncResult:  # fmt: skip
     """One differential sync. Safe to repeat; a sync that finds nothing writes nothing but
-    its run record."""
+    its run record. ``full``: where the WAL names the changed keys, compare every table by
+    checksums all the same (an audit)."""
     progress = progress or Progress()
     t0 = time.perf_counter()
     with recorded_run(target, spec, "sync") as (conn, run_id, counts):
         _check_migrated(conn, spec, run_id)
         result = SyncResult(run_id)
-        _sync(source, target, spec, data_dir or spec.base_dir, jobs, progress, result)
+        with wal.closing(wal.read(source, conn, spec, full=full)) as feed:
+            _sync(source, target, spec, data_dir or spec.base_dir, jobs, progress, result, feed)
+        if feed is not None:
+            # Only now, the sync's work committed: a sync that died before read them again.
+            note = wal.advance(source, conn, spec, feed)
+            result.notes += feed.notes + ([note] if note else [])
+            result.counts["changes"] = "wal"
+            result.counts["wal"] = feed.counts()
+            result.bytes_from_source += feed.bytes
+            result.counts["bytes_from_source"] = result.bytes_from_source
+        if result.notes:
+            result.counts["notes"] = result.notes
         result.seconds = time.perf_counter() - t0
         result.counts["seconds"] = round(result.seconds, 3)
         counts.update(result.counts)
@@ -183,9 +218,9 @@ def sync(
 
 def _sync(
     source: str, target: str, spec: Spec, data_dir: Path, jobs: int, progress: Progress,
-    result: SyncResult,
+    result: SyncResult, feed: wal.Changes | None = None,
 ) -> None:  # fmt: skip
-    result.diffs, emptied = _restage(source, target, spec, data_dir, jobs, result.run_id)
+    result.diffs, emptied = _restage(source, target, spec, data_dir, jobs, result.run_id, feed)
     result.bytes_from_source = sum(d.bytes_from_source for d in result.diffs.values())
     changed = {n: {_key_text(k) for k in d.inserted + d.updated} for n, d in result.diffs.items()}
     deleted = {n: {_key_text(k) for k in d.deleted} for n, d in result.diffs.items()}
