@@ -75,7 +75,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from ferry import ledger
+from ferry import diff, ledger
 from ferry.conninfo import connect
 from ferry.errors import ChangeCaptureError, describe
 from ferry.spec import Source, Spec
@@ -117,13 +117,17 @@ def check_source(conn: psycopg.Connection) -> None:
     row = conn.execute(
         "SELECT current_setting('wal_level'), current_setting('max_replication_slots')::int,"
         " current_setting('max_wal_senders')::int, r.rolreplication OR r.rolsuper,"
-        " (SELECT count(*) FROM pg_replication_slots)::int, current_user"
+        " (SELECT count(*) FROM pg_replication_slots)::int, current_user,"
+        " current_setting('server_encoding')"
         " FROM pg_roles r WHERE r.rolname = current_user"
     ).fetchone()
     conn.commit()
     assert row is not None
-    level, slots, senders, replication, used, user = row
+    level, slots, senders, replication, used, user, encoding = row
     problems = []
+    if encoding == "SQL_ASCII":
+        # The decoded rows would come as bytes of an unknown encoding, keys among them.
+        problems.append("its server encoding is SQL_ASCII (not supported for --changes wal)")
     if level != "logical":
         problems.append(
             f"its wal_level is {level}, not logical (set wal_level = logical and restart the "
@@ -491,6 +495,10 @@ def _peek(
 ) -> None:
     """Read the slot's changes up to the WAL flushed now, keep the keys; cut at the first
     transaction not yet visible (see the module docstring)."""
+    # Values are printed by the session that decodes: the forms the diff's session reads back.
+    for name, value in diff.SESSION_SETTINGS:
+        conn.execute("SELECT set_config(%s, %s, false)", [name, value])
+    conn.commit()
     with conn.transaction():
         # Every commit acknowledged before now is flushed once this one is: the slot can only
         # decode flushed WAL, and an asynchronous commit (synchronous_commit = off) may not be.
@@ -540,7 +548,8 @@ def _peek(
     except psycopg.Error as exc:
         conn.rollback()
         raise ChangeCaptureError(
-            f"cannot read the changes of replication slot {slot}: {describe(exc)}"
+            f"cannot read the changes of replication slot {slot}: {describe(exc)} (ferry "
+            "cleanup drops the slot; syncs then compare by checksums)"
         ) from None
     assert snap is not None
     upto: str | None = flushed
