@@ -297,15 +297,37 @@ def _assert_words(target: str, codec: str, raw: dict[bytes, bytes]) -> None:
     assert got == want
 
 
-def test_a_key_that_does_not_convert_names_the_source_only(
+def test_a_key_that_does_not_convert_quarantines_its_row(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
+    """A key whose bytes do not read as the declared UTF-8 is named by them (``\\x`` and
+    hex), and its row quarantined; every other row and table goes on, in migrate and sync."""
     source, target, spec = _world(cluster, tmp_path, "enc_badkey", "SQL_ASCII")
     with psycopg.connect(source, autocommit=True) as conn:
         _plant(conn, "SQL_ASCII", "clé".encode("latin-1"), b"x")
-    with pytest.raises(FerryError, match=r"source words: .*SQLSTATE 22021.*key must convert") as e:
-        migrate(source, target, spec)
-    assert "cl" not in str(e.value).replace("column", "")
+    migrate(source, target, spec)
+    named = "\\x" + "clé".encode("latin-1").hex()
+    assert _fates(target, "words") == _of(
+        "words",
+        {"plain": ("migrated", None), named: ("quarantined", "character_not_in_repertoire")},
+    )
+    assert _fates(target, "things") == _of("things", THINGS)
+    with psycopg.connect(source, autocommit=True) as conn:
+        _plant(conn, "SQL_ASCII", "sûr".encode("latin-1"), b"y")  # another, in a sync
+        _plant(conn, "SQL_ASCII", "déjà".encode(), b"z")  # UTF-8: reads
+        conn.execute("DELETE FROM words WHERE code = convert_from('\\x636ce9', 'SQL_ASCII')")
+    result = sync(source, target, spec)
+    assert result.diffs["words"].changed == 3
+    fates = {k: v for k, v in _fates(target, "words").items() if v[0] != "deleted"}
+    assert fates == _of(
+        "words",
+        {
+            "plain": ("migrated", None),
+            "déjà": ("migrated", None),
+            "\\x" + "sûr".encode("latin-1").hex(): ("quarantined", "character_not_in_repertoire"),
+        },
+    )
+    _converges(source, target, spec)
 
 
 def test_a_declared_encoding_must_match_a_real_servers(

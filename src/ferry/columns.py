@@ -73,6 +73,7 @@ class Column:
     binary: bool = True  # kept for callers: every stage type is a built-in one
     source_type: str = ""  # format_type on the source
     raw: bool = False  # bytea of the text output, converted by the stage's view
+    named: bool = False  # a key of a raw source: bytes that do not read are named (``named``)
 
     @property
     def cast(self) -> bool:
@@ -82,12 +83,35 @@ class Column:
     def select(self, alias: str | None = None) -> sql.Composable:
         """The expression the source is read by (for COPY and for the diff)."""
         ident = sql.Identifier(alias, self.name) if alias else sql.Identifier(self.name)
+        if self.named:
+            return named(ident)
         return source_expr(ident, self.source_type or self.type, self.raw_type)
 
     @property
     def raw_type(self) -> str:
         """The type of the column in the stage table itself."""
         return "bytea" if self.raw else self.type
+
+
+# Text whose bytes are valid UTF-8 (as PostgreSQL checks it: no overlong form, no surrogate,
+# nothing beyond U+10FFFF), matched byte by byte on a SQL_ASCII server.
+_UTF8 = (
+    r"^(?:[\x01-\x7f]|[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]"
+    r"|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]"
+    r"|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2})*$"
+)
+# What a key that does not read is named by: ``\x`` and its bytes in hex.
+NAMED = r"^\\x(?:[0-9a-f]{2})+$"
+
+
+def named(ident: sql.Composable) -> sql.Composable:
+    """A key of a source whose server never checked its bytes, declared UTF-8: as it is
+    where its bytes read, else named by them, ``\x636ce9``, so that its row is staged and
+    quarantined (``query.Shape``) instead of stopping the copy of its table."""
+    return sql.SQL(
+        "CASE WHEN {k}::text ~ {re} THEN {k}::text "
+        "ELSE '\\x' || encode(convert_to({k}::text, 'SQL_ASCII'), 'hex') END"
+    ).format(k=ident, re=sql.Literal(_UTF8))
 
 
 def source_expr(ident: sql.Composable, source_type: str, stage_type: str) -> sql.Composable:
@@ -106,11 +130,13 @@ def source_expr(ident: sql.Composable, source_type: str, stage_type: str) -> sql
 
 
 def source_columns(
-    conn: psycopg.Connection, table: str, raw: bool = False, keep: tuple[str, ...] = ()
-) -> list[Column]:
+    conn: psycopg.Connection, table: str, raw: bool = False, keep: tuple[str, ...] = (),
+    utf8: bool = False,
+) -> list[Column]:  # fmt: skip
     """The columns of a source table with their stage types; ``raw``: a source whose bytes
     the server never checked, whose character columns other than ``keep`` (the key, which
-    the ledger must name) travel raw."""
+    the ledger must name) travel raw; ``utf8``: its bytes are declared UTF-8, and a key
+    whose bytes do not read is named by them (``named``)."""
     rows = conn.execute(_COLUMNS, {"rel": table}).fetchall()
     if not rows:
         raise FerryError(f"source table {table} does not exist or has no columns")
@@ -125,6 +151,9 @@ def source_columns(
         else:
             stage_type = "text"
         ascii_only = _ascii_only(stage_type, typname, category, inner_cat, inner)
+        if raw and utf8 and name in keep and not ascii_only and not is_array:
+            out.append(Column(name, "text", True, own, named=True))
+            continue
         out.append(Column(name, stage_type, True, own, raw and name not in keep and not ascii_only))
     return out
 

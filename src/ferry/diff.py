@@ -539,12 +539,16 @@ def _read_as_staged(
     stage copy used, as a subquery that PostgreSQL flattens (a plain key keeps its index).
     Any other difference of types is refused."""
     differ = [c for c in columns if source.types[c][1] != stage.types[c][1]]
-    if not differ:
+    if not differ and not stage.raw:
         return
+    # a raw stage declared UTF-8 names a key whose bytes do not read (``columns.named``)
+    utf8 = stage.raw and (stage.marked or encodings.UTF8) == encodings.UTF8
     with _db_errors(f"reading the columns of source table {source.label}"):
         staged = {
             c.name: c
-            for c in colmod.source_columns(source.conn, source.label, stage.raw, tuple(key))
+            for c in colmod.source_columns(
+                source.conn, source.label, stage.raw, tuple(key), utf8=utf8
+            )
         }
     wrong = [c for c in differ if c not in staged or staged[c].raw_type != stage.types[c][1]]
     if wrong:
@@ -553,7 +557,8 @@ def _read_as_staged(
         )
     exprs = [
         sql.SQL("{} AS {}").format(
-            staged[c].select("t") if c in differ else sql.Identifier("t", c), sql.Identifier(c)
+            staged[c].select("t") if c in differ or staged[c].named else sql.Identifier("t", c),
+            sql.Identifier(c),
         )
         for c in columns
     ]

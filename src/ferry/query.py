@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from ferry import ledger, predict, stage
+from ferry import columns, encodings, ledger, predict, stage
 from ferry.errors import SpecError, safe_message
 from ferry.keys import set_sql, text_sql, uuid_sql
 from ferry.spec import Model, Spec
@@ -39,6 +39,9 @@ HELD = sql.SQL(
 )
 # The fate of rows that share a key their source repeats: all of them, none picked.
 DUPLICATE_KEY = "duplicate_key"
+# The fate of a row whose key's bytes do not read in the declared encoding (a source in
+# SQL_ASCII): the reason PostgreSQL gives for such bytes.
+NOT_CONVERTED = "character_not_in_repertoire"
 # survivor excluded, quarantined, or missing (not yielded by the model, or deleted)
 SURVIVOR_REASONS = ("survivor_excluded", "survivor_quarantined", "missing_survivor")
 
@@ -59,6 +62,10 @@ class Shape:
     # The stage and its key column, when the stage holds a key more than once (its source
     # repeats it): those rows are quarantined, duplicate_key (``Plan.expected``).
     repeats: tuple[sql.Identifier, sql.Identifier] | None = None
+    # Whether a row's key is named by its bytes, which do not read (``columns.named``):
+    # a predicate over the model's row ``d``, for a source staged raw; its rows are
+    # quarantined, character_not_in_repertoire.
+    named: sql.Composable | None = None
 
     @classmethod
     def read(cls, conn: psycopg.Connection, spec: Spec, model: Model) -> Shape:
@@ -98,6 +105,7 @@ class Shape:
             # A merged row takes its survivor's fate and UUID from the model's own rows.
             ledger.table_of(conn, spec, model.name),
             _repeats(conn, spec, model),
+            _named(conn, spec, model),
         )  # fmt: skip
         return shape
 
@@ -109,6 +117,28 @@ def _repeats(
     if not model.accounts or stage.unique_key(conn, spec, src):
         return None
     return sql.Identifier(spec.stage_schema, src.stage_table), sql.Identifier(src.stage_key)
+
+
+def _named(conn: psycopg.Connection, spec: Spec, model: Model) -> sql.Composable | None:
+    src = spec.source(model.source)
+    if not model.accounts or src.csv is not None or src.keyless:
+        return None
+    table = sql.Identifier(spec.stage_schema, src.stage_table)
+    row = conn.execute(
+        "SELECT obj_description(to_regclass(%s), 'pg_class')", [table.as_string(conn)]
+    ).fetchone()
+    conn.commit()
+    encoding, raw = encodings.marked(row[0] if row else None)
+    if raw is None or encoding != encodings.UTF8:
+        return None
+    return sql.SQL("EXISTS (SELECT FROM {t} s WHERE s.{k} = d._key AND ({named}))").format(
+        t=table,
+        k=sql.Identifier(src.stage_key),
+        named=sql.SQL(" OR ").join(
+            sql.SQL("s.{}::text ~ {}").format(sql.Identifier(c), sql.Literal(columns.NAMED))
+            for c in src.keys
+        ),
+    )
 
 
 def output_columns(conn: psycopg.Connection, model: Model, body: str) -> dict[str, int]:
@@ -232,6 +262,9 @@ class Plan:
         if self.shape.repeats:
             st.append("quarantined")
             rs.append(DUPLICATE_KEY)
+        if self.shape.named is not None:
+            st.append("quarantined")
+            rs.append(NOT_CONVERTED)
         m = self.model
         for r in m.rules:
             if r.kind == "exclude":
@@ -290,6 +323,8 @@ class Plan:
 
         if self.shape.repeats:
             whens.append(sql.SQL("m._ferry_dup"))
+        if self.shape.named is not None:
+            whens.append(sql.SQL("m._ferry_named"))
         for r in m.rules:
             if r.kind == "exclude":
                 whens.append(rule(ri[id(r)]))
@@ -356,6 +391,11 @@ class Plan:
                 "> 1 AS _ferry_dup, row_number() OVER (PARTITION BY d._key) AS _ferry_dn "
                 "FROM ({i}) d) d WHERE NOT d._ferry_dup OR d._ferry_dn = 1 OFFSET 0"
             ).format(s=self.shape.repeats[0], k=self.shape.repeats[1], i=inner)
+        if self.shape.named is not None:
+            # A key that does not read, named by its bytes: its row is quarantined.
+            inner = sql.SQL("SELECT d.*, {} AS _ferry_named FROM ({}) d OFFSET 0").format(
+                self.shape.named, inner
+            )
         joins = sql.SQL(" ").join(
             sql.SQL("LEFT JOIN {led} {a} ON {a}.model = {pm} AND {a}.source_key = {k}").format(
                 led=self.parent_led[j],

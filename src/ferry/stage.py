@@ -321,7 +321,9 @@ def stage_table(
     assert src.table is not None
     t0 = time.perf_counter()
     read = encodings.reading(source, src)
-    cols = columns.source_columns(source, src.table, read.raw, tuple(src.keys))
+    cols = columns.source_columns(
+        source, src.table, read.raw, tuple(src.keys), utf8=read.encoding == encodings.UTF8
+    )
     with target.transaction():
         dest = _create(target, spec, src, cols, read.raw)
         rows, nbytes = copy_table(source, target, src, read, cols, dest, progress, sample)
