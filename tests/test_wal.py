@@ -97,8 +97,22 @@ class Shop:
         assert target_rows(self.wal) == target_rows(fresh)
 
 
+@pytest.fixture(scope="module")
+def decoding(cluster: LocalCluster) -> None:
+    """The server can decode with test_decoding (contrib: Debian's PostgreSQL has it, the
+    PyPI wheel's build does not): else these tests say why they do not run."""
+    dsn = cluster.create_database("wal_probe", drop=True)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_create_logical_replication_slot('ferry_probe', %s, true)", [wal.PLUGIN]
+            )
+    except psycopg.Error as exc:
+        pytest.skip(f"no logical decoding with {wal.PLUGIN} on the test cluster: {exc}")
+
+
 @pytest.fixture()
-def shop(cluster: LocalCluster, tmp_path: Path) -> Shop:
+def shop(cluster: LocalCluster, tmp_path: Path, decoding: None) -> Shop:
     return Shop(cluster, tmp_path)
 
 
@@ -218,7 +232,7 @@ def test_status_cleanup_and_rollback_all_drop_the_slot(shop: Shop) -> None:
 
 
 def test_a_source_without_logical_decoding_is_refused_clearly(
-    cluster: LocalCluster, tmp_path: Path
+    cluster: LocalCluster, tmp_path: Path, decoding: None
 ) -> None:
     (tmp_path / "spec.toml").write_text((SPEC_DIR / "spec.toml").read_text())
     (tmp_path / "returns.csv").write_text("order_id,line_no,reason\n")
@@ -268,3 +282,28 @@ def test_the_decoded_row_is_read_for_its_key_only() -> None:
     assert keys == {} and "line_note" in full
     keys, full = keys_of("table public.other: INSERT: id[integer]:1")
     assert keys == {} and full == {}
+
+
+def test_what_the_source_lacks_is_said() -> None:
+    """wal_level cannot be changed on the shared test cluster: the check's answer to what a
+    server reports, with a stand-in connection."""
+
+    class Reports:
+        def __init__(self, row: tuple) -> None:
+            self.row = row
+
+        def execute(self, query: str) -> Reports:
+            return self
+
+        def fetchone(self) -> tuple:
+            return self.row
+
+        def commit(self) -> None:
+            pass
+
+    with pytest.raises(ChangeCaptureError) as err:
+        wal.check_source(Reports(("replica", 10, 10, True, 0, "app", "UTF8")))  # type: ignore[arg-type]
+    assert "wal_level is replica, not logical" in str(err.value)
+    with pytest.raises(ChangeCaptureError, match="no free replication slot"):
+        wal.check_source(Reports(("logical", 2, 10, True, 2, "app", "UTF8")))  # type: ignore[arg-type]
+    wal.check_source(Reports(("logical", 10, 10, True, 0, "app", "UTF8")))  # type: ignore[arg-type]
