@@ -542,7 +542,7 @@ class Runner:
                 sql.SQL(
                     "INSERT INTO {} (target_table, target_uuid, model, source_key, row_hash, "
                     "run_id) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-                ).format(sql.Identifier(plan.spec.ledger_schema, "pending_deletes")),
+                ).format(ledger.table(plan.spec, "pending_deletes")),
                 [plan.model.target, old[2], plan.model.name, key, old[3], self.run_id],
             )
         self.conn.execute(
@@ -646,7 +646,7 @@ class Runner:
                 "AND l.status IN ('migrated', 'deleted') "
                 "WHERE {rng} AND NOT c._conflict ON CONFLICT DO NOTHING"
             ).format(
-                hist=sql.Identifier(plan.spec.ledger_schema, "history"),
+                hist=ledger.table(plan.spec, "history"),
                 run=sql.Literal(self.run_id), led=self.led, model=sql.Literal(plan.model.name),
                 t=plan.target, key=sql.Identifier(plan.model.key_column), rng=w.rng,
             )
@@ -664,7 +664,7 @@ class Runner:
                 "AND (c._ferry_fate <> 0 OR c._ferry_uuid IS DISTINCT FROM c._old_uuid) "
                 "ON CONFLICT DO NOTHING"
             ).format(
-                held=HELD, pend=sql.Identifier(plan.spec.ledger_schema, "pending_deletes"),
+                held=HELD, pend=ledger.table(plan.spec, "pending_deletes"),
                 tt=sql.Literal(plan.model.target), model=sql.Literal(plan.model.name),
                 run=sql.Literal(self.run_id), rng=w.rng,
             )

@@ -52,6 +52,7 @@ from contextlib import contextmanager
 import psycopg
 from psycopg import sql
 
+from ferry import ledger
 from ferry.errors import DuplicateKeysError, FerryError
 from ferry.spec import Spec
 
@@ -97,7 +98,7 @@ def _ddl(conn: psycopg.Connection, table: str, statements: Sequence[sql.Composab
 
 
 def _table(spec: Spec) -> sql.Identifier:
-    return sql.Identifier(spec.ledger_schema, "suspended_constraints")
+    return ledger.table(spec, "suspended_constraints")
 
 
 def unique_aside_ok(conn: psycopg.Connection, target: str) -> bool:

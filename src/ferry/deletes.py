@@ -44,8 +44,8 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
     ledger row flagged as a conflict; one still referenced by a row of ferry's that a later
     pass of the run rewrites (a row blocked on a unique value) stays queued for that pass.
     """
-    pend = sql.Identifier(spec.ledger_schema, "pending_deletes")
-    led = sql.Identifier(spec.ledger_schema, "ledger")
+    pend = ledger.table(spec, "pending_deletes")
+    led = ledger.table(spec, "ledger")
     deleted = conflicts = 0
     conn.execute(
         sql.SQL("SET search_path = {}, pg_catalog").format(sql.Identifier(spec.stage_schema))
@@ -102,7 +102,7 @@ def _referenced(conn: psycopg.Connection, spec: Spec, model: Model) -> tuple[set
     once, and only when queued rows are referenced at all: children are deleted first, so
     usually nothing references them by now.
     """
-    pend = sql.Identifier(spec.ledger_schema, "pending_deletes")
+    pend = ledger.table(spec, "pending_deletes")
     refs: dict[str, set[str]] = {}
     for ref_table, ref_col, ref_pk in referencing(conn, model.target):
         # A referencing row queued for deletion too (a child in the same table) goes first.
@@ -135,7 +135,7 @@ def _referenced(conn: psycopg.Connection, spec: Spec, model: Model) -> tuple[set
             sql.SQL(
                 "SELECT target_uuid::text FROM {} WHERE status = 'migrated' "
                 "AND target_uuid = ANY(%s::uuid[])"
-            ).format(sql.Identifier(spec.ledger_schema, "ledger")),
+            ).format(ledger.table(spec, "ledger")),
             [children],
         )
     }

@@ -150,6 +150,20 @@ END
 $$"""
 
 
+# The tables of the ledger schema (``_DDL``): every module names them through ``table``.
+TABLES = (
+    "runs", "ledger", "history", "pending_deletes", "suspended_constraints", "resync", "staged",
+    "loads_aside", "changes", "model_runs", "meta",
+)  # fmt: skip
+
+
+def table(spec: Spec, name: str) -> sql.Identifier:
+    """One of the ledger schema's tables, by its name in ``TABLES``."""
+    if name not in TABLES:
+        raise ValueError(f"the ledger schema has no table {name!r}")
+    return sql.Identifier(spec.ledger_schema, name)
+
+
 def helpers(schema: str) -> list[sql.Composed]:
     """The engine's SQL helpers that model SQL and rules may call (``key_uuid``,
     ``is_json``), made in ``schema``: ``pg_temp`` for ``ferry check``, which runs a spec's
@@ -167,7 +181,7 @@ def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:
     if encoding is None or encoding[0] != "UTF8":
         raise InvariantError("the target database must use UTF8 (ferry's keys hash UTF-8 text)")
     ident = sql.Identifier(spec.ledger_schema)
-    meta = sql.Identifier(spec.ledger_schema, "meta")
+    meta = table(spec, "meta")
     if catalog.exists(conn, meta):
         version = conn.execute(sql.SQL("SELECT max(version) FROM {}").format(meta)).fetchone()
         if version and version[0] == SCHEMA_VERSION:
@@ -175,7 +189,7 @@ def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:
             return
     kind = conn.execute(
         "SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)",
-        [sql.Identifier(spec.ledger_schema, "ledger").as_string(conn)],
+        [table(spec, "ledger").as_string(conn)],
     ).fetchone()
     in_one_table = kind is not None and kind[0] == "r"  # a ledger from before schema 5
     if in_one_table:
@@ -202,7 +216,7 @@ def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:
             for r in conn.execute(
                 "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
                 "AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                [sql.Identifier(spec.ledger_schema, "ledger").as_string(conn)],
+                [table(spec, "ledger").as_string(conn)],
             )
         )
         models = conn.execute(sql.SQL("SELECT DISTINCT model FROM {}").format(old)).fetchall()
@@ -257,8 +271,8 @@ def record_history(
             "LEFT JOIN {t} t ON t.{k} = l.target_uuid AND l.status IN ('migrated', 'deleted') "
             "WHERE l.model = %s AND l.source_key = ANY(%s) ON CONFLICT DO NOTHING"
         ).format(
-            hist=sql.Identifier(spec.ledger_schema, "history"),
-            led=sql.Identifier(spec.ledger_schema, "ledger"),
+            hist=table(spec, "history"),
+            led=table(spec, "ledger"),
             t=sql.Identifier(*target.split(".")),
             k=sql.Identifier(key_column),
         ),
@@ -382,7 +396,7 @@ def source_counts(
                 "WHERE model = ANY(%s) AND accounts GROUP BY 1, 2, 3"
             ).format(
                 print=fingerprint(sql.SQL("source_key")),
-                led=sql.Identifier(spec.ledger_schema, "ledger"),
+                led=table(spec, "ledger"),
             ),
             [models_of(spec, src.name)],
         ).fetchall()
@@ -464,7 +478,7 @@ def partition(
             "CONSTRAINT ledger_model CHECK (model = {model}))"
         ).format(
             part=part,
-            led=sql.Identifier(spec.ledger_schema, "ledger"),
+            led=table(spec, "ledger"),
             model=sql.Literal(model),
         )
     )
@@ -478,7 +492,7 @@ def partition(
         )
         conn.execute(
             sql.SQL("INSERT INTO {} (model, run_id) VALUES (%s, %s)").format(
-                sql.Identifier(spec.ledger_schema, "loads_aside")
+                table(spec, "loads_aside")
             ),
             [model, run_id],
         )
@@ -499,9 +513,9 @@ def with_aside(conn: psycopg.Connection, spec: Spec, columns: Sequence[str]) -> 
     role granted the ledger only): as before, its rows show once attached.
     """
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-    led = sql.Identifier(spec.ledger_schema, "ledger")
+    led = table(spec, "ledger")
     parts: list[sql.Composable] = [sql.SQL("SELECT {} FROM {}").format(cols, led)]
-    aside = sql.Identifier(spec.ledger_schema, "loads_aside")
+    aside = table(spec, "loads_aside")
     models: list[tuple[str]] = []
     if catalog.exists(conn, aside):  # a ledger older than schema 5 has none until its next run
         models = conn.execute(sql.SQL("SELECT model FROM {}").format(aside)).fetchall()
@@ -530,7 +544,7 @@ def table_of(conn: psycopg.Connection, spec: Spec, model: str) -> sql.Identifier
     estimated at 2M rows and hashed the whole target table, 4.5 s instead of 1.6.
     """
     if partition_state(conn, spec, model) is None:
-        return sql.Identifier(spec.ledger_schema, "ledger")
+        return table(spec, "ledger")
     return sql.Identifier(spec.ledger_schema, partition_name(model))
 
 
@@ -552,7 +566,7 @@ def attach(conn: psycopg.Connection, spec: Spec, model: str) -> None:
     adopts it. ATTACH's lock (SHARE UPDATE EXCLUSIVE) lets every other model go on reading
     and writing its own rows.
     """
-    led = sql.Identifier(spec.ledger_schema, "ledger")
+    led = table(spec, "ledger")
     part = sql.Identifier(spec.ledger_schema, partition_name(model))
     try:
         with conn.transaction():
@@ -575,9 +589,7 @@ def attach(conn: psycopg.Connection, spec: Spec, model: str) -> None:
             f"cannot become part of the ledger; they stay in {part.as_string(conn)}"
         ) from None
     conn.execute(
-        sql.SQL("DELETE FROM {} WHERE model = %s").format(
-            sql.Identifier(spec.ledger_schema, "loads_aside")
-        ),
+        sql.SQL("DELETE FROM {} WHERE model = %s").format(table(spec, "loads_aside")),
         [model],
     )
 
@@ -586,9 +598,7 @@ def attach_leftovers(conn: psycopg.Connection, spec: Spec) -> None:
     """Attach what a run that ended before attaching left aside: its rows are whole chunks,
     each committed with its target rows."""
     for (model,) in conn.execute(
-        sql.SQL("SELECT model FROM {} ORDER BY model").format(
-            sql.Identifier(spec.ledger_schema, "loads_aside")
-        )
+        sql.SQL("SELECT model FROM {} ORDER BY model").format(table(spec, "loads_aside"))
     ).fetchall():
         attach(conn, spec, model)
     conn.commit()
@@ -600,7 +610,7 @@ def drop_empty_partitions(conn: psycopg.Connection, spec: Spec) -> None:
     for (name,) in conn.execute(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
         "WHERE i.inhparent = to_regclass(%s)",
-        [sql.Identifier(spec.ledger_schema, "ledger").as_string(conn)],
+        [table(spec, "ledger").as_string(conn)],
     ).fetchall():
         part = sql.Identifier(spec.ledger_schema, name)
         empty = conn.execute(sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(part))
@@ -621,7 +631,7 @@ def first_load(conn: psycopg.Connection, spec: Spec, model: str) -> bool:
     """No ledger row of ``model`` yet: nothing ferry wrote for it to compare with."""
     row = conn.execute(
         sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {} WHERE model = %s)").format(
-            sql.Identifier(spec.ledger_schema, "ledger")
+            table(spec, "ledger")
         ),
         [model],
     ).fetchone()
@@ -689,7 +699,7 @@ def has_fates(conn: psycopg.Connection, spec: Spec, source: str) -> bool:
     row = conn.execute(
         sql.SQL(
             "SELECT EXISTS (SELECT FROM {} WHERE model = ANY(%s) AND status <> 'deleted')"
-        ).format(sql.Identifier(spec.ledger_schema, "ledger")),
+        ).format(table(spec, "ledger")),
         [models_of(spec, source)],
     ).fetchone()
     return bool(row and row[0])
@@ -786,7 +796,7 @@ def _totals(conn: psycopg.Connection, spec: Spec, source: str) -> SourceCounts:
     row = conn.execute(
         sql.SQL(
             "SELECT count(*) FROM {} WHERE model = ANY(%s) AND accounts AND status <> 'deleted'"
-        ).format(sql.Identifier(spec.ledger_schema, "ledger")),
+        ).format(table(spec, "ledger")),
         [models_of(spec, source)],
     ).fetchone()
     staged = staged_keys(conn, spec, spec.source(source), keyprint=False)[0]
@@ -809,7 +819,7 @@ def _all_claimed(conn: psycopg.Connection, spec: Spec, src: Source, keys: list[s
         ).format(
             key=sql.Identifier(src.stage_key),
             stage=sql.Identifier(spec.stage_schema, src.stage_table),
-            led=sql.Identifier(spec.ledger_schema, "ledger"),
+            led=table(spec, "ledger"),
         ),
         [keys, models_of(spec, src.name)],
     ).fetchone()
@@ -833,7 +843,7 @@ def _diagnose(
         ).format(
             key=sql.Identifier(src.stage_key),
             stage=sql.Identifier(spec.stage_schema, src.stage_table),
-            led=sql.Identifier(spec.ledger_schema, "ledger"),
+            led=table(spec, "ledger"),
         ),
         [some, keys or [], src.name, some, keys or []],
     ).fetchall()
@@ -857,7 +867,7 @@ def hand_on(
             "INSERT INTO {} (model, source_key, run_id) SELECT m, k, %s "
             "FROM unnest(%s::text[]) m, unnest(%s::text[]) k "
             "ON CONFLICT (model, source_key) DO UPDATE SET run_id = EXCLUDED.run_id"
-        ).format(sql.Identifier(spec.ledger_schema, "resync")),
+        ).format(table(spec, "resync")),
         [run_id, models, keys],
     )
 
@@ -873,16 +883,16 @@ def pending_resync(
     re-staged them and died, so a diff of source and stage alone would never bring them back
     (see the module docstring). The keys that sync ``run_id`` handed on itself are its diff's.
     """
-    table = sql.Identifier(spec.ledger_schema, "resync")
+    tbl = table(spec, "resync")
     changed: dict[str, set[str]] = defaultdict(set)
     deleted: dict[str, set[str]] = defaultdict(set)
     derived: set[str] = set()
-    if not catalog.exists(conn, table):
+    if not catalog.exists(conn, tbl):
         conn.commit()
         return changed, deleted, derived
     by_model: dict[str, list[str]] = defaultdict(list)
     rows = conn.execute(
-        sql.SQL("SELECT model, source_key FROM {} WHERE run_id <> %s").format(table), [run_id]
+        sql.SQL("SELECT model, source_key FROM {} WHERE run_id <> %s").format(tbl), [run_id]
     )
     for model, key in rows:
         by_model[model].append(key)
@@ -905,9 +915,9 @@ def pending_resync(
 
 def clear_resync(conn: psycopg.Connection, spec: Spec) -> None:
     """Called by a sync that took the handed-back keys, in its last transaction."""
-    table = sql.Identifier(spec.ledger_schema, "resync")
-    if catalog.exists(conn, table):
-        conn.execute(sql.SQL("DELETE FROM {}").format(table))
+    tbl = table(spec, "resync")
+    if catalog.exists(conn, tbl):
+        conn.execute(sql.SQL("DELETE FROM {}").format(tbl))
 
 
 def queue_deletes(
@@ -922,8 +932,8 @@ def queue_deletes(
             "FROM {led} WHERE model = %s AND source_key = ANY(%s) AND status = 'migrated' "
             "AND target_uuid IS NOT NULL ON CONFLICT DO NOTHING"
         ).format(
-            pend=sql.Identifier(spec.ledger_schema, "pending_deletes"),
-            led=sql.Identifier(spec.ledger_schema, "ledger"),
+            pend=table(spec, "pending_deletes"),
+            led=table(spec, "ledger"),
         ),
         [run_id, model, keys],
     )
@@ -943,12 +953,12 @@ class ChangeSlot:
 
 def change_slot(conn: psycopg.Connection, spec: Spec) -> ChangeSlot | None:
     """The slot this target's syncs read changes from; None: they diff by checksums."""
-    table = sql.Identifier(spec.ledger_schema, "changes")
-    if not catalog.exists(conn, table):
+    tbl = table(spec, "changes")
+    if not catalog.exists(conn, tbl):
         return None
     row = conn.execute(
         sql.SQL("SELECT slot, run_id, created_at, lsn::text, advanced_at FROM {} LIMIT 1").format(
-            table
+            tbl
         )
     ).fetchone()
     return ChangeSlot(*row) if row else None
@@ -956,14 +966,14 @@ def change_slot(conn: psycopg.Connection, spec: Spec) -> ChangeSlot | None:
 
 def record_slot(conn: psycopg.Connection, spec: Spec, slot: str, run_id: int) -> None:
     """The slot ``slot`` is about to be made (again): the only one, not yet advanced."""
-    table = sql.Identifier(spec.ledger_schema, "changes")
-    conn.execute(sql.SQL("DELETE FROM {} WHERE slot <> %s").format(table), [slot])
+    tbl = table(spec, "changes")
+    conn.execute(sql.SQL("DELETE FROM {} WHERE slot <> %s").format(tbl), [slot])
     conn.execute(
         sql.SQL(
             "INSERT INTO {} (slot, run_id) VALUES (%s, %s) ON CONFLICT (slot) DO UPDATE SET "
             "run_id = EXCLUDED.run_id, created_at = clock_timestamp(), lsn = NULL, "
             "advanced_at = NULL"
-        ).format(table),
+        ).format(tbl),
         [slot, run_id],
     )
 
@@ -972,13 +982,13 @@ def slot_advanced(conn: psycopg.Connection, spec: Spec, slot: str, lsn: str) -> 
     conn.execute(
         sql.SQL(
             "UPDATE {} SET lsn = %s::pg_lsn, advanced_at = clock_timestamp() WHERE slot = %s"
-        ).format(sql.Identifier(spec.ledger_schema, "changes")),
+        ).format(table(spec, "changes")),
         [lsn, slot],
     )
 
 
 def forget_slot(conn: psycopg.Connection, spec: Spec, slot: str) -> None:
     """Called once the slot is dropped on the source (or found gone there)."""
-    table = sql.Identifier(spec.ledger_schema, "changes")
-    if catalog.exists(conn, table):
-        conn.execute(sql.SQL("DELETE FROM {} WHERE slot = %s").format(table), [slot])
+    tbl = table(spec, "changes")
+    if catalog.exists(conn, tbl):
+        conn.execute(sql.SQL("DELETE FROM {} WHERE slot = %s").format(tbl), [slot])

@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import catalog, pipeline, privileges, report
+from ferry import catalog, ledger, pipeline, privileges, report
 from ferry.check import move_helpers
 from ferry.conninfo import connect
 from ferry.errors import FerryError
@@ -241,7 +241,7 @@ def _create(
             )
     # Closed before any row is copied in: they are the target's rows.
     privileges.close(conn, [clone_of(t).split(".")[0] for t in [*tables, *outside]])
-    ours = sql.Identifier(spec.ledger_schema, "ledger")
+    ours = ledger.table(spec, "ledger")
     has_ledger = catalog.exists(conn, ours)
     for table in tables:
         _copy_rows(conn, spec, table, ours if has_ledger else None)

@@ -120,7 +120,7 @@ def list_entries(
         "ORDER BY first_seen, model, length(source_key), source_key LIMIT %s"
     ).format(
         cols=sql.SQL(_ENTRY_COLS),
-        led=sql.Identifier(spec.ledger_schema, "ledger"),
+        led=ledger.table(spec, "ledger"),
         where=where,
     )
     with connect(target, app="ferry-quarantine") as conn:
@@ -165,7 +165,7 @@ def show_row(
         fates = conn.execute(
             sql.SQL(
                 "SELECT {cols} FROM {led} WHERE source_table = %s AND source_key = %s ORDER BY 1"
-            ).format(cols=sql.SQL(_ENTRY_COLS), led=sql.Identifier(spec.ledger_schema, "ledger")),
+            ).format(cols=sql.SQL(_ENTRY_COLS), led=ledger.table(spec, "ledger")),
             [source, key],
         ).fetchall()
     values = dict(zip(names, row, strict=True)) if row is not None else None
@@ -192,7 +192,7 @@ def retry(
                 "SELECT model, source_key FROM {} WHERE status = 'quarantined' "
                 "AND decided_by IS NULL AND (%s::text[] IS NULL OR model = ANY(%s)) "
                 "AND (%s::text IS NULL OR reason = %s)"
-            ).format(sql.Identifier(spec.ledger_schema, "ledger")),
+            ).format(ledger.table(spec, "ledger")),
             [models, models, reason, reason],
         ):
             selected[model].add(key)
@@ -212,7 +212,7 @@ def retry(
                         "SELECT count(*) FROM {} WHERE status = 'quarantined' "
                         "AND (model, source_key) IN (SELECT * FROM unnest(%s::text[], "
                         "%s::text[]))"
-                    ).format(sql.Identifier(spec.ledger_schema, "ledger")),
+                    ).format(ledger.table(spec, "ledger")),
                     [
                         [m for m, ks in selected.items() for _ in ks],
                         [k for ks in selected.values() for k in ks],
@@ -234,7 +234,7 @@ def _decide(
     """Record (``exclude``) or clear (``undo``) an operator's decision on one key, as a run of
     kind ``decision`` with before-images. Returns the models whose ledger row changed."""
     models = models_for(spec, table)
-    led = sql.Identifier(spec.ledger_schema, "ledger")
+    led = ledger.table(spec, "ledger")
     with runs.opened(target, spec, "ferry-quarantine", error=QuarantineError) as conn:
         _check_stage(conn, spec)
         rows = conn.execute(

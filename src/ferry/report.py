@@ -157,7 +157,7 @@ def _sources(conn: psycopg.Connection, spec: Spec) -> list[dict[str, Any]]:
 
 def _targets(conn: psycopg.Connection, spec: Spec) -> list[dict[str, Any]]:
     """Per target table: all rows, ferry's rows (by the ledger), and the application's own."""
-    led = sql.Identifier(spec.ledger_schema, "ledger")
+    led = ledger.table(spec, "ledger")
     by_table: dict[str, list[Any]] = defaultdict(list)
     for m in spec.order():
         by_table[m.target].append(m)

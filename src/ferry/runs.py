@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from ferry import catalog, ledger, privileges
 from ferry.conninfo import connect
@@ -46,7 +45,7 @@ def require_ledger(
     conn: psycopg.Connection, spec: Spec, error: type[FerryError] = FerryError
 ) -> None:
     """A command that reads or changes what runs wrote needs a ledger to be there."""
-    found = catalog.exists(conn, sql.Identifier(spec.ledger_schema, "ledger"))
+    found = catalog.exists(conn, ledger.table(spec, "ledger"))
     conn.commit()
     if not found:
         raise error(f"no ledger in schema {spec.ledger_schema}: ferry has not run here")

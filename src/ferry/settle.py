@@ -237,7 +237,7 @@ def _mark_deleted(
     if not keys:
         return set()
     ordered = sorted(keys)
-    led = sql.Identifier(spec.ledger_schema, "ledger")
+    led = ledger.table(spec, "ledger")
     reason = {"delete": "source_deleted", "keep": "kept", "flag": "flagged"}[model.on_delete]
     with conn.transaction():
         ledger.record_history(
@@ -275,7 +275,7 @@ def _quarantined(
         sql.SQL(
             "SELECT source_key FROM {} WHERE model = %s AND status = 'quarantined' "
             "AND decided_by IS NULL AND ((%s AND sqlstate IS NULL) OR sqlstate = ANY(%s))"
-        ).format(sql.Identifier(spec.ledger_schema, "ledger")),
+        ).format(ledger.table(spec, "ledger")),
         [model.name, which == "all" and sqlstate is None,
          [sqlstate] if sqlstate else list(OTHER_ROWS)],
     ).fetchall()  # fmt: skip
@@ -290,7 +290,7 @@ def _orphans(conn: psycopg.Connection, spec: Spec, model: Model, reason: str) ->
         sql.SQL(
             "SELECT source_key FROM {} WHERE model = %s AND status = 'quarantined' "
             "AND reason = %s AND decided_by IS NULL"
-        ).format(sql.Identifier(spec.ledger_schema, "ledger")),
+        ).format(ledger.table(spec, "ledger")),
         [model.name, reason],
     ).fetchall()
     conn.commit()
@@ -301,7 +301,7 @@ def _pending_tables(conn: psycopg.Connection, spec: Spec) -> set[str]:
     """The target tables that rows queued for deletion are about to leave."""
     rows = conn.execute(
         sql.SQL("SELECT DISTINCT target_table FROM {}").format(
-            sql.Identifier(spec.ledger_schema, "pending_deletes")
+            ledger.table(spec, "pending_deletes")
         )
     ).fetchall()
     conn.commit()
@@ -316,7 +316,7 @@ def _release(
     target rows are queued for deletion and their ledger rows removed."""
     if not keys:
         return set()
-    led = sql.Identifier(spec.ledger_schema, "ledger")
+    led = ledger.table(spec, "ledger")
     gone = sorted(keys)
     if not gone:
         conn.commit()
@@ -353,7 +353,7 @@ def _yielded(conn: psycopg.Connection, spec: Spec, model: Model, keys: set[str])
 def _ledger_keys(conn: psycopg.Connection, spec: Spec, model: Model) -> set[str]:
     rows = conn.execute(
         sql.SQL("SELECT source_key FROM {} WHERE model = %s AND status <> 'deleted'").format(
-            sql.Identifier(spec.ledger_schema, "ledger")
+            ledger.table(spec, "ledger")
         ),
         [model.name],
     ).fetchall()

@@ -228,7 +228,7 @@ def last_run(
     """The latest run that ``where`` matches."""
     row = conn.execute(
         sql.SQL(_RUN).format(
-            runs=sql.Identifier(spec.ledger_schema, "runs"),
+            runs=ledger.table(spec, "runs"),
             where=sql.SQL(where),  # type: ignore[arg-type]
         ),
         params,
@@ -265,7 +265,7 @@ def collect(
             sql.SQL(
                 "SELECT run_id, counts FROM {} WHERE kind = 'rollback' AND status = 'ok' "
                 "ORDER BY run_id"
-            ).format(sql.Identifier(spec.ledger_schema, "runs"))
+            ).format(ledger.table(spec, "runs"))
         ):
             for r in (counts or {}).get("undone_runs", []):
                 undone[int(r)] = int(rb_id)
@@ -294,9 +294,7 @@ def collect(
         ]
         if _exists(conn, spec, "resync"):
             row = conn.execute(
-                sql.SQL("SELECT count(*) FROM {}").format(
-                    sql.Identifier(spec.ledger_schema, "resync")
-                )
+                sql.SQL("SELECT count(*) FROM {}").format(ledger.table(spec, "resync"))
             ).fetchone()
             st.resync_pending = int(row[0]) if row else 0
         st.slot = _slot(conn, spec, source, max_slot_lag)

@@ -281,9 +281,7 @@ def _sync(
 
 def _conflicts(conn: psycopg.Connection, spec: Spec) -> int:
     row = conn.execute(
-        sql.SQL("SELECT count(*) FROM {} WHERE conflict").format(
-            sql.Identifier(spec.ledger_schema, "ledger")
-        )
+        sql.SQL("SELECT count(*) FROM {} WHERE conflict").format(ledger.table(spec, "ledger"))
     ).fetchone()
     conn.commit()
     return int(row[0]) if row else 0

@@ -441,7 +441,7 @@ def _remade(
 
 def _run_of(conn: psycopg.Connection, spec: Spec) -> int:
     row = conn.execute(
-        sql.SQL("SELECT max(run_id) FROM {}").format(sql.Identifier(spec.ledger_schema, "runs"))
+        sql.SQL("SELECT max(run_id) FROM {}").format(ledger.table(spec, "runs"))
     ).fetchone()
     return int(row[0]) if row and row[0] is not None else 0
 

@@ -124,7 +124,7 @@ def serve_metrics(metrics: Metrics, port: int) -> Any:
 
 def refresh(metrics: Metrics, target: str, spec: Spec) -> None:
     """Ledger counts into the metrics; a database that is down keeps the old values."""
-    led = sql.Identifier(spec.ledger_schema, "ledger")
+    led = ledger.table(spec, "ledger")
     try:
         with connect(target, app="ferry-metrics") as conn:
             if not catalog.exists(conn, led):
@@ -139,7 +139,7 @@ def refresh(metrics: Metrics, target: str, spec: Spec) -> None:
                     "SELECT extract(epoch FROM finished_at)::float8, "
                     "extract(epoch FROM finished_at - started_at)::float8 FROM {} "
                     "WHERE kind = 'sync' AND status = 'ok' ORDER BY run_id DESC LIMIT 1"
-                ).format(sql.Identifier(spec.ledger_schema, "runs"))
+                ).format(ledger.table(spec, "runs"))
             ).fetchone()
     except (FerryError, psycopg.Error):
         return
