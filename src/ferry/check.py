@@ -326,15 +326,17 @@ def _source_table(
         shapes[src.name].append((COMPOSITE_KEY, "text"))
     if src.lookup or not src.keys:
         return []
-    problem = _key_problem(conn, src)
-    if problem is None:
-        return []
-    return [Finding("error", "source_key", file, lines.line("sources", i, "key"), problem)]
+    line = lines.line("sources", i, "key")
+    return [
+        Finding(level, "source_key", file, line, msg) for level, msg in _key_problems(conn, src)
+    ]
 
 
-def _key_problem(conn: psycopg.Connection, src: Source) -> str | None:
-    """Why the key is not unique and not null in the source, or None. A unique index on
-    some of the key's columns with every key column NOT NULL proves it without a scan."""
+def _key_problems(conn: psycopg.Connection, src: Source) -> list[tuple[str, str]]:
+    """(level, message) for a key that is not unique and not null in the source. A NULL
+    stops staging (an error); a repeated key quarantines its rows, ``duplicate_key`` (a
+    warning). A unique index on some of the key's columns with every key column NOT NULL
+    proves the key without a scan."""
     assert src.table is not None
     proven = conn.execute(
         "SELECT bool_and(a.attnotnull) AND EXISTS (SELECT FROM pg_index i "
@@ -349,7 +351,7 @@ def _key_problem(conn: psycopg.Connection, src: Source) -> str | None:
         {"rel": src.table, "keys": src.keys},
     ).fetchone()
     if proven and proven[0]:
-        return None
+        return []
     table = sql.Identifier(*src.table.split("."))
     keys = sql.SQL(", ").join(sql.Identifier(k) for k in src.keys)
     nulls = conn.execute(
@@ -367,20 +369,21 @@ def _key_problem(conn: psycopg.Connection, src: Source) -> str | None:
         ).format(sql.Literal(_SHOWN), text_sql("t", src.keys), table, keys)
     ).fetchone()
     conn.rollback()
-    what = f"key {', '.join(src.keys)}"
+    what = f"source {src.name}: key {', '.join(src.keys)} of {src.table}"
     problems = []
     if nulls and nulls[0]:
-        problems.append(f"{nulls[0]:,} row(s) with a NULL in the key")
+        problems.append(
+            ("error", f"{what} is not null: {nulls[0]:,} row(s) with a NULL in the key: staging "
+             'would stop (key = "*" names rows by their content)')
+        )  # fmt: skip
     if dups and dups[0]:
         shown = ", ".join(dups[1] or [])
         more = f" and {dups[0] - _SHOWN:,} more" if dups[0] > _SHOWN else ""
-        problems.append(f"{dups[0]:,} key value(s) held by more than one row ({shown}{more})")
-    if not problems:
-        return None
-    return (
-        f"source {src.name}: {what} of {src.table} is not unique and not null: "
-        f"{'; '.join(problems)}: those rows would not migrate"
-    )
+        problems.append(
+            ("warning", f"{what} is not unique: {dups[0]:,} key value(s) held by more than one "
+             f"row ({shown}{more}): all their rows would be quarantined (duplicate_key)")
+        )  # fmt: skip
+    return problems
 
 
 def _source_csv(
