@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -992,3 +993,44 @@ def forget_slot(conn: psycopg.Connection, spec: Spec, slot: str) -> None:
     tbl = table(spec, "changes")
     if catalog.exists(conn, tbl):
         conn.execute(sql.SQL("DELETE FROM {} WHERE slot = %s").format(tbl), [slot])
+
+
+@dataclass
+class RunSummary:
+    run_id: int
+    kind: str
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    seconds: float | None  # duration
+    age: float  # seconds since it finished (or started, while running)
+    error: str | None
+    rolled_back_by: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["started_at"] = self.started_at.isoformat()
+        out["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
+        return out
+
+
+_RUN = (
+    "SELECT run_id, kind, status, started_at, finished_at, "
+    "extract(epoch FROM finished_at - started_at)::float8, "
+    "extract(epoch FROM clock_timestamp() - coalesce(finished_at, started_at))::float8, error "
+    "FROM {runs} WHERE {where} ORDER BY run_id DESC LIMIT 1"
+)
+
+
+def last_run(
+    conn: psycopg.Connection, spec: Spec, where: str, params: list[Any]
+) -> RunSummary | None:
+    """The latest run that ``where`` matches (status, sync and report ask it)."""
+    row = conn.execute(
+        sql.SQL(_RUN).format(
+            runs=table(spec, "runs"),
+            where=sql.SQL(where),  # type: ignore[arg-type]
+        ),
+        params,
+    ).fetchone()
+    return RunSummary(*row) if row else None

@@ -63,33 +63,14 @@ def format_duration(seconds: float | None) -> str:
 
 
 @dataclass
-class RunSummary:
-    run_id: int
-    kind: str
-    status: str
-    started_at: datetime
-    finished_at: datetime | None
-    seconds: float | None  # duration
-    age: float  # seconds since it finished (or started, while running)
-    error: str | None
-    rolled_back_by: int | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        out["started_at"] = self.started_at.isoformat()
-        out["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
-        return out
-
-
-@dataclass
 class Status:
     spec: str
     ledger_schema: str
-    last_migrate: RunSummary | None
-    last_sync: RunSummary | None
-    last_ok: RunSummary | None  # the last successful migrate or sync
-    last_rollback: RunSummary | None
-    running: RunSummary | None
+    last_migrate: ledger.RunSummary | None
+    last_sync: ledger.RunSummary | None
+    last_ok: ledger.RunSummary | None  # the last successful migrate or sync
+    last_rollback: ledger.RunSummary | None
+    running: ledger.RunSummary | None
     ledger_rows: dict[str, int] = field(default_factory=dict)
     conflicts: int = 0
     quarantined: list[tuple[str, str, int]] = field(default_factory=list)  # model, reason, n
@@ -102,7 +83,7 @@ class Status:
         return self.last_ok.age if self.last_ok else None
 
     def as_json(self) -> dict[str, Any]:
-        def run(r: RunSummary | None) -> dict[str, Any] | None:
+        def run(r: ledger.RunSummary | None) -> dict[str, Any] | None:
             return r.as_json() if r else None
 
         return {
@@ -214,30 +195,8 @@ def _slot(
     return out
 
 
-_RUN = (
-    "SELECT run_id, kind, status, started_at, finished_at, "
-    "extract(epoch FROM finished_at - started_at)::float8, "
-    "extract(epoch FROM clock_timestamp() - coalesce(finished_at, started_at))::float8, error "
-    "FROM {runs} WHERE {where} ORDER BY run_id DESC LIMIT 1"
-)
-
-
-def last_run(
-    conn: psycopg.Connection, spec: Spec, where: str, params: list[Any]
-) -> RunSummary | None:
-    """The latest run that ``where`` matches."""
-    row = conn.execute(
-        sql.SQL(_RUN).format(
-            runs=ledger.table(spec, "runs"),
-            where=sql.SQL(where),  # type: ignore[arg-type]
-        ),
-        params,
-    ).fetchone()
-    return RunSummary(*row) if row else None
-
-
 def _exists(conn: psycopg.Connection, spec: Spec, table: str) -> bool:
-    return catalog.exists(conn, sql.Identifier(spec.ledger_schema, table))
+    return catalog.exists(conn, ledger.table(spec, table))
 
 
 def collect(
@@ -253,11 +212,13 @@ def collect(
         st = Status(
             spec=spec.name,
             ledger_schema=spec.ledger_schema,
-            last_migrate=last_run(conn, spec, done, ["migrate"]),
-            last_sync=last_run(conn, spec, done, ["sync"]),
-            last_ok=last_run(conn, spec, "status = 'ok' AND kind IN ('migrate', 'sync')", []),
-            last_rollback=last_run(conn, spec, "status = 'ok' AND kind = %s", ["rollback"]),
-            running=last_run(conn, spec, "status = 'running'", []),
+            last_migrate=ledger.last_run(conn, spec, done, ["migrate"]),
+            last_sync=ledger.last_run(conn, spec, done, ["sync"]),
+            last_ok=ledger.last_run(
+                conn, spec, "status = 'ok' AND kind IN ('migrate', 'sync')", []
+            ),
+            last_rollback=ledger.last_run(conn, spec, "status = 'ok' AND kind = %s", ["rollback"]),
+            running=ledger.last_run(conn, spec, "status = 'running'", []),
         )
         # A run a rollback undid says so (the rollback lists them in its counts).
         undone: dict[int, int] = {}

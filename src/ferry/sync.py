@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import catalog, chunk, diff, keyless, ledger, settle, stage, status, wal
+from ferry import catalog, chunk, diff, keyless, ledger, settle, stage, wal
 from ferry.errors import FerryError
 from ferry.keys import composite_text
 from ferry.pipeline import Progress, SessionPairs, session
@@ -130,7 +130,7 @@ def _check_migrated(conn: psycopg.Connection, spec: Spec, run_id: int) -> None:
     """A sync takes over from a migrate that finished. After one that died, the stage holds
     every source row and the ledger only some: a diff would find nothing, and the rows the
     migrate never reached would stay missing while every sync said all was well."""
-    last = status.last_run(conn, spec, "kind = 'migrate' AND run_id < %s", [run_id])
+    last = ledger.last_run(conn, spec, "kind = 'migrate' AND run_id < %s", [run_id])
     conn.commit()
     if last is None:
         raise FerryError("nothing was migrated into this target yet: run ferry migrate first")
