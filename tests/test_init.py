@@ -12,6 +12,7 @@ from psycopg import sql
 from typer.testing import CliRunner
 
 from ferry import key_uuid, ledger, load_spec, migrate
+from ferry.check import check
 from ferry.cli import app
 from ferry.demo import world
 from ferry.embedded import LocalCluster
@@ -121,6 +122,9 @@ def test_demo_spec_loads_and_migrates_without_edits(cluster: LocalCluster, tmp_p
     text = (out / "spec.toml").read_text()
     assert '#   { reject = "context_not_jsonb"' in text
     assert "\nrules" not in text  # no rule is active
+    # ferry check accepts it as written: no error against both databases.
+    checked = check(out / "spec.toml", src, target)
+    assert checked.ok, [str(f) for f in checked.findings if f.level == "error"]
 
     run = migrate(src, target, spec, jobs=2)
     counts = _accounts_for_every_row(target, out / "spec.toml")
