@@ -112,6 +112,31 @@ class Slots:
             self._cond.notify_all()
 
 
+def histogram_starts(hist: Sequence[Any], chunks: int) -> list[Any] | None:
+    """The first keys of chunks 2 to ``chunks``, from a histogram's bounds (equal numbers of
+    rows between neighbours); None if it cannot tell them.
+
+    With as many buckets as chunks or more, chunks start at bucket bounds. With fewer, only
+    integer keys: each bucket's range is cut in equal parts, as the planner itself assumes
+    rows are spread within a bucket.
+    """
+    buckets = len(hist) - 1
+    if buckets < 1 or chunks < 1:
+        return None
+    if buckets >= chunks:
+        return [hist[round(i * buckets / chunks)] for i in range(1, chunks)]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in hist):
+        return None
+    starts: list[Any] = []
+    for i in range(1, chunks):
+        j, rest = divmod(i * buckets, chunks)
+        lo, hi = hist[j], hist[min(j + 1, buckets)]
+        key = lo + (hi - lo) * rest // chunks
+        if not starts or key > starts[-1]:
+            starts.append(key)
+    return starts
+
+
 class Runner:
     """Runs one model's chunks on one connection."""
 
@@ -153,9 +178,12 @@ class Runner:
     def bounds(self) -> list[tuple[Any, Any]]:
         """Key ranges of about ``chunk_size`` rows each.
 
-        Taken from the stage table's histogram when it has enough buckets (the stage is
-        analyzed when loaded): numbering 2M keys to cut them exactly costs a second, and
-        chunk sizes only need to be about right. Otherwise every ``chunk_size``-th key.
+        Taken from the stage table's histogram (the stage is analyzed when loaded):
+        numbering 2M keys to cut them exactly costs a second, and chunk sizes only need to be
+        about right. An integer key with fewer buckets than chunks (past 100 chunks at the
+        default statistics target) has its buckets cut evenly between their bounds
+        (``histogram_starts``): numbering the demo's 6.1M keys at SF=3 took 7 s, alone before
+        the model's first chunk. Otherwise every ``chunk_size``-th key.
         """
         plan, spec = self.plan, self.plan.spec
         if not plan.model.accounts:
@@ -176,9 +204,9 @@ class Runner:
             return [(None, None)]
         hist = stats[1] if stats else None
         chunks = -(-int(stats[0]) // size) if stats and stats[0] and stats[0] > 0 else 0
-        if hist and chunks and len(hist) - 1 >= chunks:
-            buckets = len(hist) - 1
-            starts = [None] + [hist[round(i * buckets / chunks)] for i in range(1, chunks)]
+        cut = histogram_starts(hist, chunks) if hist and chunks else None
+        if cut is not None:
+            starts = [None, *cut]
         else:
             starts = [
                 r[0]
