@@ -1,21 +1,26 @@
 """Benchmarks side by side with the peers: ferry's migrate and sync next to plain copies.
 
     .venv/bin/python benchmarks/run.py [--scale 1] [--json OUT] [--workdir DIR] [--seed 1]
-        [--jobs 2] [--skip-baselines] [--scaling 0.1,0.3,1] [--quick] [--runner api|cli]
-        [--results FILE | --no-results]
+        [--jobs 2] [--skip-baselines] [--scaling 0.1,0.3,1] [--large] [--changes checksum,wal]
+        [--quick] [--runner api|cli] [--results FILE | --no-results]
 
 Why: a migration tool is judged against the alternatives on the same data and the same
 machine. One run builds the demo world of DOMAIN.md on the embedded PostgreSQL and measures,
 on that one legacy database:
 
 * ferry: a full ``migrate`` (the non-superuser ``migrator`` role as target, ``--jobs``
-  sessions); then ``sync`` with nothing changed, after DOMAIN.md's delta, and after deltas 10x
-  and 100x as large (same mix: ~75% inserts, ~22% updates, ~3% deletes). Every ferry step
-  runs in its own process, so its peak RSS is ferry's and not this driver's.
+  sessions); ``verify`` of it against the world's ground truth; then ``sync`` with nothing
+  changed, after DOMAIN.md's delta, and after deltas 10x and 100x as large (same mix: ~75%
+  inserts, ~22% updates, ~3% deletes). Every ferry step runs in its own process, so its peak
+  RSS is ferry's and not this driver's.
 * baselines: a raw binary COPY pipe (no transformation, no indexes: the physical limit),
   ``pgcopydb clone`` and ``pgloader`` (Debian's packages, installed with apt-get when missing
   and allowed). A tool that is missing or cannot run here is recorded as null, with the reason.
-* a scaling series: migrate time against rows at several scale factors.
+* a scaling series: migrate time against rows at several scale factors, and at each a
+  no-op sync and a sync of DOMAIN.md's delta, for each change source (``--changes``: the
+  checksum diff, and with ``wal`` a logical replication slot, on a cluster restarted with
+  ``wal_level = logical`` for those points), with every step's peak RSS. ``--large`` adds
+  SF 3 and 5 (about 8M and 13M legacy rows).
 
 The machine is shared (2 cores here, other people's tests running): the load average is
 recorded at the start, after every step and at the end, so a noisy figure can be recognised.
@@ -53,6 +58,16 @@ from ferry.demo.run import MIGRATOR, spec_path
 from ferry.embedded import LocalCluster, running
 
 DELTA_MULTIPLES: tuple[int, ...] = (1, 10, 100)
+#: Where a sync learns what changed (``ferry migrate --changes``), measured in the scaling
+#: series: the default, and every one ``--changes`` may name.
+CHANGE_SOURCES: tuple[str, ...] = ("checksum",)
+KNOWN_CHANGE_SOURCES: tuple[str, ...] = ("checksum", "wal")
+#: What ``--large`` adds to the scaling series (SF 5: about 13M legacy rows).
+LARGE_SCALES: tuple[float, ...] = (3.0, 5.0)
+#: After a migrate with a slot, how long to wait before the timed syncs: until a
+#: running-transactions record (every 15 s) is decoded past the migrate, a sync re-reads the
+#: WAL written since the slot was made (``benchmarks/wal_sync.py``).
+WAL_SETTLE_S = 16.0
 #: Above this much memory the default scaling series also runs SF=3 (~8M legacy rows).
 BIG_SCALE_MIN_MEMORY_GB = 16.0
 QUICK_SCALE = 0.05
@@ -77,10 +92,18 @@ data_dir = Path(job["data_dir"])
 if job["step"] == "migrate":
     from ferry.pipeline import migrate
 
+    extra = {"changes": job["changes"]} if job.get("changes") else {}
     r = migrate(job["source"], job["target"], spec, data_dir=data_dir, jobs=job["jobs"],
-                defer_constraints=job["defer"])
+                defer_constraints=job["defer"], **extra)
     out = {"seconds": r.seconds, "rows": sum(s.rows for s in r.staged),
            "bytes": sum(s.bytes for s in r.staged), "written": sum(m.written for m in r.models)}
+elif job["step"] == "verify":
+    from ferry.verify import verify
+
+    truth = Path(job["truth"]) if job.get("truth") else None
+    r = verify(job["target"], spec, truth=truth, jobs=job["jobs"])
+    out = {"seconds": r.seconds, "rows": r.checked.get("rows"), "ok": r.ok,
+           "problems": len(r.problems)}
 else:
     try:
         from ferry.sync import sync
@@ -108,6 +131,12 @@ else:
 
     out = {"seconds": r.seconds, "bytes": r.bytes_from_source, "counts": plain(r.counts)}
 out["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# This process's own peak: ru_maxrss (and wait4's) keeps the driver's RSS from before exec.
+try:
+    with open("/proc/self/status") as status:
+        out["vmhwm_kb"] = next(int(l.split()[1]) for l in status if l.startswith("VmHWM:"))
+except (OSError, StopIteration, ValueError):
+    pass
 print(json.dumps(out))
 """
 
@@ -131,6 +160,7 @@ class Step:
     note: str | None = None
     machine_cpu_s: float | None = None
     load1: float = field(default_factory=lambda: round(os.getloadavg()[0], 2))
+    problems: int | None = None  # verify: the problems it found (0: the target checks out)
 
 
 @dataclass
@@ -164,11 +194,14 @@ class Ferry:
             str(self.data_dir),
         ]
 
-    def run(self, step: str, name: str) -> Step:
-        """Run ``migrate`` or ``sync`` in a child process and measure it."""
+    def run(self, step: str, name: str, changes: str | None = None) -> Step:
+        """Run ``migrate``, ``verify`` or ``sync`` in a child process and measure it.
+
+        ``changes``: a migrate's change source (``--changes``); None for the default (a
+        fresh target: the checksum diff). ``verify`` checks against the world's truth."""
         log = self.workdir / "logs" / f"{name}.log"
         if self.runner == "cli":
-            return self._run_cli(step, name, log)
+            return self._run_cli(step, name, log, changes)
         src, tgt = self._conninfos()
         job = {
             "step": step,
@@ -178,6 +211,8 @@ class Ferry:
             "data_dir": str(self.data_dir),
             "jobs": self.jobs,
             "defer": self.defer_constraints,
+            "changes": changes,
+            "truth": str(self.truth),
         }
         done = baselines.run_measured(
             [sys.executable, "-c", _CHILD], log=log, stdin=json.dumps(job).encode(), capture=True
@@ -196,21 +231,33 @@ class Ferry:
                 peak_rss_mb=done.peak_rss_mb,
                 note=f"ferry {step} exited {done.returncode}; see {log}",
             )
+        # The child's own high-water mark where it could read it: the kernel's maxrss of a
+        # child starts at its parent's RSS (the fork), so wait4 never reports below this
+        # driver's size (~58 MB), however little ferry used.
+        hwm = out.get("vmhwm_kb")
         return Step(
             name,
             seconds=done.seconds,
             internal_seconds=float(out["seconds"]),
             rows=out.get("rows"),
             bytes_from_source=out.get("bytes"),
-            peak_rss_mb=done.peak_rss_mb,
+            peak_rss_mb=hwm / 1024 if hwm else done.peak_rss_mb,
             counts=out.get("counts"),
             machine_cpu_s=done.machine_cpu_s,
+            problems=out.get("problems"),
         )
 
-    def _run_cli(self, step: str, name: str, log: Path) -> Step:
-        """The ``ferry migrate|sync --spec --source --target --data-dir`` shape.
+    @property
+    def truth(self) -> Path:
+        """The world's ground truth (``world.generate`` and ``apply_delta`` write it)."""
+        return self.data_dir / "ground_truth.csv"
 
-        The CLI prints no machine-readable figures, so rows and bytes stay null here.
+    def _run_cli(self, step: str, name: str, log: Path, changes: str | None = None) -> Step:
+        """The ``ferry migrate|sync --spec --source --target --data-dir`` shape, and
+        ``ferry verify --spec --target --truth``.
+
+        The CLI prints no machine-readable figures, so rows and bytes stay null here (and
+        a verify's problems are only known as its exit status).
         """
         if step == "sync":
             probe = subprocess.run(
@@ -220,9 +267,16 @@ class Ferry:
             )
             if probe.returncode != 0:
                 return Step(name, "not_available", note="the CLI has no 'sync' command yet")
-        cmd = [*self._cli(step), "--jobs", str(self.jobs)]
+        if step == "verify":
+            _, tgt = self._conninfos()
+            cmd = [sys.executable, "-m", "ferry.cli", "verify", "--spec", str(spec_path()),
+                   "--target", tgt, "--truth", str(self.truth)]  # fmt: skip
+        else:
+            cmd = [*self._cli(step), "--jobs", str(self.jobs)]
         if step == "migrate" and not self.defer_constraints:
             cmd.append("--keep-constraints")
+        if step == "migrate" and changes:
+            cmd += ["--changes", changes]
         done = baselines.run_measured(cmd, log=log)
         if done.returncode != 0:
             return Step(
@@ -549,6 +603,7 @@ def new_world(
     cluster: LocalCluster, data_dir: Path, scale: float, seed: int
 ) -> tuple[dict[str, int], float]:
     """A fresh legacy database and target schema at ``scale``; rows per source and seconds."""
+    _drop_slots(cluster)
     source = cluster.create_database("legacy", drop=True)
     target_admin = cluster.create_database("target", drop=True)
     started = time.perf_counter()
@@ -580,14 +635,93 @@ def say(step: Step) -> None:
         console.print(f"  [{colour}]{step.name}: {step.status}[/] -- {step.note}")
 
 
+def _drop_slots(cluster: LocalCluster) -> None:
+    """Drop the replication slots a migrate with ``--changes wal`` made: a database that has
+    one cannot be dropped, nor the cluster started again without logical decoding."""
+    with psycopg.connect(cluster.conninfo("postgres"), autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots")
+
+
+def _wal_level(cluster: LocalCluster, logical: bool) -> None:
+    """Restart the cluster with logical decoding (for ``--changes wal``) or without (every
+    other step: at ``wal_level = minimal`` the stage's first COPY writes no WAL)."""
+    if cluster.logical == logical:
+        return
+    if not logical:
+        _drop_slots(cluster)
+    cluster.logical = logical
+    cluster.start()  # stops the running server first; keeps the port
+    settle(cluster)
+
+
+def sync_series(
+    ferry: Ferry, cluster: LocalCluster, data_dir: Path, scale: float, seed: int, source: str,
+    tag: str,
+) -> tuple[Step, dict[str, Step]]:  # fmt: skip
+    """Migrate the world just built with changes from ``source``, then time a sync with
+    nothing changed (``noop``) and one after DOMAIN.md's delta (``delta_x1``).
+
+    With a slot, two syncs first, untimed, ``WAL_SETTLE_S`` apart: the timed no-op is then
+    that of a slot past the migrate, as it is minutes after one."""
+    m = ferry.run("migrate", f"migrate_{tag}", changes=None if source == "checksum" else source)
+    say(m)
+    if m.status != "ok":
+        return m, {}
+    if source == "wal":
+        ferry.run("sync", f"sync_settle_{tag}")
+        time.sleep(WAL_SETTLE_S)
+        ferry.run("sync", f"sync_settled_{tag}")
+    noop = ferry.run("sync", f"sync_noop_{tag}")
+    say(noop)
+    series = {"noop": noop}
+    if noop.status == "not_available":
+        return m, series
+    changed = world.apply_delta(cluster.conninfo("legacy"), data_dir, scale=scale, seed=seed)
+    delta = ferry.run("sync", f"sync_delta_x1_{tag}")
+    delta.rows = sum(changed.values())
+    say(delta)
+    series["delta_x1"] = delta
+    return m, series
+
+
+def _series_of(sync_steps: dict[str, Step]) -> dict[str, Step]:
+    """The main run's no-op and x1 syncs, as a point of the scaling series."""
+    return {k: sync_steps[s] for k, s in (("noop", "noop"), ("delta_x1", "1")) if s in sync_steps}
+
+
+def _series_status(migrate: Step, series: dict[str, Step]) -> str:
+    """``ok``, or the worst of its steps' statuses (``failed`` over ``not_available``)."""
+    statuses = {migrate.status, *(x.status for x in series.values())}
+    for status in ("failed", "not_available"):
+        if status in statuses:
+            return status
+    return "ok"
+
+
+def parse_changes(text: str) -> list[str]:
+    """``"checksum,wal"`` -> ``["checksum", "wal"]``; refuses a source ferry does not know."""
+    sources = [part.strip() for part in text.split(",") if part.strip()]
+    for source in sources:
+        if source not in KNOWN_CHANGE_SOURCES:
+            raise world.DemoError(
+                f"change source must be one of {', '.join(KNOWN_CHANGE_SOURCES)}, got {source!r}"
+            )
+    if not sources:
+        raise world.DemoError("--changes names no change source")
+    return list(dict.fromkeys(sources))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole benchmark; returns the JSON document (also printed as tables by main)."""
     scale: float = args.scale if args.scale is not None else (QUICK_SCALE if args.quick else 1.0)
     world.plan(scale, args.seed)
     scales = parse_scales(args.scaling) if args.scaling else default_scales(scale, args.quick)
+    if getattr(args, "large", False):
+        scales += LARGE_SCALES
     if scale not in scales:
         scales.append(scale)
     scales = sorted(set(scales))
+    changes = parse_changes(args.changes) if getattr(args, "changes", None) else CHANGE_SOURCES
     notes: list[str] = []
     started_at = dt.datetime.now(dt.UTC)
 
@@ -655,7 +789,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             steps: list[Step] = [migrate]
             delta_changes: dict[str, dict[str, int]] = {}
             sync_steps: dict[str, Step] = {}
+            verify = Step("verify", "failed", note="not run: the migrate failed")
             if migrate.status == "ok":
+                # Read-only: the syncs after it find the same target.
+                verify = ferry.run("verify", "verify")
+                say(verify)
+                if verify.status == "ok" and verify.problems:
+                    notes.append(f"verify found {verify.problems} problem(s); see logs/verify.log")
+                steps.append(verify)
                 noop = ferry.run("sync", "sync_noop")
                 say(noop)
                 steps.append(noop)
@@ -689,46 +830,92 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 notes.append(f"migrate failed: {migrate.note}")
 
-            # The scaling series: the main scale's migrate is one of its points.
+            # The scaling series: the main scale's migrate (and its syncs, for the checksum
+            # diff) is one of its points; every other point is a world of its own, migrated,
+            # synced with nothing changed and after DOMAIN.md's delta, per change source.
             scaling: list[dict[str, Any]] = []
             for s in scales:
-                if s == scale:
-                    point = {
-                        "scale": s,
-                        "rows": migrate.rows or world_rows,
-                        "migrate_s": _round(migrate.seconds),
-                        "peak_rss_mb": _round(migrate.peak_rss_mb, 1),
-                        "copy_pipe_s": _round(copy_pipe_by_scale.get(s)),
-                        "load1": migrate.load1,
-                    }
-                else:
-                    console.print(f"scaling: SF={s:g}")
-                    s_counts, _ = new_world(cluster, data_dir, s, args.seed)
-                    pipe_s = None
-                    if not args.skip_baselines:
-                        pipe = baselines.copy_pipe(
-                            cluster, cluster.conninfo("legacy"), "copy_pipe", args.jobs
-                        )
-                        _drop(cluster, "copy_pipe")
-                        pipe_s = pipe.seconds
-                    m = ferry.run("migrate", f"migrate_sf{s:g}")
-                    say(m)
-                    if m.status != "ok":
-                        notes.append(f"scaling SF={s:g}: {m.note}")
-                    point = {
-                        "scale": s,
-                        "rows": m.rows or sum(s_counts.values()),
+                point: dict[str, Any] = {"scale": s, "sync": {}}
+                for source in changes:
+                    main = s == scale and source == "checksum"
+                    if main:
+                        m, series = migrate, _series_of(sync_steps)
+                        rows, pipe_s = migrate.rows or world_rows, copy_pipe_by_scale.get(s)
+                    else:
+                        console.print(f"scaling: SF={s:g}, changes from {source}")
+                        _wal_level(cluster, source == "wal")
+                        s_counts, _ = new_world(cluster, data_dir, s, args.seed)
+                        pipe_s = None
+                        if not args.skip_baselines and "copy_pipe_s" not in point:
+                            pipe = baselines.copy_pipe(
+                                cluster, cluster.conninfo("legacy"), "copy_pipe", args.jobs
+                            )
+                            _drop(cluster, "copy_pipe")
+                            pipe_s = pipe.seconds
+                        tag = f"sf{s:g}" + ("" if source == "checksum" else f"_{source}")
+                        m, series = sync_series(ferry, cluster, data_dir, s, args.seed, source, tag)
+                        rows = m.rows or sum(s_counts.values())
+                        if m.status != "ok":
+                            notes.append(f"scaling SF={s:g} ({source}): {m.note}")
+                        for step in series.values():
+                            if step.status == "failed":
+                                notes.append(f"scaling SF={s:g} ({source}): {step.note}")
+                    point["sync"][source] = {
                         "migrate_s": _round(m.seconds),
-                        "peak_rss_mb": _round(m.peak_rss_mb, 1),
-                        "copy_pipe_s": _round(pipe_s),
-                        "load1": m.load1,
+                        "migrate_peak_rss_mb": _round(m.peak_rss_mb, 1),
+                        **{
+                            f"{k}_s": _round(series[k].seconds) if k in series else None
+                            for k in ("noop", "delta_x1")
+                        },
+                        **{
+                            f"{k}_peak_rss_mb": _round(series[k].peak_rss_mb, 1)
+                            if k in series
+                            else None
+                            for k in ("noop", "delta_x1")
+                        },
+                        "status": _series_status(m, series),
+                        "note": next(
+                            (x.note for x in (m, *series.values()) if x.status != "ok"), None
+                        ),
                     }
+                    if "migrate_s" not in point:
+                        # The point's migrate is the first change source's (as before: the
+                        # checksum diff's, unless --changes leaves it out).
+                        point |= {
+                            "rows": rows,
+                            "migrate_s": _round(m.seconds),
+                            "peak_rss_mb": _round(m.peak_rss_mb, 1),
+                            "copy_pipe_s": _round(pipe_s),
+                            "load1": m.load1,
+                        }
+                default = point["sync"].get(CHANGE_SOURCES[0], {})
+                point["sync_noop_s"] = default.get("noop_s")
+                point["sync_delta_x1_s"] = default.get("delta_x1_s")
+                # The ferry process's peak RSS at this point, whatever the step.
+                point["peak_rss_mb_max"] = max(
+                    (
+                        v
+                        for figures in point["sync"].values()
+                        for k, v in figures.items()
+                        if k.endswith("peak_rss_mb") and v is not None
+                    ),
+                    default=None,
+                )
                 scaling.append(point)
+            _wal_level(cluster, False)
         machine["load_average_end"] = _load()
 
     ok_ferry = [s for s in steps if s.status == "ok"]
     failed = [s.name for s in steps if s.status == "failed"]
     failed += [f"scaling SF={p['scale']:g}" for p in scaling if p["migrate_s"] is None]
+    failed += [
+        f"scaling SF={p['scale']:g} sync ({source})"
+        for p in scaling
+        for source, figures in p["sync"].items()
+        if figures["status"] == "failed" and p["migrate_s"] is not None
+    ]
+    if verify.problems:
+        failed.append(f"verify ({verify.problems} problems)")
     doc: dict[str, Any] = {
         "when": started_at.isoformat(timespec="seconds"),
         "scale": scale,
@@ -752,6 +939,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if migrate.rows is not None
             else (world_rows if migrate.status == "ok" else None),
             "migrate_bytes_from_source": migrate.bytes_from_source,
+            # verify of the migrate against the world's ground truth: its time, its own
+            # figure, and the problems it found (0 expected; null with the CLI runner)
+            "verify_s": _round(verify.seconds),
+            "verify_internal_s": _round(verify.internal_seconds),
+            "verify_status": verify.status,
+            "verify_problems": verify.problems,
             "peak_rss_mb": _round(
                 max((s.peak_rss_mb for s in ok_ferry if s.peak_rss_mb is not None), default=None), 1
             ),
@@ -778,6 +971,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "baselines": baselines.summary(base_results)
         if base_results
         else {f"{name}_s": None for name in ("copy_pipe", "pgcopydb", "pgloader")},
+        "changes": list(changes),
         "scaling": scaling,
         "notes": notes,
         "failed": failed,
@@ -854,6 +1048,14 @@ def render(doc: dict[str, Any]) -> None:
         cpu.get("migrate"),
     )
     add(
+        "ferry verify (against the truth)",
+        f.get("verify_s"),
+        None,
+        None,
+        rss.get("verify"),
+        cpu.get("verify"),
+    )
+    add(
         "ferry sync, no change",
         f["sync_noop_s"],
         0,
@@ -887,20 +1089,20 @@ def render(doc: dict[str, Any]) -> None:
         )
     console.print(table)
 
-    series = Table(title="scaling: ferry migrate, time against rows")
-    for col in (
-        "SF",
-        "rows",
-        "migrate s",
-        "rows/s",
-        "peak RSS MB",
-        "copy pipe s",
-        "ferry ÷ pipe",
-        "load",
-    ):
+    series = Table(title="scaling: ferry migrate, time against rows; syncs at each scale")
+    sources = doc.get("changes") or list(CHANGE_SOURCES)
+    columns = ["SF", "rows", "migrate s", "rows/s", "peak RSS MB", "copy pipe s", "ferry ÷ pipe"]
+    for source in sources:
+        columns += [f"{source}: sync none s", f"{source}: sync x1 s"]
+    columns += ["peak RSS MB, any step", "load"]
+    for col in columns:
         series.add_column(col, justify="right")
     for p in doc["scaling"]:
         secs, pipe = p["migrate_s"], p["copy_pipe_s"]
+        syncs = []
+        for source in sources:
+            figures = p.get("sync", {}).get(source, {})
+            syncs += [_fmt(figures.get("noop_s"), ".2f"), _fmt(figures.get("delta_x1_s"), ".2f")]
         series.add_row(
             f"{p['scale']:g}",
             _fmt(p["rows"], ",d"),
@@ -909,6 +1111,8 @@ def render(doc: dict[str, Any]) -> None:
             _fmt(p["peak_rss_mb"], ".0f"),
             _fmt(pipe, ".2f"),
             _fmt(secs / pipe if secs and pipe else None, ".2f"),
+            *syncs,
+            _fmt(p.get("peak_rss_mb_max"), ".0f"),
             _fmt(p["load1"], ".2f"),
         )
     console.print(series)
@@ -1013,6 +1217,18 @@ def main(argv: list[str] | None = None) -> int:
         "those, plus 3 with >= 16 GB of memory; only --scale with --quick)",
     )
     parser.add_argument(
+        "--large",
+        action="store_true",
+        help="add SF 3 and 5 to the scaling series (about 8M and 13M legacy rows; at SF 5 "
+        "the cluster takes ~17 GB of disk, and the run an hour)",
+    )
+    parser.add_argument(
+        "--changes",
+        default=None,
+        help="change sources whose syncs the scaling series times, e.g. checksum,wal "
+        f"(default: {','.join(CHANGE_SOURCES)}; one of {', '.join(KNOWN_CHANGE_SOURCES)})",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="for tests: small scale, no scaling series, no tool installs",
@@ -1029,6 +1245,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.scaling:
             parse_scales(args.scaling)
+        if args.changes:
+            parse_changes(args.changes)
         doc = run(args)
     except world.DemoError as exc:
         parser.error(str(exc))

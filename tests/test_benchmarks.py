@@ -25,6 +25,8 @@ from ferry.demo import world
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "run.py"
 SCALE = 0.05
+#: A second point of the scaling series: a world of its own, migrated and synced.
+SMALL = 0.02
 MULTIPLES = ("1", "10", "100")
 
 
@@ -39,12 +41,12 @@ def _is_number(value: Any) -> bool:
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
-    """One quick run of the suite, shared by the checks below (it takes ~15-60 s)."""
+    """One quick run of the suite, shared by the checks below (it takes ~25-90 s)."""
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "bench.json"
     done = subprocess.run(
         [_python(), str(SCRIPT), "--scale", str(SCALE), "--quick", "--json", str(out),
-         "--workdir", str(tmp / "work")],
+         "--workdir", str(tmp / "work"), "--scaling", str(SMALL)],
         capture_output=True, text=True, timeout=600, cwd=ROOT, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -58,12 +60,24 @@ def test_ferry_migrate_figures(bench: tuple[dict[str, Any], str]) -> None:
     assert _is_number(f["peak_rss_mb"]) and f["peak_rss_mb"] > 0
     # The machine's CPU while each step ran: at least that of ferry's own process.
     cpu = f["machine_cpu_s_by_step"]
-    assert set(cpu) >= {"migrate", "sync_noop"}
+    assert set(cpu) >= {"migrate", "verify", "sync_noop"}
     assert all(_is_number(x) and x > 0 for x in cpu.values()), cpu
     # Every legacy row and CSV row the generator made is staged by the migrate.
     expected = sum(world.expected_counts(SCALE).values())
     assert doc["world"]["rows"] == expected
     assert f["migrate_rows"] == expected
+
+
+def test_verify_of_the_migrate_is_timed_and_finds_nothing(
+    bench: tuple[dict[str, Any], str],
+) -> None:
+    f = bench[0]["ferry"]
+    assert f["verify_status"] == "ok"
+    assert _is_number(f["verify_s"]) and f["verify_s"] > 0
+    assert 0 < f["verify_internal_s"] <= f["verify_s"]
+    assert f["verify_problems"] == 0
+    # The ferry process's own peak (VmHWM), not the driver's RSS it was forked from.
+    assert 0 < f["peak_rss_mb_by_step"]["verify"] < 1024
 
 
 def test_sync_figures_are_numbers_or_said_to_be_missing(
@@ -115,9 +129,9 @@ def test_baselines_present_or_explained(bench: tuple[dict[str, Any], str]) -> No
 
 def test_scaling_machine_and_when(bench: tuple[dict[str, Any], str]) -> None:
     doc, output = bench
-    # --quick: the series is the main scale alone.
-    assert [p["scale"] for p in doc["scaling"]] == [SCALE]
-    point = doc["scaling"][0]
+    # --quick: the main scale, and here the one --scaling adds.
+    assert [p["scale"] for p in doc["scaling"]] == [SMALL, SCALE]
+    point = doc["scaling"][1]
     assert point["rows"] == doc["ferry"]["migrate_rows"]
     assert _is_number(point["migrate_s"])
     m = doc["machine"]
@@ -128,6 +142,38 @@ def test_scaling_machine_and_when(bench: tuple[dict[str, Any], str]) -> None:
     assert dt.datetime.fromisoformat(doc["when"]).tzinfo is not None
     assert doc["failed"] == []
     assert "password" not in output.lower()
+
+
+def test_every_scale_has_its_syncs_and_peak_memory(bench: tuple[dict[str, Any], str]) -> None:
+    """A no-op sync and DOMAIN.md's delta at every point of the series, per change source;
+    the main scale's are the main run's own."""
+    doc, _ = bench
+    f = doc["ferry"]
+    assert doc["changes"] == ["checksum"]
+    small, main = doc["scaling"]
+    assert small["rows"] == sum(world.expected_counts(SMALL).values())
+    assert main["sync_noop_s"] == f["sync_noop_s"]
+    assert main["sync_delta_x1_s"] == f["sync_delta_s"]["1"]
+    for point in (small, main):
+        figures = point["sync"]["checksum"]
+        if f["sync_status"] != "ok":
+            assert figures["status"] == "not_available"
+            continue
+        assert figures["status"] == "ok", figures["note"]
+        assert figures["migrate_s"] == point["migrate_s"]
+        for key in ("noop_s", "delta_x1_s", "noop_peak_rss_mb", "delta_x1_peak_rss_mb"):
+            assert _is_number(figures[key]) and figures[key] > 0, key
+        assert point["sync_noop_s"] == figures["noop_s"]
+        assert point["peak_rss_mb_max"] >= max(point["peak_rss_mb"], figures["noop_peak_rss_mb"])
+
+
+def test_bad_change_source_is_refused_before_anything_starts() -> None:
+    done = subprocess.run(
+        [_python(), str(SCRIPT), "--changes", "checksum,binlog", "--quick"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "change source must be one of checksum, wal" in done.stderr
 
 
 def test_bad_scaling_is_refused_before_anything_starts() -> None:
