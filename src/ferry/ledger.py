@@ -380,7 +380,7 @@ def source_counts(
     source. Each partition is read by its own name (``table_of``): read through the ledger,
     which has no statistics, the groups were estimated at a tenth of the rows, and past what
     ``work_mem`` holds the planner sorted every row instead of hashing (the demo at SF=3:
-    6.1M rows sorted on disk, 6.2 CPU-s against 2.9; with a 4 MB ``work_mem``, at any size).
+    6.1M rows sorted on disk, 6.2 CPU-s against 2.9).
     """
     out: dict[str, SourceCounts] = {}
     modelled = {m.source for m in spec.models if m.accounts}
