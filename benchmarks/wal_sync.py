@@ -70,7 +70,8 @@ def main() -> None:
                 stats = pstats.Stats(profiler).sort_stats("cumulative")
                 stats.print_stats(r"ferry/(sync|settle|wal|runs|privileges|diff)\.py", 25)
             world.apply_delta(source, work, scale=args.scale, seed=args.seed)
-            delta = sync(source, target, spec, data_dir=work)
+            profiler = cProfile.Profile()
+            delta = profiler.runcall(sync, source, target, spec, data_dir=work)
             c = delta.counts
             print(
                 f"{mode}: DOMAIN delta sync {delta.seconds:.3f} s, {c['bytes_from_source']:,} "
@@ -78,6 +79,9 @@ def main() -> None:
                 f"-{c['source_deleted']}"
                 + (f", {c['wal']['changes']} changes read" if "wal" in c else "")
             )
+            if args.profile:
+                stats = pstats.Stats(profiler).sort_stats("cumulative")
+                stats.print_stats(r"ferry/(sync|settle|wal|runs|diff|execute|chunk)\.py", 25)
             after = sync(source, target, spec, data_dir=work)
             print(f"{mode}: no-op sync after the delta {after.seconds:.3f} s")
             with psycopg.connect(target) as conn:
