@@ -249,6 +249,11 @@ def test_application_edit_is_a_conflict(library: tuple[str, str, Path]) -> None:
         assert conn.execute(
             "SELECT conflict FROM ferry.ledger WHERE model = 'books' AND source_key = '10'"
         ).fetchone() == (True,)
+    assert result.counts["new_conflicts"] == 1
+    # Conflicts are counted again only in the models a sync wrote: one that wrote none still
+    # counts the conflict, and it is no news.
+    again = sync(source, target, spec)
+    assert (again.counts["conflicts"], again.counts["new_conflicts"]) == (1, 0)
 
 
 def test_reads_names_the_stage_tables_of_a_models_sql_and_rules(

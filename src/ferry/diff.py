@@ -948,7 +948,7 @@ SUMS_PER_BATCH = 16_384
 
 # Leaf rows listed per round trip: when changes are dense nearly every bucket differs, and
 # listing them all at once would hold the whole table's (key, hash) pairs in memory.
-LIST_ROWS_PER_BATCH = 50_000
+LIST_ROWS_PER_BATCH = 16_384
 
 
 def _batches(leaves: list[_Bucket], rows: int) -> Iterator[list[_Bucket]]:
@@ -963,6 +963,20 @@ def _batches(leaves: list[_Bucket], rows: int) -> Iterator[list[_Bucket]]:
             batch, held = [], 0
     if batch:
         yield batch
+
+
+def _new_or_changed(
+    src_rows: dict[Key, bytes], stg_rows: dict[Key, bytes], inserted: list[Key],
+    updated: list[Key],
+) -> None:  # fmt: skip
+    """Keys whose (key, hash) pair the stage does not hold: new rows, or changed ones. A
+    loop, not a difference of item sets, which held a third copy of the listed rows."""
+    for key, digest in src_rows.items():
+        held = stg_rows.get(key)
+        if held is None:
+            inserted.append(key)
+        elif held != digest:
+            updated.append(key)
 
 
 def _run_diff(pair: _Pair, plan: _Plan, result: TableDiff) -> None:
@@ -1041,9 +1055,8 @@ def _run_diff(pair: _Pair, plan: _Plan, result: TableDiff) -> None:
             gone = stg_rows.keys() - src_rows.keys()
             result.rows_compared += len(src_rows) + len(gone)
             deleted.extend(gone)
-            # (key, hash) pairs of the source not found on the stage: new or changed rows
-            for key, _ in src_rows.items() - stg_rows.items():
-                (updated if key in stg_rows else inserted).append(key)
+            _new_or_changed(src_rows, stg_rows, inserted, updated)
+            del src_rows, stg_rows
         parents = buckets.split(splits) if splits else []
     result.inserted = sorted(inserted)
     result.updated = sorted(updated)
@@ -1287,8 +1300,7 @@ def _diff_keys(pair: _Pair, plan: _Plan, result: TableDiff, keys: Sequence[Key])
         result.source_rows += len(src_rows)
         result.stage_rows += len(stg_rows)
         deleted.extend(gone)
-        for key, _ in src_rows.items() - stg_rows.items():
-            (updated if key in stg_rows else inserted).append(key)
+        _new_or_changed(src_rows, stg_rows, inserted, updated)
     result.inserted = sorted(inserted)
     result.updated = sorted(updated)
     result.deleted = sorted(deleted)

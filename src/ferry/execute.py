@@ -171,7 +171,10 @@ def _run_model(
     with session(target, spec) as conn:
         plan = query.Plan(conn, spec, model)
         plan.final, plan.retry_refused = final, retry
-        total = ledger.stage_rows(conn, spec, model.source) if model.accounts else 0
+        # Counted only for a whole model: a key list says its own size, and a sync that looks
+        # at a few keys of a 2M-row source need not scan its stage for the progress bar.
+        whole = keys is None and model.accounts
+        total = ledger.stage_rows(conn, spec, model.source) if whole else 0
         progress.model_started(model.name, len(keys) if keys is not None else total)
 
         def advance(n: int) -> None:

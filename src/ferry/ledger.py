@@ -158,6 +158,10 @@ TABLES = (
 )  # fmt: skip
 
 
+# Keys passed in one array parameter at most, where a long list is sent in batches.
+KEYS_PER_STATEMENT = 20_000
+
+
 def table(spec: Spec, name: str) -> sql.Identifier:
     """One of the ledger schema's tables, by its name in ``TABLES``."""
     if name not in TABLES:
@@ -673,22 +677,29 @@ def staged_among(
     are cast to the stage key's type, so that its primary key index finds them."""
     src = spec.source(source)
     stage = sql.Identifier(spec.stage_schema, src.stage_table)
-    typ = conn.execute(
-        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-        "WHERE attrelid = to_regclass(%s) AND attname = %s",
-        [stage.as_string(conn), src.stage_key],
-    ).fetchone()
+    typ = stage_key_type(conn, spec, src)
     if typ is None:
         return None
     return {
         r[0]
         for r in conn.execute(
             sql.SQL("SELECT {k}::text FROM {s} WHERE {k} = ANY(%s::{t}[])").format(
-                k=sql.Identifier(src.stage_key), s=stage, t=sql.SQL(typ[0])
+                k=sql.Identifier(src.stage_key), s=stage, t=sql.SQL(typ)
             ),
             [sorted(keys)],
         )
     }
+
+
+def stage_key_type(conn: psycopg.Connection, spec: Spec, src: Source) -> str | None:
+    """The type of the stage's key column (None: not staged): key lists cast to it are
+    found by the stage's primary key index, where ``key::text = ANY(...)`` scans it whole."""
+    row = conn.execute(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = to_regclass(%s) AND attname = %s",
+        [sql.Identifier(spec.stage_schema, src.stage_table).as_string(conn), src.stage_key],
+    ).fetchone()
+    return str(row[0]) if row else None
 
 
 def emptied(conn: psycopg.Connection, spec: Spec, source: str) -> bool:
@@ -817,21 +828,30 @@ def models_of(spec: Spec, source: str) -> list[str]:
 
 
 def _all_claimed(conn: psycopg.Connection, spec: Spec, src: Source, keys: list[str]) -> bool:
-    """No key of ``keys`` staged without a live ledger row: index lookups on the ledger's
-    primary key."""
-    row = conn.execute(
-        sql.SQL(
-            "SELECT 1 FROM {stage} s WHERE s.{key}::text = ANY(%s) AND NOT EXISTS (SELECT 1 "
-            "FROM {led} l WHERE l.model = ANY(%s) AND l.source_key = s.{key}::text "
-            "AND l.status <> 'deleted') LIMIT 1"
-        ).format(
-            key=sql.Identifier(src.stage_key),
-            stage=sql.Identifier(spec.stage_schema, src.stage_table),
-            led=table(spec, "ledger"),
-        ),
-        [keys, models_of(spec, src.name)],
-    ).fetchone()
-    return row is None
+    """No key of ``keys`` staged without a live ledger row: index lookups on the stage's
+    and the ledger's primary keys. Keys are the key's text (as ``source_key``), so each is
+    the text form of a value of the key's type: cast to it, they find their rows by index,
+    and the text comparison kept beside keeps the test exact."""
+    typ = stage_key_type(conn, spec, src)
+    if typ is None:
+        return True  # not staged: no staged key lacks a fate
+    query = sql.SQL(
+        "SELECT 1 FROM unnest(%s::text[]) k(t) JOIN {stage} s ON s.{key} = k.t::{typ} "
+        "AND s.{key}::text = k.t WHERE NOT EXISTS (SELECT 1 FROM {led} l "
+        "WHERE l.model = ANY(%s) AND l.source_key = k.t AND l.status <> 'deleted') LIMIT 1"
+    ).format(
+        key=sql.Identifier(src.stage_key),
+        stage=sql.Identifier(spec.stage_schema, src.stage_table),
+        led=table(spec, "ledger"),
+        typ=sql.SQL(typ),  # type: ignore[arg-type]
+    )
+    # A batch at a time: an array parameter of 90,000 keys took 17 MB to compose.
+    models = models_of(spec, src.name)
+    for start in range(0, len(keys), KEYS_PER_STATEMENT):
+        batch = keys[start : start + KEYS_PER_STATEMENT]
+        if conn.execute(query, [batch, models]).fetchone() is not None:
+            return False
+    return True
 
 
 def _diagnose(
@@ -870,14 +890,15 @@ def hand_on(
     ``pending_resync``, cleared by ``clear_resync`` when a sync ends well."""
     if not keys or not models:
         return
-    conn.execute(
-        sql.SQL(
-            "INSERT INTO {} (model, source_key, run_id) SELECT m, k, %s "
-            "FROM unnest(%s::text[]) m, unnest(%s::text[]) k "
-            "ON CONFLICT (model, source_key) DO UPDATE SET run_id = EXCLUDED.run_id"
-        ).format(table(spec, "resync")),
-        [run_id, models, keys],
-    )
+    for start in range(0, len(keys), KEYS_PER_STATEMENT):  # (see ``_all_claimed``)
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (model, source_key, run_id) SELECT m, k, %s "
+                "FROM unnest(%s::text[]) m, unnest(%s::text[]) k "
+                "ON CONFLICT (model, source_key) DO UPDATE SET run_id = EXCLUDED.run_id"
+            ).format(table(spec, "resync")),
+            [run_id, models, keys[start : start + KEYS_PER_STATEMENT]],
+        )
 
 
 def pending_resync(

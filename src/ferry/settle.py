@@ -69,6 +69,10 @@ class Settled:
     counts: dict[str, ledger.SourceCounts] = field(default_factory=dict)
     # Rounds in which the invariant named keys to settle (``run``).
     reconciled: int = 0
+    # Models whose ledger rows the run may have flagged as conflicts or cleared: those it
+    # ran, and those whose queued deletions it carried out (``deletes``). Only their
+    # conflicts need counting again after it.
+    written: set[str] = field(default_factory=set)
 
 
 def run(
@@ -180,6 +184,7 @@ def settle(
             keys=None if keys is None else sorted(keys), retry=work.retry,
         )  # fmt: skip
         out.models.append(result)
+        out.written.add(model.name)
         out.transitions.update(result.transitions)
         outcome[model.name] |= result.changed_keys
         arrived[model.name] |= result.new_keys
@@ -197,6 +202,7 @@ def settle(
         if model.accounts:
             touched[model.source] |= result.changed_keys | (keys or set())
     freed = _pending_tables(conn, spec)
+    out.written |= _pending_models(conn, spec)
     deleted, _ = deletes.apply_pending_deletes(conn, spec, run_id)
     out.deleted_rows += deleted
     # Rows refused for a value that a row of ferry's with a later key gave up, and rows
@@ -308,6 +314,15 @@ def _pending_tables(conn: psycopg.Connection, spec: Spec) -> set[str]:
     return {r[0] for r in rows}
 
 
+def _pending_models(conn: psycopg.Connection, spec: Spec) -> set[str]:
+    """The models whose rows queued for deletion are about to go (or be flagged)."""
+    rows = conn.execute(
+        sql.SQL("SELECT DISTINCT model FROM {}").format(ledger.table(spec, "pending_deletes"))
+    ).fetchall()
+    conn.commit()
+    return {r[0] for r in rows}
+
+
 def _release(
     conn: psycopg.Connection, spec: Spec, model: Model, keys: set[str], run_id: int
 ) -> set[str]:
@@ -334,20 +349,32 @@ def _release(
 
 
 def _yielded(conn: psycopg.Connection, spec: Spec, model: Model, keys: set[str]) -> set[str]:
-    """Which of ``keys`` the model's SQL yields now."""
+    """Which of ``keys`` the model's SQL yields now: asked ``ledger.KEYS_PER_STATEMENT`` keys
+    at a time, as a sync's keys are run in chunks, so that the literal of 90,000 keys (11 MB
+    to compose at once) is never held whole."""
     if not keys:
         return set()
     body = sql.SQL(spec.model_sql(model))  # type: ignore[arg-type]
-    # Typed like the stage key, so that the stage's primary key index finds them.
-    key_type = sql.SQL(query.Plan(conn, spec, model).key_type)
-    return {
-        r[0]
-        for r in conn.execute(
-            sql.SQL("SELECT m0._key::text FROM ({}) m0 WHERE m0._key = ANY({}::{}[])").format(
-                body, sql.Literal(sorted(keys)), key_type
+    # Typed like the stage key, so that the stage's primary key index finds them; the stage
+    # key's type read alone, not a whole plan of the model.
+    src = spec.source(model.source) if model.accounts else None
+    key_type = sql.SQL(
+        (ledger.stage_key_type(conn, spec, src) if src else None)
+        or query.Plan(conn, spec, model).key_type
+    )
+    ordered = sorted(keys)
+    found: set[str] = set()
+    for start in range(0, len(ordered), ledger.KEYS_PER_STATEMENT):
+        batch = sql.Literal(ordered[start : start + ledger.KEYS_PER_STATEMENT])
+        found.update(
+            r[0]
+            for r in conn.execute(
+                sql.SQL("SELECT m0._key::text FROM ({}) m0 WHERE m0._key = ANY({}::{}[])").format(
+                    body, batch, key_type
+                )
             )
         )
-    }
+    return found
 
 
 def _ledger_keys(conn: psycopg.Connection, spec: Spec, model: Model) -> set[str]:

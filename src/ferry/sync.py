@@ -75,8 +75,10 @@ def _restage(
             raise FerryError(f"source {src.name} was never staged: run ferry migrate first")
         if ledger.emptied(t, spec, src.name):
             emptied.add(src.name)
+        whole = True  # the diff read the whole stage (its first level counted its rows)
         if src.keyless:  # no key to diff by: copied whole, identities compared
             result = keyless.restage(s, t, spec, src, data_dir)
+            whole = False
         elif src.csv is not None:
             assert src.columns is not None
             _load_csv(t, src, data_dir)
@@ -87,6 +89,7 @@ def _restage(
         elif feed is not None and src.name not in feed.full and src.name not in emptied:
             assert src.table is not None
             keys = sorted(feed.keys.get(src.name, ()), key=str)
+            whole = False
             if keys:
                 cols = [c.name for c in stage.source_columns(s, src.table)]
                 s.rollback()
@@ -113,7 +116,7 @@ def _restage(
             s.rollback()
         _hand_on(t, spec, src, result, run_id)
         if result.changed:
-            rows = ledger.stage_rows(t, spec, src.name)
+            rows = _staged_rows(t, spec, src, result, whole)
             stage.record(
                 t, spec, stage.StageResult(src.name, rows, result.bytes_from_source,
                                            result.seconds), run_id,
@@ -124,6 +127,18 @@ def _restage(
 
     with pairs, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         return dict(pool.map(one, spec.sources)), emptied
+
+
+def _staged_rows(
+    conn: psycopg.Connection, spec: Spec, src: Source, found: diff.TableDiff, whole: bool
+) -> int:
+    """Rows the stage holds after the diff was applied, for its record: from the rows the
+    diff's first level counted and those the apply removed and copied, where the diff read
+    the whole stage and the stage holds each key once (``ledger.stage_rows`` counts keys);
+    else counted (a scan of the whole stage, 2M rows for a few changed)."""
+    if whole and found.applied is not None and stage.unique_key(conn, spec, src):
+        return found.stage_rows - found.applied.rows_deleted + found.applied.rows_copied
+    return ledger.stage_rows(conn, spec, src.name)
 
 
 def _check_migrated(conn: psycopg.Connection, spec: Spec, run_id: int) -> None:
@@ -253,7 +268,10 @@ def _sync(
         result.source_counts = settled.counts
         if settled.reconciled:
             result.counts["reconciled"] = settled.reconciled
-        conflicts = _conflicts(conn, spec)
+        # Counted again only where the run wrote: the others' flags are as they were.
+        after = {m: n for m, n in conflicts_before.items() if m not in settled.written}
+        after.update(_conflicts(conn, spec, settled.written))
+        conflicts = sum(after.values())
         ledger.clear_resync(conn, spec)
         conn.commit()
     transitions = settled.transitions
@@ -274,14 +292,26 @@ def _sync(
                 n for (old, new), n in transitions.items() if new == "excluded" and old != new
             ),
             "conflicts": conflicts,
-            "new_conflicts": max(0, conflicts - conflicts_before),
+            "new_conflicts": max(0, conflicts - sum(conflicts_before.values())),
         }
     )
 
 
-def _conflicts(conn: psycopg.Connection, spec: Spec) -> int:
-    row = conn.execute(
-        sql.SQL("SELECT count(*) FROM {} WHERE conflict").format(ledger.table(spec, "ledger"))
-    ).fetchone()
+def _conflicts(
+    conn: psycopg.Connection, spec: Spec, models: set[str] | None = None
+) -> dict[str, int]:
+    """Ledger rows flagged as conflicts, per model; of ``models`` only (their partitions
+    alone are read), or of all."""
+    if models is not None and not models:
+        return {}
+    where = sql.SQL("conflict")
+    if models is not None:
+        where = sql.SQL("conflict AND model = ANY(%s)")
+    rows = conn.execute(
+        sql.SQL("SELECT model, count(*) FROM {} WHERE {} GROUP BY model").format(
+            ledger.table(spec, "ledger"), where
+        ),
+        None if models is None else [sorted(models)],
+    ).fetchall()
     conn.commit()
-    return int(row[0]) if row else 0
+    return {m: int(n) for m, n in rows}
