@@ -20,6 +20,7 @@ Figures only: no row contents, no connection strings.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import subprocess
@@ -131,6 +132,10 @@ def _child(
     return out
 
 
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
 def _db_stats(cluster: LocalCluster, dbname: str) -> dict[str, int]:
     with _admin(cluster) as conn:
         conn.execute("SELECT pg_stat_clear_snapshot()")
@@ -191,12 +196,14 @@ def rounds(args: argparse.Namespace) -> None:
                         bulk_delta(cluster.conninfo("legacy"), base, 100, SEED)
                     before = _db_stats(cluster, "legacy")
                     load = os.getloadavg()[0]
+                    t0 = _now()
                     label = f"r{r}-{name}-{step}"
                     res = _child(cluster, workdir, step, code, args.pyspy, label, args.memray)
                     time.sleep(0.5)
                     after = _db_stats(cluster, "legacy")
                     res["source"] = {k: after[k] - before[k] for k in after}
                     res.update(round=r, code=name, step=step, load1=round(load, 2))
+                    res.update(started=t0, ended=_now())  # UTC, as the server's log
                     print(json.dumps(res), flush=True)
                     out.write(json.dumps(res) + "\n")
                     out.flush()
