@@ -2,6 +2,7 @@
 step until cutover, and account for every source row in a ledger."""
 
 from ferry.errors import (
+    ChangeCaptureError,
     ConnectionSettingsError,
     DemoError,
     DuplicateKeysError,
@@ -23,6 +24,7 @@ from ferry.pipeline import RunResult, migrate
 from ferry.spec import Spec, load_spec
 
 __all__ = [
+    "ChangeCaptureError",
     "ConnectionSettingsError",
     "DemoError",
     "DuplicateKeysError",
