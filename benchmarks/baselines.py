@@ -33,7 +33,7 @@ from psycopg import sql
 
 from ferry.demo.world import LEGACY_TABLES
 from ferry.embedded import SUPERUSER, LocalCluster
-from ferry.stage import relay
+from ferry.engine.stage import relay
 
 TOOLS: tuple[str, ...] = ("pgcopydb", "pgloader")
 #: A tool that runs longer than this is stopped and recorded as failed, not waited on forever.

@@ -8,7 +8,7 @@ source with notification-like rows, stages them by binary COPY, and measures:
 * baselines on the source: ``SELECT count(*)`` and ``md5(t::text)`` of every row, one side
   and both sides at once (the cost of the naive "hash everything" comparison);
 * the no-op diff (nothing changed);
-* diff + apply (:func:`ferry.diff.sync_stage_table`) after 700, 7,000 and 70,000 changed
+* diff + apply (:func:`ferry.sync.diff.sync_stage_table`) after 700, 7,000 and 70,000 changed
   rows (a third updates at random, a third deletes at random, a third inserts appended);
   each run is checked by a following diff, which must be empty.
 
@@ -31,8 +31,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry.diff import TableDiff, diff_table, sync_stage_table
 from ferry.embedded import running
+from ferry.sync.diff import TableDiff, diff_table, sync_stage_table
 
 TABLE = sql.Identifier("public", "notification")
 COLUMNS = [

@@ -90,7 +90,7 @@ from ferry.spec import load_spec
 spec = load_spec(Path(job["spec"]))
 data_dir = Path(job["data_dir"])
 if job["step"] == "migrate":
-    from ferry.pipeline import migrate
+    from ferry import migrate
 
     extra = {"changes": job["changes"]} if job.get("changes") else {}
     r = migrate(job["source"], job["target"], spec, data_dir=data_dir, jobs=job["jobs"],
@@ -98,7 +98,7 @@ if job["step"] == "migrate":
     out = {"seconds": r.seconds, "rows": sum(s.rows for s in r.staged),
            "bytes": sum(s.bytes for s in r.staged), "written": sum(m.written for m in r.models)}
 elif job["step"] == "verify":
-    from ferry.verify import verify
+    from ferry.ops.verify import verify
 
     truth = Path(job["truth"]) if job.get("truth") else None
     r = verify(job["target"], spec, truth=truth, jobs=job["jobs"])
@@ -106,16 +106,19 @@ elif job["step"] == "verify":
            "problems": len(r.problems)}
 else:
     try:
-        from ferry.sync import sync
+        try:
+            from ferry.sync.loop import sync
+        except ModuleNotFoundError:  # a revision before ferry's packages (2026-12-06)
+            from ferry.sync import sync
     except ImportError as exc:
         if isinstance(exc, ModuleNotFoundError) and exc.name not in ("ferry.sync", None):
             raise
-        print(json.dumps({"unavailable": "ferry.sync.sync is not importable yet"}))
+        print(json.dumps({"unavailable": "ferry.sync.loop.sync is not importable yet"}))
         sys.exit(3)
     try:
         r = sync(job["source"], job["target"], spec, data_dir=data_dir, jobs=job["jobs"])
     except NotImplementedError:
-        print(json.dumps({"unavailable": "ferry.sync.sync raised NotImplementedError"}))
+        print(json.dumps({"unavailable": "ferry.sync.loop.sync raised NotImplementedError"}))
         sys.exit(3)
 
     def plain(value):

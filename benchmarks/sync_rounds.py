@@ -49,13 +49,13 @@ from ferry.spec import load_spec
 
 spec = load_spec(Path(job["spec"]))
 if job["step"] == "migrate":
-    from ferry.pipeline import migrate
+    from ferry.engine.pipeline import migrate
 
     r = migrate(job["source"], job["target"], spec, data_dir=Path(job["data_dir"]), jobs=2,
                 defer_constraints=True)
     print(json.dumps({"seconds": r.seconds}))
 else:
-    from ferry.sync import sync
+    from ferry.sync.loop import sync
 
     r = sync(job["source"], job["target"], spec, data_dir=Path(job["data_dir"]), jobs=2)
     keep = ("source_inserted", "source_updated", "source_deleted", "inserted", "updated",

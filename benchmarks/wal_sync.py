@@ -24,8 +24,8 @@ import psycopg
 from ferry.demo import world
 from ferry.demo.run import MIGRATOR, dispatch_spec
 from ferry.embedded import running
-from ferry.pipeline import migrate
-from ferry.sync import sync
+from ferry.engine.pipeline import migrate
+from ferry.sync.loop import sync
 
 FATES = (
     "SELECT md5(string_agg(concat_ws(',', model, source_key, status, reason, target_uuid), '|'"

@@ -18,12 +18,12 @@ import pytest
 from psycopg import sql
 
 from ferry.embedded import LocalCluster
+from ferry.engine.pipeline import migrate
 from ferry.errors import FerryError
-from ferry.pipeline import migrate
-from ferry.rollback import rollback
+from ferry.ops.rollback import rollback
+from ferry.ops.verify import verify
 from ferry.spec import Spec, load_spec
-from ferry.sync import sync
-from ferry.verify import verify
+from ferry.sync.loop import sync
 from tests.helpers import fresh_db
 
 SPEC = Path(__file__).parent / "specs" / "anyschema"

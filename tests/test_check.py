@@ -12,9 +12,9 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from ferry.check import CheckResult, Finding, check
 from ferry.cli import app
 from ferry.embedded import LocalCluster
+from ferry.ops.check import CheckResult, Finding, check
 from tests.helpers import fresh_db
 
 LIB = Path(__file__).parent / "specs" / "library"

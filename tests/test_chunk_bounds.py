@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import psycopg
 
-from ferry.chunk import histogram_starts
 from ferry.embedded import LocalCluster
+from ferry.engine.chunk import histogram_starts
 from tests.helpers import fresh_db
 
 ROWS = 30_000

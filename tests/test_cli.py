@@ -10,14 +10,14 @@ from pathlib import Path
 
 import psycopg
 
-from ferry import clidoc
+from ferry.cli import doc as clidoc
 from ferry.embedded import LocalCluster
 from tests.helpers import fresh_db
 
 LIB = Path(__file__).parent / "specs" / "library"
 MARKER = "PHI-SECRET-4417"
 CLI_MD = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
-REGENERATE = "run: .venv/bin/python -m ferry.clidoc > docs/cli.md"
+REGENERATE = "run: .venv/bin/python -m ferry.cli.doc > docs/cli.md"
 
 
 def undocumented(doc: str) -> list[str]:

@@ -11,11 +11,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from ferry import constraints, deletes, execute, ledger, quarantine, query, rollback
-from ferry.chunk import ModelResult
+from ferry import ledger
 from ferry.embedded import LocalCluster
+from ferry.engine import constraints, deletes, execute, query
+from ferry.engine.chunk import ModelResult
+from ferry.engine.pipeline import Progress, migrate
 from ferry.errors import FerryError
-from ferry.pipeline import Progress, migrate
+from ferry.ops import quarantine, rollback
 from ferry.spec import Spec, load_spec
 from tests.helpers import fresh_db, table_checksum
 from tests.test_crash import OWNER, SPEC_DIR, TABLES, _spec, _world

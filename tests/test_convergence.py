@@ -47,12 +47,14 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from ferry import chunk, ledger, quarantine, rollback
+from ferry import ledger
 from ferry.embedded import LocalCluster
-from ferry.pipeline import migrate
+from ferry.engine import chunk
+from ferry.engine.pipeline import migrate
+from ferry.ops import quarantine, rollback
+from ferry.ops.verify import verify
 from ferry.spec import Rule, Spec, load_spec
-from ferry.sync import sync
-from ferry.verify import verify
+from ferry.sync.loop import sync
 from tests.helpers import fresh_db
 
 SPEC_DIR = Path(__file__).parent / "specs" / "convergence"

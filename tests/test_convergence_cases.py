@@ -14,12 +14,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ferry import ledger, quarantine, rollback
+from ferry import ledger
 from ferry.embedded import LocalCluster
-from ferry.pipeline import migrate
+from ferry.engine.pipeline import migrate
+from ferry.ops import quarantine, rollback
+from ferry.ops.verify import verify
 from ferry.spec import Spec, load_spec
-from ferry.sync import sync
-from ferry.verify import verify
+from ferry.sync.loop import sync
 from tests.helpers import fresh_db
 from tests.test_convergence import (
     OWNER,

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 
 from ferry.embedded import LocalCluster
-from ferry.pipeline import migrate
+from ferry.engine.pipeline import migrate
 from ferry.spec import load_spec
 from tests.helpers import fresh_db, table_checksum
 

@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ferry.diff import TableDiff, apply_diff, diff_table, sync_stage_table
 from ferry.embedded import LocalCluster
 from ferry.errors import FerryError
+from ferry.sync.diff import TableDiff, apply_diff, diff_table, sync_stage_table
 
 ITEM_COLUMNS = ["id", "name", "created", "amount", "doc", "flag", "note"]
 DENSE = 45_000  # ids 1..DENSE, then 5,000 sparse ids from SPARSE_BASE
@@ -521,17 +521,17 @@ def test_dense_changes_are_listed_in_bounded_batches(
     item: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Nearly every bucket differs: rows are listed batch by batch, and still exactly."""
-    import ferry.diff
+    import ferry.sync.diff
 
-    monkeypatch.setattr(ferry.diff, "LIST_ROWS_PER_BATCH", 500)
+    monkeypatch.setattr(ferry.sync.diff, "LIST_ROWS_PER_BATCH", 500)
     calls: list[int] = []
-    listed = ferry.diff._leaf_hashes
+    listed = ferry.sync.diff._leaf_hashes
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         return listed(*args, **kwargs)
 
-    monkeypatch.setattr(ferry.diff, "_leaf_hashes", counting)
+    monkeypatch.setattr(ferry.sync.diff, "_leaf_hashes", counting)
     t = sql.Identifier(item.table)
     item.src.execute(sql.SQL("UPDATE {} SET flag = NOT flag WHERE id % 7 = 0").format(t))
     diff = item.diff()
@@ -547,7 +547,7 @@ def test_a_level_of_many_buckets_is_summed_in_bounded_batches(
     item: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Below the first level, parents are summed a few at a time: same exact diff."""
-    import ferry.diff
+    import ferry.sync.diff
 
     t = sql.Identifier(item.table)
     item.src.execute(sql.SQL("UPDATE {} SET note = 'x' WHERE id % 211 = 0").format(t))
@@ -555,15 +555,15 @@ def test_a_level_of_many_buckets_is_summed_in_bounded_batches(
     whole = item.diff()
     assert whole.levels > 1  # the model split buckets: there are levels to batch
 
-    monkeypatch.setattr(ferry.diff, "SUMS_PER_BATCH", 8)
+    monkeypatch.setattr(ferry.sync.diff, "SUMS_PER_BATCH", 8)
     groups: list[int] = []
-    summed = ferry.diff._IntBuckets.sums
+    summed = ferry.sync.diff._IntBuckets.sums
 
     def counting(self: Any, side: Any, parents: list[Any]) -> Any:
         groups.append(len(parents))
         return summed(self, side, parents)
 
-    monkeypatch.setattr(ferry.diff._IntBuckets, "sums", counting)
+    monkeypatch.setattr(ferry.sync.diff._IntBuckets, "sums", counting)
     batched = item.diff()
     assert (batched.inserted, batched.updated, batched.deleted) == (
         whole.inserted, whole.updated, whole.deleted,

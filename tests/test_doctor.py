@@ -11,9 +11,9 @@ from psycopg import sql
 from typer.testing import CliRunner
 
 from ferry.cli import app
-from ferry.doctor import Diagnosis, diagnose
 from ferry.embedded import LocalCluster
-from ferry.pipeline import migrate
+from ferry.engine.pipeline import migrate
+from ferry.ops.doctor import Diagnosis, diagnose
 from ferry.spec import Spec, load_spec
 from tests.helpers import fresh_db
 

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from ferry.embedded import pypi_bindir, running
-from ferry.pipeline import migrate
+from ferry.engine.pipeline import migrate
 from ferry.spec import load_spec
 
 LIB = Path(__file__).parent / "specs" / "library"

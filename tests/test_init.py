@@ -12,12 +12,12 @@ from psycopg import sql
 from typer.testing import CliRunner
 
 from ferry import key_uuid, ledger, load_spec, migrate
-from ferry.check import check
 from ferry.cli import app
 from ferry.demo import world
 from ferry.embedded import LocalCluster
 from ferry.errors import InitError
-from ferry.scaffold import scaffold
+from ferry.ops.check import check
+from ferry.ops.scaffold import scaffold
 from tests.helpers import fresh_db
 
 SPECS = Path(__file__).parent / "specs"

@@ -17,13 +17,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import keys, ledger, report, stage
+from ferry import ledger
 from ferry.embedded import LocalCluster
-from ferry.pipeline import migrate
-from ferry.quarantine import list_entries, show_row
+from ferry.engine import keys, stage
+from ferry.engine.pipeline import migrate
+from ferry.ops import report
+from ferry.ops.quarantine import list_entries, show_row
+from ferry.ops.verify import verify
 from ferry.spec import Spec, load_spec
-from ferry.sync import sync
-from ferry.verify import verify
+from ferry.sync.loop import sync
 from tests.helpers import fresh_db
 
 SPEC = Path(__file__).parent / "specs" / "keyless"

@@ -6,8 +6,8 @@ import uuid
 
 import psycopg
 
-from ferry import keys
 from ferry.embedded import LocalCluster
+from ferry.engine import keys
 from tests.helpers import fresh_db
 
 NS = uuid.UUID("8a1f5c3e-2b7d-4e60-9c14-6f0d3a2b7e91")

@@ -8,12 +8,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ferry import execute, ledger, pipeline, rollback, stage
+from ferry import ledger
 from ferry.embedded import LocalCluster
+from ferry.engine import execute, pipeline, stage
+from ferry.engine.keys import key_uuid
+from ferry.engine.pipeline import migrate
+from ferry.engine.query import Plan
 from ferry.errors import FerryError, InvariantError, SpecError
-from ferry.keys import key_uuid
-from ferry.pipeline import migrate
-from ferry.query import Plan
+from ferry.ops import rollback
 from ferry.spec import Source, Spec, load_spec
 from tests.helpers import fresh_db, table_checksum
 

@@ -10,13 +10,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from ferry import report
 from ferry.demo import world
 from ferry.demo.run import MIGRATOR, dispatch_spec
 from ferry.embedded import LocalCluster
+from ferry.engine.pipeline import migrate
 from ferry.errors import FerryError, SpecError
-from ferry.pipeline import migrate
-from ferry.plan import plan, render
+from ferry.ops import report
+from ferry.ops.plan import plan, render
 from ferry.spec import load_spec
 from tests.helpers import fresh_db
 

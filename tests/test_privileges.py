@@ -9,12 +9,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ferry import privileges, quarantine, rollback
 from ferry.embedded import LocalCluster
+from ferry.engine.pipeline import migrate
 from ferry.errors import PrivilegeError
-from ferry.pipeline import migrate
+from ferry.ledger import privileges
+from ferry.ops import quarantine, rollback
 from ferry.spec import Spec, load_spec
-from ferry.sync import sync
+from ferry.sync.loop import sync
 from tests.helpers import fresh_db
 
 LIB = Path(__file__).parent / "specs" / "library"

@@ -10,13 +10,14 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from ferry import ledger, quarantine, report
+from ferry import ledger
 from ferry.cli import app
 from ferry.embedded import LocalCluster
-from ferry.pipeline import migrate
+from ferry.engine.pipeline import migrate
+from ferry.ops import quarantine, report
+from ferry.ops.verify import verify
 from ferry.spec import Spec, load_spec
-from ferry.sync import sync
-from ferry.verify import verify
+from ferry.sync.loop import sync
 from tests.helpers import fresh_db
 
 LIB = Path(__file__).parent / "specs" / "library"

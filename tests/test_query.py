@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from ferry import predict
+from ferry.engine import predict
+from ferry.engine.query import Plan, Shape
 from ferry.errors import SpecError
-from ferry.query import Plan, Shape
 from ferry.spec import load_spec
 
 SPEC = Path(__file__).parent / "specs" / "library" / "spec.toml"

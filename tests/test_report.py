@@ -16,10 +16,10 @@ import pytest
 from psycopg import sql
 
 from ferry.embedded import LocalCluster
-from ferry.pipeline import migrate
-from ferry.report import collect, render
+from ferry.engine.pipeline import migrate
+from ferry.ops.report import collect, render
+from ferry.ops.verify import verify
 from ferry.spec import Spec, load_spec
-from ferry.verify import verify
 from tests.helpers import fresh_db
 
 SPEC_DIR = Path(__file__).parent / "specs" / "library"

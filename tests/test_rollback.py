@@ -10,15 +10,16 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from ferry import ledger, quarantine, report, rollback, status
+from ferry import ledger
 from ferry.cli import app
 from ferry.demo import world
 from ferry.demo.run import MIGRATOR, dispatch_spec
 from ferry.embedded import LocalCluster
-from ferry.pipeline import migrate
+from ferry.engine.pipeline import migrate
+from ferry.ops import quarantine, report, rollback, status
+from ferry.ops.verify import verify
 from ferry.spec import load_spec
-from ferry.sync import sync
-from ferry.verify import verify
+from ferry.sync.loop import sync
 from tests.helpers import fresh_db, table_checksum
 
 SCALE = 0.01

@@ -10,10 +10,10 @@ import psycopg
 import pytest
 
 from ferry.embedded import LocalCluster
-from ferry.pipeline import migrate
+from ferry.engine.pipeline import migrate
+from ferry.ops.verify import verify
 from ferry.spec import Spec, load_spec
-from ferry.sync import sync
-from ferry.verify import verify
+from ferry.sync.loop import sync
 from tests.helpers import fresh_db
 
 SPEC_DIR = Path(__file__).parent / "specs" / "staff"

@@ -11,8 +11,9 @@ import psycopg
 import pytest
 
 import ferry.spec
-from ferry import dependencies, ledger, query
+from ferry import ledger
 from ferry.embedded import LocalCluster
+from ferry.engine import dependencies, query
 from ferry.errors import SpecError
 from ferry.spec import load_spec
 from ferry.sqltext import ShapeError, one_expression, one_query, tokens

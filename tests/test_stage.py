@@ -8,8 +8,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ferry import ledger, pipeline, stage
+from ferry import ledger
 from ferry.embedded import LocalCluster
+from ferry.engine import pipeline, stage
 from ferry.spec import load_spec
 from tests.helpers import fresh_db, table_checksum
 from tests.test_crash import _spec, _world

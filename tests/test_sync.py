@@ -11,17 +11,17 @@ import psycopg
 import pytest
 from psycopg import sql
 
-import ferry.pipeline
-import ferry.settle
+import ferry.engine.pipeline
+import ferry.engine.settle
 from ferry.demo import world
 from ferry.demo.run import MIGRATOR, dispatch_spec
-from ferry.dependencies import reads
 from ferry.embedded import LocalCluster
+from ferry.engine.dependencies import reads
+from ferry.engine.pipeline import Progress, migrate, run_model, session
 from ferry.errors import FerryError
-from ferry.pipeline import Progress, migrate, run_model, session
+from ferry.ops.verify import verify
 from ferry.spec import Spec, load_spec
-from ferry.sync import sync
-from ferry.verify import verify
+from ferry.sync.loop import sync
 from tests.helpers import fresh_db, table_checksum
 
 SCALE = 0.01
@@ -306,7 +306,7 @@ def test_a_sync_that_died_loses_nothing(
         conn.execute("UPDATE lib_book SET status = 'draft' WHERE id = 10")  # loan L-1's book
     csv = tmp / "loans.csv"
     csv.write_text(csv.read_text().replace("L-2,11,m2", "L-2,11,m22"))
-    _dies_at(monkeypatch, ferry.settle, dies_at)
+    _dies_at(monkeypatch, ferry.engine.settle, dies_at)
     with pytest.raises(RuntimeError):
         sync(source, target, spec)
     monkeypatch.undo()
@@ -344,7 +344,7 @@ def test_no_sync_after_a_migrate_that_died(
     to do, and the rows the migrate never reached would stay missing."""
     source, target, tmp = library
     spec = load_spec(_spec(tmp, "delete"))
-    _dies_at(monkeypatch, ferry.pipeline, "loans")
+    _dies_at(monkeypatch, ferry.engine.pipeline, "loans")
     with pytest.raises(RuntimeError):
         migrate(source, target, spec)
     monkeypatch.undo()

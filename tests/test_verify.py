@@ -9,11 +9,11 @@ import psycopg
 import pytest
 
 from ferry.embedded import LocalCluster
+from ferry.engine.keys import key_uuid
+from ferry.engine.pipeline import migrate
 from ferry.errors import VerifyError
-from ferry.keys import key_uuid
-from ferry.pipeline import migrate
+from ferry.ops.verify import Problem, VerifyReport, verify
 from ferry.spec import Spec, load_spec
-from ferry.verify import Problem, VerifyReport, verify
 from tests.helpers import fresh_db
 
 SPEC_DIR = Path(__file__).parent / "specs" / "library"
@@ -236,7 +236,7 @@ def test_a_clean_target_is_proved_by_fingerprints_alone(
 ) -> None:
     """No model is compared row by row when its fingerprints agree (row by row, verify of
     the SF=1 demo took 35 s), also when each model is recomputed in parts."""
-    import ferry.verify as v
+    import ferry.ops.verify as v
 
     row_by_row: list[str] = []
     parts: list[int] = []
@@ -256,7 +256,7 @@ def test_in_parts_or_whole_the_same_problems_are_found(
     """A parent whose fates differ (its children then read verify's own fates, in the main
     session), a changed row, and a row under an excluded key: the same report, whether a
     model is recomputed in parts or whole."""
-    import ferry.verify as v
+    import ferry.ops.verify as v
 
     world.run("UPDATE ferry.ledger SET reason = 'x' WHERE model = 'authors' AND source_key = '4'")
     world.run(f"UPDATE books SET title = '{MARKER}' WHERE legacy_book_id = 11")

@@ -12,14 +12,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-import ferry.settle
-from ferry import rollback, status, wal
+import ferry.engine.settle
 from ferry.embedded import LocalCluster
+from ferry.engine.pipeline import migrate
 from ferry.errors import ChangeCaptureError, RollbackError
-from ferry.pipeline import migrate
+from ferry.ops import rollback, status
+from ferry.ops.verify import verify
 from ferry.spec import Spec, load_spec
-from ferry.sync import sync
-from ferry.verify import verify
+from ferry.sync import wal
+from ferry.sync.loop import sync
 from tests.helpers import fresh_db
 
 SPEC_DIR = Path(__file__).parent / "specs" / "shop"
@@ -174,7 +175,7 @@ def test_a_sync_that_dies_after_reading_loses_nothing(
         raise RuntimeError("killed after re-staging, before the target commit")
 
     with monkeypatch.context() as m:
-        m.setattr(ferry.settle, "run", dies)
+        m.setattr(ferry.engine.settle, "run", dies)
         with pytest.raises(RuntimeError):
             sync(shop.source, shop.wal, shop.spec)
     assert slot_of(shop.source) == before  # not advanced: the changes are still there

@@ -16,10 +16,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ferry import ledger, status, watch
+from ferry import ledger
 from ferry.embedded import LocalCluster
-from ferry.pipeline import migrate
+from ferry.engine.pipeline import migrate
+from ferry.ops import status
 from ferry.spec import load_spec
+from ferry.sync import watch
 from tests.helpers import fresh_db
 
 LIB = Path(__file__).parent / "specs" / "library"

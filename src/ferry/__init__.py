@@ -1,6 +1,8 @@
 """ferry: move a live legacy PostgreSQL database into a new UUID-keyed schema, keep it in
 step until cutover, and account for every source row in a ledger."""
 
+from ferry.engine.keys import key_uuid
+from ferry.engine.pipeline import RunResult, migrate
 from ferry.errors import (
     ChangeCaptureError,
     ConnectionSettingsError,
@@ -19,8 +21,6 @@ from ferry.errors import (
     WatchError,
     describe,
 )
-from ferry.keys import key_uuid
-from ferry.pipeline import RunResult, migrate
 from ferry.spec import Spec, load_spec
 
 __all__ = [

@@ -12,9 +12,9 @@ import pytest
 from ferry.demo import world
 from ferry.demo.run import MIGRATOR, dispatch_spec
 from ferry.embedded import LocalCluster
-from ferry.pipeline import migrate
-from ferry.sync import sync
-from ferry.verify import verify
+from ferry.engine.pipeline import migrate
+from ferry.ops.verify import verify
+from ferry.sync.loop import sync
 
 SCALE = 0.02
 

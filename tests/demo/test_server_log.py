@@ -11,7 +11,7 @@ import psycopg
 from ferry.demo import world
 from ferry.demo.run import MIGRATOR, dispatch_spec
 from ferry.embedded import LocalCluster
-from ferry.pipeline import migrate
+from ferry.engine.pipeline import migrate
 
 MARKER = "PHI-LOG-MARKER-5521"
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ferry import ledger, report, verify
+from ferry import ledger
 from ferry.embedded import LocalCluster, running
-from ferry.pipeline import Progress, RunResult, migrate
+from ferry.engine.pipeline import Progress, RunResult, migrate
+from ferry.ops import report, verify
 from ferry.spec import Spec, load_spec
-from ferry.sync import SyncResult
+from ferry.sync.loop import SyncResult
 
 MIGRATOR = "migrator"  # the target.sql role: owns the target tables, is not a superuser
 
@@ -92,7 +93,7 @@ def run_delta(
 
     from ferry.demo import world
     from ferry.errors import FerryError
-    from ferry.sync import sync
+    from ferry.sync.loop import sync
 
     if not (workdir / "pgdata" / "PG_VERSION").exists():
         raise FerryError(f"no demo in {workdir}: run ferry demo --workdir {workdir} first")

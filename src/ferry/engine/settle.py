@@ -1,0 +1,388 @@
+"""Settle: run keys through the models again until every fate that depends on another row
+has followed it.
+
+A row's fate is a function of the current stage, the spec and the target's constraints,
+never of the history of runs. Migrate, sync and quarantine retry each know some keys that
+changed (a diff, a retry's selection, a key left with a stale fate); ``settle`` runs them
+through the models in dependency order, with every row whose fate depends on theirs: the
+children of a parent whose fate or UUID changed, the rows merging into a survivor whose
+fate changed (``pipeline.run_model``), and the whole of a model whose rows depend on rows
+they do not come from (another source its SQL reads, or its own source read across rows:
+a window function choosing a survivor). ``run`` then proves the invariant and, where it
+does not hold (a source row deleted between two migrates, a stage emptied by a crash, a
+row that moved to another model), settles the keys it names and checks again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from ferry import ledger
+from ferry.engine import chunk, deletes, dependencies, query
+from ferry.engine.execute import Progress, run_model
+from ferry.errors import InvariantError
+from ferry.spec import Model, Spec
+
+# Rounds of "check the invariant, settle the keys it names" before giving up.
+ROUNDS = 3
+UNIQUE_VIOLATION = "23505"
+# Passes over rows blocked on a unique value within one run (each frees values by deleting).
+BLOCKED_PASSES = 10
+# Refusals that other rows decide: a unique value, a foreign key.
+OTHER_ROWS = (UNIQUE_VIOLATION, "23503")
+
+
+@dataclass
+class Work:
+    """What a run knows changed. Sources and models are named; keys are text."""
+
+    changed: dict[str, set[str]] = field(default_factory=dict)  # source -> staged keys
+    deleted: dict[str, set[str]] = field(default_factory=dict)  # source -> keys not staged
+    keys: dict[str, set[str]] = field(default_factory=dict)  # model -> keys to look at
+    whole: set[str] = field(default_factory=set)  # models to compute whole
+    # Quarantined rows to try again: "all", "refused" (the database's refusals only: the
+    # rules' verdicts cannot change when no stage row did) or None.
+    quarantined: str | None = None
+    # Keys handed on by a run that died: their fates may have changed already, so their
+    # children are looked at whatever this run finds.
+    resumed: bool = False
+    # model -> keys whose fate changed outside the models (an operator's decision): the
+    # rows that depend on them are looked at.
+    outcome: dict[str, set[str]] = field(default_factory=dict)
+    # Send rows the database refused to it again though nothing about them changed.
+    retry: bool = False
+
+    def moved(self) -> set[str]:
+        return {s for s in {*self.changed, *self.deleted} if self.changed.get(s) or
+                self.deleted.get(s)}  # fmt: skip
+
+
+@dataclass
+class Settled:
+    models: list[chunk.ModelResult] = field(default_factory=list)
+    transitions: Counter[tuple[str | None, str]] = field(default_factory=Counter)
+    deleted_rows: int = 0
+    counts: dict[str, ledger.SourceCounts] = field(default_factory=dict)
+    # Rounds in which the invariant named keys to settle (``run``).
+    reconciled: int = 0
+    # Models whose ledger rows the run may have flagged as conflicts or cleared: those it
+    # ran, and those whose queued deletions it carried out (``deletes``). Only their
+    # conflicts need counting again after it.
+    written: set[str] = field(default_factory=set)
+
+
+def run(
+    conn: psycopg.Connection, target: str, spec: Spec, run_id: int, progress: Progress,
+    jobs: int, work: Work, checked: Collection[str] | None = None,
+) -> Settled:  # fmt: skip
+    """``settle`` the work, then prove the invariant for what it touched (and for the
+    sources in ``checked``, whole); keys that do not add up are settled in turn."""
+    out = Settled()
+    for _ in range(ROUNDS):
+        touched = settle(conn, target, spec, run_id, progress, jobs, work, out)
+        scope: dict[str, set[str] | None] = {s: keys for s, keys in touched.items()}
+        for name in checked or ():
+            scope[name] = None
+        counts, bad = ledger.discrepancies(conn, spec, scope)
+        out.counts.update(counts)
+        if not bad:
+            return out
+        out.reconciled += 1
+        work, checked = discrepant(conn, spec, bad), set(bad)
+    raise InvariantError(ledger.invariant_message(bad))
+
+
+def discrepant(conn: psycopg.Connection, spec: Spec, bad: dict[str, ledger.Discrepancy]) -> Work:
+    """The work that settles keys the invariant named: a fate of a key no longer staged
+    follows the model's ``on_delete``; a key with no fate, or two, is run through its
+    source's models again (one that no longer yields it lets it go). A model that yields a
+    key its source does not hold is wrong, not stale: that fails the run."""
+    for name, d in bad.items():
+        for model in ledger.models_of(spec, name):
+            if _yielded(conn, spec, spec.model(model), set(d.stale)):
+                raise InvariantError(ledger.invariant_message(bad))
+    return Work(
+        deleted={s: set(d.stale) for s, d in bad.items()},
+        keys={
+            m: set(d.unclaimed) | set(d.twice)
+            for s, d in bad.items()
+            for m in ledger.models_of(spec, s)
+        },
+    )
+
+
+def settle(
+    conn: psycopg.Connection, target: str, spec: Spec, run_id: int, progress: Progress,
+    jobs: int, work: Work, out: Settled, depth: int = 0,
+) -> dict[str, set[str]]:  # fmt: skip
+    """One pass over the models in dependency order; returns the keys it touched per source
+    (for the invariant), and adds its results to ``out``. ``depth``: passes of rows blocked
+    on a unique value so far (bounded: what is left waits for the next run)."""
+    first = len(out.models)
+    moved = work.moved()
+    outcome: dict[str, set[str]] = defaultdict(set, {m: set(k) for m, k in work.outcome.items()})
+    # Keys that got their first ledger row: an orphan may have been waiting for one.
+    arrived: dict[str, set[str]] = defaultdict(set)
+    touched: dict[str, set[str]] = defaultdict(set)
+    for name in moved:
+        touched[name] |= work.changed.get(name, set()) | work.deleted.get(name, set())
+    for model in spec.order():
+        src_changed = work.changed.get(model.source, set())
+        src_deleted = work.deleted.get(model.source, set())
+        # Rows computed from rows they do not come from: which of them a change reaches is
+        # not known here, so the model is computed whole, writing only the rows that differ.
+        whole = model.name in work.whole
+        reached: set[str] = set()  # rows a change in a source it declares it reads reaches
+        if not whole and (moved - {model.source} or model.source in moved):
+            reads = dependencies.reads(conn, spec, model)
+            declared = {r.source: r.keys for r in model.reads}
+            others = (moved - {model.source}) & reads.sources
+            whole = bool(others - declared.keys()) or (
+                model.source in moved and not reads.row_local
+            )
+            for other in others & declared.keys():
+                touched_keys = work.changed.get(other, set()) | work.deleted.get(other, set())
+                reached |= dependencies.dependents(conn, spec, model, declared[other], touched_keys)
+        parents_moved = any(outcome[p.model] for p in model.parents)
+        keys: set[str] | None
+        if model.accounts:
+            outcome[model.name] |= _mark_deleted(conn, spec, model, src_deleted, run_id)
+            if work.resumed:
+                outcome[model.name] |= src_deleted
+            if whole:
+                keys = None
+            else:
+                keys = set(src_changed) | work.keys.get(model.name, set()) | reached
+                keys |= _quarantined(conn, spec, model, work.quarantined)
+                for p in {p.model for p in model.parents}:
+                    keys |= dependencies.dependents(conn, spec, model, _parent_key(model, p),
+                                                 outcome[p])  # fmt: skip
+                for parent in model.parents:
+                    if arrived[parent.model]:
+                        keys |= _orphans(conn, spec, model, parent.missing or
+                                         f"orphan_{parent.model}")  # fmt: skip
+                if model.merge_into:  # merging into a row whose fate changed beforehand
+                    keys |= dependencies.dependents(
+                        conn, spec, model, [model.merge_into], outcome[model.name]
+                    )
+                keys -= src_deleted
+        else:
+            # Derived rows (a list split into rows): small, recomputed whole when touched.
+            whole = whole or bool(src_changed or src_deleted or parents_moved or reached)
+            whole = whole or bool(work.keys.get(model.name))
+            keys = None if whole else _quarantined(conn, spec, model, work.quarantined)
+        conn.commit()
+        if keys is not None and not keys:
+            continue
+        before = _ledger_keys(conn, spec, model) if keys is None else set()
+        result = run_model(
+            target, spec, model.name, run_id, progress, jobs=jobs,
+            keys=None if keys is None else sorted(keys), retry=work.retry,
+        )  # fmt: skip
+        out.models.append(result)
+        out.written.add(model.name)
+        out.transitions.update(result.transitions)
+        outcome[model.name] |= result.changed_keys
+        arrived[model.name] |= result.new_keys
+        asked = before if keys is None else keys
+        if work.resumed:
+            outcome[model.name] |= asked
+        # Keys the model was asked about but no longer yields leave it; those no longer
+        # staged (a stage a crash emptied does not show them as deleted) are deleted.
+        gone = asked - _yielded(conn, spec, model, asked)
+        if model.accounts and gone:
+            unstaged = gone - (ledger.staged_among(conn, spec, model.source, gone) or set())
+            outcome[model.name] |= _mark_deleted(conn, spec, model, unstaged, run_id)
+            gone -= unstaged
+        outcome[model.name] |= _release(conn, spec, model, gone, run_id)
+        if model.accounts:
+            touched[model.source] |= result.changed_keys | (keys or set())
+    freed = _pending_tables(conn, spec)
+    out.written |= _pending_models(conn, spec)
+    deleted, _ = deletes.apply_pending_deletes(conn, spec, run_id)
+    out.deleted_rows += deleted
+    # Rows refused for a value that a row of ferry's with a later key gave up, and rows
+    # refused for a unique value in a table rows just left: written now that the deletions
+    # are done, as a migrate of the current source would (each pass that frees values).
+    blocked = _blocked(out.models[first:])
+    for model in spec.models:
+        if deleted and model.target in freed:
+            refused = _quarantined(conn, spec, model, "refused", UNIQUE_VIOLATION)
+            blocked[model.name] = blocked.get(model.name, set()) | refused
+    blocked = {m: ks for m, ks in blocked.items() if ks}
+    if blocked and depth < BLOCKED_PASSES:
+        again = settle(
+            conn, target, spec, run_id, progress, jobs, Work(keys=blocked), out, depth + 1
+        )
+        for name, keys in again.items():
+            touched[name] |= keys
+    return dict(touched)
+
+
+def _blocked(results: list[chunk.ModelResult]) -> dict[str, set[str]]:
+    blocked: dict[str, set[str]] = defaultdict(set)
+    for r in results:
+        blocked[r.model] |= r.blocked
+    return dict(blocked)
+
+
+def _parent_key(model: Model, parent: str) -> list[str]:
+    return next(p.keys for p in model.parents if p.model == parent)
+
+
+def _mark_deleted(
+    conn: psycopg.Connection, spec: Spec, model: Model, keys: Collection[str], run_id: int
+) -> set[str]:
+    """Source rows that are gone: their ledger rows say so, and their target rows follow the
+    model's ``on_delete`` (deleted after every model ran, children first). Returns the keys
+    whose ledger row changed."""
+    if not keys:
+        return set()
+    ordered = sorted(keys)
+    led = ledger.table(spec, "ledger")
+    reason = {"delete": "source_deleted", "keep": "kept", "flag": "flagged"}[model.on_delete]
+    with conn.transaction():
+        ledger.record_history(
+            conn, spec, run_id, model.name, model.target, model.key_column, ordered
+        )
+        if model.on_delete == "delete":
+            ledger.queue_deletes(conn, spec, model.name, ordered, run_id)
+        rows = conn.execute(
+            sql.SQL(
+                # An operator's decision was about the row that went: it goes with it.
+                "UPDATE {led} SET status = 'deleted', reason = %s, run_id = %s, "
+                "target_uuid = CASE WHEN %s THEN NULL ELSE target_uuid END, "
+                "decided_by = NULL, decision = NULL, decided_at = NULL, "
+                "updated_at = clock_timestamp() "
+                "WHERE model = %s AND source_key = ANY(%s) AND status <> 'deleted' "
+                "RETURNING source_key"
+            ).format(led=led),
+            [reason, run_id, model.on_delete == "delete", model.name, ordered],
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _quarantined(
+    conn: psycopg.Connection, spec: Spec, model: Model, which: str | None,
+    sqlstate: str | None = None,
+) -> set[str]:  # fmt: skip
+    """Quarantined keys to try again (``Work.quarantined``): by a rule, whose verdict can
+    change with any row ("all"), and those the database refused for a unique value or a
+    foreign key, which other rows decide ("all" and "refused"); or only those refused with
+    ``sqlstate``. A row refused for its own values (a cast, a CHECK) is tried again when its
+    own row changes, or on ``quarantine retry``: each try of an unpredicted one is logged."""
+    if which is None:
+        return set()
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT source_key FROM {} WHERE model = %s AND status = 'quarantined' "
+            "AND decided_by IS NULL AND ((%s AND sqlstate IS NULL) OR sqlstate = ANY(%s))"
+        ).format(ledger.table(spec, "ledger")),
+        [model.name, which == "all" and sqlstate is None,
+         [sqlstate] if sqlstate else list(OTHER_ROWS)],
+    ).fetchall()  # fmt: skip
+    conn.commit()
+    return {r[0] for r in rows}
+
+
+def _orphans(conn: psycopg.Connection, spec: Spec, model: Model, reason: str) -> set[str]:
+    """Keys of ``model`` quarantined for a missing parent (``reason``): few, and each may be
+    waiting for a parent that arrived."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT source_key FROM {} WHERE model = %s AND status = 'quarantined' "
+            "AND reason = %s AND decided_by IS NULL"
+        ).format(ledger.table(spec, "ledger")),
+        [model.name, reason],
+    ).fetchall()
+    conn.commit()
+    return {r[0] for r in rows}
+
+
+def _pending_tables(conn: psycopg.Connection, spec: Spec) -> set[str]:
+    """The target tables that rows queued for deletion are about to leave."""
+    rows = conn.execute(
+        sql.SQL("SELECT DISTINCT target_table FROM {}").format(
+            ledger.table(spec, "pending_deletes")
+        )
+    ).fetchall()
+    conn.commit()
+    return {r[0] for r in rows}
+
+
+def _pending_models(conn: psycopg.Connection, spec: Spec) -> set[str]:
+    """The models whose rows queued for deletion are about to go (or be flagged)."""
+    rows = conn.execute(
+        sql.SQL("SELECT DISTINCT model FROM {}").format(ledger.table(spec, "pending_deletes"))
+    ).fetchall()
+    conn.commit()
+    return {r[0] for r in rows}
+
+
+def _release(
+    conn: psycopg.Connection, spec: Spec, model: Model, keys: set[str], run_id: int
+) -> set[str]:
+    """Ledger rows of ``model`` whose staged source row the model no longer yields (a record
+    that changed kind now belongs to another model; a role removed from a list): their
+    target rows are queued for deletion and their ledger rows removed."""
+    if not keys:
+        return set()
+    led = ledger.table(spec, "ledger")
+    gone = sorted(keys)
+    if not gone:
+        conn.commit()
+        return set()
+    with conn.transaction():
+        ledger.record_history(conn, spec, run_id, model.name, model.target, model.key_column, gone)
+        ledger.queue_deletes(conn, spec, model.name, gone, run_id)
+        rows = conn.execute(
+            sql.SQL(
+                "DELETE FROM {} WHERE model = %s AND source_key = ANY(%s) RETURNING source_key"
+            ).format(led),
+            [model.name, gone],
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _yielded(conn: psycopg.Connection, spec: Spec, model: Model, keys: set[str]) -> set[str]:
+    """Which of ``keys`` the model's SQL yields now: asked ``ledger.KEYS_PER_STATEMENT`` keys
+    at a time, as a sync's keys are run in chunks, so that the literal of 90,000 keys (11 MB
+    to compose at once) is never held whole."""
+    if not keys:
+        return set()
+    body = sql.SQL(spec.model_sql(model))  # type: ignore[arg-type]
+    # Typed like the stage key, so that the stage's primary key index finds them; the stage
+    # key's type read alone, not a whole plan of the model.
+    src = spec.source(model.source) if model.accounts else None
+    key_type = sql.SQL(
+        (ledger.stage_key_type(conn, spec, src) if src else None)
+        or query.Plan(conn, spec, model).key_type
+    )
+    ordered = sorted(keys)
+    found: set[str] = set()
+    for start in range(0, len(ordered), ledger.KEYS_PER_STATEMENT):
+        batch = sql.Literal(ordered[start : start + ledger.KEYS_PER_STATEMENT])
+        found.update(
+            r[0]
+            for r in conn.execute(
+                sql.SQL("SELECT m0._key::text FROM ({}) m0 WHERE m0._key = ANY({}::{}[])").format(
+                    body, batch, key_type
+                )
+            )
+        )
+    return found
+
+
+def _ledger_keys(conn: psycopg.Connection, spec: Spec, model: Model) -> set[str]:
+    rows = conn.execute(
+        sql.SQL("SELECT source_key FROM {} WHERE model = %s AND status <> 'deleted'").format(
+            ledger.table(spec, "ledger")
+        ),
+        [model.name],
+    ).fetchall()
+    return {r[0] for r in rows}

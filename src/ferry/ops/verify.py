@@ -1,0 +1,1175 @@
+"""Verify: an independent check that the target holds what the spec yields.
+
+The ledger's own counts prove only that the ledger is consistent with itself. Verify instead
+recomputes every model from the stage (``Plan.expected``) and compares the result with the
+target tables, checks the target's foreign keys row by row (a row inserted with triggers
+disabled passes every constraint check but this one), checks the ledger invariant (its keys
+by fingerprint), and, given a ground-truth file, compares every planted row's fate with what
+was planted.
+
+It compares by fingerprints in the database, as the sync's diff does: each model's recomputed
+fates against the ledger's, and its rows against the target's, as a count and a sum of 64-bit
+hashes computed where the rows are, the recomputation split over ``jobs`` sessions. Only a
+model whose fingerprints differ is compared row by row, to name the rows (at SF=1 the row by
+row comparison of every model took 35 s, four fifths of them materialising and joining the 2M
+rows of one model in temporary tables).
+
+Problems name tables, models, source keys, target UUIDs, reasons and counts -- never row
+contents: they end up in terminals and CI logs, and the rows are health data.
+"""
+
+from __future__ import annotations
+
+import csv
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+import psycopg
+from psycopg import sql
+
+from ferry import catalog, ledger
+from ferry.conninfo import connect
+from ferry.engine.dependencies import own_dependencies
+from ferry.engine.keys import uuid_sql
+from ferry.engine.query import Plan
+from ferry.errors import FerryError, InvariantError, VerifyError, safe_message
+from ferry.spec import Model, Spec
+
+T = TypeVar("T")
+
+# How many keys a problem names: enough to find the rows, few enough to read.
+SAMPLE = 10
+TRUTH_HEADER = ("source_table", "source_key", "status", "reason")
+
+# An order-independent checksum of (uuid, hash) pairs: the sum of 60 bits of an md5 per row.
+# A sum needs no sort, so it stays cheap on millions of rows; with the count beside it, a
+# lost, an added or a changed row shows (a collision needs two changes cancelling to 2^-60).
+_ROWSUM = "coalesce(sum(('x' || substr(md5({u}::text || {h}), 1, 15))::bit(60)::bigint), 0)"
+
+# A model whose stage holds at least this many rows is recomputed in parts, one per session:
+# below it, a part costs more to start than it saves.
+SPLIT_ROWS = 100_000
+
+
+def _fp(*values: sql.Composable) -> sql.Composed:
+    """A row's fingerprint: PostgreSQL's 64-bit hash of the values, NULLs included. Summed
+    (as numeric: no overflow) beside a count, it tells two sets apart unless their
+    differences cancel (2^-64); ``hash_record_extended`` costs a tenth of an md5 of the text."""
+    return sql.SQL("hash_record_extended(ROW({}), 0)").format(sql.SQL(", ").join(values))
+
+
+@dataclass
+class Problem:
+    """One thing that is wrong, located: which table, which keys, what, how many.
+
+    ``keys`` are source keys where ferry knows them; ``uuids`` are target primary keys. Both
+    are samples (at most ``SAMPLE``); ``count`` is the number of rows affected.
+    """
+
+    kind: str
+    table: str
+    keys: list[str]
+    detail: str
+    count: int = 0
+    uuids: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = f"[{self.kind}] {self.table}: {self.detail}"
+        if self.keys:
+            more = " ..." if self.count > len(self.keys) else ""
+            text += f"; keys {', '.join(self.keys)}{more}"
+        if self.uuids:
+            more = " ..." if self.count > len(self.uuids) else ""
+            text += f"; uuids {', '.join(self.uuids)}{more}"
+        return text
+
+
+@dataclass
+class VerifyReport:
+    """What verify found, and what it looked at (so "no problems" means something)."""
+
+    problems: list[Problem] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        seen = ", ".join(f"{k} {v}" for k, v in self.checked.items())
+        if self.ok:
+            return f"verify ok ({seen})"
+        lines = [f"verify found {len(self.problems)} problem(s) ({seen}):"]
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+    def raise_for_problems(self) -> None:
+        """For callers that want a failed verify to be an exception (CI, scripts)."""
+        if not self.ok:
+            raise VerifyError(self.summary())
+
+
+def verify(target: str, spec: Spec, truth: Path | None = None, jobs: int = 2) -> VerifyReport:
+    """Check the target against the spec, its foreign keys, the ledger and the ground truth.
+
+    Read-only on the target (it creates only temporary tables). Problems come back in the
+    report rather than as an exception, so one run shows all of them. ``jobs``: sessions
+    that recompute the models beside the main one; one more checks the ledger's invariant,
+    the foreign keys and the truth meanwhile.
+    """
+    t0 = time.perf_counter()
+    report = VerifyReport(checked={"models": 0, "rows": 0, "foreign_keys": 0})
+    with connect(target, app="ferry-verify") as conn:
+        if not _ledger_exists(conn, spec):
+            report.problems.append(
+                Problem("ledger", spec.ledger_schema, [], "no ledger: ferry has not run here")
+            )
+            return report
+        # Model SQL names stage tables plainly; temp tables are still found first (pg_temp).
+        conn.execute(
+            sql.SQL("SET search_path = {}, pg_catalog").format(sql.Identifier(spec.stage_schema))
+        )
+        # The fates verify recomputes, model by model: its children and merged rows take
+        # their parents' and survivors' fates from here, not from the ledger it checks.
+        conn.execute(
+            "CREATE TEMP TABLE _ferry_f (model text, source_key text, status text, "
+            "target_uuid uuid, PRIMARY KEY (model, source_key))"
+        )
+        conn.commit()
+        emptied = _emptied_stages(conn, spec, report)
+        with _Sessions(target, spec, 1) as side, _Sessions(target, spec, jobs) as sessions:
+            # The checks that read no recomputed rows run meanwhile, in a session of their own.
+            invariant = side.submit(_apart(lambda c, r: _check_invariant(c, spec, r, emptied)))
+            fks = side.submit(_apart(lambda c, r: _check_foreign_keys(c, spec, r)))
+            truths = side.submit(
+                _apart(lambda c, r: _check_truth(c, spec, truth, r) if truth else None)
+            )
+            # Models whose recomputed fates equal the ledger's: their children read the
+            # ledger's fates (the same rows) from any session, instead of ``_ferry_f``.
+            agreed: set[str] = set()
+            found: dict[str, VerifyReport] = {}  # each model's problems, in the spec's order
+            started: dict[str, Callable[[], _Fast | None]] = {}
+            pending: list[_Fast] = []
+
+            def settle(model: Model, fast: _Fast | None) -> None:
+                """Take a model's fingerprints of fates (or, where they differ, check it row
+                by row); its target's side goes on in the other sessions."""
+                out = found[model.name]
+                if fast is None:
+                    if _check_model(conn, spec, model, out, agreed):
+                        _check_written(conn, spec, model, out)
+                    return
+                agreed.add(model.name)
+                out.checked["models"] += 1
+                out.checked["rows"] += fast.rows
+                if model.legacy_column:
+                    fast.legacy = sessions.submit(
+                        partial(_more_legacy_rows, spec=spec, model=model)
+                    )
+                _check_written(conn, spec, model, out, legacy=False)
+                pending.append(fast)
+
+            for model in spec.order():
+                if spec.reads(model) & emptied:
+                    continue
+                found[model.name] = VerifyReport(checked={"models": 0, "rows": 0})
+                # Its parents first: whose fates it reads depends on theirs. Other models'
+                # parts meanwhile keep the sessions busy.
+                for parent in {p.model for p in model.parents} & set(started):
+                    settle(spec.model(parent), started.pop(parent)())
+                begun = _fast_fates(conn, sessions, spec, model, agreed)
+                if begun is None:
+                    settle(model, None)
+                else:
+                    started[model.name] = begun
+            for name, finish in started.items():
+                settle(spec.model(name), finish())
+            # Where the target's side differs, or the target holds rows with a legacy key that
+            # the ledger does not account for, the rows are named from the recomputed model
+            # (``_ferry_v``).
+            for fast in pending:
+                legacy = fast.legacy is not None and fast.legacy.result()
+                if fast.same() and not legacy:
+                    continue
+                out = found[fast.model.name]
+                if _check_model(conn, spec, fast.model, out, agreed, count=False) and legacy:
+                    _check_written(conn, spec, fast.model, out, legacy=True, merge=False)
+            for out in found.values():
+                report.problems += out.problems
+                for k in ("models", "rows"):
+                    report.checked[k] += out.checked[k]
+            for done in (invariant, fks, truths):
+                checked = done.result()
+                report.problems += checked.problems
+                report.checked["foreign_keys"] += checked.checked.pop("foreign_keys")
+                report.checked.update(checked.checked)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _apart(
+    check: Callable[[psycopg.Connection, VerifyReport], None],
+) -> Callable[[psycopg.Connection], VerifyReport]:
+    """A check that writes to a report of its own, to run in another session."""
+
+    def run(conn: psycopg.Connection) -> VerifyReport:
+        found = VerifyReport(checked={"foreign_keys": 0})
+        check(conn, found)
+        return found
+
+    return run
+
+
+class _Sessions:
+    """``jobs`` more sessions on the target, each in its own thread, for the parts of the
+    check that can run at once: the database does the work, so threads do."""
+
+    def __init__(self, target: str, spec: Spec, jobs: int) -> None:
+        self.target, self.spec, self.jobs = target, spec, max(1, jobs)
+        self._local = threading.local()
+        self._conns: list[psycopg.Connection] = []
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="ferry-verify")
+
+    def __enter__(self) -> _Sessions:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            for conn in self._conns:  # stop what still runs for a check that failed
+                conn.cancel_safe()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for conn in self._conns:
+            conn.close()
+
+    def _conn(self) -> psycopg.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.target, app="ferry-verify")
+            with self._lock:
+                self._conns.append(conn)
+            conn.execute(
+                sql.SQL("SET search_path = {}, pg_catalog").format(
+                    sql.Identifier(self.spec.stage_schema)
+                )
+            )
+            conn.commit()
+            self._local.conn = conn
+        return conn
+
+    def submit(self, work: Callable[[psycopg.Connection], T]) -> Future[T]:
+        """``work`` on whichever session is free."""
+
+        def run() -> T:
+            conn = self._conn()
+            try:
+                return work(conn)
+            finally:
+                conn.rollback()
+
+        return self._pool.submit(run)
+
+    def one(self, query: sql.Composable, params: Sequence[object] = ()) -> Future[tuple]:
+        """The one row ``query`` returns, from whichever session is free."""
+        return self.submit(lambda conn: _one(conn, query, params))
+
+
+def _now(conn: psycopg.Connection, query: sql.Composable) -> Future[tuple]:
+    """``_Sessions.one`` on the main session (which holds ``_ferry_f``), run at once."""
+    done: Future[tuple] = Future()
+    try:
+        done.set_result(_one(conn, query))
+    except psycopg.Error as exc:
+        done.set_exception(exc)
+    return done
+
+
+@dataclass
+class _Fast:
+    """A model whose fates agree with the ledger, its rows' comparison under way: ``want``
+    is the count and sum of fingerprints of the rows the target must hold, ``have`` will be
+    the target's; ``legacy``: whether the target has rows with a legacy key beyond the
+    ledger's (``_more_legacy_rows``)."""
+
+    model: Model
+    rows: int
+    want: tuple[int, Decimal]
+    have: list[Future[tuple]]
+    exact: Callable[[], list[Future[tuple]]] | None = None
+    legacy: Future[bool] | None = None
+
+    def same(self) -> bool:
+        """Whether the target holds the rows the model yields (waits for its sessions). A
+        query that failed is not an answer: ``_check_model`` then says why. ``have`` may be
+        the whole table's figures: if they differ, ``exact`` gives those of the model's rows
+        (the ledger's migrated UUIDs, and any other UUID of the model's keys)."""
+        try:
+            done = [f.result() for f in self.have]
+        except psycopg.Error:
+            return False
+        if self.want == (sum(r[0] for r in done), sum((r[1] for r in done), Decimal(0))):
+            return True
+        if self.exact is None:
+            return False
+        self.have, self.exact = self.exact(), None
+        return self.same()
+
+
+def _fast_fates(
+    conn: psycopg.Connection, sessions: _Sessions, spec: Spec, model: Model, agreed: set[str]
+) -> Callable[[], _Fast | None] | None:
+    """Start comparing the model's recomputed fates with the ledger's by fingerprints; the
+    function returned waits for them and, if they agree, starts the comparison of its rows
+    with the target's. None (now or then): they differ (or cannot be computed), and
+    ``_check_model`` is to compare them row by row and say how.
+
+    The same sets as ``_materialize`` and ``_compare_fates``: the recomputed rows less those
+    the database refused or an operator decided (the ledger's fate stands for those, if the
+    row is still staged); and the ledger's rows of the model less the same. If the fates
+    agree, every row the spec yields as migrated has its UUID among the ledger's migrated
+    rows, so the target's rows to compare (``_ferry_ids``) are those and the own UUIDs of
+    the rows it yields otherwise. The recomputation runs in parts (key ranges, ``_parts``)
+    in the other sessions, the ledger's side beside it; a model whose parents' fates are
+    verify's own (``_ferry_f``, a temporary table) runs here, whole. A model that a unique
+    index on other columns could make refuse rows is never split: which of two rows is
+    refused depends on the rows computed together.
+    """
+    try:
+        plan = Plan(conn, spec, model)
+    except (FerryError, psycopg.Error):
+        conn.rollback()
+        return None
+    plan.final = True
+    here = False
+    leds: list[sql.Composable] = []
+    for p, led in zip(model.parents, plan.parent_led, strict=True):
+        if p.model != model.name and p.model not in agreed:
+            led, here = sql.Identifier("_ferry_f"), True
+        leds.append(led)
+    plan.parent_led = leds
+    # The model's own partition of the ledger: the planner has statistics for it, not for
+    # the whole ledger (it took 2M rows for 200, and looked each up by index).
+    led, name = plan.own_led, sql.Literal(model.name)
+    refused = sql.SQL(
+        "((l.status = 'quarantined' AND l.sqlstate IS NOT NULL) OR l.decided_by IS NOT NULL)"
+    )
+    parts = [sql.SQL("true")]
+    if not here and plan.parallel_safe:
+        parts = _parts(conn, spec, plan, sessions.jobs)
+    queries = []
+    for part in parts:
+        bounds = sql.SQL(
+            "NOT EXISTS (SELECT FROM {led} l WHERE l.model = {name} AND {refused} "
+            "AND l.source_key = m0._key::text) AND {part}"
+        ).format(led=led, name=name, refused=refused, part=part)
+        queries.append(
+            sql.SQL(
+                "SELECT count(*), coalesce(sum({fate}), 0), "
+                "count(*) FILTER (WHERE e._ferry_fate = 0), "
+                "coalesce(sum({row}) FILTER (WHERE e._ferry_fate = 0), 0), "
+                "array_agg({own}) FILTER (WHERE e._ferry_fate <> 0) FROM ({expected}) e"
+            ).format(
+                fate=_fp(*_columns("e", [f"_ferry_{c}" for c in _FATE])),
+                row=_fp(*_columns("e", ["_ferry_uuid", "_ferry_hash"])),
+                own=plan.own_uuid(sql.SQL("e._ferry_key")),
+                expected=plan.expected(bounds, numbered=False),
+            )
+        )
+    # The ledger's side: its fates, less those the recomputation leaves to the ledger,
+    # whose own UUIDs the target's side needs.
+    staged = _staged_clause(spec, plan)
+    ledger_side = sql.SQL(
+        "SELECT count(*) FILTER (WHERE NOT x.left_), "
+        "coalesce(sum({fate}) FILTER (WHERE NOT x.left_), 0), "
+        "count(*) FILTER (WHERE x.left_), array_agg({own}) FILTER (WHERE x.left_) "
+        "FROM (SELECT l.source_key, l.status, l.reason, l.repairs, l.target_uuid, "
+        "{refused}{staged} AS left_ FROM {led} l WHERE l.model = {name} "
+        "AND l.status <> 'deleted') x"
+    ).format(
+        fate=_fp(*_columns("x", ["source_key", "status", "reason", "repairs", "target_uuid"])),
+        own=plan.own_uuid(sql.SQL("x.source_key")), refused=refused, staged=staged, led=led,
+        name=name,
+    )  # fmt: skip
+    ledger_done = sessions.one(ledger_side)
+    done = [_now(conn, q) if here else sessions.one(q) for q in queries]
+    conn.rollback()
+    return partial(_fast_rows, sessions, plan, ledger_done, done)
+
+
+def _fast_rows(
+    sessions: _Sessions, plan: Plan, ledger_done: Future[tuple], done: list[Future[tuple]]
+) -> _Fast | None:
+    """The second half of ``_fast_fates``: the fates' fingerprints compared, the rows'
+    comparison started."""
+    model, led, name = plan.model, plan.own_led, sql.Literal(plan.model.name)
+    try:
+        results = [f.result() for f in done]
+        n_l, fates_l, n_left, left = ledger_done.result()
+    except (FerryError, psycopg.Error):
+        return None
+    if (sum(r[0] for r in results), sum(r[1] for r in results)) != (n_l, fates_l):
+        return None
+    # The target's side: its rows under the ledger's migrated UUIDs, and under the own UUIDs
+    # of the other rows (as a rule none), less those already counted. Two queries: a union
+    # under IN is estimated at 200 rows, and joined by 2M index lookups.
+    others = [u for r in results for u in (r[4] or [])] + list(left or [])
+    key = sql.Identifier(model.key_column)
+    migrated = sql.SQL(
+        "SELECT FROM {led} l WHERE l.model = {name} AND l.status = 'migrated' "
+        "AND l.target_uuid = t.{key}"
+    ).format(led=led, name=name, key=key)
+
+    def side(where: sql.Composable, params: Sequence[object] = ()) -> Future[tuple]:
+        return sessions.one(
+            sql.SQL("SELECT count(*), coalesce(sum({row}), 0) FROM {t} t WHERE {where}").format(
+                row=_fp(sql.SQL("t.{}").format(key), plan.target_hash("t")),
+                t=plan.target,
+                where=where,
+            ),
+            params,
+        )
+
+    def exact() -> list[Future[tuple]]:
+        have = [side(sql.SQL("EXISTS ({})").format(migrated))]
+        if others:
+            where = sql.SQL("t.{} = ANY(%s::uuid[]) AND NOT EXISTS ({})").format(key, migrated)
+            have.append(side(where, [others]))
+        return have
+
+    want = (sum(r[2] for r in results), sum((r[3] for r in results), Decimal(0)))
+    # A table of this model's alone holds, as a rule, just its rows: if the whole table's
+    # fingerprint is theirs, no join with the ledger is needed (2M rows: 1.5 CPU-s).
+    if sum(m.target == model.target for m in plan.spec.models) == 1:
+        return _Fast(model, sum(r[0] for r in results) + n_left, want, [side(sql.SQL("true"))],
+                     exact)  # fmt: skip
+    return _Fast(model, sum(r[0] for r in results) + n_left, want, exact())
+
+
+# A fate, as ``_compare_fates`` compares it: the recomputed row's columns (``_ferry_*``).
+_FATE = ("key", "status", "reason", "repairs", "uuid")
+
+
+def _columns(alias: str, names: Sequence[str]) -> list[sql.Composable]:
+    return [sql.Identifier(alias, n) for n in names]
+
+
+def _parts(conn: psycopg.Connection, spec: Spec, plan: Plan, jobs: int) -> list[sql.Composable]:
+    """Key ranges to recompute a model in, one per session if its stage is large: cut at its
+    key's histogram, as ``chunk.Runner.bounds`` cuts a migrate's chunks. Ranges, not a hash
+    of the key: the planner then estimates each part's rows (for a hash, 0.5% of them, and
+    it looked up the ledger by index for every row)."""
+    if jobs < 2 or not plan.model.accounts:
+        return [sql.SQL("true")]
+    src = spec.source(plan.model.source)
+    stats = conn.execute(
+        sql.SQL(
+            "SELECT c.reltuples, (s.histogram_bounds::text)::{t}[] FROM pg_class c "
+            "LEFT JOIN pg_stats s ON s.schemaname = %s AND s.tablename = %s "
+            "AND s.attname = %s WHERE c.oid = to_regclass(%s)"
+        ).format(t=sql.SQL(plan.key_type)),
+        [spec.stage_schema, src.stage_table, src.stage_key,
+         sql.Identifier(spec.stage_schema, src.stage_table).as_string(conn)],
+    ).fetchone()  # fmt: skip
+    conn.commit()
+    if not stats or stats[0] is None or stats[0] < SPLIT_ROWS or not stats[1]:
+        return [sql.SQL("true")]
+    hist = stats[1]
+    cuts = [sql.Literal(hist[round(i * (len(hist) - 1) / jobs)]) for i in range(1, jobs)]
+    key = sql.SQL("m0._key")
+    return [
+        sql.SQL(" AND ").join(
+            [sql.SQL("{} >= {}").format(key, lo) for lo in cuts[i - 1 : i] if i > 0]
+            + [sql.SQL("{} < {}").format(key, hi) for hi in cuts[i : i + 1]]
+        )
+        for i in range(jobs)
+    ]
+
+
+def _ledger_exists(conn: psycopg.Connection, spec: Spec) -> bool:
+    found = catalog.exists(conn, sql.Identifier(spec.ledger_schema, "ledger"))
+    conn.commit()
+    return found
+
+
+def _led(spec: Spec) -> sql.Identifier:
+    return sql.Identifier(spec.ledger_schema, "ledger")
+
+
+def _one(conn: psycopg.Connection, query: sql.Composable, params: Sequence[object] = ()) -> tuple:
+    # No parameters: none parsed either (a model's SQL may hold a ``%``).
+    row = conn.execute(query, params or None).fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    return tuple(row)
+
+
+# -- (a) models against the target ---------------------------------------------------------
+
+
+def _emptied_stages(conn: psycopg.Connection, spec: Spec, report: VerifyReport) -> set[str]:
+    """Sources whose stage copy is empty while the ledger holds fates of their rows: said
+    once, rather than as every one of their keys missing."""
+    emptied = set()
+    for src in spec.sources:
+        if ledger.emptied(conn, spec, src.name):
+            emptied.add(src.name)
+            report.problems.append(
+                Problem(
+                    "stage",
+                    src.name,
+                    [],
+                    "the stage copy is empty but the ledger holds fates of its rows: a server "
+                    "crash or restart empties ferry's unlogged stage; run ferry sync to copy "
+                    "it again (models reading it are not checked)",
+                )
+            )
+    conn.commit()
+    return emptied
+
+
+# Passes over a model's merged rows, each with the survivors' fates of the one before.
+SURVIVOR_PASSES = 5
+
+
+def _check_model(
+    conn: psycopg.Connection, spec: Spec, model: Model, report: VerifyReport,
+    agreed: set[str], count: bool = True,
+) -> bool:  # fmt: skip
+    """Recompute one model, compare fates with the ledger and rows with the target.
+
+    Parents' fates come from verify's own recomputation (``_ferry_f``, or the ledger for the
+    ``agreed`` models, whose recomputed fates are the ledger's); a merged row's survivor's
+    fate too, found by passes until they agree. A model that cannot be recomputed (its SQL
+    fails, its target is gone) is a problem of that model; verify goes on with the others.
+    ``count``: add the model to ``report.checked`` (not when its fingerprints already did).
+    """
+    try:
+        plan = Plan(conn, spec, model)
+        plan.final = True
+        # Parents of other models: verify's own fates; of the model itself (and survivors),
+        # the ledger's first, then the passes' own until they agree.
+        plan.parent_led = [
+            led if p.model == model.name or p.model in agreed else sql.Identifier("_ferry_f")
+            for p, led in zip(model.parents, plan.parent_led, strict=True)
+        ]
+        _materialize(conn, plan)
+        for _ in range(SURVIVOR_PASSES if own_dependencies(model) else 0):
+            if not _record_fates(conn, spec, model):
+                break
+            plan.own_led = sql.Identifier("_ferry_f")
+            plan.parent_led = [sql.Identifier("_ferry_f")] * len(model.parents)
+            _materialize(conn, plan)
+        if model.merge_into or spec.children(model.name):
+            _record_fates(conn, spec, model)
+        conn.commit()
+        if count:
+            report.checked["models"] += 1
+            report.checked["rows"] += int(_one(conn, sql.SQL("SELECT count(*) FROM _ferry_v"))[0])
+        if not _duplicates(conn, model, report):
+            _compare_fates(conn, spec, model, report)
+            _compare_rows(conn, spec, plan, report)
+        return True
+    except FerryError as exc:
+        report.problems.append(Problem("model", model.target, [], f"model {model.name}: {exc}"))
+    except psycopg.Error as exc:
+        report.problems.append(
+            Problem("model", model.target, [], f"model {model.name}: {safe_message(exc)}")
+        )
+    finally:
+        conn.rollback()
+    return False
+
+
+def _record_fates(conn: psycopg.Connection, spec: Spec, model: Model) -> bool:
+    """Keep the model's recomputed fates (``_ferry_v``) in ``_ferry_f`` for the models that
+    depend on them; returns whether they changed. A row the database refused, or an
+    operator decided, has the ledger's fate: the spec cannot know it."""
+    name = sql.Literal(model.name)
+    before = _one(
+        conn,
+        sql.SQL(
+            "SELECT count(*), coalesce(sum(hashtext(source_key || status || "
+            "coalesce(target_uuid::text, ''))), 0) FROM _ferry_f WHERE model = {}"
+        ).format(name),
+    )
+    conn.execute(sql.SQL("DELETE FROM _ferry_f WHERE model = {}").format(name))
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO _ferry_f SELECT {name}, v.key, "
+            "CASE WHEN l.sqlstate IS NOT NULL OR l.decided_by IS NOT NULL THEN l.status "
+            "ELSE v.status END, CASE WHEN l.sqlstate IS NOT NULL OR l.decided_by IS NOT NULL "
+            "THEN l.target_uuid ELSE v.uuid END FROM _ferry_v v LEFT JOIN {led} l "
+            "ON l.model = {name} AND l.source_key = v.key AND l.status <> 'deleted' "
+            "ON CONFLICT DO NOTHING"
+        ).format(name=name, led=_led(spec))
+    )
+    after = _one(
+        conn,
+        sql.SQL(
+            "SELECT count(*), coalesce(sum(hashtext(source_key || status || "
+            "coalesce(target_uuid::text, ''))), 0) FROM _ferry_f WHERE model = {}"
+        ).format(name),
+    )
+    return before != after
+
+
+def _materialize(conn: psycopg.Connection, plan: Plan) -> None:
+    """What the model yields now, once: every later comparison reads these temp tables.
+
+    ``_ferry_v`` holds every row the model yields with its fate, and ``own``: the UUID the
+    row's own key maps to, whatever its fate. ``_ferry_e`` is what must be in the target: the
+    migrated rows, less those the database refused (a unique or check violation quarantined
+    with its SQLSTATE: the spec yields them, the target rightly lacks them). ``_ferry_ids`` is
+    every target id this model may account for: the own UUID of every row it yields (so an
+    excluded, quarantined or refused row that is present in the target shows) and every UUID
+    the ledger says it wrote. Any other row of the table is the application's own.
+    """
+    spec = plan.spec
+    led, name = _led(spec), sql.Literal(plan.model.name)
+    own = plan.own_uuid(sql.SQL("e._ferry_key"))
+    conn.execute("DROP TABLE IF EXISTS _ferry_v, _ferry_e, _ferry_ids")
+    # A row the database refused (a failed cast, a unique or check violation) is taken as
+    # refused, and one an operator decided as decided: computing it again could fail the
+    # whole model on the cast that refused it.
+    refused = sql.SQL(
+        "{led} l WHERE l.model = {name} AND ((l.status = 'quarantined' AND l.sqlstate IS NOT "
+        "NULL) OR l.decided_by IS NOT NULL)"
+    ).format(led=led, name=name)
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE _ferry_v AS SELECT e._ferry_key AS key, e._ferry_fate AS fate, "
+            "e._ferry_status AS status, e._ferry_reason AS reason, e._ferry_repairs AS repairs, "
+            "e._ferry_uuid AS uuid, e._ferry_hash AS hash, {own} AS own FROM ({expected}) e "
+            "UNION ALL SELECT l.source_key, 0, 'migrated', NULL, '{{}}', {lown}, NULL, {lown} "
+            "FROM {refused}{staged}"
+        ).format(
+            own=own,
+            expected=plan.expected(
+                sql.SQL("NOT EXISTS (SELECT FROM {} AND l.source_key = m0._key::text)").format(
+                    refused
+                )
+            ),
+            lown=plan.own_uuid(sql.SQL("l.source_key")),
+            refused=refused,
+            staged=_staged_clause(spec, plan),
+        )
+    )
+    conn.execute("ANALYZE _ferry_v")
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE _ferry_e AS SELECT v.key, v.uuid, v.hash FROM _ferry_v v "
+            "WHERE v.fate = 0 AND NOT EXISTS (SELECT 1 FROM {led} l WHERE l.model = {name} "
+            "AND l.source_key = v.key AND ((l.status = 'quarantined' AND l.sqlstate IS NOT NULL) "
+            "OR l.decided_by IS NOT NULL))"
+        ).format(led=led, name=name)
+    )
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE _ferry_ids AS SELECT own AS u FROM _ferry_v "
+            "UNION SELECT target_uuid FROM {led} WHERE model = {name} AND status = 'migrated' "
+            "AND target_uuid IS NOT NULL"
+        ).format(led=led, name=name)
+    )
+    conn.execute("ANALYZE _ferry_e")
+    conn.execute("ANALYZE _ferry_ids")
+
+
+def _staged_clause(spec: Spec, plan: Plan) -> sql.Composable:
+    """`` AND`` the refused row's key is still staged (for a model that accounts for it)."""
+    if not plan.model.accounts:
+        return sql.SQL("")
+    src = spec.source(plan.model.source)
+    return sql.SQL(" AND EXISTS (SELECT FROM {} s WHERE s.{}::text = l.source_key)").format(
+        sql.Identifier(spec.stage_schema, src.stage_table), sql.Identifier(src.stage_key)
+    )
+
+
+def _check_written(
+    conn: psycopg.Connection, spec: Spec, model: Model, report: VerifyReport,
+    legacy: bool | None = None, merge: bool = True,
+) -> None:  # fmt: skip
+    """Beyond the rows the spec yields (``_compare_rows``): every merged row's survivor is
+    a migrated row of the model with its target row, and (where the model fills a legacy
+    key column) every row with a legacy key has the ledger row of ferry's write. The latter
+    runs after ``_check_model``, whose ``_ferry_v`` it reads; ``legacy``: whether to run
+    it, if the caller counted already (``_more_legacy_rows``); ``merge``: the former."""
+    led, name = _led(spec), sql.Literal(model.name)
+    table = sql.Identifier(model.target_schema, model.target_table)
+    key = sql.Identifier(model.key_column)
+    checks = []
+    if model.merge_into and merge:
+        checks.append(
+            (
+                "merge",
+                sql.SQL(
+                    "SELECT l.source_key FROM {led} l WHERE l.model = {name} AND l.status = "
+                    "'merged' AND NOT (EXISTS (SELECT FROM {led} s WHERE s.model = {name} "
+                    "AND s.status = 'migrated' AND s.target_uuid = l.target_uuid) "
+                    "AND EXISTS (SELECT FROM {t} t WHERE t.{k} = l.target_uuid))"
+                ),
+                "merged into a row that is not a migrated row of the model in the target",
+            )
+        )
+    if legacy is None:
+        legacy = bool(model.legacy_column) and _more_legacy_rows(conn, spec, model)
+    if legacy:
+        checks.append(
+            (
+                "extra",
+                sql.SQL(
+                    "SELECT t.{k}::text FROM {t} t WHERE t.{legacy} IS NOT NULL "
+                    "AND NOT EXISTS (SELECT FROM {led} l WHERE l.target_table = {tt} "
+                    "AND l.target_uuid = t.{k}) AND NOT EXISTS (SELECT FROM {led} l "
+                    "WHERE l.model = {name} AND l.conflict AND {own} = t.{k}) "
+                    # A row the spec yields is _compare_rows' to report.
+                    "AND NOT EXISTS (SELECT FROM _ferry_v v WHERE v.own = t.{k})"
+                ),
+                f"in the target with a {model.legacy_column} but no ledger row of ferry's write",
+            )
+        )
+    own = uuid_sql(
+        spec.ledger_schema, spec.namespace, model.source if model.accounts else model.name,
+        sql.SQL("l.source_key"),
+    )  # fmt: skip
+    try:
+        for kind, query, what in checks:
+            n, keys = _one(
+                conn,
+                sql.SQL(
+                    "SELECT count(*), (array_agg(k ORDER BY length(k), k))[1:{s}] FROM ({q}) x(k)"
+                ).format(
+                    s=sql.Literal(SAMPLE),
+                    q=query.format(
+                        led=led, name=name, t=table, k=key, tt=sql.Literal(model.target),
+                        legacy=sql.Identifier(model.legacy_column or "id"), own=own,
+                    ),
+                ),
+            )  # fmt: skip
+            if n:
+                label = "uuids" if kind == "extra" else "keys"
+                problem = Problem(
+                    kind, model.target, [], f"model {model.name}: {n} row(s) {what}", n
+                )
+                setattr(problem, label, list(keys or []))
+                report.problems.append(problem)
+    except psycopg.Error as exc:
+        report.problems.append(
+            Problem("model", model.target, [], f"model {model.name}: {safe_message(exc)}")
+        )
+    finally:
+        conn.rollback()
+
+
+def _more_legacy_rows(conn: psycopg.Connection, spec: Spec, model: Model) -> bool:
+    """Whether the target holds more rows with a legacy key than the ledger says ferry wrote
+    there (or kept): two counts, before an anti-join of millions of rows names them. (Fewer
+    is ``_compare_rows``' to report: a row the ledger has and the target lacks.)"""
+    legacy = sql.Identifier(model.legacy_column or "id")
+    table = sql.Identifier(model.target_schema, model.target_table)
+    have = _one(conn, sql.SQL("SELECT count(*) FROM {} WHERE {} IS NOT NULL").format(table, legacy))
+    wrote = _one(
+        conn,
+        sql.SQL(
+            "SELECT count(*) FROM {} WHERE model = ANY(%s) AND target_uuid IS NOT NULL "
+            "AND (status = 'migrated' OR status = 'deleted' OR conflict)"
+        ).format(_led(spec)),
+        [[m.name for m in spec.models if m.target == model.target]],
+    )
+    return int(have[0]) > int(wrote[0])
+
+
+def _duplicates(conn: psycopg.Connection, model: Model, report: VerifyReport) -> bool:
+    n, keys = _one(
+        conn,
+        sql.SQL(
+            "SELECT count(*), (array_agg(key ORDER BY length(key), key))[1:{s}] FROM "
+            "(SELECT key FROM _ferry_v GROUP BY key HAVING count(*) > 1) d"
+        ).format(s=sql.Literal(SAMPLE)),
+    )
+    if n:
+        report.problems.append(
+            Problem(
+                "model",
+                model.target,
+                list(keys or []),
+                f"model {model.name} yields {n} source key(s) more than once",
+                n,
+            )
+        )
+    return bool(n)
+
+
+def _fate(status: str | None, reason: str | None) -> str:
+    if status is None:
+        return "nothing"
+    return f"{status} ({reason})" if reason else status
+
+
+def _compare_fates(
+    conn: psycopg.Connection, spec: Spec, model: Model, report: VerifyReport
+) -> None:
+    """Each source row's fate as the spec decides it now versus as the ledger records it.
+
+    Rows the database refused are the one legitimate difference: the spec says migrated, the
+    ledger says quarantined with the SQLSTATE.
+    """
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT l.status, l.reason, v.status, v.reason, "
+            "coalesce(v.repairs, '{{}}') IS DISTINCT FROM coalesce(l.repairs, '{{}}') "
+            "AND v.status IS NOT DISTINCT FROM l.status AS repairs_differ, "
+            "count(*), (array_agg(coalesce(v.key, l.source_key) "
+            "ORDER BY length(coalesce(v.key, l.source_key)), "
+            "coalesce(v.key, l.source_key)))[1:{s}] "
+            "FROM _ferry_v v FULL JOIN (SELECT * FROM {led} WHERE model = {name} "
+            "AND status <> 'deleted') l ON l.source_key = v.key "
+            "WHERE NOT coalesce(v.fate = 0 AND l.status = 'quarantined' "
+            "AND l.sqlstate IS NOT NULL, false) "
+            # An operator's decision on a staged row overrides the spec, on purpose.
+            "AND NOT coalesce(v.key IS NOT NULL AND l.decided_by IS NOT NULL, false) "
+            "AND (v.key IS NULL OR l.source_key IS NULL OR v.status IS DISTINCT FROM l.status "
+            "OR v.reason IS DISTINCT FROM l.reason OR v.repairs IS DISTINCT FROM l.repairs "
+            "OR v.uuid IS DISTINCT FROM l.target_uuid) "
+            "GROUP BY 1, 2, 3, 4, 5 ORDER BY 6 DESC"
+        ).format(led=_led(spec), name=sql.Literal(model.name), s=sql.Literal(SAMPLE))
+    ).fetchall()
+    for l_status, l_reason, v_status, v_reason, repairs_differ, n, keys in rows:
+        if l_status is None:
+            what = f"the spec yields {_fate(v_status, v_reason)} but the ledger has no fate"
+        elif v_status is None:
+            what = f"the ledger says {_fate(l_status, l_reason)} but the stage has no such row"
+        elif repairs_differ:
+            what = f"{_fate(v_status, v_reason)}, but the repairs differ from the ledger's"
+        elif (l_status, l_reason) == (v_status, v_reason):
+            what = f"{_fate(v_status, v_reason)}, but the target UUID differs from the ledger's"
+        else:
+            what = (
+                f"the spec yields {_fate(v_status, v_reason)} but the ledger says "
+                f"{_fate(l_status, l_reason)}"
+            )
+        report.problems.append(
+            Problem("fate", model.source, list(keys), f"model {model.name}: {n} row(s): {what}", n)
+        )
+
+
+def _compare_rows(conn: psycopg.Connection, spec: Spec, plan: Plan, report: VerifyReport) -> None:
+    """Checksum what must be in the target against what is; on a difference, find the rows."""
+    model = plan.model
+    key = sql.Identifier(model.key_column)
+    actual = sql.SQL(
+        "SELECT t.{key} AS id, {h} AS hash FROM {t} t JOIN _ferry_ids i ON t.{key} = i.u"
+    ).format(key=key, h=plan.target_hash("t"), t=plan.target)
+    rowsum = sql.SQL(_ROWSUM)
+    want = _one(
+        conn,
+        sql.SQL("SELECT count(*), {} FROM _ferry_e").format(
+            rowsum.format(u=sql.SQL("uuid"), h=sql.SQL("hash"))
+        ),
+    )
+    have = _one(
+        conn,
+        sql.SQL("SELECT count(*), {} FROM ({}) a").format(
+            rowsum.format(u=sql.SQL("id"), h=sql.SQL("hash")), actual
+        ),
+    )
+    if want == have:
+        return
+    found = conn.execute(
+        sql.SQL(
+            "WITH a AS ({actual}), d AS ("
+            " SELECT CASE WHEN a.id IS NULL THEN 'missing' WHEN e.uuid IS NULL THEN 'extra'"
+            " ELSE 'content' END AS kind, coalesce(e.uuid, a.id) AS id,"
+            " coalesce(e.key, v.key, x.source_key) AS key, coalesce(l.conflict, false) AS conflict,"
+            " l.status AS l_status, l.reason AS l_reason"
+            " FROM _ferry_e e FULL JOIN a ON a.id = e.uuid"
+            " LEFT JOIN _ferry_v v ON e.uuid IS NULL AND v.own = a.id"
+            " LEFT JOIN {led} x ON e.uuid IS NULL AND x.model = {name}"
+            "  AND x.target_uuid = a.id AND x.status = 'migrated'"
+            " LEFT JOIN {led} l ON l.model = {name}"
+            "  AND l.source_key = coalesce(e.key, v.key, x.source_key)"
+            " WHERE a.id IS NULL OR e.uuid IS NULL OR a.hash IS DISTINCT FROM e.hash)"
+            " SELECT kind, conflict, l_status, l_reason, count(*),"
+            " (array_agg(key ORDER BY length(key), key) FILTER (WHERE key IS NOT NULL))[1:{s}],"
+            " (array_agg(id::text ORDER BY length(key), key, id))[1:{s}]"
+            " FROM d GROUP BY 1, 2, 3, 4 ORDER BY 1, 5 DESC"
+        ).format(actual=actual, led=_led(spec), name=sql.Literal(model.name), s=sql.Literal(SAMPLE))
+    ).fetchall()
+    for kind, conflict, l_status, l_reason, n, keys, uuids in found:
+        if conflict:
+            kind = "conflict"
+            what = "edited in the target since ferry wrote them (the ledger flags a conflict)"
+        elif kind == "missing":
+            what = "yielded as migrated by the spec but not in the target"
+        elif kind == "content":
+            what = "in the target with content that differs from what the spec yields"
+        elif l_status == "migrated":
+            what = "in the target, recorded as migrated, but the spec no longer yields them"
+        else:
+            what = f"in the target although the ledger says {_fate(l_status, l_reason)}"
+        report.problems.append(
+            Problem(
+                kind,
+                model.target,
+                list(keys or []),
+                f"model {model.name}: {n} row(s) {what}",
+                n,
+                list(uuids or []),
+            )
+        )
+    if not found:
+        # Equal sets but unequal checksums cannot happen; say so rather than pass silently.
+        report.problems.append(
+            Problem("content", model.target, [], f"model {model.name}: checksums differ")
+        )
+
+
+# -- (b) the ledger invariant -----------------------------------------------------------------
+
+
+def _check_invariant(
+    conn: psycopg.Connection, spec: Spec, report: VerifyReport, emptied: set[str]
+) -> None:
+    """The ledger's own check, run so that it scales.
+
+    Where the keys' fingerprints differ, it names the keys by anti-joins that end in
+    ``ORDER BY .. LIMIT 10``, for which the planner may pick a nested loop over the whole
+    ledger per staged row: hours on millions of rows. Within this transaction only, nested
+    loops are off, so they run as hash anti-joins.
+    """
+    try:
+        conn.execute("SET LOCAL enable_nestloop = off")
+        scope: dict[str, set[str] | None] = {
+            s.name: None for s in spec.sources if s.name not in emptied
+        }
+        _, bad = ledger.discrepancies(conn, spec, scope)
+        if bad:
+            raise InvariantError(ledger.invariant_message(bad))
+    except InvariantError as exc:
+        report.problems.append(
+            Problem(
+                "invariant",
+                f"{spec.ledger_schema}.ledger",
+                [],
+                str(exc),
+            )
+        )
+    finally:
+        conn.rollback()
+
+
+# -- (c) foreign keys -------------------------------------------------------------------------
+
+_FKS = """
+SELECT c.conname, c.confmatchtype, pn.nspname, pc.relname,
+       ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),
+       ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i)
+             JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)
+FROM pg_constraint c
+JOIN pg_class pc ON pc.oid = c.confrelid
+JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+WHERE c.contype = 'f' AND c.conrelid = to_regclass(%s)
+ORDER BY c.conname
+"""
+
+
+def _target_tables(spec: Spec) -> dict[str, list[Model]]:
+    out: dict[str, list[Model]] = defaultdict(list)
+    for m in spec.order():
+        out[m.target].append(m)
+    return dict(out)
+
+
+def _check_foreign_keys(conn: psycopg.Connection, spec: Spec, report: VerifyReport) -> None:
+    """Count child rows whose foreign key has no parent row, for every FK of every target.
+
+    PostgreSQL enforces FKs with triggers; a row written while they were off (replica
+    session, DISABLE TRIGGER) breaks the FK silently. Set-based anti-joins, one per FK.
+    """
+    for table, models in _target_tables(spec).items():
+        schema, name = table.split(".")
+        key = models[0].key_column
+        for conname, match, pschema, pname, cols, pcols in conn.execute(_FKS, [table]).fetchall():
+            report.checked["foreign_keys"] += 1
+            child, parent = sql.Identifier(schema, name), sql.Identifier(pschema, pname)
+            ccols = [sql.Identifier("c", col) for col in cols]
+            joined = sql.SQL(" AND ").join(
+                sql.SQL("p.{} = {}").format(sql.Identifier(pc), cc)
+                for pc, cc in zip(pcols, ccols, strict=True)
+            )
+            orphan = sql.SQL("NOT EXISTS (SELECT 1 FROM {} p WHERE {})").format(parent, joined)
+            all_set = sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(c) for c in ccols)
+            if match == "f":  # MATCH FULL: all null, or all set and present
+                any_set = sql.SQL(" OR ").join(sql.SQL("{} IS NOT NULL").format(c) for c in ccols)
+                where = sql.SQL("({}) AND (NOT ({}) OR {})").format(any_set, all_set, orphan)
+            else:  # MATCH SIMPLE: any null column exempts the row
+                where = sql.SQL("{} AND {}").format(all_set, orphan)
+            try:
+                with conn.transaction():
+                    n, ids = _one(
+                        conn,
+                        sql.SQL(
+                            "SELECT count(*), (array_agg(c.{k}::text ORDER BY c.{k}))[1:{s}] "
+                            "FROM {child} c WHERE {where}"
+                        ).format(
+                            k=sql.Identifier(key), s=sql.Literal(SAMPLE), child=child, where=where
+                        ),
+                    )
+            except psycopg.Error as exc:
+                report.problems.append(
+                    Problem("error", table, [], f"cannot check {conname}: {safe_message(exc)}")
+                )
+                continue
+            if not n:
+                continue
+            keys = _source_keys(conn, spec, table, ids or [])
+            report.problems.append(
+                Problem(
+                    "fk",
+                    table,
+                    keys,
+                    f"{n} row(s) reference {pschema}.{pname} ({', '.join(cols)} -> "
+                    f"{', '.join(pcols)}) rows that do not exist [constraint {conname}]",
+                    n,
+                    list(ids or []),
+                )
+            )
+        conn.rollback()
+
+
+def _source_keys(conn: psycopg.Connection, spec: Spec, table: str, ids: Iterable[str]) -> list[str]:
+    """The source keys ferry wrote these target ids from (none for the application's rows)."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT source_key FROM {} WHERE target_table = %s "
+            "AND status = 'migrated' AND target_uuid::text = ANY(%s) ORDER BY 1"
+        ).format(_led(spec)),
+        [table, list(ids)],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+# -- (d) ground truth -------------------------------------------------------------------------
+
+
+def _source_names(spec: Spec) -> dict[str, str]:
+    """Names a truth file may use for a source: its spec name, stage table or legacy table."""
+    names: dict[str, str] = {}
+    for src in spec.sources:
+        for alias in (src.table, (src.table or "").split(".")[-1], src.stage_table, src.name):
+            if alias:
+                names[alias] = src.name
+    return names
+
+
+def read_truth(path: Path, spec: Spec) -> tuple[list[tuple[str, str, str, str]], list[Problem]]:
+    """Parse the ground-truth CSV; rows naming an unknown source become problems."""
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise VerifyError(f"{path}: cannot read the truth file: {exc.strerror}") from None
+    names = _source_names(spec)
+    rows: list[tuple[str, str, str, str]] = []
+    unknown: dict[str, int] = defaultdict(int)
+    with handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != TRUTH_HEADER:
+            raise VerifyError(f"{path}: the header must be {','.join(TRUTH_HEADER)}")
+        for line, rec in enumerate(reader, start=2):
+            if not rec:
+                continue
+            if len(rec) != len(TRUTH_HEADER):
+                raise VerifyError(f"{path}:{line}: expected {len(TRUTH_HEADER)} fields")
+            # The key as written: a text key may begin or end with spaces.
+            table, status, reason = rec[0].strip(), rec[2].strip(), rec[3].strip()
+            key = rec[1]
+            if status not in ledger.STATUSES:
+                raise VerifyError(f"{path}:{line}: unknown status {status!r}")
+            if table not in names:
+                unknown[table] += 1
+                continue
+            rows.append((names[table], key, status, reason))
+    problems = [
+        Problem("truth", table, [], f"the truth file names an unknown source ({n} row(s))", n)
+        for table, n in sorted(unknown.items())
+    ]
+    return rows, problems
+
+
+def _check_truth(conn: psycopg.Connection, spec: Spec, path: Path, report: VerifyReport) -> None:
+    """Every planted row has its planted fate; every other staged row is plainly migrated."""
+    rows, problems = read_truth(path, spec)
+    report.problems.extend(problems)
+    report.checked["truth_rows"] = len(rows)
+    conn.execute(
+        "CREATE TEMP TABLE _ferry_truth (source_table text, source_key text, status text, "
+        "reason text) ON COMMIT DROP"
+    )
+    with conn.cursor() as cur, cur.copy("COPY _ferry_truth FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    conn.execute("ANALYZE _ferry_truth")
+    led = _led(spec)
+    wrong = conn.execute(
+        sql.SQL(
+            "SELECT t.source_table, t.source_key, t.status, t.reason, l.status, l.reason, "
+            "l.repairs FROM _ferry_truth t LEFT JOIN {led} l ON l.accounts "
+            "AND l.source_table = t.source_table AND l.source_key = t.source_key "
+            "AND (l.status <> 'deleted' OR t.status = 'deleted') "
+            "WHERE l.status IS DISTINCT FROM t.status "
+            "OR (t.status = 'migrated' AND t.reason <> '' AND NOT t.reason = ANY(l.repairs)) "
+            "OR (t.status = 'migrated' AND t.reason = '' AND l.repairs <> '{{}}') "
+            "OR (t.status NOT IN ('migrated', 'deleted') AND coalesce(l.reason, '') <> t.reason) "
+            "ORDER BY 1, length(t.source_key), 2"
+        ).format(led=led)
+    ).fetchall()
+    groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    for table, key, status, reason, l_status, l_reason, repairs in wrong:
+        want = _fate(status, reason)
+        if l_status == "migrated" and repairs:
+            got = f"migrated (repairs: {', '.join(repairs)})"
+        else:
+            got = _fate(l_status, l_reason)
+        groups[(table, want, got)].append(key)
+    for (table, want, got), keys in groups.items():
+        report.problems.append(
+            Problem(
+                "truth",
+                table,
+                keys[:SAMPLE],
+                f"{len(keys)} planted row(s) expected {want} but the ledger says {got}",
+                len(keys),
+            )
+        )
+    unplanted = conn.execute(
+        sql.SQL(
+            "SELECT l.source_table, l.status, l.reason, l.repairs, count(*), "
+            "(array_agg(l.source_key ORDER BY length(l.source_key), l.source_key))[1:{s}] "
+            "FROM {led} l "
+            "WHERE l.accounts AND l.status <> 'deleted' "
+            "AND (l.status <> 'migrated' OR l.repairs <> '{{}}') "
+            "AND NOT EXISTS (SELECT 1 FROM _ferry_truth t WHERE t.source_table = l.source_table "
+            "AND t.source_key = l.source_key) GROUP BY 1, 2, 3, 4 ORDER BY 1, 5 DESC"
+        ).format(led=led, s=sql.Literal(SAMPLE))
+    ).fetchall()
+    for table, status, reason, repairs, n, keys in unplanted:
+        got = f"migrated (repairs: {', '.join(repairs)})" if repairs else _fate(status, reason)
+        report.problems.append(
+            Problem(
+                "truth",
+                table,
+                list(keys),
+                f"{n} row(s) not planted, so expected plain migrated, but the ledger says {got}",
+                n,
+            )
+        )
+    conn.rollback()

@@ -1,0 +1,319 @@
+"""Differential sync: bring the target in step with a legacy database that kept running.
+
+Each source is diffed against its stage copy (``diff.py``: checksums over key buckets on each
+server), and only changed rows are re-staged. Then only the affected rows are transformed:
+the changed keys, the rows still in quarantine (a parent may have arrived), and the children
+of rows whose fate or UUID changed. Deleted source rows follow their model's ``on_delete``.
+A row the application edited since ferry wrote it is not overwritten: it is a conflict.
+
+A sync takes over only from a migrate that finished (``_check_migrated``). A sync that dies
+after re-staging (killed, a lost connection, an error in a model) leaves the stage ahead of
+the ledger: the next diff finds nothing to do for the rows it changed. So the keys a diff
+found go into ``<ledger>.resync`` in the transaction that re-stages them, as a rollback
+hands keys back (``rollback.py``), and stay there until a sync ends well. A sync that finds
+keys an earlier one left there also looks again at the children of every key it looks at,
+since the fates that the dead sync changed before it died are no change to it.
+
+Where the target captures changes from the source's WAL (``wal.py``), the slot names the
+changed keys instead, and only those are compared and re-staged (``diff.sync_stage_keys``);
+a source the slot cannot speak for (a TRUNCATE, no key, ...) is diffed whole, as is every
+source with ``full``. What follows the re-stage is the same either way.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ferry import catalog, ledger
+from ferry.engine import chunk, settle, stage
+from ferry.engine.keys import composite_text
+from ferry.engine.pipeline import Progress, SessionPairs, session
+from ferry.errors import FerryError
+from ferry.ledger.runs import recorded_run
+from ferry.spec import Source, Spec
+from ferry.sync import diff, keyless, wal
+
+
+@dataclass
+class SyncResult:
+    run_id: int
+    seconds: float = 0.0
+    bytes_from_source: int = 0
+    diffs: dict[str, diff.TableDiff] = field(default_factory=dict)
+    models: list[chunk.ModelResult] = field(default_factory=list)
+    counts: dict[str, Any] = field(default_factory=dict)
+    source_counts: dict[str, ledger.SourceCounts] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # warnings for the operator (no row data)
+
+    @property
+    def changed(self) -> bool:
+        return any(d.changed for d in self.diffs.values()) or bool(self.counts.get("resynced"))
+
+
+def _restage(
+    source: str, target: str, spec: Spec, data_dir: Path, jobs: int, run_id: int,
+    feed: wal.Changes | None = None,
+) -> tuple[dict[str, diff.TableDiff], set[str]]:  # fmt: skip
+    """Diff every source against its stage and copy only what changed; the keys it changed
+    are handed on, and the staging record updated, in the same transaction (``_hand_on``).
+    Also returns the sources whose stage copy was empty though the ledger holds fates of
+    their rows: a server crash (or a restart after a failover) empties unlogged tables.
+    With a ``feed`` from the WAL, a table is compared only for the keys it names, unless
+    it says to compare the whole table (or the stage was emptied)."""
+    pairs = SessionPairs(source, target, "ferry-sync")
+    emptied: set[str] = set()
+
+    def one(src: Source) -> tuple[str, diff.TableDiff]:
+        s, t = pairs.get()
+        stage_rel = (spec.stage_schema, src.stage_table)
+        if not _stage_exists(t, spec, src):
+            raise FerryError(f"source {src.name} was never staged: run ferry migrate first")
+        if ledger.emptied(t, spec, src.name):
+            emptied.add(src.name)
+        whole = True  # the diff read the whole stage (its first level counted its rows)
+        if src.keyless:  # no key to diff by: copied whole, identities compared
+            result = keyless.restage(s, t, spec, src, data_dir)
+            whole = False
+        elif src.csv is not None:
+            assert src.columns is not None
+            _load_csv(t, src, data_dir)
+            result = diff.sync_stage_table(
+                t, ("pg_temp", "_ferry_csv"), t, stage_rel, src.keys, list(src.columns)
+            )
+            t.execute("DROP TABLE IF EXISTS pg_temp._ferry_csv")
+        elif feed is not None and src.name not in feed.full and src.name not in emptied:
+            assert src.table is not None
+            keys = sorted(feed.keys.get(src.name, ()), key=str)
+            whole = False
+            if keys:
+                cols = [c.name for c in stage.source_columns(s, src.table)]
+                s.rollback()
+                result = diff.sync_stage_keys(
+                    s, tuple(src.table.split(".")), t, stage_rel, src.keys, cols, keys,  # type: ignore[arg-type]
+                )  # fmt: skip
+                s.rollback()
+            else:  # the WAL names no change of this table: nothing to read
+                result = diff.TableDiff(source=src.table, stage=src.stage_table)
+        else:
+            assert src.table is not None
+            cols = [c.name for c in stage.source_columns(s, src.table)]
+            s.rollback()
+            if feed is not None and feed.export is not None:
+                feed.export.use(s)  # a slot made again: diff in the snapshot it exported
+            result = diff.sync_stage_table(
+                s,
+                tuple(src.table.split(".")),
+                t,
+                stage_rel,
+                src.keys,
+                cols,  # type: ignore[arg-type]
+            )
+            s.rollback()
+        _hand_on(t, spec, src, result, run_id)
+        if result.changed:
+            rows = _staged_rows(t, spec, src, result, whole)
+            stage.record(
+                t, spec, stage.StageResult(src.name, rows, result.bytes_from_source,
+                                           result.seconds), run_id,
+            )  # fmt: skip
+        # The stage's changes, the keys handed on and the record: one transaction.
+        t.commit()
+        return src.name, result
+
+    with pairs, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return dict(pool.map(one, spec.sources)), emptied
+
+
+def _staged_rows(
+    conn: psycopg.Connection, spec: Spec, src: Source, found: diff.TableDiff, whole: bool
+) -> int:
+    """Rows the stage holds after the diff was applied, for its record: from the rows the
+    diff's first level counted and those the apply removed and copied, where the diff read
+    the whole stage and the stage holds each key once (``ledger.stage_rows`` counts keys);
+    else counted (a scan of the whole stage, 2M rows for a few changed)."""
+    if whole and found.applied is not None and stage.unique_key(conn, spec, src):
+        return found.stage_rows - found.applied.rows_deleted + found.applied.rows_copied
+    return ledger.stage_rows(conn, spec, src.name)
+
+
+def _check_migrated(conn: psycopg.Connection, spec: Spec, run_id: int) -> None:
+    """A sync takes over from a migrate that finished. After one that died, the stage holds
+    every source row and the ledger only some: a diff would find nothing, and the rows the
+    migrate never reached would stay missing while every sync said all was well."""
+    last = ledger.last_run(conn, spec, "kind = 'migrate' AND run_id < %s", [run_id])
+    conn.commit()
+    if last is None:
+        raise FerryError("nothing was migrated into this target yet: run ferry migrate first")
+    if last.status != "ok":
+        raise FerryError(
+            f"the last migrate (run {last.run_id}) did not finish: run ferry migrate again (it "
+            "goes on from where it stopped), then sync"
+        )
+
+
+def _hand_on(
+    conn: psycopg.Connection, spec: Spec, src: Source, found: diff.TableDiff, run_id: int
+) -> None:
+    """The keys a diff changed in the stage, for every model of the source, handed on
+    (``ledger.hand_on``) in the transaction that re-stages them."""
+    keys = [_key_text(k) for k in found.inserted + found.updated + found.deleted]
+    ledger.hand_on(conn, spec, [m.name for m in spec.models if m.source == src.name], keys, run_id)
+
+
+def _stage_exists(conn: psycopg.Connection, spec: Spec, src: Source) -> bool:
+    return catalog.exists(conn, sql.Identifier(spec.stage_schema, src.stage_table))
+
+
+def _load_csv(conn: psycopg.Connection, src: Source, data_dir: Path) -> None:
+    """The file as it is now, in a temp table beside its stage: both sides on one server."""
+    assert src.columns is not None
+    conn.execute("DROP TABLE IF EXISTS pg_temp._ferry_csv")
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE _ferry_csv ({})").format(
+            sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(c)) for c in src.columns)
+        )
+    )
+    path = data_dir / (src.csv or "")
+    try:
+        with (
+            path.open("rb") as fh,
+            conn.cursor().copy("COPY _ferry_csv FROM STDIN (FORMAT CSV, HEADER true)") as copy,
+        ):
+            while block := fh.read(1 << 20):
+                copy.write(block)
+    except OSError as exc:
+        raise FerryError(f"source {src.name}: cannot read {path}: {exc.strerror}") from None
+    conn.execute(  # not unique: a key the file repeats is quarantined, not refused
+        sql.SQL("CREATE INDEX ON _ferry_csv ({})").format(
+            sql.SQL(", ").join(map(sql.Identifier, src.keys))
+        )
+    )
+    conn.commit()
+
+
+def _key_text(key: tuple[Any, ...]) -> str:
+    """A key as the ledger names it: a composite key's text as ``keys.composite_text``."""
+    return str(key[0]) if len(key) == 1 else composite_text(list(key))
+
+
+def sync(
+    source: str, target: str, spec: Spec, *, data_dir: Path | None = None, jobs: int = 2,
+    progress: Progress | None = None, full: bool = False,
+) -> SyncResult:  # fmt: skip
+    """One differential sync. Safe to repeat; a sync that finds nothing writes nothing but
+    its run record. ``full``: where the WAL names the changed keys, compare every table by
+    checksums all the same (an audit)."""
+    progress = progress or Progress()
+    t0 = time.perf_counter()
+    with recorded_run(target, spec, "sync") as (conn, run_id, counts):
+        _check_migrated(conn, spec, run_id)
+        result = SyncResult(run_id)
+        with wal.closing(wal.read(source, conn, spec, full=full)) as feed:
+            _sync(source, target, spec, data_dir or spec.base_dir, jobs, progress, result, feed)
+        if feed is not None:
+            # Only now, the sync's work committed: a sync that died before read them again.
+            note = wal.advance(source, conn, spec, feed)
+            result.notes += feed.notes + ([note] if note else [])
+            result.counts["changes"] = "wal"
+            result.counts["wal"] = feed.counts()
+            result.bytes_from_source += feed.bytes
+            result.counts["bytes_from_source"] = result.bytes_from_source
+        if result.notes:
+            result.counts["notes"] = result.notes
+        result.seconds = time.perf_counter() - t0
+        result.counts["seconds"] = round(result.seconds, 3)
+        counts.update(result.counts)
+    return result
+
+
+def _sync(
+    source: str, target: str, spec: Spec, data_dir: Path, jobs: int, progress: Progress,
+    result: SyncResult, feed: wal.Changes | None = None,
+) -> None:  # fmt: skip
+    result.diffs, emptied = _restage(source, target, spec, data_dir, jobs, result.run_id, feed)
+    result.bytes_from_source = sum(d.bytes_from_source for d in result.diffs.values())
+    changed = {n: {_key_text(k) for k in d.inserted + d.updated} for n, d in result.diffs.items()}
+    deleted = {n: {_key_text(k) for k in d.deleted} for n, d in result.diffs.items()}
+    if emptied:
+        result.counts["stage_emptied"] = sorted(emptied)
+    with session(target, spec) as conn:
+        conflicts_before = _conflicts(conn, spec)
+        # Keys a rollback or a sync that died handed on: the stage is ahead of the ledger for
+        # them, so the diff alone would never bring them back (see rollback.py, and above).
+        again, gone, rederive = ledger.pending_resync(conn, spec, result.run_id)
+        for name, ks in again.items():
+            changed.setdefault(name, set()).update(ks)
+        for name, ks in gone.items():
+            deleted.setdefault(name, set()).update(ks)
+        resynced = sum(map(len, again.values())) + sum(map(len, gone.values())) + len(rederive)
+        if resynced:
+            result.counts["resynced"] = resynced
+        quiet = not any(changed.values()) and not any(deleted.values()) and not rederive
+        # A stage a crash emptied was copied again whole: its models are computed whole, and
+        # the fates of rows deleted from the source meanwhile show as keys not staged.
+        whole = {m.name for m in spec.models if m.source in emptied} | rederive
+        work = settle.Work(
+            changed, deleted, whole=whole, quarantined="refused" if quiet else "all",
+            resumed=bool(resynced),
+        )  # fmt: skip
+        settled = settle.run(
+            conn, target, spec, result.run_id, progress, jobs, work, checked=emptied
+        )
+        result.models = settled.models
+        result.source_counts = settled.counts
+        if settled.reconciled:
+            result.counts["reconciled"] = settled.reconciled
+        # Counted again only where the run wrote: the others' flags are as they were.
+        after = {m: n for m, n in conflicts_before.items() if m not in settled.written}
+        after.update(_conflicts(conn, spec, settled.written))
+        conflicts = sum(after.values())
+        ledger.clear_resync(conn, spec)
+        conn.commit()
+    transitions = settled.transitions
+    result.counts.update(
+        {
+            "source_inserted": sum(len(d.inserted) for d in result.diffs.values()),
+            "source_updated": sum(len(d.updated) for d in result.diffs.values()),
+            "source_deleted": sum(len(d.deleted) for d in result.diffs.values()),
+            "bytes_from_source": result.bytes_from_source,
+            "inserted": transitions[(None, "migrated")],
+            "updated": transitions[("migrated", "migrated")],
+            "deleted": settled.deleted_rows,
+            "fixed_on_retry": transitions[("quarantined", "migrated")],
+            "newly_quarantined": sum(
+                n for (old, new), n in transitions.items() if new == "quarantined" and old != new
+            ),
+            "newly_excluded": sum(
+                n for (old, new), n in transitions.items() if new == "excluded" and old != new
+            ),
+            "conflicts": conflicts,
+            "new_conflicts": max(0, conflicts - sum(conflicts_before.values())),
+        }
+    )
+
+
+def _conflicts(
+    conn: psycopg.Connection, spec: Spec, models: set[str] | None = None
+) -> dict[str, int]:
+    """Ledger rows flagged as conflicts, per model; of ``models`` only (their partitions
+    alone are read), or of all."""
+    if models is not None and not models:
+        return {}
+    where = sql.SQL("conflict")
+    if models is not None:
+        where = sql.SQL("conflict AND model = ANY(%s)")
+    rows = conn.execute(
+        sql.SQL("SELECT model, count(*) FROM {} WHERE {} GROUP BY model").format(
+            ledger.table(spec, "ledger"), where
+        ),
+        None if models is None else [sorted(models)],
+    ).fetchall()
+    conn.commit()
+    return {m: int(n) for m, n in rows}
