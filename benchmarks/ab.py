@@ -87,6 +87,12 @@ def fresh_target(cluster: LocalCluster, name: str) -> str:
     return cluster.conninfo(name, user=MIGRATOR)
 
 
+def _spec_of(src: Path) -> Path:
+    """The dispatch spec in a side's source tree (``src``), else this checkout's."""
+    own = src / "ferry" / "demo" / "dispatch" / "spec.toml"
+    return own if own.exists() else spec_path()
+
+
 def one_round(
     cluster: LocalCluster, srcs: dict[str, Path], data_dir: Path, jobs: int,
     order: tuple[str, ...], logs: Path,
@@ -98,7 +104,8 @@ def one_round(
     jobs_in = {
         side: {
             "step": "migrate",
-            "spec": str(spec_path()),
+            # Each side's own spec: a revision reads the spec format of its day.
+            "spec": str(_spec_of(srcs[side])),
             "source": cluster.conninfo("legacy"),
             "target": fresh_target(cluster, f"ab_{side}"),
             "data_dir": str(data_dir),
