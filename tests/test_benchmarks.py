@@ -198,7 +198,7 @@ def test_two_revisions_migrate_at_once(tmp_path: Path) -> None:
     assert doc["base"] == "HEAD" and doc["scale"] == SCALE
     assert [r["first"] for r in doc["rounds"]] == ["base", "this"]
     assert all(_is_number(r["base"]) and _is_number(r["this"]) for r in doc["rounds"])
-    assert (work / "base" / "src" / "ferry" / "pipeline.py").is_file()
+    assert (work / "base" / "src" / "ferry" / "__init__.py").is_file()
     assert "finished first in" in done.stdout
 
 
