@@ -103,6 +103,7 @@ def _answers(dsn: str) -> bool:
 TARGET = typer.Option(
     None, "--target", help=f"Target database conninfo (or ${conninfo.TARGET_ENV})."
 )
+DATA_DIR = typer.Option(None, help="Where CSV sources are (default: the spec's folder).")
 JOBS = typer.Option(2, "--jobs", min=1, help="Parallel sessions (stay below the pool size).")
 
 
@@ -167,9 +168,7 @@ def migrate(
     spec: Path = SPEC,
     source: str | None = SOURCE,
     target: str | None = TARGET,
-    data_dir: Path | None = typer.Option(
-        None, help="Where CSV sources are (default: the spec's folder)."
-    ),
+    data_dir: Path | None = DATA_DIR,
     jobs: int = JOBS,
     defer_constraints: bool = typer.Option(
         True,
@@ -212,9 +211,7 @@ def sync(
     spec: Path = SPEC,
     source: str | None = SOURCE,
     target: str | None = TARGET,
-    data_dir: Path | None = typer.Option(
-        None, help="Where CSV sources are (default: the spec's folder)."
-    ),
+    data_dir: Path | None = DATA_DIR,
     jobs: int = JOBS,
     every: str | None = typer.Option(
         None, "--every", help="Sync again at this interval (90s, 15m, 1h) until SIGTERM/SIGINT."
@@ -343,9 +340,7 @@ def check(
     spec: Path = SPEC,
     source: str | None = SOURCE,
     target: str | None = TARGET,
-    data_dir: Path | None = typer.Option(
-        None, help="Where CSV sources are (default: the spec's folder)."
-    ),
+    data_dir: Path | None = DATA_DIR,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """Check a spec against both databases without writing anything: tables, columns, each
@@ -380,9 +375,7 @@ def plan(
     spec: Path = SPEC,
     source: str | None = SOURCE,
     target: str | None = TARGET,
-    data_dir: Path | None = typer.Option(
-        None, help="Where CSV sources are (default: the spec's folder)."
-    ),
+    data_dir: Path | None = DATA_DIR,
     sample: int | None = typer.Option(
         None, "--sample", min=1, help="Stage at most N rows of each source (lowest keys)."
     ),

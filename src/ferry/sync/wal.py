@@ -678,14 +678,7 @@ class _Row:
     def _ident(self) -> str:
         text, i = self.text, self.pos
         if text[i] == '"':
-            j = i + 1
-            while True:
-                q = text.index('"', j)
-                if text.startswith('"', q + 1):
-                    j = q + 2
-                    continue
-                self.pos = q + 1
-                return text[i + 1 : q].replace('""', '"')
+            return self._quoted('"')
         j = i
         while j < len(text) and text[j] not in '.:,[ "':
             j += 1
@@ -693,6 +686,18 @@ class _Row:
             raise _Malformed
         self.pos = j
         return text[i:j]
+
+    def _quoted(self, quote: str) -> str:
+        """A token in ``quote`` marks from here, a doubled mark standing for one."""
+        text, i = self.text, self.pos
+        j = i + 1
+        while True:
+            q = text.index(quote, j)
+            if text.startswith(quote, q + 1):
+                j = q + 2
+                continue
+            self.pos = q + 1
+            return text[i + 1 : q].replace(quote * 2, quote)
 
     def _columns(self, wanted: set[str] | None) -> dict[str, Any]:
         """Columns from here to the end or to `` new-tuple:``: name -> text (None for
@@ -721,14 +726,7 @@ class _Row:
     def _value(self) -> Any:
         text, i = self.text, self.pos
         if text[i] == "'":
-            j = i + 1
-            while True:
-                q = text.index("'", j)
-                if text.startswith("'", q + 1):
-                    j = q + 2
-                    continue
-                self.pos = q + 1
-                return text[i + 1 : q].replace("''", "'")
+            return self._quoted("'")
         j = text.find(" ", i)
         j = len(text) if j < 0 else j
         self.pos = j
