@@ -139,9 +139,14 @@ def dying_after(chunks: int) -> Iterator[None]:
         chunk.Runner._chunk = original  # type: ignore[method-assign]
 
 
-def write_csv(path: Path, tags: dict[str, tuple[int, str]]) -> None:
+def write_csv(
+    path: Path, tags: dict[str, tuple[int, str]], repeats: dict[str, tuple[int, str]] | None = None
+) -> None:
+    """The tags file; ``repeats``: a second line for those tag ids (the export repeats a key,
+    whose rows are then all quarantined, duplicate_key)."""
     lines = ["tag_id,item_id,label"]
     lines += [f"{k},{item},{label}" for k, (item, label) in sorted(tags.items())]
+    lines += [f"{k},{item},{label}" for k, (item, label) in sorted((repeats or {}).items())]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -264,6 +269,7 @@ class Convergence(RuleBasedStateMachine):
         fresh_db(self.cluster, "conv_tgt", SPEC_DIR / "target.sql", owner=OWNER)
         self.target = self.cluster.conninfo("conv_tgt", user=OWNER)
         self.tags: dict[str, tuple[int, str]] = {}
+        self.tag_repeats: dict[str, tuple[int, str]] = {}
         write_csv(self.data_dir / "tags.csv", self.tags)
         self.app_skus: dict[str, str | None] = {}  # the application's items: id -> sku
         self.migrated_ok = False  # the last migrate finished: a sync may follow
@@ -323,17 +329,29 @@ class Convergence(RuleBasedStateMachine):
             [new, old, new],
         )
 
+    def _write_tags(self) -> None:
+        write_csv(self.data_dir / "tags.csv", self.tags, self.tag_repeats)
+        self.settled = False
+
     @rule(tags=TAGS)
     def change_csv(self, tags: dict) -> None:
-        self.tags = dict(tags)
-        write_csv(self.data_dir / "tags.csv", self.tags)
-        self.settled = False
+        self.tags, self.tag_repeats = dict(tags), {}
+        self._write_tags()
 
     @rule(tag=TAG_IDS, value=st.tuples(ITEM_REFS, LABELS))
     def change_csv_row(self, tag: str, value: tuple) -> None:
         self.tags[tag] = value
-        write_csv(self.data_dir / "tags.csv", self.tags)
-        self.settled = False
+        self._write_tags()
+
+    @rule(tag=TAG_IDS, value=st.tuples(ITEM_REFS, LABELS), again=st.booleans())
+    def csv_repeats_a_key(self, tag: str, value: tuple, again: bool) -> None:
+        """The export holds a tag id twice (again), or no longer does: a fate that depends on
+        another row, the one sharing its key."""
+        if again:
+            self.tag_repeats[tag] = value
+        else:
+            self.tag_repeats.pop(tag, None)
+        self._write_tags()
 
     @rule(sku=SKUS)
     def application_writes(self, sku: str | None) -> None:
