@@ -48,7 +48,6 @@ from ferry.demo.run import MIGRATOR, spec_path
 from ferry.embedded import LocalCluster, running
 
 ROOT = Path(__file__).resolve().parents[1]
-SIDES = ("base", "this")
 
 
 def export(rev: str, into: Path) -> Path:
@@ -138,6 +137,13 @@ def one_round(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="git revision to compare this checkout with")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="REV",
+        help="another revision measured in turn with the two (to bisect a range in one run)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=1)
@@ -151,7 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     world.plan(args.scale, args.seed)
     rows: list[dict[str, Any]] = []
     with bench.work_directory(args.workdir) as workdir:
-        srcs = {"base": export(args.base, workdir / "base"), "this": ROOT / "src"}
+        srcs = {"base": export(args.base, workdir / "base")}
+        for rev in args.also:
+            srcs[rev] = export(rev, workdir / f"also-{rev}")
+        srcs["this"] = ROOT / "src"
+        sides = tuple(srcs)
+        if args.also and not args.in_turn:
+            raise SystemExit("--also needs --in-turn")
         logs = workdir / "logs"
         logs.mkdir(exist_ok=True)
         world_dir = workdir / "world"
@@ -161,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 conn.execute("DROP DATABASE IF EXISTS ab_template")
                 conn.execute("CREATE DATABASE ab_template TEMPLATE target")
             for i in range(args.rounds):
-                order = SIDES if i % 2 == 0 else SIDES[::-1]
+                order = sides if i % 2 == 0 else sides[::-1]
                 started = time.strftime("%H:%M:%S")
                 got: dict[str, Any] = {}
                 if args.in_turn:
@@ -174,7 +186,13 @@ def main(argv: list[str] | None = None) -> int:
                     got = one_round(cluster, srcs, world_dir, args.jobs, order, logs)
                 rows.append({"round": i + 1, "at": started, "first": order[0], **got})
                 bench.console.print(
-                    f"  round {i + 1}: base {got['base']:.1f} s, this {got['this']:.1f} s"
+                    f"  round {i + 1}: "
+                    + ", ".join(f"{side} {got[side]:.1f} s" for side in sides)
+                    + (
+                        " | cpu " + ", ".join(f"{side} {got[side + '_cpu']:.1f}" for side in sides)
+                        if args.in_turn
+                        else ""
+                    )
                 )
     how = "in turn" if args.in_turn else "at once"
     table = Table(title=f"ferry migrate {how}, SF={args.scale:g}: {args.base} (base) and this")
@@ -194,6 +212,13 @@ def main(argv: list[str] | None = None) -> int:
             ]  # fmt: skip
         table.add_row(*cells)
     bench.console.print(table)
+    for rev in args.also:
+        wall = sum(r[rev] - r["base"] for r in rows) / len(rows)
+        cpu = [r[f"{rev}_cpu"] - r["base_cpu"] for r in rows if r.get(f"{rev}_cpu") is not None]
+        bench.console.print(
+            f"{rev} - base: mean {wall:+.2f} s"
+            + (f", {sum(cpu) / len(cpu):+.1f} CPU-s" if cpu else "")
+        )
     ahead = sum(r["this"] < r["base"] for r in rows)
     mean = sum(r["this"] - r["base"] for r in rows) / len(rows) if rows else 0.0
     bench.console.print(

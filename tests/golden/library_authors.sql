@@ -20,7 +20,9 @@ WHEN ((country_code ~ '^[A-Z]{2}$'::text)) IS FALSE THEN 1
 ELSE 0 END
 ELSE 0 END AS _ferry_i
 FROM (SELECT c.*, CASE
-WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_author_id", "c"."name", "c"."country_code"), 0)::text END AS _ferry_hash, ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502}'::text[])[c._ferry_fate + 1] AS _ferry_sqlstate, ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"name\\" of relation \\"authors\\" violates not-null constraint","null value in column \\"country_code\\" of relation \\"authors\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] AS _ferry_message
+WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_author_id", "c"."name", "c"."country_code"), 0)::text END AS _ferry_hash, CASE
+WHEN c._ferry_fate > 6 THEN ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502}'::text[])[c._ferry_fate + 1] END AS _ferry_sqlstate, CASE
+WHEN c._ferry_fate > 6 THEN ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"name\\" of relation \\"authors\\" violates not-null constraint","null value in column \\"country_code\\" of relation \\"authors\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] END AS _ferry_message
 FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,quarantined,excluded,quarantined,quarantined,pending,merged,quarantined,quarantined}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,unknown_country,survivor_excluded,survivor_quarantined,missing_survivor,NULL,duplicate_author,not_null_violation,not_null_violation}'::text[])[m._ferry_fate + 1] AS _ferry_reason, CASE
 WHEN m._ferry_fate = 0 THEN array_remove(ARRAY[CASE
 WHEN m."_ferry_r1" THEN 'country_normalized' END]::text[], NULL)
@@ -76,7 +78,9 @@ WHEN ((country_code ~ '^[A-Z]{2}$'::text)) IS FALSE THEN 1
 ELSE 0 END
 ELSE 0 END AS _ferry_i
 FROM (SELECT c.*, CASE
-WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_author_id", "c"."name", "c"."country_code"), 0)::text END AS _ferry_hash, ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502}'::text[])[c._ferry_fate + 1] AS _ferry_sqlstate, ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"name\\" of relation \\"authors\\" violates not-null constraint","null value in column \\"country_code\\" of relation \\"authors\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] AS _ferry_message
+WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_author_id", "c"."name", "c"."country_code"), 0)::text END AS _ferry_hash, CASE
+WHEN c._ferry_fate > 6 THEN ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502}'::text[])[c._ferry_fate + 1] END AS _ferry_sqlstate, CASE
+WHEN c._ferry_fate > 6 THEN ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"name\\" of relation \\"authors\\" violates not-null constraint","null value in column \\"country_code\\" of relation \\"authors\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] END AS _ferry_message
 FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,quarantined,excluded,quarantined,quarantined,pending,merged,quarantined,quarantined}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,unknown_country,survivor_excluded,survivor_quarantined,missing_survivor,NULL,duplicate_author,not_null_violation,not_null_violation}'::text[])[m._ferry_fate + 1] AS _ferry_reason, CASE
 WHEN m._ferry_fate = 0 THEN array_remove(ARRAY[CASE
 WHEN m."_ferry_r1" THEN 'country_normalized' END]::text[], NULL)
@@ -161,7 +165,9 @@ WHEN ((country_code ~ '^[A-Z]{2}$'::text)) IS FALSE THEN 1
 ELSE 0 END
 ELSE 0 END AS _ferry_i
 FROM (SELECT c.*, CASE
-WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_author_id", "c"."name", "c"."country_code"), 0)::text END AS _ferry_hash, ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502}'::text[])[c._ferry_fate + 1] AS _ferry_sqlstate, ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"name\\" of relation \\"authors\\" violates not-null constraint","null value in column \\"country_code\\" of relation \\"authors\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] AS _ferry_message
+WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_author_id", "c"."name", "c"."country_code"), 0)::text END AS _ferry_hash, CASE
+WHEN c._ferry_fate > 6 THEN ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502}'::text[])[c._ferry_fate + 1] END AS _ferry_sqlstate, CASE
+WHEN c._ferry_fate > 6 THEN ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"name\\" of relation \\"authors\\" violates not-null constraint","null value in column \\"country_code\\" of relation \\"authors\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] END AS _ferry_message
 FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,quarantined,excluded,quarantined,quarantined,pending,merged,quarantined,quarantined}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,unknown_country,survivor_excluded,survivor_quarantined,missing_survivor,NULL,duplicate_author,not_null_violation,not_null_violation}'::text[])[m._ferry_fate + 1] AS _ferry_reason, CASE
 WHEN m._ferry_fate = 0 THEN array_remove(ARRAY[CASE
 WHEN m."_ferry_r1" THEN 'country_normalized' END]::text[], NULL)

@@ -324,8 +324,8 @@ class Runner:
             "WITH c AS MATERIALIZED ({expected}), t AS ({insert}), "
             "l AS (INSERT INTO {led} ({cols}) SELECT {vals} FROM c "
             "WHERE _ferry_status NOT IN ({p}, {b})) "
-            "SELECT _ferry_status, count(*){twice}, CASE WHEN _ferry_status IN ({p}, {b}) "
-            "THEN array_agg(_ferry_key) END, bool_or(_ferry_holder IS NOT NULL) FROM c GROUP BY 1"
+            "SELECT _ferry_status, count(*){twice}, array_agg(_ferry_key) FILTER (WHERE "
+            "_ferry_status IN ({p}, {b})), bool_or(_ferry_holder IS NOT NULL) FROM c GROUP BY 1"
         ).format(
             expected=self.plan.expected(self._where(lo, hi, keys), numbered=False),
             insert=self._insert_new(sql.SQL("c"), sql.SQL("_ferry_fate = 0")),

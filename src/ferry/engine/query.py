@@ -464,10 +464,15 @@ class Plan:
             vals=sql.SQL(", ").join(values), wf=with_fate,
         )  # fmt: skip
         if self.refusals.not_null:
+            # Only the NOT NULL fates, after ``merged``, have a state: no subscript for the rest.
             refused = sql.SQL(
-                "({}::text[])[c._ferry_fate + 1] AS _ferry_sqlstate, "
-                "({}::text[])[c._ferry_fate + 1] AS _ferry_message"
-            ).format(sql.Literal(self.fates.states), sql.Literal(self.fates.messages))
+                "CASE WHEN c._ferry_fate > {m} THEN ({}::text[])[c._ferry_fate + 1] END "
+                "AS _ferry_sqlstate, CASE WHEN c._ferry_fate > {m} THEN "
+                "({}::text[])[c._ferry_fate + 1] END AS _ferry_message"
+            ).format(
+                sql.Literal(self.fates.states), sql.Literal(self.fates.messages),
+                m=sql.Literal(self.fates.merged),
+            )  # fmt: skip
         else:
             refused = sql.SQL("NULL::text AS _ferry_sqlstate, NULL::text AS _ferry_message")
         hashed = sql.SQL(
