@@ -30,7 +30,7 @@ from tests.helpers import fresh_db
 
 SPEC = Path(__file__).parent / "specs" / "keyless"
 OWNER = "keyless_owner"
-TABLES = ("members", "lines", "visits", "tags", "notes", "codes")
+TABLES = ("members", "lines", "visits", "tags", "notes", "codes", "staff", "guests")
 Fates = dict[tuple[str, str], tuple[str, str | None]]
 DUP = ("quarantined", "duplicate_key")
 OK = ("migrated", None)
@@ -134,6 +134,13 @@ def _migrated(cluster: LocalCluster, name: str, tmp: Path) -> tuple[str, str, Sp
     assert {k: v for k, v in fates.items() if k[0] == "visits"} == _of("visits", VISITS)
     assert {k: v for k, v in fates.items() if k[0] == "tags"} == _of("tags", {"x": OK, "y": OK})
     assert {k: v for k, v in fates.items() if k[0] == "codes"} == _of("codes", {"A": OK, "B": DUP})
+    # one source, two models: a repeated key has one fate, the first model's to yield it
+    assert {k: v for k, v in fates.items() if k[0] == "staff"} == _of(
+        "staff", {"10": OK, "12": DUP}
+    )
+    assert {k: v for k, v in fates.items() if k[0] == "guests"} == _of(
+        "guests", {"11": OK, "13": DUP}
+    )
     notes = {
         _identity("(ann,hi)", 1): OK,
         _identity("(ann,hi)", 2): OK,
@@ -151,11 +158,13 @@ def _migrated(cluster: LocalCluster, name: str, tmp: Path) -> tuple[str, str, Sp
 def test_a_key_that_repeats_quarantines_its_rows(cluster: LocalCluster, tmp_path: Path) -> None:
     source, target, spec = _migrated(cluster, "dupkey", tmp_path)
     entries, total = list_entries(target, spec, reason="duplicate_key")
-    assert total == 4 and {(e.model, e.source_key) for e in entries} == {
+    assert total == 6 and {(e.model, e.source_key) for e in entries} == {
         ("members", "3"),
         ("members", "5"),
         ("lines", "(1,2)"),
         ("codes", "B"),
+        ("staff", "12"),
+        ("guests", "13"),
     }
     with psycopg.connect(target) as conn:
         assert stage.unique_key(conn, spec, spec.source("tags"))
@@ -180,6 +189,9 @@ def test_a_key_that_repeats_quarantines_its_rows(cluster: LocalCluster, tmp_path
         )
         conn.execute("INSERT INTO lines VALUES (2, 1, 'c2')")
         conn.execute("INSERT INTO tags VALUES ('x', 'ex again')")  # its stage held x once
+        conn.execute("DELETE FROM people WHERE id = 12 AND kind = 'staff'")  # a guest, once
+        conn.execute("UPDATE people SET kind = 'staff' WHERE name = 'gil'")  # 13: across
+        conn.execute("INSERT INTO people VALUES (10, 'guest', 'sam twin')")  # staff's fate
     (tmp_path / "codes.csv").write_text("code,label\nA,alpha\nA,alpha\nB,beta\n")
     result = sync(source, target, spec)
     assert result.diffs["members"].updated == [(1,), (2,), (3,), (5,)]
@@ -198,6 +210,17 @@ def test_a_key_that_repeats_quarantines_its_rows(cluster: LocalCluster, tmp_path
     assert {k: v for k, v in fates.items() if k[0] == "tags"} == _of("tags", {"x": DUP, "y": OK})
     assert {k: v for k, v in fates.items() if k[0] == "codes"} == _of("codes", {"A": DUP, "B": OK})
     assert _members(target) == {2: "bobby", 3: "cy", 4: "di", 6: "fay"}
+    assert {k: v for k, v in fates.items() if k[0] == "staff"} == _of(
+        "staff", {"10": DUP, "13": DUP}
+    )
+    assert {k: v for k, v in fates.items() if k[0] == "guests"} == _of(
+        "guests", {"11": OK, "12": OK}
+    )
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM staff").fetchone() == (0,)
+        assert sorted(conn.execute("SELECT legacy_id, name FROM guests").fetchall()) == [
+            (11, "gus"), (12, "stan too")
+        ]  # fmt: skip
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT legacy_code FROM tags").fetchall() == [("y",)]
         # the stage's primary key gave way to an index: both rows of x are staged

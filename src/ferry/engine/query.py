@@ -386,12 +386,18 @@ class Plan:
         inner = sql.SQL("{} WHERE {} OFFSET 0").format(with_rules(m, self.body), bounds)
         if self.shape.repeats:
             # Rows of a key the stage repeats: one row for them all, quarantined
-            # (duplicate_key) before any rule, so that none of them is picked.
+            # (duplicate_key) before any rule, so that none of them is picked. Where the
+            # source's rows go to several models, the key's fate is the first one's (in spec
+            # order) that yields any of its rows: the later ones leave it out.
+            taken = taken_earlier(self.spec, m, sql.SQL("d._key"))
             inner = sql.SQL(
                 "SELECT * FROM (SELECT d.*, (SELECT count(*) FROM {s} s WHERE s.{k} = d._key) "
                 "> 1 AS _ferry_dup, row_number() OVER (PARTITION BY d._key) AS _ferry_dn "
-                "FROM ({i}) d) d WHERE NOT d._ferry_dup OR d._ferry_dn = 1 OFFSET 0"
-            ).format(s=self.shape.repeats[0], k=self.shape.repeats[1], i=inner)
+                "FROM ({i}) d) d WHERE NOT d._ferry_dup OR (d._ferry_dn = 1{t}) OFFSET 0"
+            ).format(
+                s=self.shape.repeats[0], k=self.shape.repeats[1], i=inner,
+                t=sql.SQL("") if taken is None else sql.SQL(" AND NOT ({})").format(taken),
+            )  # fmt: skip
         if self.shape.named is not None:
             # A key that does not read, named by its bytes: its row is quarantined.
             inner = sql.SQL("SELECT d.*, {} AS _ferry_named FROM ({}) d OFFSET 0").format(
@@ -579,6 +585,21 @@ class Plan:
         if self.hashable:
             return sql.SQL("hash_record_extended(ROW({}), 0)::text").format(cols)
         return sql.SQL("md5(ROW({})::text)").format(cols)
+
+
+def taken_earlier(spec: Spec, model: Model, key: sql.Composable) -> sql.Composable | None:
+    """Whether a model before ``model`` in spec order, accounting for the same source,
+    yields a row of ``key``: a key the source repeats then has its fate there, not here."""
+    if not model.accounts:
+        return None
+    before = spec.models[: spec.models.index(model)]
+    bodies = [spec.model_sql(o) for o in before if o.accounts and o.source == model.source]
+    if not bodies:
+        return None
+    return sql.SQL(" OR ").join(
+        sql.SQL("EXISTS (SELECT FROM ({}) e WHERE e._key = {})").format(sql.SQL(b), key)  # type: ignore[arg-type]
+        for b in bodies
+    )
 
 
 def with_rules(model: Model, body: str) -> sql.Composed:

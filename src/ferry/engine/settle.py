@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from ferry import ledger
-from ferry.engine import chunk, deletes, dependencies, query
+from ferry.engine import chunk, deletes, dependencies, query, stage
 from ferry.engine.execute import Progress, run_model
 from ferry.errors import InvariantError
 from ferry.spec import Model, Spec
@@ -359,6 +359,16 @@ def _yielded(conn: psycopg.Connection, spec: Spec, model: Model, keys: set[str])
     # Typed like the stage key, so that the stage's primary key index finds them; the stage
     # key's type read alone, not a whole plan of the model.
     src = spec.source(model.source) if model.accounts else None
+    # A key its source repeats is yielded by the first model that has a row of it.
+    taken = query.taken_earlier(spec, model, sql.SQL("m0._key"))
+    if src is not None and taken is not None and not stage.unique_key(conn, spec, src):
+        body = sql.SQL(
+            "SELECT m0.* FROM ({}) m0 WHERE NOT ((SELECT count(*) FROM {} s WHERE s.{} = "
+            "m0._key) > 1 AND ({}))"
+        ).format(
+            body, sql.Identifier(spec.stage_schema, src.stage_table),
+            sql.Identifier(src.stage_key), taken,
+        )  # fmt: skip
     key_type = sql.SQL(
         (ledger.stage_key_type(conn, spec, src) if src else None)
         or query.Plan(conn, spec, model).key_type

@@ -11,3 +11,8 @@ INSERT INTO visits VALUES (1, '2024-01-01', 'first'), (1, '2024-01-01', 'first')
     (2, '2024-01-02', NULL), (3, '2024-01-03', 'of a duplicate'), (4, '2024-01-04', '');
 CREATE TABLE tags (code text, label text);  -- unique until a sync brings a second 'x'
 INSERT INTO tags VALUES ('x', 'ex'), ('y', 'why');
+-- one table, two models (by kind): a repeated key's fate is the first model's that yields
+-- any of its rows (staff before guests), 12 across the two, 13 within guests
+CREATE TABLE people (id integer, kind text, name text);
+INSERT INTO people VALUES (10, 'staff', 'sam'), (11, 'guest', 'gus'), (12, 'staff', 'stan'),
+    (12, 'guest', 'stan too'), (13, 'guest', 'gil'), (13, 'guest', 'gil too');

@@ -6,3 +6,5 @@ CREATE TABLE visits (
 CREATE TABLE tags (id uuid PRIMARY KEY, legacy_code text UNIQUE, label text);
 CREATE TABLE notes (id uuid PRIMARY KEY, who text, said text);
 CREATE TABLE codes (id uuid PRIMARY KEY, legacy_code text UNIQUE, label text);
+CREATE TABLE staff (id uuid PRIMARY KEY, legacy_id integer UNIQUE, name text);
+CREATE TABLE guests (id uuid PRIMARY KEY, legacy_id integer UNIQUE, name text);
