@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from ferry import ledger
-from ferry.engine import predict
+from ferry.engine import keyarray, predict
 from ferry.engine.query import HELD, PENDING, Plan
 from ferry.errors import FerryError, condition_name, safe_message
 
@@ -240,11 +240,13 @@ class Runner:
         that no one chunk is left running alone at the end. In the key's own order (not the
         text's), as a migrate's ranges run: which of two colliding rows a unique index keeps
         must not depend on which run wrote them."""
+        # The server sorts and answers with positions: the caller's strings are reused, not
+        # held a second time as the server's text of each key.
         keys = [
-            r[0]
+            keys[r[0] - 1]
             for r in self.conn.execute(
-                sql.SQL("SELECT k::text FROM unnest({}::{}[]) k ORDER BY k").format(
-                    sql.Literal(list(keys)), sql.SQL(self.plan.key_type)
+                sql.SQL("SELECT i FROM unnest({}::{}[]) WITH ORDINALITY u(k, i) ORDER BY k").format(
+                    keyarray.literal(keys), sql.SQL(self.plan.key_type)
                 )
             )
         ]
@@ -269,7 +271,7 @@ class Runner:
         if keys is not None:
             parts.append(
                 sql.SQL("{} = ANY({}::{}[])").format(
-                    ref, sql.Literal([str(k) for k in keys]), sql.SQL(self.plan.key_type)
+                    ref, keyarray.literal(map(str, keys)), sql.SQL(self.plan.key_type)
                 )
             )
         return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from ferry.engine import keyarray
 from ferry.engine.keys import text_sql
 from ferry.engine.query import with_rules
 from ferry.spec import Model, Spec
@@ -34,7 +35,7 @@ def dependents(
     # Keys as a literal: model SQL may hold a % that a parameter placeholder would trip on.
     rows = conn.execute(
         sql.SQL("SELECT m0._key::text FROM ({}) m0 WHERE {} = ANY({})").format(
-            body, text_sql("m0", columns), sql.Literal(sorted(keys))
+            body, text_sql("m0", columns), keyarray.literal(sorted(keys))
         )
     ).fetchall()
     conn.commit()

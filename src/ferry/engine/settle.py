@@ -15,15 +15,16 @@ row that moved to another model), settles the keys it names and checks again.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
 
 from ferry import ledger
-from ferry.engine import chunk, deletes, dependencies, query, stage
+from ferry.engine import chunk, deletes, dependencies, keyarray, query, stage
 from ferry.engine.execute import Progress, run_model
 from ferry.errors import InvariantError
 from ferry.spec import Model, Spec
@@ -126,11 +127,13 @@ def settle(
     first = len(out.models)
     moved = work.moved()
     outcome: dict[str, set[str]] = defaultdict(set, {m: set(k) for m, k in work.outcome.items()})
-    # Keys that got their first ledger row: an orphan may have been waiting for one.
-    arrived: dict[str, set[str]] = defaultdict(set)
-    touched: dict[str, set[str]] = defaultdict(set)
+    # Models some of whose keys got their first ledger row: an orphan may have been waiting.
+    arrived: set[str] = set()
+    # The sets of keys touched per source, united once the models ran: each union of a
+    # sync's keys is a table of 4 MB per 90,000 keys, and these are the keys it already holds.
+    touched: dict[str, list[Collection[str]]] = defaultdict(list)
     for name in moved:
-        touched[name] |= work.changed.get(name, set()) | work.deleted.get(name, set())
+        touched[name] += [work.changed.get(name, set()), work.deleted.get(name, set())]
     for model in spec.order():
         src_changed = work.changed.get(model.source, set())
         src_deleted = work.deleted.get(model.source, set())
@@ -149,7 +152,7 @@ def settle(
                 touched_keys = work.changed.get(other, set()) | work.deleted.get(other, set())
                 reached |= dependencies.dependents(conn, spec, model, declared[other], touched_keys)
         parents_moved = any(outcome[p.model] for p in model.parents)
-        keys: set[str] | None
+        keys: list[str] | None  # sorted
         if model.accounts:
             outcome[model.name] |= _mark_deleted(conn, spec, model, src_deleted, run_id)
             if work.resumed:
@@ -157,51 +160,52 @@ def settle(
             if whole:
                 keys = None
             else:
-                keys = set(src_changed) | work.keys.get(model.name, set()) | reached
-                keys |= _quarantined(conn, spec, model, work.quarantined)
+                extra = work.keys.get(model.name, set()) | reached
+                extra |= _quarantined(conn, spec, model, work.quarantined)
                 for p in {p.model for p in model.parents}:
-                    keys |= dependencies.dependents(conn, spec, model, _parent_key(model, p),
-                                                 outcome[p])  # fmt: skip
+                    extra |= dependencies.dependents(conn, spec, model, _parent_key(model, p),
+                                                  outcome[p])  # fmt: skip
                 for parent in model.parents:
-                    if arrived[parent.model]:
-                        keys |= _orphans(conn, spec, model, parent.missing or
-                                         f"orphan_{parent.model}")  # fmt: skip
+                    if parent.model in arrived:
+                        extra |= _orphans(conn, spec, model, parent.missing or
+                                          f"orphan_{parent.model}")  # fmt: skip
                 if model.merge_into:  # merging into a row whose fate changed beforehand
-                    keys |= dependencies.dependents(
+                    extra |= dependencies.dependents(
                         conn, spec, model, [model.merge_into], outcome[model.name]
                     )
-                keys -= src_deleted
+                keys = _merged(src_changed, extra, src_deleted)
         else:
             # Derived rows (a list split into rows): small, recomputed whole when touched.
             whole = whole or bool(src_changed or src_deleted or parents_moved or reached)
             whole = whole or bool(work.keys.get(model.name))
-            keys = None if whole else _quarantined(conn, spec, model, work.quarantined)
+            keys = None if whole else sorted(_quarantined(conn, spec, model, work.quarantined))
         conn.commit()
         if keys is not None and not keys:
             continue
         before = _ledger_keys(conn, spec, model) if keys is None else set()
         result = run_model(
             target, spec, model.name, run_id, progress, jobs=jobs,
-            keys=None if keys is None else sorted(keys), retry=work.retry,
+            keys=keys, retry=work.retry,
         )  # fmt: skip
         out.models.append(result)
         out.written.add(model.name)
         out.transitions.update(result.transitions)
         outcome[model.name] |= result.changed_keys
-        arrived[model.name] |= result.new_keys
-        asked = before if keys is None else keys
+        if result.new_keys:
+            arrived.add(model.name)
+        asked: Collection[str] = before if keys is None else keys
         if work.resumed:
-            outcome[model.name] |= asked
+            outcome[model.name].update(asked)
         # Keys the model was asked about but no longer yields leave it; those no longer
         # staged (a stage a crash emptied does not show them as deleted) are deleted.
-        gone = asked - _yielded(conn, spec, model, asked)
+        gone = _not_yielded(conn, spec, model, asked)
         if model.accounts and gone:
             unstaged = gone - (ledger.staged_among(conn, spec, model.source, gone) or set())
             outcome[model.name] |= _mark_deleted(conn, spec, model, unstaged, run_id)
             gone -= unstaged
         outcome[model.name] |= _release(conn, spec, model, gone, run_id)
         if model.accounts:
-            touched[model.source] |= result.changed_keys | (keys or set())
+            touched[model.source] += [result.changed_keys, keys or ()]
     freed = _pending_tables(conn, spec)
     out.written |= _pending_models(conn, spec)
     deleted, _ = deletes.apply_pending_deletes(conn, spec, run_id)
@@ -219,9 +223,20 @@ def settle(
         again = settle(
             conn, target, spec, run_id, progress, jobs, Work(keys=blocked), out, depth + 1
         )
-        for name, keys in again.items():
-            touched[name] |= keys
-    return dict(touched)
+        for name, again_keys in again.items():
+            touched[name].append(again_keys)
+    return {name: set().union(*parts) for name, parts in touched.items()}
+
+
+def _merged(changed: set[str], extra: set[str], deleted: set[str]) -> list[str]:
+    """``changed | extra`` less ``deleted``, sorted: a list, where one more set of a sync's
+    keys is a table of 4 MB per 90,000 keys."""
+    return sorted(
+        itertools.chain(
+            (k for k in changed if k not in deleted),
+            (k for k in extra if k not in changed and k not in deleted),
+        )
+    )
 
 
 def _blocked(results: list[chunk.ModelResult]) -> dict[str, set[str]]:
@@ -350,11 +365,33 @@ def _release(
 
 
 def _yielded(conn: psycopg.Connection, spec: Spec, model: Model, keys: set[str]) -> set[str]:
-    """Which of ``keys`` the model's SQL yields now: asked ``ledger.KEYS_PER_STATEMENT`` keys
-    at a time, as a sync's keys are run in chunks, so that the literal of 90,000 keys (11 MB
-    to compose at once) is never held whole."""
+    """Which of ``keys`` the model's SQL yields now."""
+    found: set[str] = set()
+    for statement in _asked(conn, spec, model, keys, yielded=True):
+        found.update(r[0] for r in conn.execute(statement))
+    return found
+
+
+def _not_yielded(
+    conn: psycopg.Connection, spec: Spec, model: Model, keys: Collection[str]
+) -> set[str]:
+    """Which of ``keys`` the model's SQL no longer yields, told by the server: the keys a
+    sync asks about are mostly yielded, and 67,000 of them sent back as text took 9 MB."""
+    gone: set[str] = set()
+    for statement in _asked(conn, spec, model, keys, yielded=False):
+        gone.update(r[0] for r in conn.execute(statement))
+    return gone
+
+
+def _asked(
+    conn: psycopg.Connection, spec: Spec, model: Model, keys: Collection[str], yielded: bool
+) -> Iterator[sql.Composed]:
+    """The statements that ask which of ``keys`` the model's SQL yields now (or, not
+    ``yielded``, which it does not): ``ledger.KEYS_PER_STATEMENT`` keys at a time, as a
+    sync's keys are run in chunks, so that the literal of 90,000 keys (11 MB to compose at
+    once) is never held whole."""
     if not keys:
-        return set()
+        return
     body = sql.SQL(spec.model_sql(model))  # type: ignore[arg-type]
     # Typed like the stage key, so that the stage's primary key index finds them; the stage
     # key's type read alone, not a whole plan of the model.
@@ -373,19 +410,15 @@ def _yielded(conn: psycopg.Connection, spec: Spec, model: Model, keys: set[str])
         (ledger.stage_key_type(conn, spec, src) if src else None)
         or query.Plan(conn, spec, model).key_type
     )
+    found = sql.SQL("SELECT m0._key::text FROM ({}) m0 WHERE m0._key = ANY({}::{}[])")
     ordered = sorted(keys)
-    found: set[str] = set()
     for start in range(0, len(ordered), ledger.KEYS_PER_STATEMENT):
-        batch = sql.Literal(ordered[start : start + ledger.KEYS_PER_STATEMENT])
-        found.update(
-            r[0]
-            for r in conn.execute(
-                sql.SQL("SELECT m0._key::text FROM ({}) m0 WHERE m0._key = ANY({}::{}[])").format(
-                    body, batch, key_type
-                )
-            )
-        )
-    return found
+        batch = keyarray.literal(ordered[start : start + ledger.KEYS_PER_STATEMENT])
+        query_ = found.format(body, batch, key_type)
+        if not yielded:
+            # the keys' text as asked, less the text of the keys yielded: as a set in Python
+            query_ = sql.SQL("SELECT unnest({}::text[]) EXCEPT {}").format(batch, query_)
+        yield query_
 
 
 def _ledger_keys(conn: psycopg.Connection, spec: Spec, model: Model) -> set[str]:
