@@ -3,7 +3,8 @@ ledger and ferry's rows equal what ONE fresh migrate of the current source gives
 
 A Hypothesis state machine drives the world of ``tests/specs/convergence`` (three parent
 levels, a merge, every kind of rule, a CSV, a unique index and CHECKs no rule predicts, a
-cast that fails, every ``on_delete``) through random histories: source rows inserted,
+cast that fails, every ``on_delete``, a table with no key, a declared key that repeats
+within and across two models) through random histories: source rows inserted,
 changed, deleted and re-keyed, the CSV rewritten, the application writing its own rows,
 migrates, syncs, runs killed at a chunk boundary, the stage emptied as a server crash
 empties it, quarantine retry and exclude, rollback of the last run. After every run that
@@ -97,6 +98,10 @@ STATES = st.sampled_from(["ok", "ok", "retired"])
 ITEM_REFS = st.integers(1, 9)
 BODIES = st.sampled_from(["hi", "ok", "", "spam"])  # '' rejected, 'spam' excluded
 LABELS = st.sampled_from(["x", "y", ""])  # '' is NULL in the CSV: NOT NULL refuses it
+
+WORDS = st.sampled_from(["a", "b"])  # a log's rows repeat whole
+PERSON_IDS = st.integers(1, 4)
+KINDS = st.sampled_from(["s", "g"])  # staff or guests: a repeated id spans one or both
 
 GROUP_ROW = st.tuples(GROUP_IDS, NAMES)
 ITEM_ROW = st.tuples(ITEM_IDS, GROUP_REFS, SKUS, QTYS, STATES)
@@ -289,16 +294,23 @@ class Convergence(RuleBasedStateMachine):
     @initialize(
         groups=st.lists(GROUP_ROW, max_size=6), items=st.lists(ITEM_ROW, max_size=8),
         notes=st.lists(NOTE_ROW, max_size=6), tags=TAGS,
+        logs=st.lists(st.tuples(ITEM_REFS, WORDS), max_size=4),
+        people=st.lists(st.tuples(PERSON_IDS, KINDS), max_size=5),
         changes=st.sampled_from([None, "wal"]),
     )  # fmt: skip
     def world(
-        self, groups: list, items: list, notes: list, tags: dict, changes: str | None
-    ) -> None:
+        self, groups: list, items: list, notes: list, tags: dict, logs: list, people: list,
+        changes: str | None,
+    ) -> None:  # fmt: skip
         self.changes = changes
         with psycopg.connect(self.source, autocommit=True) as conn:
             for table, rows in (("src_group", groups), ("src_item", items), ("src_note", notes)):
                 for row in rows:
                     conn.execute(UPSERT[table], row)
+            for row in logs:
+                conn.execute("INSERT INTO src_log VALUES (%s, %s)", row)
+            for row in people:  # five rows of four ids: a key often repeats
+                conn.execute("INSERT INTO src_person VALUES (%s, %s)", row)
         self.tags = dict(tags)
         write_csv(self.data_dir / "tags.csv", self.tags)
 
@@ -313,6 +325,34 @@ class Convergence(RuleBasedStateMachine):
     @rule(row=NOTE_ROW)
     def write_note(self, row: tuple) -> None:
         self._src(UPSERT["src_note"], row)
+
+    @rule(item=ITEM_REFS, word=WORDS)
+    def write_log(self, item: int, word: str) -> None:
+        """A row of a table with no key: known by its content, a copy is a second row."""
+        self._src("INSERT INTO src_log VALUES (%s, %s)", [item, word])
+
+    @rule(item=ITEM_REFS, word=WORDS, new=st.one_of(st.none(), WORDS))
+    def change_log(self, item: int, word: str, new: str | None) -> None:
+        """One of the log's rows goes, or changes (a keyless row changed is another row)."""
+        one = "ctid = (SELECT ctid FROM src_log WHERE item_id = %s AND word = %s LIMIT 1)"
+        if new is None:
+            self._src(f"DELETE FROM src_log WHERE {one}", [item, word])
+        else:
+            self._src(f"UPDATE src_log SET word = %s WHERE {one}", [new, item, word])
+
+    @rule(key=PERSON_IDS, kind=KINDS)
+    def write_person(self, key: int, kind: str) -> None:
+        """A row whose declared key nothing enforces: the key may repeat, within one model
+        or across the two."""
+        self._src("INSERT INTO src_person VALUES (%s, %s)", [key, kind])
+
+    @rule(key=PERSON_IDS, kind=st.one_of(st.none(), KINDS))
+    def change_person(self, key: int, kind: str | None) -> None:
+        one = "ctid = (SELECT ctid FROM src_person WHERE id = %s LIMIT 1)"
+        if kind is None:
+            self._src(f"DELETE FROM src_person WHERE {one}", [key])
+        else:
+            self._src(f"UPDATE src_person SET kind = %s WHERE {one}", [kind, key])
 
     @rule(table=st.sampled_from(["src_group", "src_item", "src_note"]), key=st.integers(1, 8))
     def delete_row(self, table: str, key: int) -> None:

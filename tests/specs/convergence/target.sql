@@ -9,3 +9,6 @@ CREATE TABLE notes (id uuid PRIMARY KEY, legacy_note_id bigint UNIQUE,
                     item_id uuid NOT NULL REFERENCES items (id), body text NOT NULL);
 CREATE TABLE tags (id uuid PRIMARY KEY, legacy_tag_id text UNIQUE,
                    item_id uuid NOT NULL REFERENCES items (id), label text NOT NULL);
+CREATE TABLE logs (id uuid PRIMARY KEY, item_id uuid REFERENCES items (id), word text);
+CREATE TABLE staff (id uuid PRIMARY KEY, legacy_person_id bigint UNIQUE);
+CREATE TABLE guests (id uuid PRIMARY KEY, legacy_person_id bigint UNIQUE);
