@@ -25,7 +25,13 @@ def _element(key: str) -> str:
     return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def text(keys: Iterable[str]) -> str:
+    """The array's text (``{k1,k2}``), also as one parameter (``%s::text[]``): psycopg
+    dumps a list parameter element by element too (5 MB for 20,000 keys)."""
+    return "{" + ",".join(map(_element, keys)) + "}"
+
+
 def literal(keys: Iterable[str]) -> sql.Literal:
     """The array ``keys`` as an untyped literal (``'{k1,k2}'``): follow it with a cast,
     ``{}::bigint[]``, as a literal of the list would be."""
-    return sql.Literal("{" + ",".join(map(_element, keys)) + "}")
+    return sql.Literal(text(keys))

@@ -15,6 +15,7 @@ row that moved to another model), settles the keys it names and checks again.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterator
@@ -86,7 +87,7 @@ def run(
     out = Settled()
     for _ in range(ROUNDS):
         touched = settle(conn, target, spec, run_id, progress, jobs, work, out)
-        scope: dict[str, set[str] | None] = {s: keys for s, keys in touched.items()}
+        scope: dict[str, Collection[str] | None] = {s: keys for s, keys in touched.items()}
         for name in checked or ():
             scope[name] = None
         counts, bad = ledger.discrepancies(conn, spec, scope)
@@ -120,9 +121,9 @@ def discrepant(conn: psycopg.Connection, spec: Spec, bad: dict[str, ledger.Discr
 def settle(
     conn: psycopg.Connection, target: str, spec: Spec, run_id: int, progress: Progress,
     jobs: int, work: Work, out: Settled, depth: int = 0,
-) -> dict[str, set[str]]:  # fmt: skip
+) -> dict[str, list[str]]:  # fmt: skip
     """One pass over the models in dependency order; returns the keys it touched per source
-    (for the invariant), and adds its results to ``out``. ``depth``: passes of rows blocked
+    (for the invariant; sorted), and adds its results to ``out``. ``depth``: passes of rows blocked
     on a unique value so far (bounded: what is left waits for the next run)."""
     first = len(out.models)
     moved = work.moved()
@@ -225,7 +226,17 @@ def settle(
         )
         for name, again_keys in again.items():
             touched[name].append(again_keys)
-    return {name: set().union(*parts) for name, parts in touched.items()}
+    return {name: _united(parts) for name, parts in touched.items()}
+
+
+def _united(parts: list[Collection[str]]) -> list[str]:
+    """The keys of ``parts``, sorted, each once: merged from each part sorted, where a set
+    of a sync's 90,000 keys is a table of 5 MB and a list of them 0.7 MB."""
+    out: list[str] = []
+    for key in heapq.merge(*map(sorted, parts)):
+        if not out or out[-1] != key:
+            out.append(key)
+    return out
 
 
 def _merged(changed: set[str], extra: set[str], deleted: set[str]) -> list[str]:

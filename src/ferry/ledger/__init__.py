@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ferry import catalog
-from ferry.engine import keys
+from ferry.engine import keyarray, keys
 from ferry.engine.stage import unique_key
 from ferry.errors import FerryError, InvariantError, describe
 from ferry.spec import Source, Spec
@@ -750,7 +750,8 @@ def check_invariant(
 
 
 def discrepancies(
-    conn: psycopg.Connection, spec: Spec, touched: dict[str, set[str] | None] | None = None,
+    conn: psycopg.Connection, spec: Spec,
+    touched: dict[str, Collection[str] | None] | None = None,
     counts: dict[str, SourceCounts] | None = None,
 ) -> tuple[dict[str, SourceCounts], dict[str, Discrepancy]]:  # fmt: skip
     """``staged = migrated + merged + quarantined + excluded`` for every source, key by key.
@@ -850,7 +851,7 @@ def _all_claimed(conn: psycopg.Connection, spec: Spec, src: Source, keys: list[s
     models = models_of(spec, src.name)
     for start in range(0, len(keys), KEYS_PER_STATEMENT):
         batch = keys[start : start + KEYS_PER_STATEMENT]
-        if conn.execute(query, [batch, models]).fetchone() is not None:
+        if conn.execute(query, [keyarray.text(batch), models]).fetchone() is not None:
             return False
     return True
 
@@ -898,7 +899,7 @@ def hand_on(
                 "FROM unnest(%s::text[]) m, unnest(%s::text[]) k "
                 "ON CONFLICT (model, source_key) DO UPDATE SET run_id = EXCLUDED.run_id"
             ).format(table(spec, "resync")),
-            [run_id, models, keys[start : start + KEYS_PER_STATEMENT]],
+            [run_id, models, keyarray.text(keys[start : start + KEYS_PER_STATEMENT])],
         )
 
 
