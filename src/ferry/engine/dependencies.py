@@ -110,17 +110,20 @@ def _row_local(tree: str, relid: int) -> bool:
     )
 
 
+_BRACES = re.compile(r"\\.|[{}]", re.S)
+
+
 def _node_end(tree: str, start: int) -> int:
     """The index after the ``}`` that closes the node opening at ``start`` (a backslash
-    escapes the character after it)."""
-    depth, i = 0, start
-    while i < len(tree):
-        ch = tree[i]
-        if ch == "\\":
-            i += 2
-            continue
-        depth += (ch == "{") - (ch == "}")
-        i += 1
-        if depth == 0:
-            break
-    return i
+    escapes the character after it). Only braces and escapes are visited: a character loop
+    in Python took 0.15 s of a sync's 22 models' trees."""
+    depth = 0
+    for m in _BRACES.finditer(tree, start):
+        ch = m.group()
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return m.end()
+    return len(tree)
