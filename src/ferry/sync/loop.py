@@ -22,6 +22,7 @@ source with ``full``. What follows the re-stage is the same either way.
 
 from __future__ import annotations
 
+import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -163,7 +164,7 @@ def _hand_on(
 ) -> None:
     """The keys a diff changed in the stage, for every model of the source, handed on
     (``ledger.hand_on``) in the transaction that re-stages them."""
-    keys = [_key_text(k) for k in found.inserted + found.updated + found.deleted]
+    keys = [_key_text(k) for k in itertools.chain(found.inserted, found.updated, found.deleted)]
     ledger.hand_on(conn, spec, [m.name for m in spec.models if m.source == src.name], keys, run_id)
 
 
@@ -239,7 +240,10 @@ def _sync(
 ) -> None:  # fmt: skip
     result.diffs, emptied = _restage(source, target, spec, data_dir, jobs, result.run_id, feed)
     result.bytes_from_source = sum(d.bytes_from_source for d in result.diffs.values())
-    changed = {n: {_key_text(k) for k in d.inserted + d.updated} for n, d in result.diffs.items()}
+    changed = {
+        n: {_key_text(k) for k in itertools.chain(d.inserted, d.updated)}
+        for n, d in result.diffs.items()
+    }
     deleted = {n: {_key_text(k) for k in d.deleted} for n, d in result.diffs.items()}
     if emptied:
         result.counts["stage_emptied"] = sorted(emptied)
