@@ -439,7 +439,11 @@ def _fast_fates(
     ledger_done = sessions.one(ledger_side)
     done = compute(some)
     again = None if some else partial(compute, True)
-    return partial(_fast_rows, sessions, plan, ledger_done, done, again)
+    whole = _whole(plan)
+    return partial(
+        _fast_rows, sessions, plan, ledger_done, done, again,
+        None if whole is None else sessions.one(whole),
+    )  # fmt: skip
 
 
 def _fast_queries(
@@ -468,11 +472,11 @@ def _fast_queries(
 
 def _fast_rows(
     sessions: _Sessions, plan: Plan, ledger_done: Future[tuple], done: list[Future[tuple]],
-    again: Callable[[], list[Future[tuple]]] | None,
+    again: Callable[[], list[Future[tuple]]] | None, whole: Future[tuple] | None,
 ) -> _Fast | None:  # fmt: skip
     """The second half of ``_fast_fates``: the fates' fingerprints compared, the rows'
     comparison started. ``again``: the recomputation with the refused rows left out, if
-    ``done`` has them in and the ledger's side finds any."""
+    ``done`` has them in and the ledger's side finds any; ``whole``: ``_whole``'s figures."""
     model, led, name = plan.model, plan.own_led, sql.Literal(plan.model.name)
     try:
         n_l, fates_l, n_left, left, wrote, refused = ledger_done.result()
@@ -513,26 +517,31 @@ def _fast_rows(
         return have
 
     want = (sum(r[2] for r in results), sum((r[3] for r in results), Decimal(0)))
-    # A table of this model's alone holds, as a rule, just its rows: if the whole table's
-    # fingerprint is theirs, no join with the ledger is needed (2M rows: 1.5 CPU-s).
-    if sum(m.target == model.target for m in plan.spec.models) == 1:
-        if not model.legacy_column:
-            return _Fast(model, sum(r[0] for r in results) + n_left, want,
-                         [side(sql.SQL("true"))], exact)  # fmt: skip
-        # The same scan counts the rows with a legacy key, for ``_more_legacy_rows``.
-        whole = sessions.one(
-            sql.SQL(
-                "SELECT count(*), coalesce(sum({row}), 0), "
-                "count(*) FILTER (WHERE t.{legacy} IS NOT NULL) FROM {t} t"
-            ).format(
-                row=_row_fp(plan, "t", model.key_column),
-                t=plan.target,
-                legacy=sql.Identifier(model.legacy_column),
-            )
-        )
-        return _Fast(model, sum(r[0] for r in results) + n_left, want, [whole], exact,
-                     _more_than(whole, wrote))  # fmt: skip
+    if whole is not None:
+        more = _more_than(whole, wrote) if model.legacy_column else None
+        return _Fast(model, sum(r[0] for r in results) + n_left, want, [whole], exact, more)
     return _Fast(model, sum(r[0] for r in results) + n_left, want, exact())
+
+
+def _whole(plan: Plan) -> sql.Composed | None:
+    """For a table of the model's alone: the count and fingerprint of all its rows, and how
+    many carry a legacy key (``_more_legacy_rows``' count), in one scan. Such a table holds,
+    as a rule, just the model's rows: if the whole table's fingerprint is theirs, no join
+    with the ledger is needed (2M rows: 1.5 CPU-s). It needs no fates, so it runs beside
+    their recomputation, not after it (at SF=1 it was the last query, one core idle)."""
+    model = plan.model
+    if sum(m.target == model.target for m in plan.spec.models) != 1:
+        return None
+    legacy = (
+        sql.SQL(", count(*) FILTER (WHERE t.{} IS NOT NULL)").format(
+            sql.Identifier(model.legacy_column)
+        )
+        if model.legacy_column
+        else sql.SQL("")
+    )
+    return sql.SQL("SELECT count(*), coalesce(sum({row}), 0){legacy} FROM {t} t").format(
+        row=_row_fp(plan, "t", model.key_column), legacy=legacy, t=plan.target
+    )
 
 
 def _more_than(counted: Future[tuple], wrote: int) -> Future[bool]:
