@@ -436,8 +436,15 @@ def _fast_fates(
         own=plan.own_uuid(sql.SQL("x.source_key")), refused=refused, staged=staged, led=led,
         name=name,
     )  # fmt: skip
-    ledger_done = sessions.one(ledger_side)
-    done = compute(some)
+    # The parts first, one per session, so that they end together; the ledger's side (1.5 s
+    # for 2M rows) then runs beside the rest. A model computed here: the ledger's side first,
+    # to run in a session while this one computes.
+    if here:
+        ledger_done = sessions.one(ledger_side)
+        done = compute(some)
+    else:
+        done = compute(some)
+        ledger_done = sessions.one(ledger_side)
     again = None if some else partial(compute, True)
     whole = _whole(plan)
     return partial(
