@@ -391,11 +391,11 @@ class Plan:
             # order) that yields any of its rows: the later ones leave it out.
             taken = taken_earlier(self.spec, m, sql.SQL("d._key"))
             inner = sql.SQL(
-                "SELECT * FROM (SELECT d.*, (SELECT count(*) FROM {s} s WHERE s.{k} = d._key) "
-                "> 1 AS _ferry_dup, row_number() OVER (PARTITION BY d._key) AS _ferry_dn "
-                "FROM ({i}) d) d WHERE NOT d._ferry_dup OR (d._ferry_dn = 1{t}) OFFSET 0"
+                "SELECT * FROM (SELECT d.*, {dup} AS _ferry_dup, row_number() OVER "
+                "(PARTITION BY d._key) AS _ferry_dn FROM ({i}) d) d "
+                "WHERE NOT d._ferry_dup OR (d._ferry_dn = 1{t}) OFFSET 0"
             ).format(
-                s=self.shape.repeats[0], k=self.shape.repeats[1], i=inner,
+                dup=repeated(*self.shape.repeats, sql.SQL("d._key")), i=inner,
                 t=sql.SQL("") if taken is None else sql.SQL(" AND NOT ({})").format(taken),
             )  # fmt: skip
         if self.shape.named is not None:
@@ -585,6 +585,11 @@ class Plan:
         if self.hashable:
             return sql.SQL("hash_record_extended(ROW({}), 0)::text").format(cols)
         return sql.SQL("md5(ROW({})::text)").format(cols)
+
+
+def repeated(stage: sql.Composable, column: sql.Composable, key: sql.Composable) -> sql.Composed:
+    """Whether the stage holds ``key`` in more than one row (its source repeats it)."""
+    return sql.SQL("(SELECT count(*) FROM {} s WHERE s.{} = {}) > 1").format(stage, column, key)
 
 
 def taken_earlier(spec: Spec, model: Model, key: sql.Composable) -> sql.Composable | None:

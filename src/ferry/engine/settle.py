@@ -410,13 +410,11 @@ def _asked(
     # A key its source repeats is yielded by the first model that has a row of it.
     taken = query.taken_earlier(spec, model, sql.SQL("m0._key"))
     if src is not None and taken is not None and not stage.unique_key(conn, spec, src):
-        body = sql.SQL(
-            "SELECT m0.* FROM ({}) m0 WHERE NOT ((SELECT count(*) FROM {} s WHERE s.{} = "
-            "m0._key) > 1 AND ({}))"
-        ).format(
-            body, sql.Identifier(spec.stage_schema, src.stage_table),
-            sql.Identifier(src.stage_key), taken,
+        dup = query.repeated(
+            sql.Identifier(spec.stage_schema, src.stage_table), sql.Identifier(src.stage_key),
+            sql.SQL("m0._key"),
         )  # fmt: skip
+        body = sql.SQL("SELECT m0.* FROM ({}) m0 WHERE NOT ({} AND ({}))").format(body, dup, taken)
     key_type = sql.SQL(
         (ledger.stage_key_type(conn, spec, src) if src else None)
         or query.Plan(conn, spec, model).key_type

@@ -637,10 +637,8 @@ def _key_array_params(plan: _Plan, keys: Sequence[Key]) -> tuple[sql.Composable,
 def _array_param(values: Sequence[Any]) -> Any:
     """One key column's values as an array parameter: as the array's text where every value
     is an integer (its text is its input form) or a string (``keyarray.text``); else the list."""
-    if all(type(v) is int for v in values):
-        return "{" + ",".join(map(str, values)) + "}"
-    if all(type(v) is str for v in values):
-        return keyarray.text(values)
+    if all(type(v) is int for v in values) or all(type(v) is str for v in values):
+        return keyarray.text(map(str, values))
     return list(values)
 
 
