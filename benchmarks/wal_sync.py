@@ -68,7 +68,7 @@ def main() -> None:
                 profiler = cProfile.Profile()
                 profiler.runcall(sync, source, target, spec, data_dir=work)
                 stats = pstats.Stats(profiler).sort_stats("cumulative")
-                stats.print_stats(r"ferry/", 40)
+                stats.print_stats(r"ferry/", 60)
             world.apply_delta(source, work, scale=args.scale, seed=args.seed)
             profiler = cProfile.Profile()
             delta = profiler.runcall(sync, source, target, spec, data_dir=work)
@@ -81,7 +81,7 @@ def main() -> None:
             )
             if args.profile:
                 stats = pstats.Stats(profiler).sort_stats("cumulative")
-                stats.print_stats(r"ferry/", 40)
+                stats.print_stats(r"ferry/", 60)
             after = sync(source, target, spec, data_dir=work)
             print(f"{mode}: no-op sync after the delta {after.seconds:.3f} s")
             with psycopg.connect(target) as conn:

@@ -133,11 +133,11 @@ def test_first_loads_write_their_ledger_rows_aside_then_attach_them(
     # duplicate author waits for its survivor's fate: it is written after the attach.
     assert seen == {"authors": (4, 0), "books": (8, 0), "loans": (4, 0)}
     with psycopg.connect(target) as conn:
-        # Each model's partition, with the ledger's two indexes (its primary key built when
-        # it was attached), each a part of the ledger's own.
+        # Each model's partition, with the ledger's three indexes (its primary key built
+        # when it was attached; quarantined rows; conflicts), each a part of the ledger's own.
         assert conn.execute(PARTITIONS).fetchall() == [
-            ("ledger_authors", [False, True]), ("ledger_books", [False, True]),
-            ("ledger_loans", [False, True]),
+            ("ledger_authors", [False, False, True]), ("ledger_books", [False, False, True]),
+            ("ledger_loans", [False, False, True]),
         ]  # fmt: skip
         assert conn.execute("SELECT count(*) FROM ferry.loads_aside").fetchone() == (0,)
     # Rolled back, the partitions are empty: the next run drops them and loads aside again.

@@ -13,6 +13,7 @@ from psycopg import sql
 
 import ferry.engine.pipeline
 import ferry.engine.settle
+from ferry import ledger
 from ferry.demo import world
 from ferry.demo.run import MIGRATOR, dispatch_spec
 from ferry.embedded import LocalCluster
@@ -412,3 +413,47 @@ def test_ferry_schemas_are_closed_to_the_api_roles(synced: dict, cluster: LocalC
                 conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(table)))
+
+
+def test_a_sync_proves_its_keys_one_by_one_and_a_full_sync_counts(
+    library: tuple[str, str, Path],
+) -> None:
+    """After a run that ended well, a sync proves the keys it touched one by one (each
+    staged with one live fate, or not staged with none) instead of counting whole tables,
+    whose cost grows with the database; ``sync --full`` counts them."""
+    source, target, tmp = library
+    spec = load_spec(_spec(tmp, "delete"))
+    migrate(source, target, spec)
+    stale = (
+        "INSERT INTO ferry.ledger (model, source_key, source_table, accounts, status, "
+        "target_table, run_id, first_run_id) VALUES "
+        "('books', '999', 'lib_book', true, 'excluded', 'public.books', 1, 1)"
+    )
+    with psycopg.connect(target) as conn:
+        scope: dict = {"lib_book": ["17", "999"]}
+        assert ledger.discrepancies(conn, spec, scope, counted=())[1] == {}
+        # a fate lost, a fate of a key not staged: named key by key, nothing counted
+        conn.execute("DELETE FROM ferry.ledger WHERE model = 'books' AND source_key = '17'")
+        conn.execute(stale)
+        counts, bad = ledger.discrepancies(conn, spec, scope, counted=())
+        assert counts == {}
+        assert (bad["lib_book"].unclaimed, bad["lib_book"].stale) == (["17"], ["999"])
+        conn.rollback()
+        # keys outside the scope are not read: the counts are what find them
+        conn.execute(stale)
+        assert ledger.discrepancies(conn, spec, {"lib_book": ["10"]}, counted=())[1] == {}
+        assert ledger.discrepancies(conn, spec, {"lib_book": ["10"]})[1] != {}
+        conn.rollback()
+        conn.execute(stale)
+        conn.commit()
+    # A sync that does not touch 999 does not read it; a full one counts, finds and settles it.
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("UPDATE lib_book SET title = 'Changed' WHERE id = 17")
+    assert "reconciled" not in sync(source, target, spec).counts
+    assert sync(source, target, spec, full=True).counts["reconciled"] >= 1
+    with psycopg.connect(target) as conn:
+        fate = conn.execute(
+            "SELECT status FROM ferry.ledger WHERE model = 'books' AND source_key = '999'"
+        ).fetchone()
+    assert fate == ("deleted",)
+    assert verify(target, spec).ok

@@ -76,21 +76,25 @@ class Settled:
     # ran, and those whose queued deletions it carried out (``deletes``). Only their
     # conflicts need counting again after it.
     written: set[str] = field(default_factory=set)
+    # Sources a model of which ran whole: what it wrote is not all among the keys it asked.
+    whole: set[str] = field(default_factory=set)
 
 
 def run(
     conn: psycopg.Connection, target: str, spec: Spec, run_id: int, progress: Progress,
-    jobs: int, work: Work, checked: Collection[str] | None = None,
+    jobs: int, work: Work, checked: Collection[str] | None = None, proven: bool = False,
 ) -> Settled:  # fmt: skip
     """``settle`` the work, then prove the invariant for what it touched (and for the
-    sources in ``checked``, whole); keys that do not add up are settled in turn."""
+    sources in ``checked``, whole); keys that do not add up are settled in turn.
+    ``proven``: the last run proved the invariant and ended well, so a source whose models
+    ran only for keys is proven key by key (``ledger.discrepancies``' ``counted``)."""
     out = Settled()
     for _ in range(ROUNDS):
         touched = settle(conn, target, spec, run_id, progress, jobs, work, out)
         scope: dict[str, Collection[str] | None] = {s: keys for s, keys in touched.items()}
         for name in checked or ():
             scope[name] = None
-        counts, bad = ledger.discrepancies(conn, spec, scope)
+        counts, bad = ledger.discrepancies(conn, spec, scope, counted=out.whole if proven else None)
         out.counts.update(counts)
         if not bad:
             return out
@@ -184,12 +188,15 @@ def settle(
         if keys is not None and not keys:
             continue
         before = _ledger_keys(conn, spec, model) if keys is None else set()
+        conn.commit()
         result = run_model(
             target, spec, model.name, run_id, progress, jobs=jobs,
-            keys=keys, retry=work.retry,
+            keys=keys, retry=work.retry, conn=conn,
         )  # fmt: skip
         out.models.append(result)
         out.written.add(model.name)
+        if keys is None and model.accounts:
+            out.whole.add(model.source)
         out.transitions.update(result.transitions)
         outcome[model.name] |= result.changed_keys
         if result.new_keys:

@@ -445,6 +445,17 @@ def copy_csv(
     return cur.rowcount, nbytes
 
 
+def recorded_rows(conn: psycopg.Connection, spec: Spec, source: str) -> int | None:
+    """The rows the last record of ``source`` counted (None: none recorded)."""
+    row = conn.execute(
+        sql.SQL("SELECT rows FROM {}.staged WHERE source = %s").format(
+            sql.Identifier(spec.ledger_schema)
+        ),
+        [source],
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
 def record(conn: psycopg.Connection, spec: Spec, result: StageResult, run_id: int) -> None:
     conn.execute(
         sql.SQL(

@@ -135,12 +135,17 @@ def _restage(
 def _staged_rows(
     conn: psycopg.Connection, spec: Spec, src: Source, found: diff.TableDiff, whole: bool
 ) -> int:
-    """Rows the stage holds after the diff was applied, for its record: from the rows the
-    diff's first level counted and those the apply removed and copied, where the diff read
-    the whole stage and the stage holds each key once (``ledger.stage_rows`` counts keys);
-    else counted (a scan of the whole stage, 2M rows for a few changed)."""
-    if whole and found.applied is not None and stage.unique_key(conn, spec, src):
-        return found.stage_rows - found.applied.rows_deleted + found.applied.rows_copied
+    """Rows the stage holds after the diff was applied, for its record: where the stage
+    holds each key once (``ledger.stage_rows`` counts keys), the rows before (the diff's
+    first level counted them when it read the whole stage, else the last record says) less
+    those the apply removed plus those it copied; else counted (a scan of the whole stage,
+    2M rows for a few changed). The record changes in the transaction that changes the
+    stage, so it is the stage's count whenever the stage is not empty (a crash empties it:
+    then the whole table is diffed)."""
+    if found.applied is not None and stage.unique_key(conn, spec, src):
+        before = found.stage_rows if whole else stage.recorded_rows(conn, spec, src.name)
+        if before is not None:
+            return before - found.applied.rows_deleted + found.applied.rows_copied
     return ledger.stage_rows(conn, spec, src.name)
 
 
@@ -217,7 +222,8 @@ def sync(
         _check_migrated(conn, spec, run_id)
         result = SyncResult(run_id)
         with wal.closing(wal.read(source, conn, spec, full=full)) as feed:
-            _sync(source, target, spec, data_dir or spec.base_dir, jobs, progress, result, feed)
+            data = data_dir or spec.base_dir
+            _sync(source, target, spec, data, jobs, progress, result, feed, full)
         if feed is not None:
             # Only now, the sync's work committed: a sync that died before read them again.
             note = wal.advance(source, conn, spec, feed)
@@ -236,7 +242,7 @@ def sync(
 
 def _sync(
     source: str, target: str, spec: Spec, data_dir: Path, jobs: int, progress: Progress,
-    result: SyncResult, feed: wal.Changes | None = None,
+    result: SyncResult, feed: wal.Changes | None = None, full: bool = False,
 ) -> None:  # fmt: skip
     result.diffs, emptied = _restage(source, target, spec, data_dir, jobs, result.run_id, feed)
     result.bytes_from_source = sum(d.bytes_from_source for d in result.diffs.values())
@@ -267,8 +273,9 @@ def _sync(
             changed, deleted, whole=whole, quarantined="refused" if quiet else "all",
             resumed=bool(resynced),
         )  # fmt: skip
+        proven = not full and _proven(conn, spec, result.run_id)
         settled = settle.run(
-            conn, target, spec, result.run_id, progress, jobs, work, checked=emptied
+            conn, target, spec, result.run_id, progress, jobs, work, emptied, proven
         )
         result.models = settled.models
         result.source_counts = settled.counts
@@ -301,6 +308,19 @@ def _sync(
             "new_conflicts": max(0, conflicts - sum(conflicts_before.values())),
         }
     )
+
+
+# Runs that end by proving the invariant for what they changed (a rollback leaves the stage
+# ahead of the ledger for the next sync to settle).
+PROVING_RUNS = ("migrate", "sync", "retry", "decision")
+
+
+def _proven(conn: psycopg.Connection, spec: Spec, run_id: int) -> bool:
+    """Whether the run before this one proved the invariant and ended well: what it did not
+    change holds as the runs before it proved."""
+    last = ledger.last_run(conn, spec, "run_id < %s", [run_id])
+    conn.commit()
+    return last is not None and last.status == "ok" and last.kind in PROVING_RUNS
 
 
 def _conflicts(
