@@ -60,30 +60,44 @@ def reads(conn: psycopg.Connection, spec: Spec, model: Model) -> Reads:
     """Asked of PostgreSQL, from a view of the model's SQL and rules (its dependencies and
     its parse tree), never guessed from their text. Run with the stage schema on the search
     path, as the models run."""
-    with conn.transaction(force_rollback=True):
-        conn.execute(
-            sql.SQL("CREATE TEMP VIEW _ferry_reads AS {}").format(
-                with_rules(model, spec.model_sql(model))
-            ),
-            binary=True,  # the extended protocol: the server refuses a second statement
-        )
-        tables = {
-            r[0]: r[1]
-            for r in conn.execute(
+    return reads_of(conn, spec, [model])[model.name]
+
+
+def reads_of(conn: psycopg.Connection, spec: Spec, models: list[Model]) -> dict[str, Reads]:
+    """``reads`` of several models in one round trip (a pipeline): a sync asks it of every
+    model, and 22 models asked one by one took 3 ms each, mostly in waiting."""
+    found: list[tuple[Model, psycopg.Cursor, psycopg.Cursor]] = []
+    with conn.transaction(force_rollback=True), conn.pipeline():
+        for i, model in enumerate(models):
+            view = sql.Identifier(f"_ferry_reads_{i}")
+            conn.execute(
+                sql.SQL("CREATE TEMP VIEW {} AS {}").format(
+                    view, with_rules(model, spec.model_sql(model))
+                ),
+                binary=True,  # the extended protocol: the server refuses a second statement
+            )
+            name = f"pg_temp._ferry_reads_{i}"
+            tables = conn.execute(
                 "SELECT c.relname, c.oid::int FROM pg_rewrite r JOIN pg_depend d "
                 "ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid "
                 "JOIN pg_class c ON c.oid = d.refobjid "
-                "WHERE r.ev_class = 'pg_temp._ferry_reads'::regclass "
-                "AND c.relnamespace = to_regnamespace(%s)",
-                [spec.stage_schema],
+                "WHERE r.ev_class = %s::regclass AND c.relnamespace = to_regnamespace(%s)",
+                [name, spec.stage_schema],
             )
-        }
-        row = conn.execute(
-            "SELECT ev_action FROM pg_rewrite WHERE ev_class = 'pg_temp._ferry_reads'::regclass"
-        ).fetchone()
-    own = tables.get(spec.source(model.source).stage_table) if model.accounts else None
-    local = own is None or (row is not None and _row_local(str(row[0]), own))
-    return Reads({src.name for src in spec.sources if src.stage_table in tables}, local)
+            tree = conn.execute(
+                "SELECT ev_action FROM pg_rewrite WHERE ev_class = %s::regclass", [name]
+            )
+            found.append((model, tables, tree))
+        out = {}
+        for model, tables_cur, tree_cur in found:
+            tables = {r[0]: r[1] for r in tables_cur.fetchall()}
+            row = tree_cur.fetchone()
+            own = tables.get(spec.source(model.source).stage_table) if model.accounts else None
+            local = own is None or (row is not None and _row_local(str(row[0]), own))
+            out[model.name] = Reads(
+                {src.name for src in spec.sources if src.stage_table in tables}, local
+            )
+    return out
 
 
 _SET_VALUED = re.compile(

@@ -115,7 +115,7 @@ def run_model(
     keys: list[str] | None = None, defer_constraints: bool = False,
     slots: chunk.Slots | None = None, released: Callable[[], None] | None = None,
     loaded: Callable[[], None] = lambda: None, retry: bool = False,
-    conn: psycopg.Connection | None = None,
+    conn: psycopg.Connection | None = None, shapes: dict[str, query.Shape] | None = None,
 ) -> chunk.ModelResult:  # fmt: skip
     """One model, then again for the rows whose fate depends on rows of the model that this
     run decided: merge survivors, and parents in the model itself.
@@ -129,13 +129,15 @@ def run_model(
     decides nothing have no such row: a last pass calls it missing, and their own
     dependents follow. A child is written only once its parent is, so the target's foreign
     key holds at every commit, whatever the chunks and the sessions.
-    ``conn``: a session with no transaction open, to run on (see ``_session_or``).
+    ``conn``: a session with no transaction open, to run on (see ``_session_or``);
+    ``shapes``: the plans' facts a run read already (``query.Shape``), added to.
     """
+    shapes = {} if shapes is None else shapes
     model = spec.model(model_name)
     result = _run_model(
         target, spec, model_name, run_id, progress, jobs, keys, defer_constraints, slots,
         released, (lambda: None) if dependencies.own_dependencies(model) else loaded, retry=retry,
-        conn=conn,
+        conn=conn, shapes=shapes,
     )  # fmt: skip
     columns = dependencies.own_dependencies(model)
     if not columns:
@@ -154,7 +156,7 @@ def run_model(
         before = set(result.pending)
         again = _run_model(
             target, spec, model_name, run_id, progress, jobs, sorted(todo), final=final,
-            retry=retry, conn=conn,
+            retry=retry, conn=conn, shapes=shapes,
         )  # fmt: skip
         result.add(again)
         moved = again.changed_keys | again.new_keys
@@ -170,7 +172,7 @@ def _run_model(
     keys: list[str] | None = None, defer_constraints: bool = False,
     slots: chunk.Slots | None = None, released: Callable[[], None] | None = None,
     loaded: Callable[[], None] = lambda: None, final: bool = False, retry: bool = False,
-    conn: psycopg.Connection | None = None,
+    conn: psycopg.Connection | None = None, shapes: dict[str, query.Shape] | None = None,
 ) -> chunk.ModelResult:  # fmt: skip
     """One pass of a model: its chunks on ``jobs`` sessions when no unique index makes that
     unsafe.
@@ -183,7 +185,9 @@ def _run_model(
     """
     model = spec.model(model_name)
     with _session_or(conn, target, spec) as conn:
-        plan = query.Plan(conn, spec, model)
+        plan = query.Plan(conn, spec, model, (shapes or {}).get(model.name))
+        if shapes is not None:
+            shapes[model.name] = plan.shape
         plan.final, plan.retry_refused = final, retry
         # Counted only for a whole model: a key list says its own size, and a sync that looks
         # at a few keys of a 2M-row source need not scan its stage for the progress bar.

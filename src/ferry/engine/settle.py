@@ -78,6 +78,10 @@ class Settled:
     written: set[str] = field(default_factory=set)
     # Sources a model of which ran whole: what it wrote is not all among the keys it asked.
     whole: set[str] = field(default_factory=set)
+    # Read once per run: what each model reads, and each model's plan's facts (neither
+    # changes while the run holds the run lock).
+    reads: dict[str, dependencies.Reads] = field(default_factory=dict)
+    shapes: dict[str, query.Shape] = field(default_factory=dict)
 
 
 def run(
@@ -139,6 +143,9 @@ def settle(
     touched: dict[str, list[Collection[str]]] = defaultdict(list)
     for name in moved:
         touched[name] += [work.changed.get(name, set()), work.deleted.get(name, set())]
+    if moved:
+        asking = [m for m in spec.order() if m.name not in work.whole | out.reads.keys()]
+        out.reads.update(dependencies.reads_of(conn, spec, asking) if asking else {})
     for model in spec.order():
         src_changed = work.changed.get(model.source, set())
         src_deleted = work.deleted.get(model.source, set())
@@ -146,8 +153,8 @@ def settle(
         # not known here, so the model is computed whole, writing only the rows that differ.
         whole = model.name in work.whole
         reached: set[str] = set()  # rows a change in a source it declares it reads reaches
-        if not whole and (moved - {model.source} or model.source in moved):
-            reads = dependencies.reads(conn, spec, model)
+        if not whole and moved:
+            reads = out.reads[model.name]
             declared = {r.source: r.keys for r in model.reads}
             others = (moved - {model.source}) & reads.sources
             whole = bool(others - declared.keys()) or (
@@ -191,7 +198,7 @@ def settle(
         conn.commit()
         result = run_model(
             target, spec, model.name, run_id, progress, jobs=jobs,
-            keys=keys, retry=work.retry, conn=conn,
+            keys=keys, retry=work.retry, conn=conn, shapes=out.shapes,
         )  # fmt: skip
         out.models.append(result)
         out.written.add(model.name)
@@ -206,7 +213,7 @@ def settle(
             outcome[model.name].update(asked)
         # Keys the model was asked about but no longer yields leave it; those no longer
         # staged (a stage a crash emptied does not show them as deleted) are deleted.
-        gone = _not_yielded(conn, spec, model, asked)
+        gone = _not_yielded(conn, spec, model, asked, out.shapes)
         if model.accounts and gone:
             unstaged = gone - (ledger.staged_among(conn, spec, model.source, gone) or set())
             outcome[model.name] |= _mark_deleted(conn, spec, model, unstaged, run_id)
@@ -385,25 +392,27 @@ def _release(
 def _yielded(conn: psycopg.Connection, spec: Spec, model: Model, keys: set[str]) -> set[str]:
     """Which of ``keys`` the model's SQL yields now."""
     found: set[str] = set()
-    for statement in _asked(conn, spec, model, keys, yielded=True):
+    for statement in _asked(conn, spec, model, keys, yielded=True, shapes={}):
         found.update(r[0] for r in conn.execute(statement))
     return found
 
 
 def _not_yielded(
-    conn: psycopg.Connection, spec: Spec, model: Model, keys: Collection[str]
-) -> set[str]:
+    conn: psycopg.Connection, spec: Spec, model: Model, keys: Collection[str],
+    shapes: dict[str, query.Shape],
+) -> set[str]:  # fmt: skip
     """Which of ``keys`` the model's SQL no longer yields, told by the server: the keys a
     sync asks about are mostly yielded, and 67,000 of them sent back as text took 9 MB."""
     gone: set[str] = set()
-    for statement in _asked(conn, spec, model, keys, yielded=False):
+    for statement in _asked(conn, spec, model, keys, yielded=False, shapes=shapes):
         gone.update(r[0] for r in conn.execute(statement))
     return gone
 
 
 def _asked(
-    conn: psycopg.Connection, spec: Spec, model: Model, keys: Collection[str], yielded: bool
-) -> Iterator[sql.Composed]:
+    conn: psycopg.Connection, spec: Spec, model: Model, keys: Collection[str], yielded: bool,
+    shapes: dict[str, query.Shape],
+) -> Iterator[sql.Composed]:  # fmt: skip
     """The statements that ask which of ``keys`` the model's SQL yields now (or, not
     ``yielded``, which it does not): ``ledger.KEYS_PER_STATEMENT`` keys at a time, as a
     sync's keys are run in chunks, so that the literal of 90,000 keys (11 MB to compose at
@@ -424,7 +433,7 @@ def _asked(
         body = sql.SQL("SELECT m0.* FROM ({}) m0 WHERE NOT ({} AND ({}))").format(body, dup, taken)
     key_type = sql.SQL(
         (ledger.stage_key_type(conn, spec, src) if src else None)
-        or query.Plan(conn, spec, model).key_type
+        or query.Plan(conn, spec, model, shapes.get(model.name)).key_type
     )
     found = sql.SQL("SELECT m0._key::text FROM ({}) m0 WHERE m0._key = ANY({}::{}[])")
     ordered = sorted(keys)
