@@ -258,10 +258,12 @@ def close(conn: psycopg.Connection, schemas: Sequence[str]) -> None:
 
 
 def _close_defaults(conn: psycopg.Connection, schemas: Sequence[str]) -> None:
-    """Take back what per-schema default privileges grant, and revoke from ``PUBLIC`` there.
+    """Take back what per-schema default privileges grant (to ``PUBLIC`` too).
 
     Only per-schema entries can be changed per schema: the global defaults of the role
     still apply to objects created in these schemas, which is why each run closes again.
+    A per-schema REVOKE reverses only a per-schema GRANT (the PostgreSQL manual): with no
+    entry, it would change nothing.
     """
     for owner, schema, objtype, public, grantee in conn.execute(
         _DEFAULTS, [list(schemas)]
@@ -275,12 +277,6 @@ def _close_defaults(conn: psycopg.Connection, schemas: Sequence[str]) -> None:
                 sql.SQL("PUBLIC") if public else sql.Identifier(grantee),
             )
         )  # fmt: skip
-    for schema in schemas:
-        for word in ("TABLES", "SEQUENCES", "FUNCTIONS"):
-            conn.execute(
-                sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} REVOKE ALL ON {} FROM PUBLIC")
-                .format(sql.Identifier(schema), sql.SQL(word))
-            )  # fmt: skip
 
 
 @contextmanager
