@@ -850,55 +850,46 @@ def models_of(spec: Spec, source: str) -> list[str]:
 
 
 def _all_claimed(conn: psycopg.Connection, spec: Spec, src: Source, keys: list[str]) -> bool:
-    """No key of ``keys`` staged without a live ledger row: index lookups on the stage's
-    and the ledger's primary keys. Keys are the key's text (as ``source_key``), so each is
-    the text form of a value of the key's type: cast to it, they find their rows by index,
-    and the text comparison kept beside keeps the test exact."""
+    """No key of ``keys`` staged without a live ledger row."""
+    found = _any_key(conn, spec, src, keys, "s.staged AND f.n = 0")
+    return not found  # not staged (None): no staged key lacks a fate
+
+
+def _keys_hold(conn: psycopg.Connection, spec: Spec, src: Source, keys: list[str]) -> bool:
+    """Each of ``keys`` staged with exactly one live fate, or not staged with none."""
+    return _any_key(conn, spec, src, keys, "f.n > 1 OR (f.n = 1) <> s.staged") is False
+
+
+def _any_key(
+    conn: psycopg.Connection, spec: Spec, src: Source, keys: list[str], condition: str
+) -> bool | None:
+    """Whether a key of ``keys`` meets ``condition`` over ``s.staged`` (the stage holds it)
+    and ``f.n`` (its live fates); None if the source was never staged. Index lookups on the
+    stage's and the ledger's primary keys: keys are the key's text (as ``source_key``), so
+    each is the text form of a value of the key's type; cast to it, they find their rows by
+    index, and the text comparison kept beside keeps the test exact."""
     typ = stage_key_type(conn, spec, src)
     if typ is None:
-        return True  # not staged: no staged key lacks a fate
+        return None
     query = sql.SQL(
-        "SELECT 1 FROM unnest(%s::text[]) k(t) JOIN {stage} s ON s.{key} = k.t::{typ} "
-        "AND s.{key}::text = k.t WHERE NOT EXISTS (SELECT 1 FROM {led} l "
-        "WHERE l.model = ANY(%s) AND l.source_key = k.t AND l.status <> 'deleted') LIMIT 1"
+        "SELECT 1 FROM unnest(%s::text[]) k(t), LATERAL (SELECT count(*) FROM {led} l "
+        "WHERE l.model = ANY(%s) AND l.source_key = k.t AND l.status <> 'deleted') f(n), "
+        "LATERAL (SELECT EXISTS (SELECT FROM {stage} x WHERE x.{key} = k.t::{typ} "
+        "AND x.{key}::text = k.t)) s(staged) WHERE {condition} LIMIT 1"
     ).format(
         key=sql.Identifier(src.stage_key),
         stage=sql.Identifier(spec.stage_schema, src.stage_table),
         led=table(spec, "ledger"),
         typ=sql.SQL(typ),  # type: ignore[arg-type]
+        condition=sql.SQL(condition),  # type: ignore[arg-type]
     )
     # A batch at a time: an array parameter of 90,000 keys took 17 MB to compose.
     models = models_of(spec, src.name)
     for start in range(0, len(keys), KEYS_PER_STATEMENT):
         batch = keys[start : start + KEYS_PER_STATEMENT]
         if conn.execute(query, [keyarray.text(batch), models]).fetchone() is not None:
-            return False
-    return True
-
-
-def _keys_hold(conn: psycopg.Connection, spec: Spec, src: Source, keys: list[str]) -> bool:
-    """Each of ``keys`` staged with exactly one live fate, or not staged with none: index
-    lookups on the stage's and the ledger's primary keys (see ``_all_claimed``)."""
-    typ = stage_key_type(conn, spec, src)
-    if typ is None:
-        return False  # not staged: counted instead
-    query = sql.SQL(
-        "SELECT 1 FROM unnest(%s::text[]) k(t) CROSS JOIN LATERAL (SELECT count(*) AS n "
-        "FROM {led} l WHERE l.model = ANY(%s) AND l.source_key = k.t "
-        "AND l.status <> 'deleted') f WHERE f.n > 1 OR (f.n = 1) <> EXISTS (SELECT FROM "
-        "{stage} s WHERE s.{key} = k.t::{typ} AND s.{key}::text = k.t) LIMIT 1"
-    ).format(
-        key=sql.Identifier(src.stage_key),
-        stage=sql.Identifier(spec.stage_schema, src.stage_table),
-        led=table(spec, "ledger"),
-        typ=sql.SQL(typ),  # type: ignore[arg-type]
-    )
-    models = models_of(spec, src.name)
-    for start in range(0, len(keys), KEYS_PER_STATEMENT):
-        batch = keys[start : start + KEYS_PER_STATEMENT]
-        if conn.execute(query, [keyarray.text(batch), models]).fetchone() is not None:
-            return False
-    return True
+            return True
+    return False
 
 
 def _diagnose(
