@@ -164,8 +164,11 @@ def test_truth_file(world: World, tmp_path: Path) -> None:
     # A wrong expectation, a planted repair left out, and an unknown table.
     wrong = TRUTH.replace("lib_book,14,quarantined,orphan_author", "lib_book,14,excluded,draft")
     wrong = wrong.replace("lib_author,5,migrated,country_normalized\n", "")
-    # And a planted row the ledger does not have at all.
-    truth.write_text(wrong + "lib_shelf,1,migrated,\nlib_book,99,migrated,\n")
+    # And a planted row the ledger does not have at all; and one it has plainly migrated,
+    # which the join of planted and ledger rows takes in only because the truth names it.
+    truth.write_text(
+        wrong + "lib_shelf,1,migrated,\nlib_book,99,migrated,\nlib_book,10,excluded,draft\n"
+    )
     report = verify(world.target, world.spec, truth)
     problems = {(p.table, tuple(p.keys)): p for p in report.problems}
     assert set(problems) == {
@@ -173,8 +176,12 @@ def test_truth_file(world: World, tmp_path: Path) -> None:
         ("lib_author", ("5",)),
         ("lib_shelf", ()),
         ("lib_book", ("99",)),
+        ("lib_book", ("10",)),
     }
     assert "the ledger says nothing" in problems[("lib_book", ("99",))].detail
+    assert "expected excluded (draft) but the ledger says migrated" in (
+        problems[("lib_book", ("10",))].detail
+    )
     assert {p.kind for p in report.problems} == {"truth"}
     assert "expected excluded (draft)" in problems[("lib_book", ("14",))].detail
     assert "quarantined (orphan_author)" in problems[("lib_book", ("14",))].detail
