@@ -458,3 +458,19 @@ def test_a_value_held_by_a_row_whose_deletion_a_killed_run_left_queued(world: Wo
     world.sync()
     assert world.fate("items", "3") == ("migrated", None)
     world.assert_converged()
+
+
+def test_an_operator_excludes_a_key_its_source_repeats(world: World) -> None:
+    """History (found by the long profile): person 4 twice (both rows quarantined
+    duplicate_key); migrate; the operator excludes it; migrate.
+
+    ferry keeps the decision, as it should; the fresh migrate, given the decision as an
+    exclude rule, put duplicate_key first (the engine decides it before any rule), and the
+    comparison called the decision wrong. A decision is expected to stand there."""
+    world.src("INSERT INTO src_person VALUES (4, 's'), (4, 's'), (1, 's')")
+    world.migrate()
+    assert world.fate("staff", "4") == ("quarantined", "duplicate_key")
+    quarantine.exclude(world.target, world.spec, "staff", "4", "left behind", by="test")
+    world.migrate()
+    assert world.fate("staff", "4") == ("excluded", "operator")
+    world.assert_converged()
