@@ -802,12 +802,16 @@ def _materialize(conn: psycopg.Connection, plan: Plan) -> None:
 
 
 def _staged_clause(spec: Spec, plan: Plan) -> sql.Composable:
-    """`` AND`` the refused row's key is still staged (for a model that accounts for it)."""
+    """`` AND`` the refused row's key is still staged (for a model that accounts for it).
+
+    As ``IN`` over the stage's keys, not a correlated ``EXISTS``: in a select list that is
+    a subplan run per refused row, each a scan of the whole stage (the key's text matches
+    no index), while ``IN`` hashes the stage's keys once."""
     if not plan.model.accounts:
         return sql.SQL("")
     src = spec.source(plan.model.source)
-    return sql.SQL(" AND EXISTS (SELECT FROM {} s WHERE s.{}::text = l.source_key)").format(
-        sql.Identifier(spec.stage_schema, src.stage_table), sql.Identifier(src.stage_key)
+    return sql.SQL(" AND coalesce(l.source_key IN (SELECT s.{}::text FROM {} s), false)").format(
+        sql.Identifier(src.stage_key), sql.Identifier(spec.stage_schema, src.stage_table)
     )
 
 
