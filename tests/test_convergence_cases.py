@@ -474,3 +474,21 @@ def test_an_operator_excludes_a_key_its_source_repeats(world: World) -> None:
     world.migrate()
     assert world.fate("staff", "4") == ("excluded", "operator")
     world.assert_converged()
+
+
+def test_a_decided_row_whose_computation_fails_keeps_its_decision(world: World) -> None:
+    """History (found by the long profile, shrunk by hand): item 3 whose qty does not cast
+    to the target's integer (quarantined invalid_text_representation); migrate; the
+    operator excludes it; migrate again.
+
+    The second migrate computes item 3's chunk whole; the cast fails for item 3, bisection
+    narrows the failure down to it and quarantined it again over the operator's decision
+    (decided_by kept, status quarantined). A decision stands until the operator undoes it."""
+    world.src("INSERT INTO src_item VALUES (3, NULL, NULL, 'x', 'ok'), (2, NULL, 's2', '1', 'ok')")
+    world.migrate()
+    assert world.fate("items", "3") == ("quarantined", "invalid_text_representation")
+    quarantine.exclude(world.target, world.spec, "items", "3", "left behind", by="test")
+    world.src("INSERT INTO src_item VALUES (4, NULL, 's4', '1', 'ok')")
+    world.migrate()
+    assert world.fate("items", "3") == ("excluded", "operator")
+    world.assert_converged()

@@ -548,11 +548,15 @@ class Runner:
         # Aside, the key can have no earlier row, and there is no index to look it up by.
         old = None if self.aside else self.conn.execute(
             sql.SQL(
-                "SELECT status, sqlstate, target_uuid, row_hash FROM {} "
+                "SELECT status, sqlstate, target_uuid, row_hash, decided_by IS NOT NULL FROM {} "
                 "WHERE model = %s AND source_key = %s"
             ).format(self.led),
             [plan.model.name, key],
         ).fetchone()  # fmt: skip
+        if old is not None and old[4]:
+            # An operator's decision stands (``Plan.candidates`` leaves such rows out): a row
+            # computed only because a failing chunk held it is not quarantined over it.
+            return
         self.errors += 1
         if old is not None and old[0] == "quarantined" and old[1] == exc.sqlstate:
             if old[3] != attempted:
