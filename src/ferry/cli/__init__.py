@@ -223,7 +223,10 @@ def sync(
         "10m", "--max-backoff", help="With --every: longest wait after failed syncs."
     ),
     full: bool = typer.Option(
-        False, "--full", help="Compare every row by checksums even where the WAL names changes."
+        False,
+        "--full",
+        help="An audit: compare every row by checksums even where the WAL names changes, and "
+        "count the ledger's invariant whole instead of key by key.",
     ),
 ) -> None:
     """Bring the target in step with the legacy database: only what changed moves.
