@@ -492,3 +492,20 @@ def test_a_decided_row_whose_computation_fails_keeps_its_decision(world: World) 
     world.migrate()
     assert world.fate("items", "3") == ("excluded", "operator")
     world.assert_converged()
+
+
+def test_a_value_freed_in_a_migrate_goes_to_the_row_refused_for_it(world: World) -> None:
+    """History (found by the long profile, shrunk by hand): items 4 and 7 with sku S1
+    (item 7 refused: unique_violation); migrate; item 4's qty no longer casts; migrate.
+
+    The second migrate quarantined item 4 and deleted its target row after every model ran,
+    but nothing sent item 7 to the target again: S1 free, item 7 still refused, where a
+    fresh migrate writes it. Rows refused for a value a deleted row held are run again."""
+    world.src("INSERT INTO src_item VALUES (4, NULL, 'S1', '1', 'ok'), (7, NULL, 'S1', '1', 'ok')")
+    world.migrate()
+    assert world.fate("items", "7") == ("quarantined", "unique_violation")
+    world.src("UPDATE src_item SET qty = 'x' WHERE id = 4")
+    world.migrate()
+    assert world.fate("items", "4") == ("quarantined", "invalid_text_representation")
+    assert world.fate("items", "7") == ("migrated", None)
+    world.assert_converged()

@@ -293,8 +293,14 @@ def transform_all(
                 if future in running:
                     done[running.pop(future)] = future.result()
     with connect(target, app="ferry-transform") as conn:
-        deletes.apply_pending_deletes(conn, spec, run_id)
-    return [done[m.name] for m in order]
+        freed = settle.pending_tables(conn, spec)
+        deleted, _ = deletes.apply_pending_deletes(conn, spec, run_id)
+        # Rows refused for a value that a row now gone held: written by the pass after.
+        again = settle.refused_where_freed(conn, spec, freed) if deleted else {}
+    results = [done[m.name] for m in order]
+    for r in results:
+        r.blocked |= again.get(r.model, set())
+    return results
 
 
 def migrate(

@@ -221,7 +221,7 @@ def settle(
         outcome[model.name] |= _release(conn, spec, model, gone, run_id)
         if model.accounts:
             touched[model.source] += [result.changed_keys, keys or ()]
-    freed = _pending_tables(conn, spec)
+    freed = pending_tables(conn, spec)
     out.written |= _pending_models(conn, spec)
     deleted, _ = deletes.apply_pending_deletes(conn, spec, run_id)
     out.deleted_rows += deleted
@@ -229,10 +229,9 @@ def settle(
     # refused for a unique value in a table rows just left: written now that the deletions
     # are done, as a migrate of the current source would (each pass that frees values).
     blocked = _blocked(out.models[first:])
-    for model in spec.models:
-        if deleted and model.target in freed:
-            refused = _quarantined(conn, spec, model, "refused", UNIQUE_VIOLATION)
-            blocked[model.name] = blocked.get(model.name, set()) | refused
+    if deleted:
+        for name, refused in refused_where_freed(conn, spec, freed).items():
+            blocked[name] = blocked.get(name, set()) | refused
     blocked = {m: ks for m, ks in blocked.items() if ks}
     if blocked and depth < BLOCKED_PASSES:
         again = settle(
@@ -262,6 +261,18 @@ def _merged(changed: set[str], extra: set[str], deleted: set[str]) -> list[str]:
             (k for k in extra if k not in changed and k not in deleted),
         )
     )
+
+
+def refused_where_freed(
+    conn: psycopg.Connection, spec: Spec, freed: Collection[str]
+) -> dict[str, set[str]]:
+    """Rows refused for a unique value in a table rows just left (``freed``): their value
+    may be free now, as in a migrate of the current source, which never saw the rows."""
+    return {
+        m.name: _quarantined(conn, spec, m, "refused", UNIQUE_VIOLATION)
+        for m in spec.models
+        if m.target in freed
+    }
 
 
 def _blocked(results: list[chunk.ModelResult]) -> dict[str, set[str]]:
@@ -344,7 +355,7 @@ def _orphans(conn: psycopg.Connection, spec: Spec, model: Model, reason: str) ->
     return {r[0] for r in rows}
 
 
-def _pending_tables(conn: psycopg.Connection, spec: Spec) -> set[str]:
+def pending_tables(conn: psycopg.Connection, spec: Spec) -> set[str]:
     """The target tables that rows queued for deletion are about to leave."""
     rows = conn.execute(
         sql.SQL("SELECT DISTINCT target_table FROM {}").format(
