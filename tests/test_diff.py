@@ -8,6 +8,7 @@ diff names exactly the changed keys and that applying it makes both sides equal.
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -557,13 +558,13 @@ def test_a_level_of_many_buckets_is_summed_in_bounded_batches(
 
     monkeypatch.setattr(ferry.sync.diff, "SUMS_PER_BATCH", 8)
     groups: list[int] = []
-    summed = ferry.sync.diff._IntBuckets.sums
+    summed = ferry.sync.diff._IntBuckets.query
 
     def counting(self: Any, side: Any, parents: list[Any]) -> Any:
         groups.append(len(parents))
         return summed(self, side, parents)
 
-    monkeypatch.setattr(ferry.sync.diff._IntBuckets, "sums", counting)
+    monkeypatch.setattr(ferry.sync.diff._IntBuckets, "query", counting)
     batched = item.diff()
     assert (batched.inserted, batched.updated, batched.deleted) == (
         whole.inserted, whole.updated, whole.deleted,
@@ -572,3 +573,173 @@ def test_a_level_of_many_buckets_is_summed_in_bounded_batches(
     assert batched.buckets_compared == whole.buckets_compared
     assert len(groups) > 2 * (whole.levels - 1)  # more than one round trip a level and side
     assert max(groups) <= 8
+
+
+# --------------------------------------------------------------------------------------------
+# Level 0 streamed: both sides' bucket sums are merged in sorted batches, never held whole.
+
+SEED = 20261206
+SMALL_DENSE = 24_000  # with the 5,000 sparse ids under 30,000 rows: ANALYZE reads every row,
+# so the key histogram (the level-0 widths) and the figures below are the same on every run
+
+
+def _seeded_int(dbs: tuple[psycopg.Connection[Any], ...]) -> tuple[Pair, dict[str, list[Any]]]:
+    """A 29,000-row item table whose source got a seeded change set scattered over its keys."""
+    src, stg = dbs
+    name = f"seeded_{next(_names)}"
+    t = sql.Identifier(name)
+    for conn in (src, stg):
+        conn.execute(sql.SQL(ITEM_DDL).format(t))
+    src.execute(sql.SQL(ITEM_ROWS).format(t, SMALL_DENSE, SPARSE_BASE, SPARSE_STEP))
+    _copy(src, stg, name)
+    return Pair(src, stg, name), _change_int(src, t)
+
+
+def _change_int(conn: psycopg.Connection[Any], t: sql.Composable) -> dict[str, list[Any]]:
+    rng = random.Random(SEED)
+    held = [*range(1, SMALL_DENSE + 1), *(SPARSE_BASE + g * SPARSE_STEP for g in range(1, 5001))]
+    picked = rng.sample(held, 500)
+    gaps = [SPARSE_BASE + g * SPARSE_STEP + rng.randrange(1, SPARSE_STEP) for g in range(5000)]
+    new = sorted({*rng.sample(gaps, 120), SMALL_DENSE + 1, -3})
+    changes = {"updated": sorted(picked[:300]), "deleted": sorted(picked[300:]), "inserted": new}
+    conn.execute(
+        sql.SQL("UPDATE {} SET note = coalesce(note, '') || '+' WHERE id = ANY(%s)").format(t),
+        [changes["updated"]],
+    )
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(t), [changes["deleted"]])
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (id, name, flag) SELECT g, 'new', true FROM unnest(%s::int[]) g"
+        ).format(t),
+        [new],
+    )
+    return changes
+
+
+def _seeded_text(dbs: tuple[psycopg.Connection[Any], ...]) -> tuple[Pair, dict[str, list[Any]]]:
+    """A 20,000-row text-keyed table (hashed buckets) with a seeded change set."""
+    src, stg = dbs
+    name = f"seeded_code_{next(_names)}"
+    t = sql.Identifier(name)
+    for conn in (src, stg):
+        conn.execute(sql.SQL("CREATE TABLE {} (code text PRIMARY KEY, n int)").format(t))
+    src.execute(
+        sql.SQL("INSERT INTO {} SELECT 'C-' || g, g FROM generate_series(1, 20000) g").format(t)
+    )
+    _copy(src, stg, name)
+    return Pair(src, stg, name), _change_text(src, t)
+
+
+def _change_text(conn: psycopg.Connection[Any], t: sql.Composable) -> dict[str, list[Any]]:
+    rng = random.Random(SEED)
+    picked = [f"C-{g}" for g in rng.sample(range(1, 20001), 400)]
+    new = sorted(f"N-{g}" for g in rng.sample(range(10**6), 80))
+    changes = {"updated": sorted(picked[:250]), "deleted": sorted(picked[250:]), "inserted": new}
+    conn.execute(
+        sql.SQL("UPDATE {} SET n = -n WHERE code = ANY(%s)").format(t), [changes["updated"]]
+    )
+    conn.execute(sql.SQL("DELETE FROM {} WHERE code = ANY(%s)").format(t), [changes["deleted"]])
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, 0 FROM unnest(%s::text[]) g").format(t), [new])
+    return changes
+
+
+def _assert_changes(diff: TableDiff, changes: dict[str, list[Any]]) -> None:
+    assert diff.inserted == _keys(*changes["inserted"])
+    assert diff.updated == _keys(*changes["updated"])
+    assert diff.deleted == _keys(*changes["deleted"])
+
+
+def _figures(diff: TableDiff) -> tuple[int, ...]:
+    return (
+        diff.source_rows, diff.stage_rows, diff.buckets_compared, diff.levels, diff.rows_compared
+    )  # fmt: skip
+
+
+@pytest.fixture
+def fetched(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Bucket sums fetched 7 at a time; each fetch recorded as (side, rows)."""
+    import ferry.sync.diff
+
+    monkeypatch.setattr(ferry.sync.diff, "SUMS_FETCH_ROWS", 7)
+    batches: list[tuple[str, int]] = []
+    fetch = ferry.sync.diff._fetch
+
+    def recording(side: Any, cur: Any) -> list[tuple[Any, ...]]:
+        rows = fetch(side, cur)
+        batches.append((side.name, len(rows)))
+        return rows
+
+    monkeypatch.setattr(ferry.sync.diff, "_fetch", recording)
+    return batches
+
+
+# (source rows, stage rows, buckets compared, levels, rows compared) that the diff gave for
+# these change sets when each level's sums were read whole (before ``_compare_sums``)
+SEEDED_INT_FIGURES = (28922, 29000, 4024, 5, 3897)
+SEEDED_TEXT_FIGURES = (19930, 20000, 2096, 2, 4504)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["default", "7-row-batches"])
+def test_seeded_changes_give_the_figures_of_whole_levels(
+    dbs: tuple[psycopg.Connection[Any], ...], batched: bool, request: pytest.FixtureRequest
+) -> None:
+    """Merging the sides' sums batch by batch finds what reading them whole found."""
+    batches = request.getfixturevalue("fetched") if batched else []
+    pair, changes = _seeded_int(dbs)
+    diff = pair.diff()
+    _assert_changes(diff, changes)
+    assert _figures(diff) == SEEDED_INT_FIGURES
+    pair, changes = _seeded_text(dbs)
+    text = pair.diff(("code",), ["code", "n"])
+    _assert_changes(text, changes)
+    assert _figures(text) == SEEDED_TEXT_FIGURES
+    if batched:
+        # no fetch held more than a batch, and every bucket of every level came through them
+        assert max(n for _, n in batches) <= 7
+        fetched_rows = sum(n for _, n in batches)
+        assert fetched_rows >= diff.buckets_compared + text.buckets_compared
+        assert len(batches) > fetched_rows / 7
+
+
+@pytest.mark.parametrize("keyed", ["int", "text"])
+def test_seeded_changes_on_one_connection_in_small_batches(
+    dbs: tuple[psycopg.Connection[Any], ...], keyed: str, fetched: list[tuple[str, int]]
+) -> None:
+    """A file's TEMP table beside its stage table: both cursors on that one connection, read
+    in turn inside the diff's transaction."""
+    _, stg = dbs
+    pair, _ = _seeded_int(dbs) if keyed == "int" else _seeded_text(dbs)
+    key, cols = (("id",), ITEM_COLUMNS) if keyed == "int" else (("code",), ["code", "n"])
+    with stg.transaction():
+        temp = sql.Identifier("pg_temp", f"{pair.table}_file")
+        stg.execute(sql.SQL("CREATE TEMP TABLE {} AS SELECT * FROM {}").format(temp, pair.rel))
+        changes = (_change_int if keyed == "int" else _change_text)(stg, temp)
+        diff = diff_table(stg, temp, stg, pair.rel, key, cols)
+        _assert_changes(diff, changes)
+        stg.execute(sql.SQL("DROP TABLE {}").format(temp))
+    assert max(n for _, n in fetched) <= 7
+    sides = [side for side, _ in fetched]
+    # interleaved: the stage's cursor is read between batches of the source's
+    assert sides.index("stage") < len(sides) - 1 - sides[::-1].index("source")
+    assert stg.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_a_null_key_is_refused_when_its_bucket_comes_in_a_later_batch(
+    dbs: tuple[psycopg.Connection[Any], ...], fetched: list[tuple[str, int]]
+) -> None:
+    _, stg = dbs
+    name = f"nullkey_{next(_names)}"
+    stage = sql.Identifier("public", name)
+    stg.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v text)").format(stage))
+    stg.execute(
+        sql.SQL("INSERT INTO {} SELECT g, 'v' FROM generate_series(1, 3000) g").format(stage)
+    )
+    stg.execute(sql.SQL("ANALYZE {}").format(stage))
+    with stg.transaction():
+        temp = sql.Identifier("pg_temp", f"{name}_file")
+        stg.execute(sql.SQL("CREATE TEMP TABLE {} AS SELECT * FROM {}").format(temp, stage))
+        stg.execute(sql.SQL("INSERT INTO {} VALUES (NULL, 'x'), (NULL, 'y')").format(temp))
+        with pytest.raises(FerryError, match="2 row"):
+            diff_table(stg, temp, stg, stage, ["id"], ["id", "v"])
+        stg.execute(sql.SQL("DROP TABLE {}").format(temp))
+    assert len(fetched) > 2

@@ -83,9 +83,12 @@ Transactions and consistency
 The source is read in one ``REPEATABLE READ, READ ONLY`` transaction when the connection is
 idle on entry, so every level (and, in :func:`sync_stage_table`, the copy) sees one snapshot.
 The stage writes of :func:`apply_diff` happen in one transaction. Both sides' aggregates run
-concurrently on two threads (they are two servers). When both sides are the same connection
-(a CSV loaded into a TEMP table in the target), they run one after the other and the copy is
-a server-side ``INSERT ... SELECT``.
+concurrently on two threads (they are two servers). Their bucket sums come back in name
+order through server-side cursors, a batch at a time, and are merged as two sorted streams:
+only the differing buckets are held, so a no-op sync's memory does not grow with the table
+(level 0 has up to 32,768 buckets a side). When both sides are the same connection (a CSV
+loaded into a TEMP table in the target), they run one after the other, their two cursors
+read in turn, and the copy is a server-side ``INSERT ... SELECT``.
 
 Relations are a ``psycopg.sql.Composable`` (``sql.Identifier("public", "t")``) or a
 ``(schema, name)`` pair. Errors are :class:`ferry.errors.FerryError`; their messages name
@@ -140,6 +143,9 @@ SESSION_SETTINGS: tuple[tuple[str, str], ...] = (
     ("bytea_output", "hex"),
     ("lc_monetary", "C"),
     ("jit", "off"),
+    # The bucket sums are read through server-side cursors: plan them for all their rows
+    # (the default 0.1 favours plans that start fast, a sort of every row over a hash).
+    ("cursor_tuple_fraction", "1"),
 )
 
 LEVEL0_ROWS_PER_BUCKET = 128
@@ -647,10 +653,10 @@ def _array_param(values: Sequence[Any]) -> Any:
 #
 # A bucket is named by one int8: for an integer key, the first key of its range; for a hashed
 # key, the top bits of the key hash (``hash >> shift``). A level opens a list of parents and
-# returns, per side, {child name: (count, sum of high halves, sum of low halves)}.
+# gives, per side, the query of its children's rows (name, count, sum of high halves, sum of
+# low halves) in name order; ``_compare_sums`` merges the two sides' rows as they come.
 
-Sums = dict[Any, tuple[int, int, int]]
-_EMPTY = (0, 0, 0)
+Query = tuple[sql.Composable, Any]  # a statement and its parameters
 
 
 @dataclass(frozen=True)
@@ -685,17 +691,99 @@ def _sums_query(body: sql.Composable) -> sql.Composable:
     carry exactly the information of the full sum (sum = 2**32 hi + lo + 2**31 count), are
     cheaper to aggregate than numeric, and come back as fixed-width integers. OFFSET 0 keeps
     the planner from grouping by the bare expression, where it takes the number of groups for
-    the number of rows and sorts instead of hashing.
+    the number of rows and sorts instead of hashing. The buckets come in name order (the
+    hash aggregate's groups sorted, NULL last), int8 on both servers, for the merge.
     """
     return sql.SQL(
         "SELECT _b, count(*), sum((_h >> 32)::int4),"
         " sum(((_h & 4294967295) - 2147483648)::int4)"
-        " FROM ({body} OFFSET 0) _s GROUP BY _b"
+        " FROM ({body} OFFSET 0) _s GROUP BY _b ORDER BY _b NULLS LAST"
     ).format(body=body)
 
 
-def _sums(side: _Side, query: sql.Composable, params: Any = None) -> Sums:
-    return {r[0]: (r[1], r[2], r[3]) for r in side.rows(query, params)}
+# Bucket sums fetched per round trip. Level 0 has up to 32,768 buckets a side; held whole
+# (two dicts, and the client's copy of each result) they made a no-op sync's memory grow with
+# the table. Merged batch by batch, only the differing buckets are kept.
+SUMS_FETCH_ROWS = 2048
+
+
+def _fetch(side: _Side, cur: psycopg.ServerCursor[Any]) -> list[tuple[Any, ...]]:
+    """The next batch of a side's bucket sums; the bytes the server sent for it counted."""
+    with _db_errors(f"range diff query on {side.name} table {side.label}"):
+        rows = cur.fetchmany(SUMS_FETCH_ROWS)
+        side.bytes += _result_bytes(cur)
+    return rows
+
+
+class _SumStream:
+    """One side's bucket sums in name order, through a server-side cursor, a batch at a time.
+
+    A bucket named NULL (a NULL key, which sorts last) is not yielded: its rows are counted
+    in ``nulls``.
+    """
+
+    def __init__(self, side: _Side, cur: psycopg.ServerCursor[Any], query: Query) -> None:
+        self.side, self.cur, self.query = side, cur, query
+        self.batch: list[tuple[Any, ...]] = []
+        self.nulls: int | None = None
+
+    def start(self) -> None:
+        """Declare the cursor and fetch the first batch: the server aggregates the level."""
+        with _db_errors(f"range diff query on {self.side.name} table {self.side.label}"):
+            self.cur.execute(*self.query)
+        self.batch = self._next()
+
+    def _next(self) -> list[tuple[Any, ...]]:
+        rows = _fetch(self.side, self.cur)
+        if rows and rows[-1][0] is None:
+            self.nulls = rows.pop()[1]
+        return rows
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        while self.batch:
+            yield from self.batch
+            self.batch = [] if self.nulls is not None else self._next()
+
+
+def _compare_sums(
+    pair: _Pair, query: Callable[[_Side], Query], sizes: dict[int, int]
+) -> tuple[int, int, int, int | None]:
+    """Merge both sides' bucket sums, as two streams sorted by name, into ``sizes``: the
+    larger row count of each bucket whose (count, checksum) differ or that one side lacks.
+
+    Both queries start at once (two servers aggregate in parallel; on one connection, two
+    cursors in turn). Returns the buckets compared, the rows of each side, and the rows of a
+    bucket named NULL (the source's, else the stage's), if any.
+    """
+    with ExitStack() as stack:
+        streams = {}
+        for side in (pair.source, pair.stage):
+            cur = side.conn.cursor(name=f"ferry_diff_{side.name}", binary=True)
+            stack.callback(cur.close)
+            streams[side.name] = _SumStream(side, cur, query(side))
+        pair.both(lambda side: streams[side.name].start())
+        src_stream, stg_stream = streams["source"], streams["stage"]
+        compared = src_total = stg_total = 0
+        src, stg = iter(src_stream), iter(stg_stream)
+        a, b = next(src, None), next(stg, None)
+        while a is not None or b is not None:
+            compared += 1
+            if b is None or (a is not None and a[0] < b[0]):  # the source's only
+                src_total += a[1]
+                sizes[a[0]] = a[1]
+                a = next(src, None)
+            elif a is None or b[0] < a[0]:  # the stage's only
+                stg_total += b[1]
+                sizes[b[0]] = b[1]
+                b = next(stg, None)
+            else:
+                src_total += a[1]
+                stg_total += b[1]
+                if a != b:
+                    sizes[a[0]] = max(a[1], b[1])
+                a, b = next(src, None), next(stg, None)
+        nulls = src_stream.nulls if src_stream.nulls is not None else stg_stream.nulls
+    return compared, src_total, stg_total, nulls
 
 
 class _IntBuckets:
@@ -751,7 +839,7 @@ class _IntBuckets:
             return aligned
         return sql.SQL("greatest({}::int8, {})").format(sql.Literal(r.lo), aligned)
 
-    def sums0(self, side: _Side, parents: list[_Range]) -> Sums:
+    def query0(self, side: _Side, parents: list[_Range]) -> Query:
         """Level 0: one sequential scan; the interval is picked by a short CASE."""
         name = self._child_name(parents[-1])
         if len(parents) > 1:
@@ -765,7 +853,7 @@ class _IntBuckets:
         body = sql.SQL("SELECT {name} AS _b, {fp} AS _h FROM {rel} t").format(
             name=name, fp=self.plan.fingerprint, rel=side.rel
         )
-        return _sums(side, _sums_query(body))
+        return _sums_query(body), None
 
     def _scope(
         self, side: _Side, los: list[int], his: list[int], shifts: list[int]
@@ -791,14 +879,14 @@ class _IntBuckets:
             ).format(rel=side.rel, k=k)
         return clause, params
 
-    def sums(self, side: _Side, parents: list[_Range]) -> Sums:
+    def query(self, side: _Side, parents: list[_Range]) -> Query:
         scope, params = self._scope(
             side, [p.lo for p in parents], [p.hi for p in parents], [p.shift for p in parents]
         )
         body = sql.SQL(
             "SELECT _p._lo + ((({k} - _p._lo) >> _p._s) << _p._s) AS _b, {fp} AS _h {scope}"
         ).format(k=self.plan.int_expr, fp=self.plan.fingerprint, scope=scope)
-        return _sums(side, _sums_query(body), params)
+        return _sums_query(body), params
 
     def batches(self, parents: list[_Range]) -> Iterator[list[_Range]]:
         """Consecutive parents with about ``SUMS_PER_BATCH`` children in all (an index range
@@ -883,14 +971,14 @@ class _HashBuckets:
             "FROM {rel} t WHERE ({h} >> {s}) IN (SELECT unnest({names}::int8[]))"
         ).format(rel=side.rel, h=self.plan.hash_expr, s=sql.Literal(shift), names=sql.Placeholder())
 
-    def sums0(self, side: _Side, parents: list[_Prefixes]) -> Sums:
-        return self.sums(side, parents)
+    def query0(self, side: _Side, parents: list[_Prefixes]) -> Query:
+        return self.query(side, parents)
 
     def batches(self, parents: list[_Prefixes]) -> Iterator[list[_Prefixes]]:
         """One batch: each would be another scan of the whole table."""
         yield parents
 
-    def sums(self, side: _Side, parents: list[_Prefixes]) -> Sums:
+    def query(self, side: _Side, parents: list[_Prefixes]) -> Query:
         (p,) = parents
         body = sql.SQL("SELECT {h} >> {cs} AS _b, {fp} AS _h {scope}").format(
             h=self.plan.hash_expr,
@@ -898,7 +986,7 @@ class _HashBuckets:
             fp=self.plan.fingerprint,
             scope=self._scope(side, p.shift, p.names),
         )
-        return _sums(side, _sums_query(body), None if p.shift is None else [list(p.names)])
+        return _sums_query(body), None if p.shift is None else [list(p.names)]
 
     def children(
         self, parents: list[_Prefixes], names: list[int], sizes: dict[Any, int]
@@ -1069,25 +1157,18 @@ def _run_diff(pair: _Pair, plan: _Plan, result: TableDiff) -> None:
         first = result.levels == 0
         result.levels += 1
         # Per batch of parents, only what differs is kept: names and sizes.
-        sizes: dict[Any, int] = {}
+        sizes: dict[int, int] = {}
         compared = src_total = stg_total = 0
+        query = buckets.query0 if first else buckets.query
         for group in [parents] if first else buckets.batches(parents):
-            if first:
-                src_sums, stg_sums = pair.both(lambda side, p=group: buckets.sums0(side, p))
-                if None in src_sums or None in stg_sums:
-                    nulls = src_sums.get(None, stg_sums.get(None, _EMPTY))[0]
-                    raise FerryError(
-                        f"{nulls} row(s) with a NULL key in {source.label} or {stage.label}"
-                    )
-            else:
-                src_sums, stg_sums = pair.both(lambda side, p=group: buckets.sums(side, p))
-            stage_only = stg_sums.keys() - src_sums.keys()
-            compared += len(src_sums) + len(stage_only)
-            src_total += sum(v[0] for v in src_sums.values())
-            stg_total += sum(v[0] for v in stg_sums.values())
-            for n in [n for n, v in src_sums.items() if stg_sums.get(n) != v] + [*stage_only]:
-                sizes[n] = max(src_sums.get(n, _EMPTY)[0], stg_sums.get(n, _EMPTY)[0])
-            del src_sums, stg_sums
+            n, src_n, stg_n, nulls = _compare_sums(
+                pair, lambda side, p=group, q=query: q(side, p), sizes
+            )
+            if nulls is not None:
+                raise FerryError(
+                    f"{nulls} row(s) with a NULL key in {source.label} or {stage.label}"
+                )
+            compared, src_total, stg_total = compared + n, src_total + src_n, stg_total + stg_n
         if first:
             result.source_rows, result.stage_rows = src_total, stg_total
         result.buckets_compared += compared
