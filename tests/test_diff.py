@@ -724,15 +724,22 @@ def test_seeded_changes_on_one_connection_in_small_batches(
     assert stg.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
+@pytest.mark.parametrize("sparse", [0, 2000], ids=["one-interval", "several-intervals"])
 def test_a_null_key_is_refused_when_its_bucket_comes_in_a_later_batch(
-    dbs: tuple[psycopg.Connection[Any], ...], fetched: list[tuple[str, int]]
+    dbs: tuple[psycopg.Connection[Any], ...], fetched: list[tuple[str, int]], sparse: int
 ) -> None:
+    """A file's rows without a key are refused, whichever level-0 interval they would fall in
+    (with several, a NULL key was once named the last interval's first bucket, unseen)."""
     _, stg = dbs
     name = f"nullkey_{next(_names)}"
     stage = sql.Identifier("public", name)
     stg.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v text)").format(stage))
     stg.execute(
-        sql.SQL("INSERT INTO {} SELECT g, 'v' FROM generate_series(1, 3000) g").format(stage)
+        sql.SQL(
+            "INSERT INTO {} SELECT g, 'v' FROM generate_series(1, 3000) g"
+            " UNION ALL SELECT 1000000 + g * 997, 'w' FROM generate_series(1, %s) g"
+        ).format(stage),
+        [sparse],
     )
     stg.execute(sql.SQL("ANALYZE {}").format(stage))
     with stg.transaction():

@@ -849,7 +849,10 @@ class _IntBuckets:
                 )
                 for r in parents[:-1]
             )
-            name = sql.SQL("CASE {} ELSE {} END").format(whens, name)
+            # a NULL key passes every WHEN, and greatest() would name it the last interval
+            name = sql.SQL("CASE WHEN {k} IS NULL THEN NULL {w} ELSE {n} END").format(
+                k=self.plan.int_expr, w=whens, n=name
+            )
         body = sql.SQL("SELECT {name} AS _b, {fp} AS _h FROM {rel} t").format(
             name=name, fp=self.plan.fingerprint, rel=side.rel
         )
