@@ -5,9 +5,10 @@ A Hypothesis state machine drives the world of ``tests/specs/convergence`` (thre
 levels, a merge, every kind of rule, a CSV, a unique index and CHECKs no rule predicts, a
 cast that fails, every ``on_delete``, a table with no key, a declared key that repeats
 within and across two models) through random histories: source rows inserted,
-changed, deleted and re-keyed, the CSV rewritten, the application writing its own rows,
-migrates, syncs, runs killed at a chunk boundary, the stage emptied as a server crash
-empties it, quarantine retry and exclude, rollback of the last run. After every run that
+changed, deleted and re-keyed, two items swapping their unique values, the CSV rewritten,
+the application writing its own rows, migrates, syncs, runs killed at a chunk boundary,
+the stage emptied as a server crash empties it, quarantine retry and exclude, rollback of
+the last run. After every run that
 finished (the state is then *settled*) it checks the ledger invariant, ``verify`` and the
 comparison with a fresh migrate of the current source into a fresh target that holds the
 same application rows; after anything else only what must hold at every moment.
@@ -197,6 +198,20 @@ def ferry_rows(conn: psycopg.Connection, spec: Spec) -> dict[tuple[str, str], st
     return out
 
 
+def kept_for_history(conn: psycopg.Connection) -> set[tuple[str, str]]:
+    """Items whose target row a note or tag references that ferry no longer owns (its
+    source row went: ``on_delete`` flag or keep). Ferry cannot remove such an item's row
+    when its fate changes, keeps it and flags a conflict for the operator: a fact of the
+    target's history, which no fresh migrate has."""
+    rows = conn.execute(
+        "SELECT i.legacy_item_id::text FROM items i WHERE i.legacy_item_id IS NOT NULL "
+        "AND EXISTS (SELECT FROM (SELECT id, item_id FROM notes UNION ALL "
+        "SELECT id, item_id FROM tags) r WHERE r.item_id = i.id AND NOT EXISTS "
+        "(SELECT FROM ferry.ledger l WHERE l.status = 'migrated' AND l.target_uuid = r.id))"
+    ).fetchall()
+    return {("items", r[0]) for r in rows}
+
+
 def structural_problems(conn: psycopg.Connection, spec: Spec, settled: bool) -> list[str]:
     """What must hold at every moment (and, ``settled``, after a run that finished)."""
     problems = []
@@ -233,6 +248,7 @@ def fresh_differences(
     with psycopg.connect(target) as conn:
         real = ledger_rows(conn)
         real_rows = ferry_rows(conn, spec)
+        kept = kept_for_history(conn)
     decided: dict[str, set[str]] = {}
     for (model, key), v in real.items():
         if v[-1]:
@@ -255,6 +271,8 @@ def fresh_differences(
                 exp = ("excluded", quarantine.OPERATOR)
         elif got and exp:
             got, exp = got[:-1], exp[:-1]
+            if k in kept:  # the conflict flag is the history's (``kept_for_history``)
+                got, exp = got[:-1], exp[:-1]
         if got != exp:
             diffs.append(f"ledger {k}: {got} != fresh {exp}")
     for k in sorted(set(real_rows) | set(want_rows)):
@@ -361,6 +379,15 @@ class Convergence(RuleBasedStateMachine):
             self._src(f"DELETE FROM src_person WHERE {one}", [key])
         else:
             self._src(f"UPDATE src_person SET kind = %s WHERE {one}", [kind, key])
+
+    @rule(a=ITEM_IDS, b=ITEM_IDS)
+    def swap_skus(self, a: int, b: int) -> None:
+        """Two items exchange their skus (a unique index's values) at once."""
+        self._src(
+            "UPDATE src_item i SET sku = o.sku FROM src_item o "
+            "WHERE (i.id, o.id) IN ((%s, %s), (%s, %s))",
+            [a, b, b, a],
+        )
 
     @rule(table=st.sampled_from(["src_group", "src_item", "src_note"]), key=st.integers(1, 8))
     def delete_row(self, table: str, key: int) -> None:
@@ -555,7 +582,15 @@ class Convergence(RuleBasedStateMachine):
         assert not problems, problems
         if "verify" not in SKIP:
             report = verify(self.target, self.spec)
-            assert report.ok, report.summary()
+            with psycopg.connect(self.target) as conn:
+                kept = {key for _, key in kept_for_history(conn)}
+            # A conflict the history explains is one verify must report, and the only one.
+            wrong = [
+                p for p in report.problems
+                if not (p.kind == "conflict" and p.table == "public.items"
+                        and p.count == len(p.keys) and set(p.keys) <= kept)
+            ]  # fmt: skip
+            assert not wrong, report.summary()
         if "fresh" not in SKIP:
             self.compare_with_fresh()
 

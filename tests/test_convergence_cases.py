@@ -28,6 +28,7 @@ from tests.test_convergence import (
     InjectedCrash,
     dying_after,
     fresh_differences,
+    kept_for_history,
     structural_problems,
     write_csv,
 )
@@ -509,3 +510,68 @@ def test_a_value_freed_in_a_migrate_goes_to_the_row_refused_for_it(world: World)
     assert world.fate("items", "4") == ("quarantined", "invalid_text_representation")
     assert world.fate("items", "7") == ("migrated", None)
     world.assert_converged()
+
+
+def test_two_rows_swapping_unique_values(world: World) -> None:
+    """History (found beside tests/test_predict.py): items 1 and 2 swap their skus (values
+    of a unique index); sync.
+
+    Each waited for the other's value in every pass: the passes ran out and the sync ended
+    well, the ledger saying both were migrated while the target held the old values. A
+    later key holding a value an earlier one wants gives it up unless the chunk writes it,
+    as a migrate writing in key order gives it to the earlier key."""
+    world.src(
+        "INSERT INTO src_group VALUES (1, 'g')",
+        "INSERT INTO src_item VALUES (1, 1, 's1', '1', 'ok'), (2, 1, 's2', '1', 'ok')",
+        "INSERT INTO src_note VALUES (1, 2, 'hello')",
+    )
+    world.migrate()
+    world.src("UPDATE src_item SET sku = CASE id WHEN 1 THEN 's2' ELSE 's1' END")
+    world.sync()
+    assert world.fate("items", "1") == ("migrated", None)
+    assert world.fate("items", "2") == ("migrated", None)
+    assert world.fate("notes", "1") == ("migrated", None)
+    with psycopg.connect(world.target) as conn:
+        skus = conn.execute("SELECT legacy_item_id, sku FROM items ORDER BY 1").fetchall()
+    assert skus == [(1, "s2"), (2, "s1")]
+    world.assert_converged()
+
+
+def test_an_item_a_kept_tag_references_is_kept_with_a_conflict(world: World) -> None:
+    """History (found by the long profile, seed 7, shrunk by hand): tag T4 of item 8;
+    migrate; item 8 retired (excluded) and T4 gone from the export; sync.
+
+    Tags are kept when their source row goes (``on_delete = "keep"``): T4's row stays,
+    ferry's no longer, and references item 8's row, which ferry would now remove. It keeps
+    the row and flags the conflict, and verify reports it (it had said the row was edited,
+    which it was not). A fresh migrate has no kept tag, so the flag is history: the
+    convergence test expects it exactly where a row ferry no longer owns references the
+    item (``kept_for_history``)."""
+    world.src(
+        "INSERT INTO src_group VALUES (1, 'a')",
+        "INSERT INTO src_item VALUES (8, 1, NULL, '1', 'ok')",
+    )
+    write_csv(world.data_dir / "tags.csv", {"T4": (8, "x")})
+    world.migrate()
+    world.src("UPDATE src_item SET state = 'retired' WHERE id = 8")
+    write_csv(world.data_dir / "tags.csv", {})
+    world.sync()
+    assert world.fate("items", "8") == ("excluded", "retired")
+    assert world.fate("tags", "T4") == ("deleted", "kept")
+    with psycopg.connect(world.target) as conn:
+        assert kept_for_history(conn) == {("items", "8")}
+        flagged = conn.execute(
+            "SELECT source_key FROM ferry.ledger WHERE conflict AND status <> 'deleted'"
+        ).fetchall()
+        kept = conn.execute("SELECT count(*) FROM items WHERE legacy_item_id = 8").fetchone()
+    assert flagged == [("8",)] and kept == (1,)
+    report = verify(world.target, world.spec)
+    assert [(p.kind, p.table, p.keys) for p in report.problems] == [
+        ("conflict", "public.items", ["8"])
+    ]
+    assert "referenced by rows ferry does not own" in report.problems[0].detail
+    diffs = fresh_differences(
+        world.cluster, world.source, world.target, world.spec, world.data_dir, {},
+        "conv_case_fresh",
+    )  # fmt: skip
+    assert not diffs, diffs

@@ -434,14 +434,22 @@ class Runner:
                 for statement in self.plan.candidates(where, self.led, self.fresh):
                     conn.execute(statement)
                 self._check_unique()
-                for key, status, holder, message in conn.execute(
+                waiting = conn.execute(
                     "DELETE FROM _ferry_c WHERE _ferry_status IN (%s, %s) "
                     "RETURNING _ferry_key, _ferry_status, _ferry_holder, _ferry_message",
                     [PENDING, predict.BLOCKED],
-                ).fetchall():
+                ).fetchall()
+                holders = {h: m for _, _, h, m in waiting if h is not None}
+                # A later key holding a wanted value gives it up, as in a migrate that
+                # writes in key order, unless the chunk writes it (which may free the value:
+                # the next pass tells). Waiting itself, it never would: rows swapping unique
+                # values wait on each other in every pass.
+                written = self._written(sorted(holders))
+                holders = {h: m for h, m in holders.items() if h not in written}
+                for key, status, _, _ in waiting:
                     (self.pending if status == PENDING else self.blocked).add(key)
-                    if holder is not None:
-                        self._give_up(holder, predict.UNIQUE, message)
+                for holder, message in sorted(holders.items()):
+                    self._give_up(holder, predict.UNIQUE, message)
                 n = self._count("SELECT count(*) FROM _ferry_c")
                 seen = self._seen(lo, hi, keys)
                 if n:
@@ -457,6 +465,15 @@ class Runner:
                 return
             for sub in split:
                 self._range(*sub)
+
+    def _written(self, keys: list[str]) -> set[str]:
+        """Of ``keys``, those the chunk is about to write (rows of ``_ferry_c``)."""
+        if not keys:
+            return set()
+        rows = self.conn.execute(
+            "SELECT _ferry_key FROM _ferry_c WHERE _ferry_key = ANY(%s)", [keys]
+        ).fetchall()
+        return {r[0] for r in rows}
 
     def _seen(self, lo: Any, hi: Any, keys: Sequence[str] | None) -> int:
         return self._staged(lo, hi, keys, keyprint=False)[0]

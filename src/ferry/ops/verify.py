@@ -1028,7 +1028,10 @@ def _compare_rows(conn: psycopg.Connection, spec: Spec, plan: Plan, report: Veri
     for kind, conflict, l_status, l_reason, n, keys, uuids in found:
         if conflict:
             kind = "conflict"
-            what = "edited in the target since ferry wrote them (the ledger flags a conflict)"
+            what = (
+                "kept in the target, edited there since ferry wrote them or referenced by rows "
+                "ferry does not own (the ledger flags a conflict)"
+            )
         elif kind == "missing":
             what = "yielded as migrated by the spec but not in the target"
         elif kind == "content":
