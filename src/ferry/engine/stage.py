@@ -10,6 +10,7 @@ view that converts them.
 
 from __future__ import annotations
 
+import hashlib
 import selectors
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -36,6 +37,7 @@ class StageResult:
     rows: int
     bytes: int
     seconds: float
+    digest: str | None = None  # a file's SHA-256, as staged whole (``unchanged_file``)
 
 
 def source_columns(conn: psycopg.Connection, table: str) -> list[Column]:
@@ -404,7 +406,8 @@ def stage_csv(
     cols = [Column(n, "text", False) for n in src.columns]
     with target.transaction():
         dest = _create(target, spec, src, cols)
-        rows, nbytes = copy_csv(target, src, data_dir, dest, progress)
+        digest = hashlib.sha256()
+        rows, nbytes = copy_csv(target, src, data_dir, dest, progress, digest.update)
         if sample is not None and rows > sample:
             target.execute(
                 sql.SQL("DELETE FROM {t} WHERE ctid NOT IN (SELECT ctid FROM {t}{s})").format(
@@ -414,15 +417,18 @@ def stage_csv(
             rows = sample
         _add_key(target, spec, src, dest, cols)
     _analyze(target, dest)
-    return StageResult(src.name, rows, nbytes, time.perf_counter() - t0)
+    whole = None if sample is not None and rows >= sample else digest.hexdigest()
+    return StageResult(src.name, rows, nbytes, time.perf_counter() - t0, whole)
 
 
 def copy_csv(
     target: psycopg.Connection, src: Source, data_dir: Path, dest: sql.Composable,
     progress: Callable[[int], None] | None = None,
+    seen: Callable[[bytes], object] | None = None,
 ) -> tuple[int, int]:  # fmt: skip
     """COPY a CSV source's file into ``dest``, a table created in the target's open
-    transaction, after checking its header; returns rows and bytes."""
+    transaction, after checking its header; returns rows and bytes. ``seen``: also given
+    every block of the file (a digest's ``update``)."""
     assert src.csv is not None and src.columns is not None
     path = data_dir / src.csv
     names = list(src.columns)
@@ -441,8 +447,43 @@ def copy_csv(
     )
     cur = target.cursor()
     with path.open("rb") as fh, cur.copy(copy) as into:
-        nbytes = relay(iter(lambda: fh.read(_BLOCK), b""), into, progress)
+        blocks = iter(lambda: fh.read(_BLOCK), b"")
+        nbytes = relay(blocks if seen is None else _shown(blocks, seen), into, progress)
     return cur.rowcount, nbytes
+
+
+def _shown(blocks: Iterable[bytes], seen: Callable[[bytes], object]) -> Iterator[bytes]:
+    for block in blocks:
+        seen(block)
+        yield block
+
+
+def file_digest(src: Source, data_dir: Path) -> str:
+    """The SHA-256 of a CSV source's file as it is now."""
+    path = data_dir / (src.csv or "")
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            while block := fh.read(_BLOCK):
+                digest.update(block)
+    except OSError as exc:
+        raise FerryError(f"source {src.name}: cannot read {path}: {exc.strerror}") from None
+    return digest.hexdigest()
+
+
+def unchanged_file(conn: psycopg.Connection, spec: Spec, src: Source, digest: str) -> bool:
+    """Whether the stage holds the file ``digest`` names, as recorded when it was staged
+    or synced last: then a sync need not load and compare it (two scans and an index of the
+    file's rows). A stage emptied since (by a crash, which the caller checks by the ledger,
+    or by a rollback of everything, which drops the records) is never taken for it."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT s.digest = %s AND (s.rows = 0 OR EXISTS (SELECT FROM {t})) "
+            "FROM {led}.staged s WHERE s.source = %s"
+        ).format(t=stored(conn, spec, src), led=sql.Identifier(spec.ledger_schema)),
+        [digest, src.name],
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def recorded_rows(conn: psycopg.Connection, spec: Spec, source: str) -> int | None:
@@ -456,13 +497,23 @@ def recorded_rows(conn: psycopg.Connection, spec: Spec, source: str) -> int | No
     return None if row is None or row[0] is None else int(row[0])
 
 
+def note_digest(conn: psycopg.Connection, spec: Spec, source: str, digest: str) -> None:
+    """The file a source's stage holds is now ``digest`` (its rows unchanged)."""
+    conn.execute(
+        sql.SQL("UPDATE {}.staged SET digest = %s WHERE source = %s").format(
+            sql.Identifier(spec.ledger_schema)
+        ),
+        [digest, source],
+    )
+
+
 def record(conn: psycopg.Connection, spec: Spec, result: StageResult, run_id: int) -> None:
     conn.execute(
         sql.SQL(
-            "INSERT INTO {}.staged (source, rows, bytes, seconds, run_id) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (source) DO UPDATE SET rows = EXCLUDED.rows, "
-            "bytes = EXCLUDED.bytes, seconds = EXCLUDED.seconds, run_id = EXCLUDED.run_id, "
-            "staged_at = clock_timestamp()"
+            "INSERT INTO {}.staged (source, rows, bytes, seconds, run_id, digest) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (source) DO UPDATE SET "
+            "rows = EXCLUDED.rows, bytes = EXCLUDED.bytes, seconds = EXCLUDED.seconds, "
+            "run_id = EXCLUDED.run_id, digest = EXCLUDED.digest, staged_at = clock_timestamp()"
         ).format(sql.Identifier(spec.ledger_schema)),
-        [result.source, result.rows, result.bytes, result.seconds, run_id],
+        [result.source, result.rows, result.bytes, result.seconds, run_id, result.digest],
     )

@@ -118,6 +118,7 @@ CREATE TABLE IF NOT EXISTS {schema}.staged (
     run_id     bigint NOT NULL,
     staged_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+ALTER TABLE {schema}.staged ADD COLUMN IF NOT EXISTS digest text;
 CREATE TABLE IF NOT EXISTS {schema}.loads_aside (
     model  text PRIMARY KEY,
     run_id bigint NOT NULL
@@ -180,7 +181,7 @@ def helpers(schema: str) -> list[sql.Composed]:
 
 
 # Bumped whenever the DDL above changes; ensure_schema skips its work when it matches.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:

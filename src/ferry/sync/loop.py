@@ -60,14 +60,15 @@ class SyncResult:
 
 def _restage(
     source: str, target: str, spec: Spec, data_dir: Path, jobs: int, run_id: int,
-    feed: wal.Changes | None = None,
+    feed: wal.Changes | None = None, full: bool = False,
 ) -> tuple[dict[str, diff.TableDiff], set[str]]:  # fmt: skip
     """Diff every source against its stage and copy only what changed; the keys it changed
     are handed on, and the staging record updated, in the same transaction (``_hand_on``).
     Also returns the sources whose stage copy was empty though the ledger holds fates of
     their rows: a server crash (or a restart after a failover) empties unlogged tables.
     With a ``feed`` from the WAL, a table is compared only for the keys it names, unless
-    it says to compare the whole table (or the stage was emptied)."""
+    it says to compare the whole table (or the stage was emptied). A CSV file the stage
+    holds already (by its digest) is not read into the database; ``full``: it is."""
     pairs = SessionPairs(source, target, "ferry-sync")
     emptied: set[str] = set()
 
@@ -79,16 +80,25 @@ def _restage(
         if ledger.emptied(t, spec, src.name):
             emptied.add(src.name)
         whole = True  # the diff read the whole stage (its first level counted its rows)
+        digest = None  # a CSV source's file, as the stage now holds it
         if src.keyless:  # no key to diff by: copied whole, identities compared
             result = keyless.restage(s, t, spec, src, data_dir)
             whole = False
         elif src.csv is not None:
             assert src.columns is not None
-            _load_csv(t, src, data_dir)
-            result = diff.sync_stage_table(
-                t, ("pg_temp", "_ferry_csv"), t, stage_rel, src.keys, list(src.columns)
-            )
-            t.execute("DROP TABLE IF EXISTS pg_temp._ferry_csv")
+            digest = stage.file_digest(src, data_dir)
+            if not full and src.name not in emptied and stage.unchanged_file(t, spec, src, digest):
+                # The file the stage holds: nothing to load or compare.
+                result = diff.TableDiff(source=src.csv, stage=src.stage_table)
+                whole = False
+            else:
+                _load_csv(t, src, data_dir)
+                result = diff.sync_stage_table(
+                    t, ("pg_temp", "_ferry_csv"), t, stage_rel, src.keys, list(src.columns)
+                )
+                t.execute("DROP TABLE IF EXISTS pg_temp._ferry_csv")
+                if not result.changed:  # the same rows (the file was written again)
+                    stage.note_digest(t, spec, src.name, digest)
         elif feed is not None and src.name not in feed.full and src.name not in emptied:
             assert src.table is not None
             keys = sorted(feed.keys.get(src.name, ()), key=str)
@@ -122,7 +132,7 @@ def _restage(
             rows = _staged_rows(t, spec, src, result, whole)
             stage.record(
                 t, spec, stage.StageResult(src.name, rows, result.bytes_from_source,
-                                           result.seconds), run_id,
+                                           result.seconds, digest), run_id,
             )  # fmt: skip
         # The stage's changes, the keys handed on and the record: one transaction.
         t.commit()
@@ -244,7 +254,9 @@ def _sync(
     source: str, target: str, spec: Spec, data_dir: Path, jobs: int, progress: Progress,
     result: SyncResult, feed: wal.Changes | None = None, full: bool = False,
 ) -> None:  # fmt: skip
-    result.diffs, emptied = _restage(source, target, spec, data_dir, jobs, result.run_id, feed)
+    result.diffs, emptied = _restage(
+        source, target, spec, data_dir, jobs, result.run_id, feed, full
+    )
     result.bytes_from_source = sum(d.bytes_from_source for d in result.diffs.values())
     changed = {
         n: {_key_text(k) for k in itertools.chain(d.inserted, d.updated)}
