@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ferry.embedded import LocalCluster, running
+from tests.helpers import outside_pytest
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +32,10 @@ def cluster() -> Iterator[LocalCluster]:
             running(Path(tmp), logical=True) as c,
         ):
             yield c
+
+
+@pytest.fixture
+def cluster_dir() -> Iterator[Path]:
+    """A fresh directory for a test that starts a cluster of its own (``outside_pytest``)."""
+    with outside_pytest("ferry-test-own-") as tmp:
+        yield Path(tmp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -50,3 +51,11 @@ def table_checksum(conninfo: str, table: str, order: str = "id") -> tuple[int, s
         ).fetchone()
     assert row is not None
     return int(row[0]), str(row[1])
+
+
+def outside_pytest(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """A directory for a cluster of a test's own, outside pytest's temporary tree: as root
+    the server runs as another user, which must traverse every parent, and each pytest
+    session that starts takes the others' bits off ``/tmp/pytest-of-root`` (a cluster of
+    another session running under it then lost its data directory: PANIC)."""
+    return tempfile.TemporaryDirectory(prefix=prefix)

@@ -15,12 +15,14 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ferry.demo import world
+from tests.helpers import outside_pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "run.py"
@@ -40,17 +42,18 @@ def _is_number(value: Any) -> bool:
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+def bench() -> Iterator[tuple[dict[str, Any], str]]:
     """One quick run of the suite, shared by the checks below (it takes ~25-90 s)."""
-    tmp = tmp_path_factory.mktemp("bench")
-    out = tmp / "bench.json"
-    done = subprocess.run(
-        [_python(), str(SCRIPT), "--scale", str(SCALE), "--quick", "--json", str(out),
-         "--workdir", str(tmp / "work"), "--scaling", str(SMALL)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads(out.read_text()), done.stdout + done.stderr
+    with outside_pytest("ferry-test-bench-") as name:
+        tmp = Path(name)
+        out = tmp / "bench.json"
+        done = subprocess.run(
+            [_python(), str(SCRIPT), "--scale", str(SCALE), "--quick", "--json", str(out),
+             "--workdir", str(tmp / "work"), "--scaling", str(SMALL)],
+            capture_output=True, text=True, timeout=600, cwd=ROOT, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        yield json.loads(out.read_text()), done.stdout + done.stderr
 
 
 def test_ferry_migrate_figures(bench: tuple[dict[str, Any], str]) -> None:
@@ -185,9 +188,9 @@ def test_bad_scaling_is_refused_before_anything_starts() -> None:
     assert "scale must be" in done.stderr
 
 
-def test_two_revisions_migrate_at_once(tmp_path: Path) -> None:
+def test_two_revisions_migrate_at_once(cluster_dir: Path) -> None:
     """ab.py exports the base revision, runs it beside this checkout, and reports each round."""
-    out, work = tmp_path / "ab.json", tmp_path / "work"
+    out, work = cluster_dir / "ab.json", cluster_dir / "work"
     done = subprocess.run(
         [_python(), str(ROOT / "benchmarks" / "ab.py"), "--base", "HEAD", "--rounds", "2",
          "--scale", str(SCALE), "--json", str(out), "--workdir", str(work)],
@@ -202,12 +205,12 @@ def test_two_revisions_migrate_at_once(tmp_path: Path) -> None:
     assert "finished first in" in done.stdout
 
 
-def test_two_revisions_migrate_in_turn_with_the_cpu_each_spent(tmp_path: Path) -> None:
+def test_two_revisions_migrate_in_turn_with_the_cpu_each_spent(cluster_dir: Path) -> None:
     """--in-turn runs each side alone, in alternating order, and counts the CPU it cost."""
-    out = tmp_path / "ab.json"
+    out = cluster_dir / "ab.json"
     done = subprocess.run(
         [_python(), str(ROOT / "benchmarks" / "ab.py"), "--base", "HEAD", "--rounds", "2",
-         "--scale", str(SCALE), "--in-turn", "--json", str(out), "--workdir", str(tmp_path)],
+         "--scale", str(SCALE), "--in-turn", "--json", str(out), "--workdir", str(cluster_dir)],
         capture_output=True, text=True, timeout=600, cwd=ROOT, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

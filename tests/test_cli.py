@@ -135,12 +135,12 @@ def test_unreachable_database_error_hides_password(tmp_path: Path) -> None:
     assert "cannot connect" in done.stdout + done.stderr
 
 
-def test_readme_demo_command_end_to_end(tmp_path: Path) -> None:
+def test_readme_demo_command_end_to_end(cluster_dir: Path) -> None:
     """The Quick start's demo, as a user runs it (relative work directory), then --delta."""
     for extra in ([], ["--delta"]):
         done = subprocess.run(
             [sys.executable, "-m", "ferry.cli", "demo", "--scale", "0.01", *extra],
-            capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False,
+            capture_output=True, text=True, timeout=300, cwd=cluster_dir, check=False,
         )  # fmt: skip
         output = done.stdout + done.stderr
         assert done.returncode == 0, output[-3000:]
@@ -148,4 +148,4 @@ def test_readme_demo_command_end_to_end(tmp_path: Path) -> None:
         assert "fate of every source row" in done.stdout
         assert "verify ok" not in done.stderr and "model " in done.stderr  # progress on stderr
     for name in ("report.md", "report.html", "report.json", "ground_truth.csv"):
-        assert (tmp_path / ".ferry" / "demo" / name).exists()
+        assert (cluster_dir / ".ferry" / "demo" / name).exists()

@@ -23,9 +23,9 @@ def test_redact_hides_password() -> None:
     assert "s3cr3t" not in redact("postgresql://postgres:s3cr3t@db.example:5432/app")
 
 
-def test_relative_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_workdir(cluster_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's demo runs with a relative work directory: the server must still start."""
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(cluster_dir)
     with running(Path("rel/demo")) as cluster:
         assert cluster.workdir.is_absolute()
         with psycopg.connect(cluster.create_database("rel")) as conn:

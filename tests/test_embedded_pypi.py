@@ -15,8 +15,8 @@ LIB = Path(__file__).parent / "specs" / "library"
 
 
 @pytest.mark.skipif(pypi_bindir() is None, reason="the 'embedded' extra is not installed")
-def test_pypi_server_runs_a_migration(tmp_path: Path) -> None:
-    with running(tmp_path / "cluster", bindir=pypi_bindir()) as cluster:
+def test_pypi_server_runs_a_migration(cluster_dir: Path) -> None:
+    with running(cluster_dir / "cluster", bindir=pypi_bindir()) as cluster:
         assert cluster.bindir == pypi_bindir()
         source = cluster.create_database("src")
         target = cluster.create_database("tgt")

@@ -38,7 +38,21 @@ FROM (SELECT b.id AS _key,
 FROM lib_book b) m0
 WHERE m0._key >= 10 AND m0._key < 20 OFFSET 0) m
 LEFT
-JOIN "ferry"."ledger_authors" "p0" ON "p0".model = 'authors' AND "p0".source_key = "m"."_author_id"::text OFFSET 0) m OFFSET 0) c)
+JOIN "ferry"."ledger_authors" "p0" ON "p0".model = 'authors' AND "p0".source_key = "m"."_author_id"::text OFFSET 0) m OFFSET 0) c), _ferry_probed AS MATERIALIZED (SELECT y.*, CASE
+WHEN y."_ferry_w0" AND NOT y."_ferry_d0" THEN (SELECT "id"
+FROM "public"."books"
+WHERE (lower(isbn)) = y."_ferry_u0_0" AND "id" IS DISTINCT
+FROM y._ferry_uuid LIMIT 1) END AS "_ferry_h0"
+FROM (SELECT x.*, x._ferry_i > 0 AS _ferry_bad, ('{check_violation}'::text[])[x._ferry_i] AS _ferry_rreason, ('{23514}'::text[])[x._ferry_i] AS _ferry_rstate, ( E'{"new row for relation \\"books\\" violates check constraint \\"books_price_check\\""}'::text[])[x._ferry_i] AS _ferry_rmessage, (lower(isbn)) AS "_ferry_u0_0", x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL AS "_ferry_w0", CASE
+WHEN x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL THEN row_number() OVER (PARTITION BY x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL, (lower(isbn))
+ORDER BY x._ferry_k) > 1
+ELSE false END AS "_ferry_d0"
+FROM (SELECT x.*, CASE
+WHEN x._ferry_fate = 0 THEN CASE
+WHEN ((price >= (0)::numeric)) IS FALSE THEN 1
+ELSE 0 END
+ELSE 0 END AS _ferry_i
+FROM _ferry_chunk x OFFSET 0) x OFFSET 0) y OFFSET 0)
 SELECT v._ferry_key, v._ferry_n, v._ferry_k, v._ferry_f AS _ferry_fate, CASE v._ferry_f
 WHEN -1 THEN 'quarantined'
 WHEN -2 THEN 'blocked'
@@ -70,30 +84,16 @@ WHEN w._ferry_bad THEN w._ferry_rstate
 ELSE '23505' END AS _ferry_rs, CASE
 WHEN w._ferry_bad THEN w._ferry_rmessage
 ELSE 'duplicate key value violates unique constraint "' || coalesce(w._ferry_dname, w._ferry_hname) || '"' END AS _ferry_rm, (CASE
-WHEN NOT (EXISTS (SELECT
-FROM _ferry_chunk k
-WHERE k._ferry_key = w._ferry_hkey)) AND w._ferry_hkey::integer > w._ferry_k THEN w._ferry_hkey END)::text AS _ferry_hold
+WHEN w._ferry_hkey::integer > w._ferry_k THEN w._ferry_hkey END)::text AS _ferry_hold
 FROM (SELECT z.*, z."_ferry_d0" AS _ferry_dup, CASE
 WHEN z."_ferry_d0"  THEN 'books_isbn_key' END AS _ferry_dname, coalesce(z."_ferry_h0") AS _ferry_held, CASE
-WHEN z."_ferry_h0" IS NOT NULL THEN 'books_isbn_key' END AS _ferry_hname, CASE
-WHEN coalesce(z."_ferry_h0") IS NOT NULL THEN (SELECT l.source_key
+WHEN z."_ferry_h0" IS NOT NULL THEN 'books_isbn_key' END AS _ferry_hname, hk.source_key AS _ferry_hkey
+FROM _ferry_probed z
+LEFT
+JOIN (SELECT DISTINCT ON (l.target_uuid) l.target_uuid, l.source_key
 FROM "ferry"."ledger_books" l
-WHERE l.model = 'books' AND l.status = 'migrated' AND l.target_uuid = coalesce(z."_ferry_h0") LIMIT 1) END AS _ferry_hkey
-FROM (SELECT y.*, CASE
-WHEN y."_ferry_w0" AND NOT y."_ferry_d0" THEN (SELECT "id"
-FROM "public"."books"
-WHERE (lower(isbn)) = y."_ferry_u0_0" AND "id" IS DISTINCT
-FROM y._ferry_uuid LIMIT 1) END AS "_ferry_h0"
-FROM (SELECT x.*, x._ferry_i > 0 AS _ferry_bad, ('{check_violation}'::text[])[x._ferry_i] AS _ferry_rreason, ('{23514}'::text[])[x._ferry_i] AS _ferry_rstate, ( E'{"new row for relation \\"books\\" violates check constraint \\"books_price_check\\""}'::text[])[x._ferry_i] AS _ferry_rmessage, (lower(isbn)) AS "_ferry_u0_0", x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL AS "_ferry_w0", CASE
-WHEN x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL THEN row_number() OVER (PARTITION BY x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL, (lower(isbn))
-ORDER BY x._ferry_k) > 1
-ELSE false END AS "_ferry_d0"
-FROM (SELECT x.*, CASE
-WHEN x._ferry_fate = 0 THEN CASE
-WHEN ((price >= (0)::numeric)) IS FALSE THEN 1
-ELSE 0 END
-ELSE 0 END AS _ferry_i
-FROM _ferry_chunk x OFFSET 0) x OFFSET 0) y OFFSET 0) z OFFSET 0) w OFFSET 0) v
+WHERE l.model = 'books' AND l.status = 'migrated' AND l.target_uuid IN (SELECT coalesce(z."_ferry_h0")
+FROM _ferry_probed z)) hk ON hk.target_uuid = coalesce(z."_ferry_h0") OFFSET 0) w OFFSET 0) v
 
 -- candidates[0]
 CREATE TEMP TABLE _ferry_e ON COMMIT DROP AS WITH _ferry_chunk AS MATERIALIZED (SELECT c.*, CASE
@@ -135,7 +135,21 @@ FROM (SELECT b.id AS _key,
 FROM lib_book b) m0
 WHERE m0._key >= 10 AND m0._key < 20 OFFSET 0) m
 LEFT
-JOIN "ferry"."ledger_authors" "p0" ON "p0".model = 'authors' AND "p0".source_key = "m"."_author_id"::text OFFSET 0) m OFFSET 0) c)
+JOIN "ferry"."ledger_authors" "p0" ON "p0".model = 'authors' AND "p0".source_key = "m"."_author_id"::text OFFSET 0) m OFFSET 0) c), _ferry_probed AS MATERIALIZED (SELECT y.*, CASE
+WHEN y."_ferry_w0" AND NOT y."_ferry_d0" THEN (SELECT "id"
+FROM "public"."books"
+WHERE (lower(isbn)) = y."_ferry_u0_0" AND "id" IS DISTINCT
+FROM y._ferry_uuid LIMIT 1) END AS "_ferry_h0"
+FROM (SELECT x.*, x._ferry_i > 0 AS _ferry_bad, ('{check_violation}'::text[])[x._ferry_i] AS _ferry_rreason, ('{23514}'::text[])[x._ferry_i] AS _ferry_rstate, ( E'{"new row for relation \\"books\\" violates check constraint \\"books_price_check\\""}'::text[])[x._ferry_i] AS _ferry_rmessage, (lower(isbn)) AS "_ferry_u0_0", x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL AS "_ferry_w0", CASE
+WHEN x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL THEN row_number() OVER (PARTITION BY x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL, (lower(isbn))
+ORDER BY x._ferry_k) > 1
+ELSE false END AS "_ferry_d0"
+FROM (SELECT x.*, CASE
+WHEN x._ferry_fate = 0 THEN CASE
+WHEN ((price >= (0)::numeric)) IS FALSE THEN 1
+ELSE 0 END
+ELSE 0 END AS _ferry_i
+FROM _ferry_chunk x OFFSET 0) x OFFSET 0) y OFFSET 0)
 SELECT v._ferry_key, v._ferry_n, v._ferry_k, v._ferry_f AS _ferry_fate, CASE v._ferry_f
 WHEN -1 THEN 'quarantined'
 WHEN -2 THEN 'blocked'
@@ -167,30 +181,16 @@ WHEN w._ferry_bad THEN w._ferry_rstate
 ELSE '23505' END AS _ferry_rs, CASE
 WHEN w._ferry_bad THEN w._ferry_rmessage
 ELSE 'duplicate key value violates unique constraint "' || coalesce(w._ferry_dname, w._ferry_hname) || '"' END AS _ferry_rm, (CASE
-WHEN NOT (EXISTS (SELECT
-FROM _ferry_chunk k
-WHERE k._ferry_key = w._ferry_hkey)) AND w._ferry_hkey::integer > w._ferry_k THEN w._ferry_hkey END)::text AS _ferry_hold
+WHEN w._ferry_hkey::integer > w._ferry_k THEN w._ferry_hkey END)::text AS _ferry_hold
 FROM (SELECT z.*, z."_ferry_d0" AS _ferry_dup, CASE
 WHEN z."_ferry_d0"  THEN 'books_isbn_key' END AS _ferry_dname, coalesce(z."_ferry_h0") AS _ferry_held, CASE
-WHEN z."_ferry_h0" IS NOT NULL THEN 'books_isbn_key' END AS _ferry_hname, CASE
-WHEN coalesce(z."_ferry_h0") IS NOT NULL THEN (SELECT l.source_key
+WHEN z."_ferry_h0" IS NOT NULL THEN 'books_isbn_key' END AS _ferry_hname, hk.source_key AS _ferry_hkey
+FROM _ferry_probed z
+LEFT
+JOIN (SELECT DISTINCT ON (l.target_uuid) l.target_uuid, l.source_key
 FROM "ferry"."ledger_books" l
-WHERE l.model = 'books' AND l.status = 'migrated' AND l.target_uuid = coalesce(z."_ferry_h0") LIMIT 1) END AS _ferry_hkey
-FROM (SELECT y.*, CASE
-WHEN y."_ferry_w0" AND NOT y."_ferry_d0" THEN (SELECT "id"
-FROM "public"."books"
-WHERE (lower(isbn)) = y."_ferry_u0_0" AND "id" IS DISTINCT
-FROM y._ferry_uuid LIMIT 1) END AS "_ferry_h0"
-FROM (SELECT x.*, x._ferry_i > 0 AS _ferry_bad, ('{check_violation}'::text[])[x._ferry_i] AS _ferry_rreason, ('{23514}'::text[])[x._ferry_i] AS _ferry_rstate, ( E'{"new row for relation \\"books\\" violates check constraint \\"books_price_check\\""}'::text[])[x._ferry_i] AS _ferry_rmessage, (lower(isbn)) AS "_ferry_u0_0", x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL AS "_ferry_w0", CASE
-WHEN x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL THEN row_number() OVER (PARTITION BY x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL, (lower(isbn))
-ORDER BY x._ferry_k) > 1
-ELSE false END AS "_ferry_d0"
-FROM (SELECT x.*, CASE
-WHEN x._ferry_fate = 0 THEN CASE
-WHEN ((price >= (0)::numeric)) IS FALSE THEN 1
-ELSE 0 END
-ELSE 0 END AS _ferry_i
-FROM _ferry_chunk x OFFSET 0) x OFFSET 0) y OFFSET 0) z OFFSET 0) w OFFSET 0) v
+WHERE l.model = 'books' AND l.status = 'migrated' AND l.target_uuid IN (SELECT coalesce(z."_ferry_h0")
+FROM _ferry_probed z)) hk ON hk.target_uuid = coalesce(z."_ferry_h0") OFFSET 0) w OFFSET 0) v
 
 -- candidates[1]
 SET LOCAL enable_hashjoin = off
@@ -262,7 +262,21 @@ FROM (SELECT b.id AS _key,
 FROM lib_book b) m0
 WHERE m0._key >= 10 AND m0._key < 20 OFFSET 0) m
 LEFT
-JOIN "ferry"."ledger_authors" "p0" ON "p0".model = 'authors' AND "p0".source_key = "m"."_author_id"::text OFFSET 0) m OFFSET 0) c)
+JOIN "ferry"."ledger_authors" "p0" ON "p0".model = 'authors' AND "p0".source_key = "m"."_author_id"::text OFFSET 0) m OFFSET 0) c), _ferry_probed AS MATERIALIZED (SELECT y.*, CASE
+WHEN y."_ferry_w0" AND NOT y."_ferry_d0" THEN (SELECT "id"
+FROM "public"."books"
+WHERE (lower(isbn)) = y."_ferry_u0_0" AND "id" IS DISTINCT
+FROM y._ferry_uuid LIMIT 1) END AS "_ferry_h0"
+FROM (SELECT x.*, x._ferry_i > 0 AS _ferry_bad, ('{check_violation}'::text[])[x._ferry_i] AS _ferry_rreason, ('{23514}'::text[])[x._ferry_i] AS _ferry_rstate, ( E'{"new row for relation \\"books\\" violates check constraint \\"books_price_check\\""}'::text[])[x._ferry_i] AS _ferry_rmessage, (lower(isbn)) AS "_ferry_u0_0", x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL AS "_ferry_w0", CASE
+WHEN x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL THEN row_number() OVER (PARTITION BY x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL, (lower(isbn))
+ORDER BY x._ferry_k) > 1
+ELSE false END AS "_ferry_d0"
+FROM (SELECT x.*, CASE
+WHEN x._ferry_fate = 0 THEN CASE
+WHEN ((price >= (0)::numeric)) IS FALSE THEN 1
+ELSE 0 END
+ELSE 0 END AS _ferry_i
+FROM _ferry_chunk x OFFSET 0) x OFFSET 0) y OFFSET 0)
 SELECT v._ferry_key, v._ferry_n, v._ferry_k, v._ferry_f AS _ferry_fate, CASE v._ferry_f
 WHEN -1 THEN 'quarantined'
 WHEN -2 THEN 'blocked'
@@ -294,28 +308,14 @@ WHEN w._ferry_bad THEN w._ferry_rstate
 ELSE '23505' END AS _ferry_rs, CASE
 WHEN w._ferry_bad THEN w._ferry_rmessage
 ELSE 'duplicate key value violates unique constraint "' || coalesce(w._ferry_dname, w._ferry_hname) || '"' END AS _ferry_rm, (CASE
-WHEN NOT (EXISTS (SELECT
-FROM _ferry_chunk k
-WHERE k._ferry_key = w._ferry_hkey)) AND w._ferry_hkey::integer > w._ferry_k THEN w._ferry_hkey END)::text AS _ferry_hold
+WHEN w._ferry_hkey::integer > w._ferry_k THEN w._ferry_hkey END)::text AS _ferry_hold
 FROM (SELECT z.*, z."_ferry_d0" AS _ferry_dup, CASE
 WHEN z."_ferry_d0"  THEN 'books_isbn_key' END AS _ferry_dname, coalesce(z."_ferry_h0") AS _ferry_held, CASE
-WHEN z."_ferry_h0" IS NOT NULL THEN 'books_isbn_key' END AS _ferry_hname, CASE
-WHEN coalesce(z."_ferry_h0") IS NOT NULL THEN (SELECT l.source_key
+WHEN z."_ferry_h0" IS NOT NULL THEN 'books_isbn_key' END AS _ferry_hname, hk.source_key AS _ferry_hkey
+FROM _ferry_probed z
+LEFT
+JOIN (SELECT DISTINCT ON (l.target_uuid) l.target_uuid, l.source_key
 FROM "ferry"."ledger_books" l
-WHERE l.model = 'books' AND l.status = 'migrated' AND l.target_uuid = coalesce(z."_ferry_h0") LIMIT 1) END AS _ferry_hkey
-FROM (SELECT y.*, CASE
-WHEN y."_ferry_w0" AND NOT y."_ferry_d0" THEN (SELECT "id"
-FROM "public"."books"
-WHERE (lower(isbn)) = y."_ferry_u0_0" AND "id" IS DISTINCT
-FROM y._ferry_uuid LIMIT 1) END AS "_ferry_h0"
-FROM (SELECT x.*, x._ferry_i > 0 AS _ferry_bad, ('{check_violation}'::text[])[x._ferry_i] AS _ferry_rreason, ('{23514}'::text[])[x._ferry_i] AS _ferry_rstate, ( E'{"new row for relation \\"books\\" violates check constraint \\"books_price_check\\""}'::text[])[x._ferry_i] AS _ferry_rmessage, (lower(isbn)) AS "_ferry_u0_0", x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL AS "_ferry_w0", CASE
-WHEN x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL THEN row_number() OVER (PARTITION BY x._ferry_fate = 0 AND x._ferry_i = 0 AND (lower(isbn)) IS NOT NULL, (lower(isbn))
-ORDER BY x._ferry_k) > 1
-ELSE false END AS "_ferry_d0"
-FROM (SELECT x.*, CASE
-WHEN x._ferry_fate = 0 THEN CASE
-WHEN ((price >= (0)::numeric)) IS FALSE THEN 1
-ELSE 0 END
-ELSE 0 END AS _ferry_i
-FROM _ferry_chunk x OFFSET 0) x OFFSET 0) y OFFSET 0) z OFFSET 0) w OFFSET 0) v) c
+WHERE l.model = 'books' AND l.status = 'migrated' AND l.target_uuid IN (SELECT coalesce(z."_ferry_h0")
+FROM _ferry_probed z)) hk ON hk.target_uuid = coalesce(z."_ferry_h0") OFFSET 0) w OFFSET 0) v) c
 
