@@ -73,10 +73,17 @@ def set_sql(alias: str, columns: list[str]) -> sql.Composed:
     return sql.SQL("ROW({}) IS NOT NULL").format(sql.SQL(", ").join(cols))
 
 
+# What PostgreSQL's record_out quotes as space: C's isspace on each byte (a byte of a
+# multibyte character is none of these).
+_C_SPACE = " \t\n\v\f\r"
+
+
 def composite_text(values: list[object]) -> str:
     """A composite key's text, as PostgreSQL prints the row ``ROW(a, b)``: each part as its
     type prints it (ISO dates), quoted when empty or holding a quote, a backslash, a
-    parenthesis, a comma or a space, with quotes and backslashes doubled inside; NULL as
+    parenthesis, a comma or what C's ``isspace`` calls a space (``_C_SPACE``; Python's
+    ``str.isspace`` also counts U+001C-U+001F, U+00A0 and others, for which the two texts
+    differed and a sync lost the row), with quotes and backslashes doubled inside; NULL as
     nothing. The same text in Python and SQL, so ``key_uuid`` gives the same UUID."""
     parts = []
     for v in values:
@@ -84,7 +91,7 @@ def composite_text(values: list[object]) -> str:
             parts.append("")
             continue
         text = ("t" if v else "f") if isinstance(v, bool) else str(v)
-        if text == "" or any(ch in text for ch in '"\\(),') or any(ch.isspace() for ch in text):
+        if text == "" or any(ch in '"\\(),' or ch in _C_SPACE for ch in text):
             text = '"' + text.replace("\\", "\\\\").replace('"', '""') + '"'
         parts.append(text)
     return "(" + ",".join(parts) + ")"

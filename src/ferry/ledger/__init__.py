@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 
 from ferry import catalog
 from ferry.engine import keyarray, keys
-from ferry.engine.stage import unique_key
+from ferry.engine.stage import recorded_rows, unique_key
 from ferry.errors import FerryError, InvariantError, describe
 from ferry.spec import Source, Spec
 
@@ -709,13 +709,15 @@ def stage_key_type(conn: psycopg.Connection, spec: Spec, src: Source) -> str | N
 
 def emptied(conn: psycopg.Connection, spec: Spec, source: str) -> bool:
     """Whether the stage copy of ``source`` is empty though the ledger holds fates of its
-    rows: a server crash (or a restart after a failover) empties ferry's unlogged stage."""
-    src = spec.source(source)
-    return (
-        not src.lookup
-        and stage_rows(conn, spec, source, limit=1) == 0
-        and has_fates(conn, spec, source)
-    )
+    rows, or the last record of its staging (a logged table) counted rows: a server crash
+    (or a restart after a failover) empties ferry's unlogged stage. By fates alone, a
+    source none of whose rows had a fate (a rollback had undone the run that wrote them,
+    or a lookup table, which has none) went unnoticed: a WAL sync, which reads only
+    changes, left it empty and its rows without fates."""
+    if stage_rows(conn, spec, source, limit=1):
+        return False
+    recorded = recorded_rows(conn, spec, source)
+    return bool(recorded) or (not spec.source(source).lookup and has_fates(conn, spec, source))
 
 
 def has_fates(conn: psycopg.Connection, spec: Spec, source: str) -> bool:
