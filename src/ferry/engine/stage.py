@@ -486,6 +486,18 @@ def unchanged_file(conn: psycopg.Connection, spec: Spec, src: Source, digest: st
     return bool(row and row[0])
 
 
+def key_types(conn: psycopg.Connection, spec: Spec, src: Source) -> list[str]:
+    """The SQL types of a source's key columns, as its stage holds them."""
+    rows = dict(
+        conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+            [sql.Identifier(spec.stage_schema, src.stage_table).as_string(conn)],
+        ).fetchall()
+    )
+    return [rows[k] for k in src.keys]
+
+
 def recorded_rows(conn: psycopg.Connection, spec: Spec, source: str) -> int | None:
     """The rows the last record of ``source`` counted (None: none recorded)."""
     row = conn.execute(

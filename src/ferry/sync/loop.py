@@ -22,8 +22,8 @@ source with ``full``. What follows the re-stage is the same either way.
 
 from __future__ import annotations
 
-import itertools
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,9 +61,10 @@ class SyncResult:
 def _restage(
     source: str, target: str, spec: Spec, data_dir: Path, jobs: int, run_id: int,
     feed: wal.Changes | None = None, full: bool = False,
-) -> tuple[dict[str, diff.TableDiff], set[str]]:  # fmt: skip
+) -> tuple[dict[str, diff.TableDiff], set[str], dict[str, tuple[set[str], set[str]]]]:  # fmt: skip
     """Diff every source against its stage and copy only what changed; the keys it changed
-    are handed on, and the staging record updated, in the same transaction (``_hand_on``).
+    are handed on, and the staging record updated, in the same transaction (``_hand_on``);
+    they are returned as the ledger names them (changed, deleted; ``_key_texts``).
     Also returns the sources whose stage copy was empty though the ledger holds fates of
     their rows: a server crash (or a restart after a failover) empties unlogged tables.
     With a ``feed`` from the WAL, a table is compared only for the keys it names, unless
@@ -71,6 +72,7 @@ def _restage(
     holds already (by its digest) is not read into the database; ``full``: it is."""
     pairs = SessionPairs(source, target, "ferry-sync")
     emptied: set[str] = set()
+    texts: dict[str, tuple[set[str], set[str]]] = {}
 
     def one(src: Source) -> tuple[str, diff.TableDiff]:
         s, t = pairs.get()
@@ -127,7 +129,12 @@ def _restage(
                 cols,  # type: ignore[arg-type]
             )
             s.rollback()
-        _hand_on(t, spec, src, result, run_id)
+        changed = _key_texts(t, spec, src, [*result.inserted, *result.updated])
+        gone = _key_texts(t, spec, src, list(result.deleted))
+        ledger.hand_on(
+            t, spec, [m.name for m in spec.models if m.source == src.name], changed + gone, run_id
+        )
+        texts[src.name] = (set(changed), set(gone))
         if result.changed:
             rows = _staged_rows(t, spec, src, result, whole)
             stage.record(
@@ -139,7 +146,7 @@ def _restage(
         return src.name, result
 
     with pairs, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return dict(pool.map(one, spec.sources)), emptied
+        return dict(pool.map(one, spec.sources)), emptied, texts
 
 
 def _staged_rows(
@@ -174,15 +181,6 @@ def _check_migrated(conn: psycopg.Connection, spec: Spec, run_id: int) -> None:
         )
 
 
-def _hand_on(
-    conn: psycopg.Connection, spec: Spec, src: Source, found: diff.TableDiff, run_id: int
-) -> None:
-    """The keys a diff changed in the stage, for every model of the source, handed on
-    (``ledger.hand_on``) in the transaction that re-stages them."""
-    keys = [_key_text(k) for k in itertools.chain(found.inserted, found.updated, found.deleted)]
-    ledger.hand_on(conn, spec, [m.name for m in spec.models if m.source == src.name], keys, run_id)
-
-
 def _stage_exists(conn: psycopg.Connection, spec: Spec, src: Source) -> bool:
     return catalog.exists(conn, sql.Identifier(spec.stage_schema, src.stage_table))
 
@@ -214,9 +212,32 @@ def _load_csv(conn: psycopg.Connection, src: Source, data_dir: Path) -> None:
     conn.commit()
 
 
-def _key_text(key: tuple[Any, ...]) -> str:
-    """A key as the ledger names it: a composite key's text as ``keys.composite_text``."""
-    return str(key[0]) if len(key) == 1 else composite_text(list(key))
+def _key_texts(
+    conn: psycopg.Connection, spec: Spec, src: Source, keys: list[tuple[Any, ...]]
+) -> list[str]:
+    """Keys as the ledger names them: the text PostgreSQL prints for the model's ``_key``
+    (``ROW(a, b)::text`` for a composite key), in the settings of the target's sessions.
+    Integers, text and UUIDs print in Python as they do there; other values (a timestamp,
+    a numeric, a date in another DateStyle) are printed by PostgreSQL, from the stage's key
+    types: a text of Python's own named a key the model did not, and its row was lost."""
+    if not keys:
+        return []
+    if all(type(v) in (int, str, uuid.UUID) or v is None for k in keys for v in k):
+        if len(keys[0]) == 1:
+            return [str(k[0]) for k in keys]
+        return [composite_text(list(k)) for k in keys]
+    types = stage.key_types(conn, spec, src)
+    arrays = sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(t)) for t in types)
+    names = sql.SQL(", ").join(sql.Identifier(f"k{i}") for i in range(len(types)))
+    shown = names if len(types) == 1 else sql.SQL("ROW({})").format(names)
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT ({shown})::text FROM unnest({arrays}) WITH ORDINALITY u({names}, _n) "
+            "ORDER BY _n"
+        ).format(shown=shown, arrays=arrays, names=names),
+        [[k[i] for k in keys] for i in range(len(types))],
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
 def sync(
@@ -254,15 +275,12 @@ def _sync(
     source: str, target: str, spec: Spec, data_dir: Path, jobs: int, progress: Progress,
     result: SyncResult, feed: wal.Changes | None = None, full: bool = False,
 ) -> None:  # fmt: skip
-    result.diffs, emptied = _restage(
+    result.diffs, emptied, texts = _restage(
         source, target, spec, data_dir, jobs, result.run_id, feed, full
     )
     result.bytes_from_source = sum(d.bytes_from_source for d in result.diffs.values())
-    changed = {
-        n: {_key_text(k) for k in itertools.chain(d.inserted, d.updated)}
-        for n, d in result.diffs.items()
-    }
-    deleted = {n: {_key_text(k) for k in d.deleted} for n, d in result.diffs.items()}
+    changed = {n: c for n, (c, _) in texts.items()}
+    deleted = {n: d for n, (_, d) in texts.items()}
     if emptied:
         result.counts["stage_emptied"] = sorted(emptied)
     with session(target, spec) as conn:

@@ -1,0 +1,267 @@
+"""Any table, generatively: a key of any kind and columns of many types, random rows and
+random changes to them. The properties: a migrate writes every row exactly (its values in
+the target, one ``migrated`` fate each), and after the changes a sync gives what one fresh
+migrate of the changed table gives (ledger and rows), with verify content.
+
+The convergence state machine (``test_convergence.py``) drives histories through one world
+with integer keys; here the world itself is drawn: integer keys over the whole range (the
+range diff's key buckets, and hashed buckets past 2**63), text keys in any script, UUIDs,
+dates and composite keys (hashed buckets), and values at the edges of their types (NaN,
+infinities, -0, empty and odd text, nested JSON, bytes). Bulk tables of a few thousand rows
+take the diff below its first level. Profiles as ``test_convergence.py``'s: ``ci`` (the
+default, derandomized) and ``long``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from psycopg.types.json import Jsonb
+
+from ferry.embedded import LocalCluster
+from ferry.engine.pipeline import migrate
+from ferry.ops.verify import verify
+from ferry.spec import load_spec
+from ferry.sync.loop import sync
+from tests.helpers import fresh_db
+
+OWNER = "anykey_owner"
+_SUPPRESS = [
+    HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture,
+]  # fmt: skip
+settings.register_profile(
+    "anykey_ci", max_examples=14, deadline=None, derandomize=True, database=None,
+    suppress_health_check=_SUPPRESS,
+)  # fmt: skip
+settings.register_profile(
+    "anykey_long", max_examples=200, deadline=None, suppress_health_check=_SUPPRESS
+)
+PROFILE = "anykey_long" if os.environ.get("HYPOTHESIS_PROFILE") == "long" else "anykey_ci"
+
+TEXT = st.text(
+    st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=12
+)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=6,
+)
+# Each key kind: its columns' types and a strategy of one key (a tuple of its parts).
+KEYS: dict[str, tuple[list[str], st.SearchStrategy[tuple]]] = {
+    "int": (["integer"], st.tuples(st.integers(-(2**31), 2**31 - 1))),
+    "dense": (["integer"], st.tuples(st.integers(1, 200))),
+    "bigint": (["bigint"], st.tuples(st.integers(-(2**63), 2**63 - 1))),
+    "text": (["text"], st.tuples(TEXT)),
+    "uuid": (["uuid"], st.tuples(st.uuids())),
+    "date": (["date"], st.tuples(st.dates(dt.date(1, 1, 1), dt.date(9999, 12, 31)))),
+    "composite": (["integer", "text"], st.tuples(st.integers(-3, 3), TEXT)),
+    "numeric": (
+        ["numeric"],
+        st.tuples(
+            st.decimals(
+                allow_nan=False, allow_infinity=False, places=7, min_value=-(10**6), max_value=10**6
+            )
+        ),
+    ),
+    "timestamptz": (["timestamptz"], st.tuples(st.datetimes(timezones=st.just(dt.UTC)))),
+}
+# Each value type: its SQL type and a strategy of a value (None is NULL).
+VALUES: dict[str, tuple[str, st.SearchStrategy[Any]]] = {
+    "text": ("text", TEXT),
+    "numeric": (
+        "numeric",
+        st.decimals(allow_infinity=False, places=3, max_value=10**9, min_value=-(10**9)),
+    ),
+    "float8": ("double precision", st.floats()),
+    "bool": ("boolean", st.booleans()),
+    "timestamptz": ("timestamptz", st.datetimes(timezones=st.just(dt.UTC))),
+    "jsonb": ("jsonb", JSON.map(Jsonb)),
+    "bytea": ("bytea", st.binary(max_size=12)),
+    "int[]": ("integer[]", st.lists(st.none() | st.integers(-5, 5), max_size=3)),
+}
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> dict[str, Any]:
+    """A table (key kind, value columns), its rows, and changes to make to them."""
+    kind = draw(st.sampled_from(sorted(KEYS)))
+    key_types, key = KEYS[kind]
+    names = draw(st.lists(st.sampled_from(sorted(VALUES)), min_size=1, max_size=3, unique=True))
+    value = st.tuples(*(st.none() | VALUES[n][1] for n in names))
+    bulk = kind in ("int", "bigint", "dense") and draw(st.booleans())
+    if bulk:  # thousands of rows from one statement: ids i * step + offset
+        n, step, offset = (
+            draw(st.integers(1500, 4000)),
+            draw(st.integers(1, 9)),
+            draw(st.integers(-(2**31) // 2, 2**31 // 4)),
+        )
+        rows: dict[tuple, tuple] = {}
+        ids = [(i * step + offset,) for i in range(n)]
+        changed = draw(st.lists(st.sampled_from(ids), max_size=12, unique=True))
+        updates = {k: draw(value) for k in changed[: len(changed) // 2]}
+        deletes = changed[len(changed) // 2 :]
+        inserts = draw(st.dictionaries(key, value, max_size=6))
+        return {
+            "kind": kind, "key_types": key_types, "names": names, "rows": rows,
+            "bulk": (n, step, offset), "updates": updates, "deletes": deletes,
+            "inserts": {k: v for k, v in inserts.items() if k not in set(ids)},
+        }  # fmt: skip
+    rows = draw(st.dictionaries(key, value, max_size=40))
+    existing = sorted(rows, key=repr)
+    updates = {
+        k: draw(value) for k in draw(st.lists(st.sampled_from(existing), unique=True))
+    } if existing else {}  # fmt: skip
+    deletes = draw(st.lists(st.sampled_from(existing), unique=True)) if existing else []
+    inserts = draw(st.dictionaries(key, value, max_size=8))
+    return {
+        "kind": kind, "key_types": key_types, "names": names, "rows": rows, "bulk": None,
+        "updates": {k: v for k, v in updates.items() if k not in deletes},
+        "deletes": deletes, "inserts": {k: v for k, v in inserts.items() if k not in rows},
+    }  # fmt: skip
+
+
+def _columns(w: dict[str, Any]) -> tuple[list[str], list[str]]:
+    keys = [f"k{i}" for i in range(len(w["key_types"]))]
+    return keys, [f"c_{n.replace('[]', '_arr')}" for n in w["names"]]
+
+
+def _build(cluster: LocalCluster, tmp: Path, w: dict[str, Any]) -> tuple[str, str, Path]:
+    keys, cols = _columns(w)
+    source = fresh_db(cluster, "anykey_src")
+    defs = [f"{k} {t} NOT NULL" for k, t in zip(keys, w["key_types"], strict=True)]
+    defs += [f"{c} {VALUES[n][0]}" for c, n in zip(cols, w["names"], strict=True)]
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE src ({', '.join(defs)}, PRIMARY KEY ({', '.join(keys)}))")
+        _write(conn, keys, cols, w["rows"])
+        if w["bulk"]:
+            n, step, offset = w["bulk"]
+            fill = ", ".join(
+                "md5(i::text)" if VALUES[name][0] == "text" else "NULL" for name in w["names"]
+            )
+            conn.execute(
+                f"INSERT INTO src SELECT i * {step} + {offset}, {fill} "
+                f"FROM generate_series(0, {n - 1}) i"
+            )
+        conn.execute("ANALYZE src")
+    composite = len(keys) > 1
+    legacy = "s._ferry_key" if composite else "s.k0::text"
+    target_cols = ", ".join(f"{c} {VALUES[n][0]}" for c, n in zip(cols, w["names"], strict=True))
+    ddl = f"CREATE TABLE dst (id uuid PRIMARY KEY, legacy_key text UNIQUE, {target_cols});"
+    (tmp / "target.sql").write_text(ddl)
+    key_line = f"key = {json.dumps(keys if composite else keys[0])}\n"
+    (tmp / "spec.toml").write_text(
+        'name = "anykey"\nnamespace = "0c7f1a2e-5b4d-4e8f-9a1b-2c3d4e5f6a7b"\nchunk_size = 5\n\n'
+        f'[[sources]]\nname = "src"\ntable = "public.src"\n{key_line}\n'
+        '[[models]]\nname = "rows"\ntarget = "public.dst"\nsource = "src"\n'
+        'legacy_column = "legacy_key"\n'
+        f'sql = "SELECT {"s._ferry_key" if composite else "s.k0"} AS _key, {legacy} AS legacy_key, '
+        f'{", ".join(f"s.{c}" for c in cols)} FROM src s"\n'
+    )
+    fresh_db(cluster, "anykey_tgt", tmp / "target.sql", owner=OWNER)
+    return source, cluster.conninfo("anykey_tgt", user=OWNER), tmp / "spec.toml"
+
+
+def _write(conn: psycopg.Connection, keys: list[str], cols: list[str], rows: dict) -> None:
+    if not rows:
+        return
+    names = ", ".join(keys + cols)
+    marks = ", ".join(["%s"] * (len(keys) + len(cols)))
+    with conn.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO src ({names}) VALUES ({marks}) ON CONFLICT ({', '.join(keys)}) "
+            f"DO UPDATE SET {', '.join(f'{c} = EXCLUDED.{c}' for c in cols)}",
+            [(*k, *v) for k, v in rows.items()],
+        )
+
+
+def _change(source: str, w: dict[str, Any]) -> None:
+    keys, cols = _columns(w)
+    with psycopg.connect(source, autocommit=True) as conn:
+        _write(conn, keys, cols, {**w["updates"], **w["inserts"]})
+        with conn.cursor() as cur:
+            match = " AND ".join(f"{k} = %s" for k in keys)
+            cur.executemany(f"DELETE FROM src WHERE {match}", list(w["deletes"]))
+
+
+SETTINGS = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 1"
+
+
+def _source_rows(source: str, w: dict[str, Any]) -> dict[str, tuple]:
+    keys, cols = _columns(w)
+    legacy = f"ROW({', '.join(keys)})::text" if len(keys) > 1 else "k0::text"
+    with psycopg.connect(source) as conn:
+        conn.execute(SETTINGS)
+        rows = conn.execute(
+            f"SELECT {legacy}, {', '.join(f'{c}::text' for c in cols)} FROM src"
+        ).fetchall()
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def _target_rows(target: str, w: dict[str, Any]) -> dict[str, tuple]:
+    _, cols = _columns(w)
+    with psycopg.connect(target) as conn:
+        conn.execute(SETTINGS)
+        rows = conn.execute(
+            f"SELECT legacy_key, {', '.join(f'{c}::text' for c in cols)} FROM dst"
+        ).fetchall()
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def _ledger(target: str) -> dict[str, tuple]:
+    with psycopg.connect(target) as conn:
+        rows = conn.execute(
+            "SELECT source_key, status, reason, target_uuid, row_hash FROM ferry.ledger "
+            "WHERE status <> 'deleted'"
+        ).fetchall()
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def _known(kind: str, rows: dict, deletes: list, inserts: dict) -> dict[str, Any]:
+    """An explicit world: the kinds of key whose text Python and PostgreSQL once printed
+    differently, with a row deleted and one inserted."""
+    return {
+        "kind": kind, "key_types": KEYS[kind][0], "names": ["text"], "rows": rows,
+        "bulk": None, "updates": {}, "deletes": deletes, "inserts": inserts,
+    }  # fmt: skip
+
+
+AT = dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+
+@settings(settings.get_profile(PROFILE))
+@given(w=worlds())
+@example(w=_known("composite", {(0, "a"): ("x",)}, [(0, "a")], {(0, "\x1f"): ("y",)}))
+@example(w=_known("timestamptz", {(AT,): ("x",), (AT + dt.timedelta(1),): ("z",)}, [(AT,)],
+                  {(AT + dt.timedelta(2),): ("y",)}))  # fmt: skip
+@example(w=_known("numeric", {(Decimal("0.0000001"),): ("x",), (Decimal("1E+3"),): ("z",)},
+                  [(Decimal("0.0000001"),)], {(Decimal("-0.0000020"),): ("y",)}))  # fmt: skip
+def test_any_table_migrates_exactly_and_syncs_as_a_fresh_migrate(
+    cluster: LocalCluster, tmp_path_factory: Any, w: dict[str, Any]
+) -> None:
+    tmp = tmp_path_factory.mktemp("anykey")
+    source, target, spec_path = _build(cluster, tmp, w)
+    spec = load_spec(spec_path)
+    migrate(source, target, spec)
+    want = _source_rows(source, w)
+    assert _target_rows(target, w) == want
+    assert {k: v[0] for k, v in _ledger(target).items()} == {k: "migrated" for k in want}
+    report = verify(target, spec)
+    assert report.ok, report.summary()
+    _change(source, w)
+    sync(source, target, spec)
+    assert _target_rows(target, w) == _source_rows(source, w)
+    report = verify(target, spec)
+    assert report.ok, report.summary()
+    fresh_db(cluster, "anykey_fresh", tmp / "target.sql", owner=OWNER)
+    fresh = cluster.conninfo("anykey_fresh", user=OWNER)
+    migrate(source, fresh, spec)
+    assert _ledger(target) == _ledger(fresh)
+    assert _target_rows(target, w) == _target_rows(fresh, w)
