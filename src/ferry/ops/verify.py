@@ -634,7 +634,7 @@ def _one(conn: psycopg.Connection, query: sql.Composable, params: Sequence[objec
 
 
 def _emptied_stages(conn: psycopg.Connection, spec: Spec, report: VerifyReport) -> set[str]:
-    """Sources whose stage copy is empty while the ledger holds fates of their rows: said
+    """Sources whose stage copy is empty though it held rows (``ledger.emptied``): said
     once, rather than as every one of their keys missing."""
     emptied = set()
     for src in spec.sources:
@@ -645,9 +645,10 @@ def _emptied_stages(conn: psycopg.Connection, spec: Spec, report: VerifyReport) 
                     "stage",
                     src.name,
                     [],
-                    "the stage copy is empty but the ledger holds fates of its rows: a server "
-                    "crash or restart empties ferry's unlogged stage; run ferry sync to copy "
-                    "it again (models reading it are not checked)",
+                    "the stage copy is empty though it held rows (the ledger holds fates of "
+                    "them, or the staging record counted them): a server crash or restart "
+                    "empties ferry's unlogged stage; run ferry sync to copy it again (models "
+                    "reading it are not checked)",
                 )
             )
     conn.commit()
