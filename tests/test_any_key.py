@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
@@ -268,18 +267,13 @@ def test_any_table_migrates_exactly_and_syncs_as_a_fresh_migrate(
     assert _target_rows(target, w) == _target_rows(fresh, w)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known, not fixed: hash_record_extended(ROW(...), 0), ferry's row hash, gives a "
-    "NULL field and an empty jsonb ('[]', '{}') the same hash (jsonb_hash_extended returns "
-    "the seed for them, and a NULL field counts 0), so a change between them is not seen; "
-    "the fix (a NULL mask in the hash) changes every stored row hash: a ledger upgrade that "
-    "rehashes the target's rows",
-)
 def test_a_change_from_null_to_an_empty_json_reaches_the_target(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
-    """Found by the long profile above: a jsonb column NULL -> '[]' stayed NULL."""
+    """Found by the long profile above: a jsonb column NULL -> '[]' stayed NULL, and verify
+    saw nothing. ``hash_record_extended`` counts a NULL field as 0, and jsonb's hash gives
+    an empty array or object the seed, 0: ferry's row hash now adds a term for them
+    (``Plan.empty_json``), verify's fingerprint too."""
     w = _known("int", {(1,): ("x",), (2,): ("y",)}, [], {})
     w["names"] = ["numeric", "jsonb"]
     w["rows"] = {(1,): (None, None), (2,): (None, None)}
@@ -290,3 +284,32 @@ def test_a_change_from_null_to_an_empty_json_reaches_the_target(
     _change(source, w)
     sync(source, target, spec)
     assert _target_rows(target, w) == _source_rows(source, w)
+
+
+def test_a_row_hash_stored_before_the_empty_json_term_is_still_ferrys(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """A ledger written before ``Plan.empty_json`` holds the old hash of a row with an empty
+    jsonb: that row is still the one ferry wrote (``holds_hash``), so a change to it is
+    written, not flagged as the application's edit, and its new hash is stored."""
+    w = _known("int", {}, [], {})
+    w["names"] = ["text", "jsonb"]
+    w["rows"] = {(1,): ("a", Jsonb([]))}
+    w["updates"] = {(1,): ("b", Jsonb([]))}
+    source, target, spec_path = _build(cluster, tmp_path, w)
+    spec = load_spec(spec_path)
+    migrate(source, target, spec)
+    old = "hash_record_extended(ROW(t.legacy_key, t.c_text, t.c_jsonb), 0)::text"
+    with psycopg.connect(target) as conn:
+        conn.execute(
+            f"UPDATE ferry.ledger l SET row_hash = {old} FROM dst t WHERE t.id = l.target_uuid"
+        )
+    _change(source, w)
+    sync(source, target, spec)
+    assert _target_rows(target, w) == _source_rows(source, w)
+    with psycopg.connect(target) as conn:
+        flags = conn.execute(
+            f"SELECT l.conflict, l.row_hash = {old} FROM ferry.ledger l "
+            "JOIN dst t ON t.id = l.target_uuid"
+        ).fetchall()
+    assert flags == [(False, False)]

@@ -683,10 +683,10 @@ class Runner:
                 "UPDATE _ferry_c c SET _conflict = true "
                 "WHERE {rng} AND {held} "
                 "AND NOT EXISTS (SELECT 1 FROM {t} t WHERE t.{key} = c._old_uuid "
-                "AND {h} = c._old_hash)"
+                "AND {h})"
             ).format(
                 rng=w.rng, held=HELD, t=plan.target, key=sql.Identifier(plan.model.key_column),
-                h=plan.target_hash("t"),
+                h=plan.holds_hash("t", sql.SQL("c._old_hash")),
             )
         )  # fmt: skip
 

@@ -26,9 +26,15 @@ def undo_first_load(conn: psycopg.Connection, plan: Plan) -> int:
             sql.SQL(
                 "DELETE FROM {t} t USING (SELECT DISTINCT ON (l.source_key) x.ctid AS tid "
                 "FROM {led} l JOIN {t} x ON x.{key} = l.target_uuid WHERE l.model = {model} "
-                "AND l.status = 'migrated' AND {h} = l.row_hash ORDER BY l.source_key, x.ctid) d "
+                "AND l.status = 'migrated' AND {h} ORDER BY l.source_key, x.ctid) d "
                 "WHERE t.ctid = d.tid"
-            ).format(t=plan.target, led=led, key=key, model=model, h=plan.target_hash("x"))
+            ).format(
+                t=plan.target,
+                led=led,
+                key=key,
+                model=model,
+                h=plan.holds_hash("x", sql.SQL("l.row_hash")),
+            )
         ).rowcount
         conn.execute(sql.SQL("DELETE FROM {} WHERE model = {}").format(led, model))
     conn.commit()
@@ -57,7 +63,7 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
             continue
         plan = Plan(conn, spec, model)
         key = sql.Identifier(model.key_column)
-        guarded: list[sql.Composable] = [sql.SQL("{} = p.row_hash").format(plan.target_hash("t"))]
+        guarded: list[sql.Composable] = [plan.holds_hash("t", sql.SQL("p.row_hash"))]
         protected, held = _referenced(conn, spec, model)
         if protected | held:
             guarded.append(

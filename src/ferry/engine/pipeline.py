@@ -268,6 +268,9 @@ def transform_all(
                     continue
                 if not all(f.done() for f in reads[name]):
                     continue
+                for future in reads[name]:  # one may have failed since the check above
+                    if (failed := future.exception()) is not None:
+                        raise failed
                 if name not in locks:
                     locks[name] = _locks_parents(conn, spec, name) if defer_constraints else set()
                 held = set().union(*(locks[r] for r in running.values() if not released[r].done()))

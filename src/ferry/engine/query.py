@@ -578,13 +578,50 @@ class Plan:
     def target_hash(self, alias: str) -> sql.Composable:
         """Hash of the written columns of a row, the same from a candidate and a stored row.
 
-        It only has to notice that the application changed a row ferry wrote: 64 bits miss
-        one edit in 2^64. md5 of the row's text where a column type has no hash function.
+        It only has to notice that a row changed (in the source, or the application's edit of
+        a row ferry wrote): 64 bits miss one change in 2^64. md5 of the row's text where a
+        column type has no hash function. ``hash_record_extended`` counts a NULL field as 0,
+        and ``jsonb_hash_extended`` gives an empty array or object the seed, 0: a change
+        between them went unseen, so each jsonb column that holds one adds a term of its own
+        (rows without one hash as before: ``holds_hash``).
         """
         cols = sql.SQL(", ").join(sql.Identifier(alias, n) for n, _, _ in self.columns)
-        if self.hashable:
-            return sql.SQL("hash_record_extended(ROW({}), 0)::text").format(cols)
-        return sql.SQL("md5(ROW({})::text)").format(cols)
+        if not self.hashable:
+            return sql.SQL("md5(ROW({})::text)").format(cols)
+        base = sql.SQL("hash_record_extended(ROW({}), 0)").format(cols)
+        empties = self.empty_json(alias)
+        if empties is None:
+            return sql.SQL("{}::text").format(base)
+        return sql.SQL("({} # {})::text").format(base, empties)
+
+    def empty_json(self, alias: str) -> sql.Composable | None:
+        """The terms (an int8, XORed) that set an empty jsonb array or object apart from
+        NULL in a hash of the row's written columns (``target_hash``); None without jsonb."""
+        empties = [
+            sql.SQL(
+                "CASE WHEN {c} = '[]'::jsonb OR {c} = '{{}}'::jsonb THEN {m}::int8 ELSE 0 END"
+            ).format(c=sql.Identifier(alias, n), m=sql.Literal(_EMPTY_MARK + i))
+            for i, (n, t, _) in enumerate(self.columns)
+            if t == "jsonb"
+        ]
+        return sql.SQL(" # ").join(empties) if empties else None
+
+    def holds_hash(self, alias: str, stored: sql.Composable) -> sql.Composable:
+        """Whether row ``alias`` is the one whose hash the ledger stored (``stored``): by
+        ``target_hash``, or by the hash before jsonb's empty containers had their term
+        (a ledger written before keeps its rows' hashes until they are written again)."""
+        now = sql.SQL("{} = {}").format(self.target_hash(alias), stored)
+        if not self.hashable or all(t != "jsonb" for _, t, _ in self.columns):
+            return now
+        cols = sql.SQL(", ").join(sql.Identifier(alias, n) for n, _, _ in self.columns)
+        return sql.SQL("({} OR hash_record_extended(ROW({}), 0)::text = {})").format(
+            now, cols, stored
+        )
+
+
+# Terms of jsonb columns holding an empty container in ``Plan.target_hash``: one per
+# column position, odd, far from small sums.
+_EMPTY_MARK = 0x2545F4914F6CDD1D
 
 
 def repeated(stage: sql.Composable, column: sql.Composable, key: sql.Composable) -> sql.Composed:

@@ -404,14 +404,14 @@ def _restore(conn: psycopg.Connection, spec: Spec, model: Model, plan: query.Pla
             "SELECT count(*) FROM {image} JOIN {t} t ON t.{key} = r.{key} "
             "LEFT JOIN {led} l ON l.model = b.model AND l.source_key = b.source_key "
             "WHERE {differs} AND NOT coalesce(l.status IN ('migrated', 'deleted') "
-            "AND l.target_uuid = t.{key} AND l.row_hash = {ht}, false)"
+            "AND l.target_uuid = t.{key} AND {ht}, false)"
         ).format(
             image=_image(model),
             t=target,
             key=key,
             led=led,
             differs=differs,
-            ht=plan.target_hash("t"),
+            ht=plan.holds_hash("t", sql.SQL("l.row_hash")),
         ),
     )
     if blocked:
@@ -462,9 +462,9 @@ def _delete(
     )
     edited, held = conn.execute(
         sql.SQL(
-            "SELECT count(*) FILTER (WHERE {ht} IS DISTINCT FROM l.row_hash), "
+            "SELECT count(*) FILTER (WHERE NOT coalesce({ht}, false)), "
             "count(*) FILTER (WHERE {ref}) {going}"
-        ).format(ht=plan.target_hash("t"), ref=referenced, going=going)
+        ).format(ht=plan.holds_hash("t", sql.SQL("l.row_hash")), ref=referenced, going=going)
     ).fetchone() or (0, 0)
     if edited or held:
         why = []

@@ -73,7 +73,9 @@ def _row_fp(plan: Plan, alias: str, uuid: str) -> sql.Composed:
     of a hash instead cost a fifth more on the 2M rows of the demo's largest model."""
     if not plan.hashable:
         return _fp(sql.Identifier(alias, uuid), plan.target_hash(alias))
-    return _fp(*_columns(alias, [uuid, *(n for n, _, _ in plan.columns)]))
+    row = _fp(*_columns(alias, [uuid, *(n for n, _, _ in plan.columns)]))
+    empties = plan.empty_json(alias)  # an empty jsonb hashes as NULL does
+    return row if empties is None else sql.SQL("({} # {})").format(row, empties)
 
 
 @dataclass
