@@ -276,8 +276,8 @@ def test_a_change_from_null_to_an_empty_json_reaches_the_target(
     (``Plan.empty_json``), verify's fingerprint too."""
     w = _known("int", {(1,): ("x",), (2,): ("y",)}, [], {})
     w["names"] = ["numeric", "jsonb"]
-    w["rows"] = {(1,): (None, None), (2,): (None, None)}
-    w["updates"] = {(1,): (Decimal(0), Jsonb({})), (2,): (None, Jsonb([]))}
+    w["rows"] = {(1,): (None, None), (2,): (None, None), (3,): (None, Jsonb([]))}
+    w["updates"] = {(1,): (Decimal(0), Jsonb({})), (2,): (None, Jsonb([])), (3,): (None, Jsonb({}))}
     source, target, spec_path = _build(cluster, tmp_path, w)
     spec = load_spec(spec_path)
     migrate(source, target, spec)

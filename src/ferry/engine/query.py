@@ -597,10 +597,17 @@ class Plan:
     def empty_json(self, alias: str) -> sql.Composable | None:
         """The terms (an int8, XORed) that set an empty jsonb array or object apart from
         NULL in a hash of the row's written columns (``target_hash``); None without jsonb."""
+        # An empty container takes 8 bytes or fewer (headers only), any other jsonb more:
+        # that test costs next to nothing on every row; the type only where it holds.
         empties = [
             sql.SQL(
-                "CASE WHEN {c} = '[]'::jsonb OR {c} = '{{}}'::jsonb THEN {m}::int8 ELSE 0 END"
-            ).format(c=sql.Identifier(alias, n), m=sql.Literal(_EMPTY_MARK + i))
+                "CASE WHEN pg_column_size({c}) <= 8 THEN CASE jsonb_typeof({c}) "
+                "WHEN 'array' THEN {a}::int8 ELSE {o}::int8 END ELSE 0 END"
+            ).format(
+                c=sql.Identifier(alias, n),
+                a=sql.Literal(_EMPTY_MARK + 2 * i),
+                o=sql.Literal(_EMPTY_MARK + 2 * i + 1),
+            )
             for i, (n, t, _) in enumerate(self.columns)
             if t == "jsonb"
         ]
