@@ -194,25 +194,24 @@ def _change(source: str, w: dict[str, Any]) -> None:
 SETTINGS = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 1"
 
 
+def _rows(conninfo: str, key: str, cols: list[str], table: str) -> dict[str, tuple]:
+    """Each row's values as text, by its key's text."""
+    with psycopg.connect(conninfo) as conn:
+        conn.execute(SETTINGS)
+        rows = conn.execute(
+            f"SELECT {key}, {', '.join(f'{c}::text' for c in cols)} FROM {table}"
+        ).fetchall()
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
 def _source_rows(source: str, w: dict[str, Any]) -> dict[str, tuple]:
     keys, cols = _columns(w)
     legacy = f"ROW({', '.join(keys)})::text" if len(keys) > 1 else "k0::text"
-    with psycopg.connect(source) as conn:
-        conn.execute(SETTINGS)
-        rows = conn.execute(
-            f"SELECT {legacy}, {', '.join(f'{c}::text' for c in cols)} FROM src"
-        ).fetchall()
-    return {r[0]: tuple(r[1:]) for r in rows}
+    return _rows(source, legacy, cols, "src")
 
 
 def _target_rows(target: str, w: dict[str, Any]) -> dict[str, tuple]:
-    _, cols = _columns(w)
-    with psycopg.connect(target) as conn:
-        conn.execute(SETTINGS)
-        rows = conn.execute(
-            f"SELECT legacy_key, {', '.join(f'{c}::text' for c in cols)} FROM dst"
-        ).fetchall()
-    return {r[0]: tuple(r[1:]) for r in rows}
+    return _rows(target, "legacy_key", _columns(w)[1], "dst")
 
 
 def _ledger(target: str) -> dict[str, tuple]:
