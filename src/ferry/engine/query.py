@@ -627,7 +627,7 @@ class Plan:
 
 
 # Terms of jsonb columns holding an empty container in ``Plan.target_hash``: one per
-# column position, odd, far from small sums.
+# column position and kind of container (array, object), none of them small.
 _EMPTY_MARK = 0x2545F4914F6CDD1D
 
 

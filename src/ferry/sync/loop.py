@@ -63,10 +63,11 @@ def _restage(
     feed: wal.Changes | None = None, full: bool = False,
 ) -> tuple[dict[str, diff.TableDiff], set[str], dict[str, tuple[set[str], set[str]]]]:  # fmt: skip
     """Diff every source against its stage and copy only what changed; the keys it changed
-    are handed on, and the staging record updated, in the same transaction (``_hand_on``);
-    they are returned as the ledger names them (changed, deleted; ``_key_texts``).
-    Also returns the sources whose stage copy was empty though the ledger holds fates of
-    their rows: a server crash (or a restart after a failover) empties unlogged tables.
+    are handed on (``ledger.hand_on``), and the staging record updated, in the same
+    transaction; they are returned as the ledger names them (changed, deleted;
+    ``_key_texts``). Also returns the sources whose stage copy was emptied
+    (``ledger.emptied``): a server crash (or a restart after a failover) empties unlogged
+    tables.
     With a ``feed`` from the WAL, a table is compared only for the keys it names, unless
     it says to compare the whole table (or the stage was emptied). A CSV file the stage
     holds already (by its digest) is not read into the database; ``full``: it is."""
