@@ -17,7 +17,7 @@ import psycopg
 
 from ferry import ledger
 from ferry.conninfo import connect
-from ferry.engine import chunk, constraints, deletes, execute, settle, stage
+from ferry.engine import chunk, constraints, execute, settle, stage
 from ferry.engine.execute import Progress, run_model, session
 from ferry.errors import FerryError
 from ferry.ledger import runs
@@ -296,10 +296,8 @@ def transform_all(
                 if future in running:
                     done[running.pop(future)] = future.result()
     with connect(target, app="ferry-transform") as conn:
-        freed = settle.pending_tables(conn, spec)
-        deleted, _ = deletes.apply_pending_deletes(conn, spec, run_id)
         # Rows refused for a value that a row now gone held: written by the pass after.
-        again = settle.refused_where_freed(conn, spec, freed) if deleted else {}
+        _, again = settle.delete_pending(conn, spec, run_id)
     results = [done[m.name] for m in order]
     for r in results:
         r.blocked |= again.get(r.model, set())

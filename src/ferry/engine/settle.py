@@ -221,17 +221,15 @@ def settle(
         outcome[model.name] |= _release(conn, spec, model, gone, run_id)
         if model.accounts:
             touched[model.source] += [result.changed_keys, keys or ()]
-    freed = pending_tables(conn, spec)
     out.written |= _pending_models(conn, spec)
-    deleted, _ = deletes.apply_pending_deletes(conn, spec, run_id)
+    deleted, freed = delete_pending(conn, spec, run_id)
     out.deleted_rows += deleted
     # Rows refused for a value that a row of ferry's with a later key gave up, and rows
     # refused for a unique value in a table rows just left: written now that the deletions
     # are done, as a migrate of the current source would (each pass that frees values).
     blocked = _blocked(out.models[first:])
-    if deleted:
-        for name, refused in refused_where_freed(conn, spec, freed).items():
-            blocked[name] = blocked.get(name, set()) | refused
+    for name, refused in freed.items():
+        blocked[name] = blocked.get(name, set()) | refused
     blocked = {m: ks for m, ks in blocked.items() if ks}
     if blocked and depth < BLOCKED_PASSES:
         again = settle(
@@ -263,12 +261,18 @@ def _merged(changed: set[str], extra: set[str], deleted: set[str]) -> list[str]:
     )
 
 
-def refused_where_freed(
-    conn: psycopg.Connection, spec: Spec, freed: Collection[str]
-) -> dict[str, set[str]]:
-    """Rows refused for a unique value in a table rows just left (``freed``): their value
-    may be free now, as in a migrate of the current source, which never saw the rows."""
-    return {
+def delete_pending(
+    conn: psycopg.Connection, spec: Spec, run_id: int
+) -> tuple[int, dict[str, set[str]]]:
+    """Delete the target rows queued for deletion (``deletes.apply_pending_deletes``);
+    returns how many went and, per model, the rows refused for a unique value in a table
+    rows just left: their value may be free now, as in a migrate of the current source,
+    which never saw the rows. A migrate and a sync's settle both end their passes here."""
+    freed = _pending_tables(conn, spec)
+    deleted, _ = deletes.apply_pending_deletes(conn, spec, run_id)
+    if not deleted:
+        return 0, {}
+    return deleted, {
         m.name: _quarantined(conn, spec, m, "refused", UNIQUE_VIOLATION)
         for m in spec.models
         if m.target in freed
@@ -355,7 +359,7 @@ def _orphans(conn: psycopg.Connection, spec: Spec, model: Model, reason: str) ->
     return {r[0] for r in rows}
 
 
-def pending_tables(conn: psycopg.Connection, spec: Spec) -> set[str]:
+def _pending_tables(conn: psycopg.Connection, spec: Spec) -> set[str]:
     """The target tables that rows queued for deletion are about to leave."""
     rows = conn.execute(
         sql.SQL("SELECT DISTINCT target_table FROM {}").format(
