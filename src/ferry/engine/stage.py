@@ -474,13 +474,12 @@ def file_digest(src: Source, data_dir: Path) -> str:
 def unchanged_file(conn: psycopg.Connection, spec: Spec, src: Source, digest: str) -> bool:
     """Whether the stage holds the file ``digest`` names, as recorded when it was staged
     or synced last: then a sync need not load and compare it (two scans and an index of the
-    file's rows). A stage emptied since (by a crash, which the caller checks by the ledger,
-    or by a rollback of everything, which drops the records) is never taken for it."""
+    file's rows). The caller asks only of a stage not emptied since (``ledger.emptied``: by
+    a crash; a rollback of everything drops the records)."""
     row = conn.execute(
-        sql.SQL(
-            "SELECT s.digest = %s AND (s.rows = 0 OR EXISTS (SELECT FROM {t})) "
-            "FROM {led}.staged s WHERE s.source = %s"
-        ).format(t=stored(conn, spec, src), led=sql.Identifier(spec.ledger_schema)),
+        sql.SQL("SELECT s.digest = %s FROM {}.staged s WHERE s.source = %s").format(
+            sql.Identifier(spec.ledger_schema)
+        ),
         [digest, src.name],
     ).fetchone()
     return bool(row and row[0])
