@@ -585,14 +585,17 @@ class Plan:
         between them went unseen, so each jsonb column that holds one adds a term of its own
         (rows without one hash as before: ``holds_hash``).
         """
-        cols = sql.SQL(", ").join(sql.Identifier(alias, n) for n, _, _ in self.columns)
         if not self.hashable:
+            cols = sql.SQL(", ").join(sql.Identifier(alias, n) for n, _, _ in self.columns)
             return sql.SQL("md5(ROW({})::text)").format(cols)
-        base = sql.SQL("hash_record_extended(ROW({}), 0)").format(cols)
         empties = self.empty_json(alias)
         if empties is None:
-            return sql.SQL("{}::text").format(base)
-        return sql.SQL("({} # {})::text").format(base, empties)
+            return sql.SQL("{}::text").format(self._record_hash(alias))
+        return sql.SQL("({} # {})::text").format(self._record_hash(alias), empties)
+
+    def _record_hash(self, alias: str) -> sql.Composable:
+        cols = sql.SQL(", ").join(sql.Identifier(alias, n) for n, _, _ in self.columns)
+        return sql.SQL("hash_record_extended(ROW({}), 0)").format(cols)
 
     def empty_json(self, alias: str) -> sql.Composable | None:
         """The terms (an int8, XORed) that set an empty jsonb array or object apart from
@@ -618,12 +621,9 @@ class Plan:
         ``target_hash``, or by the hash before jsonb's empty containers had their term
         (a ledger written before keeps its rows' hashes until they are written again)."""
         now = sql.SQL("{} = {}").format(self.target_hash(alias), stored)
-        if not self.hashable or all(t != "jsonb" for _, t, _ in self.columns):
+        if not self.hashable or self.empty_json(alias) is None:
             return now
-        cols = sql.SQL(", ").join(sql.Identifier(alias, n) for n, _, _ in self.columns)
-        return sql.SQL("({} OR hash_record_extended(ROW({}), 0)::text = {})").format(
-            now, cols, stored
-        )
+        return sql.SQL("({} OR {}::text = {})").format(now, self._record_hash(alias), stored)
 
 
 # Terms of jsonb columns holding an empty container in ``Plan.target_hash``: one per
