@@ -37,6 +37,11 @@ FKS = (
     "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated "
     "FROM pg_constraint WHERE contype = 'f' ORDER BY 1, 2"
 )
+OPTIONS = (  # the tables with storage parameters set, and them
+    "SELECT c.oid::regclass::text, c.reloptions FROM pg_class c JOIN pg_namespace n "
+    "ON n.oid = c.relnamespace WHERE n.nspname IN ('public', 'ferry', 'ferry_stage') "
+    "AND c.reloptions IS NOT NULL ORDER BY 1"
+)
 
 
 def _when_keys_are_back(
@@ -85,6 +90,8 @@ def test_deferred_load_equals_checked_load(cluster: LocalCluster, tmp_path: Path
             ("books_author", "for the author page"),
             ("books_author_id_fkey", "every book"),
         ]
+        # Autovacuum is back on every table, ferry's own partitions written aside included.
+        assert conn.execute(OPTIONS).fetchall() == []
 
 
 def test_a_crash_while_deferred_is_repaired_by_the_next_run(
@@ -96,14 +103,50 @@ def test_a_crash_while_deferred_is_repaired_by_the_next_run(
         conn.execute("CREATE INDEX books_author ON public.books (author_id)")
         before = conn.execute(FKS).fetchall()
         ledger.ensure_schema(conn, spec)
-        # As if a run had dropped them and died.
-        assert constraints.suspend(conn, spec, "public.books", run_id=0) == 2
+        # As if a run had dropped them, turned autovacuum off, and died.
+        assert constraints.suspend(conn, spec, "public.books", run_id=0) == 3
         assert len(conn.execute(FKS).fetchall()) == len(before) - 1
         assert conn.execute(INDEX_OID).fetchone() == (None,)
+        assert conn.execute(OPTIONS).fetchall() == [("books", ["autovacuum_enabled=false"])]
     migrate(source, target, spec)
     with psycopg.connect(target) as conn:
         assert conn.execute(FKS).fetchall() == before
         assert conn.execute(INDEX_OID).fetchone() != (None,)
+        assert conn.execute(OPTIONS).fetchall() == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [None, ["autovacuum_enabled=true", "fillfactor=90"], ["autovacuum_enabled=off"]],
+)
+def test_autovacuum_is_off_while_keys_are_aside_and_as_it_was_after(
+    cluster: LocalCluster, tmp_path: Path, options: list[str] | None
+) -> None:
+    """Its VACUUM of the rows being loaded took the load's CPU and held the lock that
+    putting the keys back needs; a table's own setting is what comes back."""
+    spec = load_spec(_spec(tmp_path))
+    _, target = _world(cluster, f"fk_av_{len(options or [])}")
+    with psycopg.connect(target) as guard:
+        ledger.ensure_schema(guard, spec)
+        if options:
+            guard.execute(f"ALTER TABLE public.books SET ({', '.join(options)})")
+        guard.commit()
+        with (
+            constraints.suspended(guard, spec, "public.books", run_id=0),
+            psycopg.connect(target) as other,
+        ):
+            during = other.execute(OPTIONS).fetchall()
+        after = guard.execute(OPTIONS).fetchall()
+        left = guard.execute("SELECT count(*) FROM ferry.suspended_constraints").fetchone()
+    off = ["autovacuum_enabled=false"]
+    if options is None:
+        assert (during, after) == ([("books", off)], [])
+    elif options[0] == "autovacuum_enabled=true":
+        assert [(t, sorted(o)) for t, o in during] == [("books", [*off, "fillfactor=90"])]
+        assert [(t, sorted(o)) for t, o in after] == [("books", options)]
+    else:  # off already: left alone, and nothing recorded for it
+        assert during == after == [("books", options)]
+    assert left == (0,)
 
 
 def test_parents_take_writes_but_no_deletes_while_keys_are_aside(
@@ -117,7 +160,7 @@ def test_parents_take_writes_but_no_deletes_while_keys_are_aside(
         guard.commit()
         app.execute("SET lock_timeout = '300ms'")
         with constraints.suspended(guard, spec, "public.books", run_id=0) as n:
-            assert n == 1
+            assert n == 2  # its foreign key, and autovacuum
             # The application goes on writing the parent table while the load runs...
             app.execute(
                 "INSERT INTO public.authors (id, name, country_code) "
@@ -251,7 +294,7 @@ def test_a_parent_the_role_may_not_lock_is_left_to_validate(
         ledger.ensure_schema(guard, spec)
         guard.commit()
         with constraints.suspended(guard, spec, "public.notes", run_id=0) as n:
-            assert n == 1
+            assert n == 2  # its foreign key, and autovacuum
         valid = guard.execute(
             "SELECT convalidated FROM pg_constraint WHERE conname = 'notes_account_id_fkey'"
         ).fetchone()
@@ -279,7 +322,7 @@ def test_parents_are_free_once_the_keys_are_back_before_validation(
             seen.append((valid is not None, bool(valid and valid[0])))
 
         with constraints.suspended(guard, spec, "public.books", 0, keys_back) as n:
-            assert n == 1
+            assert n == 2  # its foreign key, and autovacuum
             assert seen == []  # parents locked while the keys are aside
         # Called once, with the key back but not yet validated; validated by the end.
         assert seen == [(True, False)]

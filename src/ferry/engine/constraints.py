@@ -40,6 +40,12 @@ again with the keys in place, where bisection quarantines the rows that collide,
 without this. Meanwhile the application's upserts into that table (``ON CONFLICT``) fail,
 for want of the key they name: ``--keep-constraints`` if it makes them.
 
+Autovacuum is set aside too, for the table alone (its ``autovacuum_enabled`` storage
+parameter, recorded like the keys): an insert of millions of rows wakes it while the load
+runs, and its ``VACUUM`` of a table being loaded took CPU from the load, then held the lock
+that putting the keys back needs (SF=1: 2 to 4 s of a 21 s migrate, growing with the table).
+It comes back with the keys; the server's next round vacuums the table then.
+
 ``ferry migrate --keep-constraints`` loads with the keys in place instead.
 """
 
@@ -52,7 +58,7 @@ from contextlib import contextmanager
 import psycopg
 from psycopg import sql
 
-from ferry import ledger
+from ferry import catalog, ledger
 from ferry.errors import DuplicateKeysError, FerryError
 from ferry.spec import Spec
 
@@ -68,19 +74,24 @@ from ferry.spec import Spec
 # DELETE gives up (Supabase's API roles time out after a few seconds).
 LOCK_WAIT = 0.5
 LOCK_BUDGET = 300.0
+#
+# An autovacuum worker is the exception: the server cancels one that blocks a lock request
+# for deadlock_timeout, but only if the request is still waiting then. Stepping aside before
+# that, ferry waited for whole VACUUMs of the tables it had just loaded. When one holds a
+# lock on the table or a table its keys reference, the next attempt waits past that moment.
 
 
 def _ddl(conn: psycopg.Connection, table: str, statements: Sequence[sql.Composable]) -> None:
     """Run ``statements`` in one savepoint (or transaction), each attempt queueing for a
-    lock at most ``LOCK_WAIT`` seconds."""
+    lock at most ``LOCK_WAIT`` seconds (longer behind an autovacuum worker)."""
     deadline = time.monotonic() + LOCK_BUDGET
-    pause = 0.1
+    pause, wait = 0.1, LOCK_WAIT
     while True:
         try:
             with conn.transaction():
                 conn.execute(
                     sql.SQL("SET LOCAL lock_timeout = {}").format(
-                        sql.Literal(f"{round(LOCK_WAIT * 1000)}ms")
+                        sql.Literal(f"{round(wait * 1000)}ms")
                     )
                 )
                 for statement in statements:
@@ -93,8 +104,31 @@ def _ddl(conn: psycopg.Connection, table: str, statements: Sequence[sql.Composab
                     f"for {LOCK_BUDGET:.0f} s while ferry set keys aside or put them back; "
                     "try again when they are done"
                 ) from None
+            beyond = _autovacuum_holds(conn, table)
+            if beyond is not None:
+                wait = beyond + LOCK_WAIT
+                continue
+            wait = LOCK_WAIT
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
+
+
+def _autovacuum_holds(conn: psycopg.Connection, table: str) -> float | None:
+    """The server's ``deadlock_timeout`` in seconds if an autovacuum worker holds a lock on
+    ``table`` or a table its foreign keys reference; else None."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE a.backend_type = 'autovacuum worker' AND l.granted "
+        "AND l.locktype = 'relation' AND l.database = (SELECT oid FROM pg_database "
+        "WHERE datname = current_database()) AND (l.relation = to_regclass(%s) "
+        "OR l.relation IN (SELECT confrelid FROM pg_constraint "
+        "WHERE conrelid = to_regclass(%s) AND contype = 'f'))), "
+        "current_setting('deadlock_timeout')::interval",
+        [table, table],
+    ).fetchone()
+    if row is None or not row[0]:
+        return None
+    return float(row[1].total_seconds())
 
 
 def _table(spec: Spec) -> sql.Identifier:
@@ -140,7 +174,8 @@ _UNIQUE_KINDS = {"PRIMARY KEY": sql.SQL("PRIMARY KEY"), "UNIQUE": sql.SQL("UNIQU
 def suspend(
     conn: psycopg.Connection, spec: Spec, target: str, run_id: int, model: str | None = None
 ) -> int:
-    """Record and drop the foreign keys and plain indexes of ``target``; returns how many.
+    """Record and drop the foreign keys and plain indexes of ``target``, and turn its
+    autovacuum off; returns how many of these it set aside.
 
     Plain indexes (not unique, backing no constraint) are rebuilt after the load by one sort
     instead of one descent per row (``recipient_id`` on 2M rows: 4.5 µs a row, against 2 s
@@ -176,24 +211,30 @@ def suspend(
             "WHERE x.indrelid = to_regclass(%s) AND x.indisunique ORDER BY 1",
             [target],
         ).fetchall()
+    autovacuum = _autovacuum_on(conn, target)
+    if autovacuum is not None:
+        found.append((_STORAGE, autovacuum, _STORAGE_KIND, None))
     if not found:
         conn.commit()
         return 0
     with conn.transaction():
         for name, definition, kind, comment in found:
+            owner = model if kind in _UNIQUE_KINDS or kind == "UNIQUE INDEX" else None
             conn.execute(
                 sql.SQL(
                     "INSERT INTO {} (target_table, name, definition, run_id, kind, model, "
                     "comment) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
                 ).format(_table(spec)),
-                [target, name, definition, run_id, kind, model if kind else None, comment],
+                [target, name, definition, run_id, kind, owner, comment],
             )
     conn.commit()  # recorded before anything is dropped
     schema = target.split(".")[0]
     _ddl(
         conn, target,
         [
-            sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+            _autovacuum(target, "false")
+            if kind == _STORAGE_KIND
+            else sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
                 sql.Identifier(*target.split(".")), sql.Identifier(name)
             )
             if not _is_index(definition) or kind in _UNIQUE_KINDS
@@ -203,6 +244,52 @@ def suspend(
     )  # fmt: skip
     conn.commit()
     return len(found)
+
+
+# The record of a table's autovacuum set aside: a name no key or index can have, and the
+# parameter's value before (empty: not set, the server's default).
+_STORAGE, _STORAGE_KIND = "", "STORAGE"
+
+
+def _autovacuum_on(conn: psycopg.Connection, target: str) -> str | None:
+    """``autovacuum_enabled`` of ``target`` as its storage parameters say it ('' if they
+    do not), or None if it is off already."""
+    row = conn.execute(
+        "SELECT (SELECT o.option_value FROM pg_options_to_table(c.reloptions) o "
+        "WHERE o.option_name = 'autovacuum_enabled') FROM pg_class c "
+        "WHERE c.oid = to_regclass(%s)",
+        [target],
+    ).fetchone()
+    if row is None:
+        return None
+    value = conn.execute("SELECT %s::boolean", [row[0] or "on"]).fetchone()
+    return (row[0] or "") if value and value[0] else None
+
+
+def _autovacuum(table: str, value: str) -> sql.Composed:
+    """Set a table's ``autovacuum_enabled`` to ``value``, or reset it (``''``)."""
+    t = sql.Identifier(*table.split("."))
+    if value == "":
+        return sql.SQL("ALTER TABLE {} RESET (autovacuum_enabled)").format(t)
+    return sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = {})").format(t, sql.Literal(value))
+
+
+def _autovacuum_back(conn: psycopg.Connection, spec: Spec, target: str | None) -> int:
+    """Give the tables (one, or all) their autovacuum back, as recorded; returns how many."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT target_table, definition FROM {} WHERE name = %s "
+            "AND (%s::text IS NULL OR target_table = %s) ORDER BY target_table"
+        ).format(_table(spec)),
+        [_STORAGE, target, target],
+    ).fetchall()
+    for table, value in rows:
+        with conn.transaction():
+            if catalog.exists(conn, sql.Identifier(*table.split("."))):
+                _ddl(conn, table, [_autovacuum(table, value)])
+            _forget(conn, spec, table, _STORAGE)
+        conn.commit()
+    return len(rows)
 
 
 def _is_index(definition: str) -> bool:
@@ -310,9 +397,9 @@ def _recorded(
         sql.SQL(
             "SELECT target_table, name, definition, kind, model, comment FROM {} "
             "WHERE (kind IS NOT NULL) = %s AND (%s::text IS NULL OR target_table = %s) "
-            "ORDER BY target_table, name"
+            "AND name <> %s ORDER BY target_table, name"
         ).format(_table(spec)),
-        [unique, target, target],
+        [unique, target, target, _STORAGE],
     ).fetchall()
 
 
@@ -443,6 +530,8 @@ def restore(
                 "rows, and ferry verify names the rows"
             ) from None
         conn.commit()
+    if unique:  # the table is whole again: the server may vacuum it
+        uniques += _autovacuum_back(conn, spec, target)
     return uniques + len(rows)
 
 

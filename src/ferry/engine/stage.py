@@ -173,6 +173,8 @@ def _create(
             ),
         )
     )
+    # privileges.close would at the end of the run, behind any autovacuum of the table.
+    conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(target))
     return target
 
 

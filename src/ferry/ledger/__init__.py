@@ -488,18 +488,24 @@ def partition(
     part = sql.Identifier(spec.ledger_schema, partition_name(model))
     if partition_state(conn, spec, model) is not None:
         return part
+    # Aside, out of autovacuum's way until attached: its VACUUM of the rows just loaded held
+    # the lock that building the key and ATTACH need.
     conn.execute(
         sql.SQL(
             "CREATE TABLE {part} (LIKE {led} INCLUDING DEFAULTS INCLUDING CONSTRAINTS, "
-            "CONSTRAINT ledger_model CHECK (model = {model}))"
+            "CONSTRAINT ledger_model CHECK (model = {model})){options}"
         ).format(
             part=part,
             led=table(spec, "ledger"),
             model=sql.Literal(model),
+            options=sql.SQL(" WITH (autovacuum_enabled = false)" if aside else ""),
         )
     )
     for role in _api_roles(conn):
         conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(part, sql.Identifier(role)))
+    # As privileges.close would at the end of the run, but now: then its lock waited for
+    # the autovacuum that a load of millions of rows wakes on the partition.
+    conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(part))
     if aside:
         # The quarantine index takes only quarantined rows: kept up as they come, it costs
         # a test per row, against a scan of the whole partition if ATTACH built it after.
@@ -600,6 +606,7 @@ def attach(conn: psycopg.Connection, spec: Spec, model: str) -> None:
                     led, part, sql.Literal(model)
                 )
             )
+            conn.execute(sql.SQL("ALTER TABLE {} RESET (autovacuum_enabled)").format(part))
     except psycopg.errors.UniqueViolation:
         raise FerryError(
             f"model {model}: its ledger rows written aside name a source key twice, so they "
