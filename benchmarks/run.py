@@ -659,10 +659,12 @@ def _wal_level(cluster: LocalCluster, logical: bool) -> None:
 
 def sync_series(
     ferry: Ferry, cluster: LocalCluster, data_dir: Path, scale: float, seed: int, source: str,
-    tag: str,
+    tag: str, same: dict[str, int] | None = None,
 ) -> tuple[Step, dict[str, Step]]:  # fmt: skip
     """Migrate the world just built with changes from ``source``, then time a sync with
-    nothing changed (``noop``) and one after DOMAIN.md's delta (``delta_x1``).
+    nothing changed (``noop``) and one after DOMAIN.md's delta (``delta_x1``), which the
+    world scales with it; with ``same`` (the main scale's delta), one more after that many
+    changes (``delta_same``): the same day's work on a larger or smaller database.
 
     With a slot, two syncs first, untimed, ``WAL_SETTLE_S`` apart: the timed no-op is then
     that of a slot past the migrate, as it is minutes after one."""
@@ -684,7 +686,17 @@ def sync_series(
     delta.rows = sum(changed.values())
     say(delta)
     series["delta_x1"] = delta
+    if same and delta.status == "ok":
+        changed = bulk_delta(cluster.conninfo("legacy"), same, 1, seed)
+        step = ferry.run("sync", f"sync_delta_same_{tag}")
+        step.rows = sum(changed.values())
+        say(step)
+        series["delta_same"] = step
     return m, series
+
+
+# A point's timed syncs: nothing changed, its own scale's delta, the main scale's delta.
+SERIES_STEPS = ("noop", "delta_x1", "delta_same")
 
 
 def _series_of(sync_steps: dict[str, Step]) -> dict[str, Step]:
@@ -856,7 +868,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             _drop(cluster, "copy_pipe")
                             pipe_s = pipe.seconds
                         tag = f"sf{s:g}" + ("" if source == "checksum" else f"_{source}")
-                        m, series = sync_series(ferry, cluster, data_dir, s, args.seed, source, tag)
+                        same = delta_changes.get("1") if s != scale else None
+                        m, series = sync_series(
+                            ferry, cluster, data_dir, s, args.seed, source, tag, same
+                        )
                         rows = m.rows or sum(s_counts.values())
                         if m.status != "ok":
                             notes.append(f"scaling SF={s:g} ({source}): {m.note}")
@@ -868,20 +883,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "migrate_peak_rss_mb": _round(m.peak_rss_mb, 1),
                         **{
                             f"{k}_s": _round(series[k].seconds) if k in series else None
-                            for k in ("noop", "delta_x1")
+                            for k in SERIES_STEPS
                         },
                         # the sync's own figure (its run record): the process less start-up
                         **{
                             f"{k}_internal_s": _round(series[k].internal_seconds)
                             if k in series
                             else None
-                            for k in ("noop", "delta_x1")
+                            for k in SERIES_STEPS
                         },
                         **{
                             f"{k}_peak_rss_mb": _round(series[k].peak_rss_mb, 1)
                             if k in series
                             else None
-                            for k in ("noop", "delta_x1")
+                            for k in SERIES_STEPS
                         },
                         "status": _series_status(m, series),
                         "note": next(
@@ -1107,7 +1122,11 @@ def render(doc: dict[str, Any]) -> None:
     sources = doc.get("changes") or list(CHANGE_SOURCES)
     columns = ["SF", "rows", "migrate s", "rows/s", "peak RSS MB", "copy pipe s", "ferry ÷ pipe"]
     for source in sources:  # the process's seconds (the sync's own, as its run records)
-        columns += [f"{source}: sync none s (own)", f"{source}: sync x1 s (own)"]
+        columns += [
+            f"{source}: sync none s (own)",
+            f"{source}: sync x1 s (own)",
+            f"{source}: sync, main scale's delta s (own)",
+        ]
     columns += ["peak RSS MB, any step", "load"]
     for col in columns:
         series.add_column(col, justify="right")
@@ -1116,7 +1135,7 @@ def render(doc: dict[str, Any]) -> None:
         syncs = []
         for source in sources:
             figures = p.get("sync", {}).get(source, {})
-            for k in ("noop", "delta_x1"):
+            for k in SERIES_STEPS:
                 own = _fmt(figures.get(f"{k}_internal_s"), ".2f")
                 syncs.append(f"{_fmt(figures.get(f'{k}_s'), '.2f')} ({own})")
         series.add_row(

@@ -168,6 +168,10 @@ def test_every_scale_has_its_syncs_and_peak_memory(bench: tuple[dict[str, Any], 
             assert _is_number(figures[key]) and figures[key] > 0, key
         assert point["sync_noop_s"] == figures["noop_s"]
         assert point["peak_rss_mb_max"] >= max(point["peak_rss_mb"], figures["noop_peak_rss_mb"])
+    if f["sync_status"] == "ok":
+        # The main scale's delta, on the other scale's database too: same changes, other size.
+        assert _is_number(small["sync"]["checksum"]["delta_same_s"])
+        assert main["sync"]["checksum"]["delta_same_s"] is None
 
 
 def test_bad_change_source_is_refused_before_anything_starts() -> None:

@@ -75,10 +75,12 @@ from ferry.spec import Spec
 LOCK_WAIT = 0.5
 LOCK_BUDGET = 300.0
 #
-# An autovacuum worker is the exception: the server cancels one that blocks a lock request
-# for deadlock_timeout, but only if the request is still waiting then. Stepping aside before
-# that, ferry waited for whole VACUUMs of the tables it had just loaded. When one holds a
-# lock on the table or a table its keys reference, the next attempt waits past that moment.
+# Two holders are exceptions. An autovacuum worker: the server cancels one that blocks a
+# lock request for deadlock_timeout, but only if the request is still waiting then; stepping
+# aside before that, ferry waited for whole VACUUMs of the tables it had just loaded. When
+# one holds a lock on the table or a table its keys reference, the next attempt waits past
+# that moment. And ferry's own sessions (a validation behind the unique keys' sort): their
+# lock ends when their statement does, which a pause grown to seconds would overshoot.
 
 
 def _ddl(conn: psycopg.Connection, table: str, statements: Sequence[sql.Composable]) -> None:
@@ -104,31 +106,31 @@ def _ddl(conn: psycopg.Connection, table: str, statements: Sequence[sql.Composab
                     f"for {LOCK_BUDGET:.0f} s while ferry set keys aside or put them back; "
                     "try again when they are done"
                 ) from None
-            beyond = _autovacuum_holds(conn, table)
-            if beyond is not None:
-                wait = beyond + LOCK_WAIT
+            holders, deadlock_timeout = _holders(conn, table)
+            if "autovacuum" in holders:
+                wait = deadlock_timeout + LOCK_WAIT
                 continue
             wait = LOCK_WAIT
-            time.sleep(pause)
+            time.sleep(0.1 if holders == {"ferry"} else pause)
             pause = min(pause * 2, 5.0)
 
 
-def _autovacuum_holds(conn: psycopg.Connection, table: str) -> float | None:
-    """The server's ``deadlock_timeout`` in seconds if an autovacuum worker holds a lock on
-    ``table`` or a table its foreign keys reference; else None."""
-    row = conn.execute(
-        "SELECT EXISTS (SELECT FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-        "WHERE a.backend_type = 'autovacuum worker' AND l.granted "
-        "AND l.locktype = 'relation' AND l.database = (SELECT oid FROM pg_database "
-        "WHERE datname = current_database()) AND (l.relation = to_regclass(%s) "
-        "OR l.relation IN (SELECT confrelid FROM pg_constraint "
-        "WHERE conrelid = to_regclass(%s) AND contype = 'f'))), "
-        "current_setting('deadlock_timeout')::interval",
+def _holders(conn: psycopg.Connection, table: str) -> tuple[set[str], float]:
+    """Who else holds a lock on ``table`` or a table its foreign keys reference (``ferry``,
+    ``autovacuum``, ``other``), and the server's ``deadlock_timeout`` in seconds."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")  # a transaction keeps the first one
+    rows = conn.execute(
+        "SELECT DISTINCT CASE WHEN a.backend_type = 'autovacuum worker' THEN 'autovacuum' "
+        "WHEN a.application_name LIKE 'ferry%%' THEN 'ferry' ELSE 'other' END "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.granted AND l.pid <> pg_backend_pid() AND l.locktype = 'relation' "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "AND (l.relation = to_regclass(%s) OR l.relation IN (SELECT confrelid "
+        "FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'f'))",
         [table, table],
-    ).fetchone()
-    if row is None or not row[0]:
-        return None
-    return float(row[1].total_seconds())
+    ).fetchall()
+    timeout = conn.execute("SELECT current_setting('deadlock_timeout')::interval").fetchone()
+    return {r[0] for r in rows}, float(timeout[0].total_seconds()) if timeout else 1.0
 
 
 def _table(spec: Spec) -> sql.Identifier:
