@@ -90,6 +90,8 @@ def _ddl(conn: psycopg.Connection, table: str, statements: Sequence[sql.Composab
     lock at most ``LOCK_WAIT`` seconds (longer behind an autovacuum worker)."""
     deadline = time.monotonic() + LOCK_BUDGET
     pause, wait = 0.1, LOCK_WAIT
+    # Called outside a transaction, it leaves none open: the holders' query opens one.
+    outside = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     while True:
         try:
             with conn.transaction():
@@ -109,6 +111,8 @@ def _ddl(conn: psycopg.Connection, table: str, statements: Sequence[sql.Composab
                     "try again when they are done"
                 ) from None
             holders, deadlock_timeout = _holders(conn, table)
+            if outside:
+                conn.rollback()
             if "autovacuum" in holders:
                 wait = deadlock_timeout + LOCK_WAIT
                 continue
