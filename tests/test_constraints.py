@@ -332,6 +332,24 @@ def test_a_parent_the_role_may_not_lock_is_left_to_validate(
     assert valid == (True,)
 
 
+def test_a_table_the_role_does_not_own_keeps_its_autovacuum(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Granted writes but not owned, with nothing else to set aside: it loads as before."""
+    spec = load_spec(_spec(tmp_path))
+    _, target = _world(cluster, "fk_not_owned")
+    admin = cluster.conninfo("crash_tgt_fk_not_owned")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.notes (id uuid PRIMARY KEY, body text)")
+        conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON public.notes TO lib_owner")
+    with psycopg.connect(target) as guard:
+        ledger.ensure_schema(guard, spec)
+        guard.commit()
+        with constraints.suspended(guard, spec, "public.notes", run_id=0) as n:
+            assert n == 0
+        assert guard.execute(OPTIONS).fetchall() == []
+
+
 def test_parents_are_free_once_the_keys_are_back_before_validation(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:

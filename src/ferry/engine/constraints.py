@@ -261,11 +261,12 @@ _STORAGE, _STORAGE_KIND = "", "STORAGE"
 
 def _autovacuum_on(conn: psycopg.Connection, target: str) -> str | None:
     """``autovacuum_enabled`` of ``target`` as its storage parameters say it ('' if they
-    do not), or None if it is off already."""
+    do not), or None if it is off already, or the role may not change it (not the owner:
+    a table with no key or index to set aside loads as before)."""
     row = conn.execute(
         "SELECT (SELECT o.option_value FROM pg_options_to_table(c.reloptions) o "
         "WHERE o.option_name = 'autovacuum_enabled') FROM pg_class c "
-        "WHERE c.oid = to_regclass(%s)",
+        "WHERE c.oid = to_regclass(%s) AND pg_has_role(c.relowner, 'USAGE')",
         [target],
     ).fetchone()
     if row is None:
