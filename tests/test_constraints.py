@@ -350,6 +350,36 @@ def test_a_table_the_role_does_not_own_keeps_its_autovacuum(
         assert guard.execute(OPTIONS).fetchall() == []
 
 
+def test_a_partitioned_table_keeps_its_keys_and_indexes(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """A foreign key cannot come back NOT VALID on it, and its index's definition (ON ONLY)
+    would have come back without its partitions' indexes."""
+    spec = load_spec(_spec(tmp_path))
+    _, target = _world(cluster, "fk_partitioned")
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE public.reviews (id uuid, at date, book_id uuid "
+            "REFERENCES public.books (id), PRIMARY KEY (id, at)) PARTITION BY RANGE (at)"
+        )
+        conn.execute(
+            "CREATE TABLE public.reviews_all PARTITION OF public.reviews "
+            "FOR VALUES FROM ('2000-01-01') TO ('2100-01-01')"
+        )
+        conn.execute("CREATE INDEX reviews_book ON public.reviews (book_id)")
+    with psycopg.connect(target) as guard:
+        ledger.ensure_schema(guard, spec)
+        guard.commit()
+        before = guard.execute(FKS).fetchall()
+        with constraints.suspended(guard, spec, "public.reviews", run_id=0) as n:
+            assert n == 0
+        assert guard.execute(FKS).fetchall() == before
+        assert guard.execute(
+            "SELECT count(*) FROM pg_index WHERE indisvalid AND indexrelid::regclass::text "
+            "IN ('reviews_book', 'reviews_all_book_id_idx')"
+        ).fetchone() == (2,)
+
+
 def test_parents_are_free_once_the_keys_are_back_before_validation(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:

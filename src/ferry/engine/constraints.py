@@ -191,6 +191,12 @@ def suspend(
     keys go too; otherwise they stay, to refuse a duplicate when it is written so that
     bisection can quarantine it. The record lives in ``<ledger>.suspended_constraints``.
     """
+    # A partitioned table keeps everything: a foreign key cannot come back NOT VALID on it,
+    # and its indexes' definitions (ON ONLY) would come back without its partitions'.
+    kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", [target])
+    if (row := kind.fetchone()) is None or row[0] != "r":
+        conn.commit()
+        return 0
     # (name, definition, kind, comment): a comment goes with what it is on, and comes back.
     found: list[tuple[str, str, str | None, str | None]] = [
         (r[0], r[1], None, r[2])
@@ -261,12 +267,14 @@ _STORAGE, _STORAGE_KIND = "", "STORAGE"
 
 def _autovacuum_on(conn: psycopg.Connection, target: str) -> str | None:
     """``autovacuum_enabled`` of ``target`` as its storage parameters say it ('' if they
-    do not), or None if it is off already, or the role may not change it (not the owner:
-    a table with no key or index to set aside loads as before)."""
+    do not), or None if it is off already or cannot be set: the role is not the owner (a
+    table with no key or index to set aside loads as before), or the table is partitioned
+    (the parameter is its partitions')."""
     row = conn.execute(
         "SELECT (SELECT o.option_value FROM pg_options_to_table(c.reloptions) o "
         "WHERE o.option_name = 'autovacuum_enabled') FROM pg_class c "
-        "WHERE c.oid = to_regclass(%s) AND pg_has_role(c.relowner, 'USAGE')",
+        "WHERE c.oid = to_regclass(%s) AND c.relkind = 'r' "
+        "AND pg_has_role(c.relowner, 'USAGE')",
         [target],
     ).fetchone()
     if row is None:
