@@ -193,8 +193,10 @@ def suspend(
     """
     # A partitioned table keeps everything: a foreign key cannot come back NOT VALID on it,
     # and its indexes' definitions (ON ONLY) would come back without its partitions'.
-    kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", [target])
-    if (row := kind.fetchone()) is None or row[0] != "r":
+    relkind = conn.execute(
+        "SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", [target]
+    ).fetchone()
+    if relkind is None or relkind[0] != "r":
         conn.commit()
         return 0
     # (name, definition, kind, comment): a comment goes with what it is on, and comes back.
@@ -547,9 +549,9 @@ def restore(
                 "rows, and ferry verify names the rows"
             ) from None
         conn.commit()
-    if unique:  # the table is whole again: the server may vacuum it
-        uniques += _autovacuum_back(conn, spec, target)
-    return uniques + len(rows)
+    # The table is whole again (unless its unique keys are the caller's): it may be vacuumed.
+    vacuum = _autovacuum_back(conn, spec, target) if unique else 0
+    return uniques + len(rows) + vacuum
 
 
 def _add_key(
