@@ -306,16 +306,25 @@ def test_a_dangling_row_written_meanwhile_fails_loudly(
             app.execute(dangling)
 
 
+def _with_admin_table(cluster: LocalCluster, suffix: str, create: str, grant: str) -> str:
+    """A target world with one more table that the administrator owns and grants ferry's
+    role something on; the role's conninfo."""
+    _, target = _world(cluster, suffix)
+    with psycopg.connect(cluster.conninfo(f"crash_tgt_{suffix}"), autocommit=True) as conn:
+        conn.execute(create)
+        conn.execute(grant)
+    return target
+
+
 def test_a_parent_the_role_may_not_lock_is_left_to_validate(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
     """Like Supabase's auth.users: ferry may reference it, not lock it."""
     spec = load_spec(_spec(tmp_path))
-    _, target = _world(cluster, "fk_unlockable")
-    admin = cluster.conninfo("crash_tgt_fk_unlockable")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute("CREATE TABLE public.accounts (id uuid PRIMARY KEY)")
-        conn.execute("GRANT SELECT, REFERENCES ON public.accounts TO lib_owner")
+    target = _with_admin_table(
+        cluster, "fk_unlockable", "CREATE TABLE public.accounts (id uuid PRIMARY KEY)",
+        "GRANT SELECT, REFERENCES ON public.accounts TO lib_owner",
+    )  # fmt: skip
     with psycopg.connect(target, autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE public.notes (id uuid PRIMARY KEY, "
@@ -337,11 +346,10 @@ def test_a_table_the_role_does_not_own_keeps_its_autovacuum(
 ) -> None:
     """Granted writes but not owned, with nothing else to set aside: it loads as before."""
     spec = load_spec(_spec(tmp_path))
-    _, target = _world(cluster, "fk_not_owned")
-    admin = cluster.conninfo("crash_tgt_fk_not_owned")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute("CREATE TABLE public.notes (id uuid PRIMARY KEY, body text)")
-        conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON public.notes TO lib_owner")
+    target = _with_admin_table(
+        cluster, "fk_not_owned", "CREATE TABLE public.notes (id uuid PRIMARY KEY, body text)",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON public.notes TO lib_owner",
+    )  # fmt: skip
     with psycopg.connect(target) as guard:
         ledger.ensure_schema(guard, spec)
         guard.commit()
