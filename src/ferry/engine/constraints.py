@@ -192,7 +192,8 @@ def suspend(
     bisection can quarantine it. The record lives in ``<ledger>.suspended_constraints``.
     """
     # A partitioned table keeps everything: a foreign key cannot come back NOT VALID on it,
-    # and its indexes' definitions (ON ONLY) would come back without its partitions'.
+    # its indexes' definitions (ON ONLY) would come back without its partitions', and its
+    # autovacuum is its partitions'.
     relkind = conn.execute(
         "SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", [target]
     ).fetchone()
@@ -269,20 +270,16 @@ _STORAGE, _STORAGE_KIND = "", "STORAGE"
 
 def _autovacuum_on(conn: psycopg.Connection, target: str) -> str | None:
     """``autovacuum_enabled`` of ``target`` as its storage parameters say it ('' if they
-    do not), or None if it is off already or cannot be set: the role is not the owner (a
-    table with no key or index to set aside loads as before), or the table is partitioned
-    (the parameter is its partitions')."""
+    do not), or None if it is off already or the role may not change it (not the owner: a
+    table with no key or index to set aside loads as before)."""
     row = conn.execute(
-        "SELECT (SELECT o.option_value FROM pg_options_to_table(c.reloptions) o "
-        "WHERE o.option_name = 'autovacuum_enabled') FROM pg_class c "
-        "WHERE c.oid = to_regclass(%s) AND c.relkind = 'r' "
-        "AND pg_has_role(c.relowner, 'USAGE')",
+        "SELECT coalesce(v, ''), coalesce(v::boolean, true) FROM (SELECT (SELECT "
+        "o.option_value FROM pg_options_to_table(c.reloptions) o "
+        "WHERE o.option_name = 'autovacuum_enabled') AS v FROM pg_class c "
+        "WHERE c.oid = to_regclass(%s) AND pg_has_role(c.relowner, 'USAGE')) x",
         [target],
     ).fetchone()
-    if row is None:
-        return None
-    value = conn.execute("SELECT %s::boolean", [row[0] or "on"]).fetchone()
-    return (row[0] or "") if value and value[0] else None
+    return row[0] if row and row[1] else None
 
 
 def _autovacuum(table: str, value: str) -> sql.Composed:
