@@ -473,15 +473,19 @@ def file_digest(src: Source, data_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def _record(spec: Spec) -> sql.Identifier:
+    """The ledger's record of each source's staging (``ledger.table(spec, "staged")``,
+    which this module cannot import: the ledger imports it)."""
+    return sql.Identifier(spec.ledger_schema, "staged")
+
+
 def unchanged_file(conn: psycopg.Connection, spec: Spec, src: Source, digest: str) -> bool:
     """Whether the stage holds the file ``digest`` names, as recorded when it was staged
     or synced last: then a sync need not load and compare it (two scans and an index of the
     file's rows). The caller asks only of a stage not emptied since (``ledger.emptied``: by
     a crash; a rollback of everything drops the records)."""
     row = conn.execute(
-        sql.SQL("SELECT s.digest = %s FROM {}.staged s WHERE s.source = %s").format(
-            sql.Identifier(spec.ledger_schema)
-        ),
+        sql.SQL("SELECT s.digest = %s FROM {} s WHERE s.source = %s").format(_record(spec)),
         [digest, src.name],
     ).fetchone()
     return bool(row and row[0])
@@ -502,9 +506,7 @@ def key_types(conn: psycopg.Connection, spec: Spec, src: Source) -> list[str]:
 def recorded_rows(conn: psycopg.Connection, spec: Spec, source: str) -> int | None:
     """The rows the last record of ``source`` counted (None: none recorded)."""
     row = conn.execute(
-        sql.SQL("SELECT rows FROM {}.staged WHERE source = %s").format(
-            sql.Identifier(spec.ledger_schema)
-        ),
+        sql.SQL("SELECT rows FROM {} WHERE source = %s").format(_record(spec)),
         [source],
     ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
@@ -513,9 +515,7 @@ def recorded_rows(conn: psycopg.Connection, spec: Spec, source: str) -> int | No
 def note_digest(conn: psycopg.Connection, spec: Spec, source: str, digest: str) -> None:
     """The file a source's stage holds is now ``digest`` (its rows unchanged)."""
     conn.execute(
-        sql.SQL("UPDATE {}.staged SET digest = %s WHERE source = %s").format(
-            sql.Identifier(spec.ledger_schema)
-        ),
+        sql.SQL("UPDATE {} SET digest = %s WHERE source = %s").format(_record(spec)),
         [digest, source],
     )
 
@@ -523,10 +523,10 @@ def note_digest(conn: psycopg.Connection, spec: Spec, source: str, digest: str) 
 def record(conn: psycopg.Connection, spec: Spec, result: StageResult, run_id: int) -> None:
     conn.execute(
         sql.SQL(
-            "INSERT INTO {}.staged (source, rows, bytes, seconds, run_id, digest) "
+            "INSERT INTO {} (source, rows, bytes, seconds, run_id, digest) "
             "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (source) DO UPDATE SET "
             "rows = EXCLUDED.rows, bytes = EXCLUDED.bytes, seconds = EXCLUDED.seconds, "
             "run_id = EXCLUDED.run_id, digest = EXCLUDED.digest, staged_at = clock_timestamp()"
-        ).format(sql.Identifier(spec.ledger_schema)),
+        ).format(_record(spec)),
         [result.source, result.rows, result.bytes, result.seconds, run_id, result.digest],
     )
