@@ -93,7 +93,10 @@ LEFT
 JOIN (SELECT DISTINCT ON (l.target_uuid) l.target_uuid, l.source_key
 FROM "ferry"."ledger_books" l
 WHERE l.model = 'books' AND l.status = 'migrated' AND l.target_uuid IN (SELECT coalesce(z."_ferry_h0")
-FROM _ferry_probed z)) hk ON hk.target_uuid = coalesce(z."_ferry_h0") OFFSET 0) w OFFSET 0) v
+FROM _ferry_probed z
+WHERE coalesce(z."_ferry_h0") IS NOT NULL) AND EXISTS (SELECT
+FROM _ferry_probed z
+WHERE coalesce(z."_ferry_h0") IS NOT NULL)) hk ON hk.target_uuid = coalesce(z."_ferry_h0") OFFSET 0) w OFFSET 0) v
 
 -- candidates[0]
 CREATE TEMP TABLE _ferry_e ON COMMIT DROP AS WITH _ferry_chunk AS MATERIALIZED (SELECT c.*, CASE
@@ -190,7 +193,10 @@ LEFT
 JOIN (SELECT DISTINCT ON (l.target_uuid) l.target_uuid, l.source_key
 FROM "ferry"."ledger_books" l
 WHERE l.model = 'books' AND l.status = 'migrated' AND l.target_uuid IN (SELECT coalesce(z."_ferry_h0")
-FROM _ferry_probed z)) hk ON hk.target_uuid = coalesce(z."_ferry_h0") OFFSET 0) w OFFSET 0) v
+FROM _ferry_probed z
+WHERE coalesce(z."_ferry_h0") IS NOT NULL) AND EXISTS (SELECT
+FROM _ferry_probed z
+WHERE coalesce(z."_ferry_h0") IS NOT NULL)) hk ON hk.target_uuid = coalesce(z."_ferry_h0") OFFSET 0) w OFFSET 0) v
 
 -- candidates[1]
 SET LOCAL enable_hashjoin = off
@@ -317,5 +323,8 @@ LEFT
 JOIN (SELECT DISTINCT ON (l.target_uuid) l.target_uuid, l.source_key
 FROM "ferry"."ledger_books" l
 WHERE l.model = 'books' AND l.status = 'migrated' AND l.target_uuid IN (SELECT coalesce(z."_ferry_h0")
-FROM _ferry_probed z)) hk ON hk.target_uuid = coalesce(z."_ferry_h0") OFFSET 0) w OFFSET 0) v) c
+FROM _ferry_probed z
+WHERE coalesce(z."_ferry_h0") IS NOT NULL) AND EXISTS (SELECT
+FROM _ferry_probed z
+WHERE coalesce(z."_ferry_h0") IS NOT NULL)) hk ON hk.target_uuid = coalesce(z."_ferry_h0") OFFSET 0) w OFFSET 0) v) c
 
