@@ -270,6 +270,53 @@ def test_a_source_without_logical_decoding_is_refused_clearly(
         assert conn.execute("SELECT count(*) FROM ferry.changes").fetchone() == (0,)
 
 
+def test_a_partition_whose_name_holds_a_colon_is_followed(
+    cluster: LocalCluster, tmp_path: Path, decoding: None
+) -> None:
+    """Changes are picked by the text before their first ": " (one hashed lookup). A spec
+    names plain tables, but their partitions, whose changes the WAL names, may be called
+    anything: a quoted name holding ": ", and a TRUNCATE listing it after another table,
+    still count."""
+    (tmp_path / "spec.toml").write_text(
+        'name = "odd"\nnamespace = "3c1f5a2e-7b9d-4e6f-8a1b-2c3d4e5f6a7b"\n'
+        '[[sources]]\nname = "log"\ntable = "public.log"\n'
+        '[[models]]\nname = "entries"\ntarget = "public.entries"\nsource = "log"\n'
+        'legacy_column = "legacy_id"\n'
+        'sql = "SELECT l.id AS _key, l.id AS legacy_id, l.body FROM log l"\n'
+    )
+    spec = load_spec(tmp_path / "spec.toml")
+    source = fresh_db(cluster, "wal_odd")
+    fresh_db(cluster, "wal_odd_tgt", owner=OWNER)
+    target = cluster.conninfo("wal_odd_tgt", user=OWNER)
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("CREATE TABLE entries (id uuid PRIMARY KEY, legacy_id int UNIQUE, body text)")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("CREATE TABLE log (id int PRIMARY KEY, body text) PARTITION BY RANGE (id)")
+        conn.execute("""CREATE TABLE "log: low" PARTITION OF log FOR VALUES FROM (0) TO (10)""")
+        conn.execute("CREATE TABLE log_high PARTITION OF log FOR VALUES FROM (10) TO (100)")
+        conn.execute("CREATE TABLE scratch (id int PRIMARY KEY)")  # not the spec's
+        conn.execute("INSERT INTO log VALUES (1, 'one'), (2, 'two'), (11, 'eleven')")
+    migrate(source, target, spec, changes="wal")
+
+    def bodies() -> set[tuple]:
+        with psycopg.connect(target) as conn:
+            return set(conn.execute("SELECT legacy_id, body FROM entries"))
+
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("INSERT INTO log VALUES (3, 'three')")
+        conn.execute("UPDATE log SET body = 'uno' WHERE id = 1")
+        conn.execute("INSERT INTO scratch VALUES (1)")
+    done = sync(source, target, spec)
+    assert done.counts["wal"]["keys"] == {"log": 2} and done.counts["wal"]["full"] == {}
+    assert bodies() == {(1, "uno"), (2, "two"), (3, "three"), (11, "eleven")}
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("TRUNCATE scratch, log")
+        conn.execute("INSERT INTO log VALUES (4, 'four')")
+    done = sync(source, target, spec)
+    assert "TRUNCATE" in done.counts["wal"]["full"]["log"]
+    assert bodies() == {(4, "four")}
+
+
 def test_the_decoded_row_is_read_for_its_key_only() -> None:
     src = load_spec(SPEC_DIR / "spec.toml").source("line_note")
     tables = {("public", "line_note"): wal._Table(src, True, "public.line_note")}

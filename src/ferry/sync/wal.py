@@ -508,17 +508,29 @@ def _peek(
     row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
     assert row is not None
     flushed: str = row[0]
-    prefixes = [f"table {t.printed}: " for t in tables.values()]
-    query = """
+    # A change is ours when the text before its first ": " is one of our tables' heads: a
+    # hashed lookup. Testing every head as a prefix of every change cost 75 ms, twice their
+    # decoding, for the 20k changes the demo's delta writes to tables outside the spec. A
+    # name holding ": " itself (a partition's, quoted) is still tested as a prefix, and so
+    # is every TRUNCATE then, whose text lists several tables.
+    heads = [f"table {t.printed}" for t in tables.values()]
+    odd = [f"{h}: " for h in heads if ": " in h]
+    odd_test = (
+        "OR (starts_with(data, 'table ') AND (EXISTS (SELECT 1 FROM unnest(%s::text[]) p "
+        "WHERE starts_with(data, p)) OR data LIKE '%%: TRUNCATE:%%'))"
+        if odd
+        else ""
+    )
+    query = f"""
         WITH c AS MATERIALIZED (
             SELECT n, xid::text::int8 AS xid, lsn::text AS lsn, data
             FROM pg_logical_slot_peek_changes(%s, %s::pg_lsn, NULL, 'include-xids', '0',
                  'skip-empty-xacts', '1') WITH ORDINALITY AS p(lsn, xid, data, n)
         ), r AS (
             SELECT n, xid, lsn, data FROM c
-            WHERE starts_with(data, 'table ')
-              AND (EXISTS (SELECT 1 FROM unnest(%s::text[]) p WHERE starts_with(data, p))
-                   OR data LIKE '%%: TRUNCATE:%%')
+            WHERE split_part(data, ': ', 1) IN (SELECT unnest(%s::text[]))
+               OR (starts_with(data, 'table ') AND split_part(data, ': ', 2) = 'TRUNCATE')
+               {odd_test}
         )
         SELECT n, xid, lsn, data FROM r
         UNION ALL
@@ -531,7 +543,7 @@ def _peek(
     try:
         with conn.transaction(), conn.cursor(name="ferry_changes") as cur:
             cur.itersize = FETCH_ROWS
-            cur.execute(query, [slot, flushed, prefixes])
+            cur.execute(query, [slot, flushed, heads, *([odd] if odd else [])])
             for _, xid, lsn, data in cur:
                 if data is None:  # the transaction's COMMIT: its end LSN
                     txns.append((int(xid), lsn, keys, full))
