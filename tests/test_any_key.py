@@ -91,6 +91,10 @@ VALUES: dict[str, tuple[str, st.SearchStrategy[Any]]] = {
 }
 
 
+SHELLS = (None, ("Asia/Tokyo", "ISO, DMY"), ("America/New_York", "SQL, DMY"),
+          ("Pacific/Chatham", "Postgres, MDY"))  # fmt: skip
+
+
 @st.composite
 def worlds(draw: st.DrawFn) -> dict[str, Any]:
     """A table (key kind, value columns), its rows, and changes to make to them."""
@@ -102,6 +106,8 @@ def worlds(draw: st.DrawFn) -> dict[str, Any]:
     # Whether the first load sets the table's keys and autovacuum aside, as one of 50,000
     # rows or more does (the fresh migrate it is compared with never does).
     defer = draw(st.booleans())
+    # The shell the sync runs from: its PGTZ and PGDATESTYLE (the migrate's are the server's).
+    shell = draw(st.sampled_from(SHELLS))
     if bulk:  # thousands of rows from one statement: ids i * step + offset
         n, step, offset = (
             draw(st.integers(1500, 4000)),
@@ -118,6 +124,7 @@ def worlds(draw: st.DrawFn) -> dict[str, Any]:
             "kind": kind, "key_types": key_types, "names": names, "rows": rows,
             "bulk": (n, step, offset), "updates": updates, "deletes": deletes,
             "inserts": {k: v for k, v in inserts.items() if k not in set(ids)}, "defer": defer,
+            "shell": shell,
         }  # fmt: skip
     rows = draw(st.dictionaries(key, value, max_size=40))
     existing = sorted(rows, key=repr)
@@ -130,7 +137,7 @@ def worlds(draw: st.DrawFn) -> dict[str, Any]:
         "kind": kind, "key_types": key_types, "names": names, "rows": rows, "bulk": None,
         "updates": {k: v for k, v in updates.items() if k not in deletes},
         "deletes": deletes, "inserts": {k: v for k, v in inserts.items() if k not in rows},
-        "defer": defer,
+        "defer": defer, "shell": shell,
     }  # fmt: skip
 
 
@@ -264,9 +271,13 @@ def test_any_table_migrates_exactly_and_syncs_as_a_fresh_migrate(
     report = verify(target, spec)
     assert report.ok, report.summary()
     _change(source, w)
-    sync(source, target, spec)
+    with pytest.MonkeyPatch.context() as m:
+        if w.get("shell"):  # the ledger's settings hold (``ledger.session_settings``)
+            m.setenv("PGTZ", w["shell"][0])
+            m.setenv("PGDATESTYLE", w["shell"][1])
+        sync(source, target, spec)
+        report = verify(target, spec)
     assert _target_rows(target, w) == _source_rows(source, w)
-    report = verify(target, spec)
     assert report.ok, report.summary()
     fresh_db(cluster, "anykey_fresh", tmp / "target.sql", owner=OWNER)
     fresh = cluster.conninfo("anykey_fresh", user=OWNER)

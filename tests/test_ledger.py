@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import psycopg
@@ -114,3 +115,83 @@ def test_a_long_model_name_gets_a_partition_name_postgresql_keeps_whole() -> Non
     assert ledger.partition_name("books") == "ledger_books"
     assert len(ledger.partition_name(a).encode()) <= 63
     assert ledger.partition_name(a) != ledger.partition_name(b)
+
+
+EVENTS_SPEC = """
+name = "events"
+namespace = "6b0c7e2a-1f3d-4c5b-9a8e-7d6c5b4a3f21"
+[[sources]]
+name = "events"
+table = "public.events"
+key = ["at"]
+[[models]]
+name = "events"
+target = "public.events"
+source = "events"
+sql = "SELECT e.at AS _key, e.at AS happened_at, e.at::date AS day, e.what FROM events e"
+"""
+
+
+def test_a_ledger_keeps_the_settings_its_keys_were_read_with(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timestamptz key reads as text in the session's TimeZone and DateStyle, which PGTZ
+    and PGDATESTYLE set: a sync from a shell with others must still find every key (and
+    its UUID) where the migrate left it, not delete and insert every row."""
+    from ferry.engine.pipeline import migrate
+    from ferry.ops.verify import verify
+    from ferry.sync.loop import sync
+
+    (tmp_path / "spec.toml").write_text(EVENTS_SPEC)
+    spec = load_spec(tmp_path / "spec.toml")
+    source = fresh_db(cluster, "tz_src")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("CREATE TABLE events (at timestamptz PRIMARY KEY, what text)")
+        conn.execute(
+            "INSERT INTO events VALUES ('2024-03-01 20:30:00+00', 'a'), "
+            "('2024-03-02 02:00:00+00', 'b'), ('2024-03-02 12:00:00+00', 'c')"
+        )
+    fresh_db(cluster, "tz_tgt", owner="tz_owner")
+    target = cluster.conninfo("tz_tgt", user="tz_owner")
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE events (id uuid PRIMARY KEY, happened_at timestamptz, day date, "
+            "what text)"
+        )
+
+    def state() -> tuple[list[tuple], list[tuple]]:
+        with psycopg.connect(target) as conn:
+            conn.execute("SET TimeZone = 'UTC'")
+            conn.execute("SET DateStyle = 'ISO'")
+            return (
+                conn.execute(
+                    "SELECT model, source_key, status, target_uuid FROM ferry.ledger ORDER BY 2"
+                ).fetchall(),
+                conn.execute("SELECT id, happened_at, day, what FROM events ORDER BY 2").fetchall(),
+            )
+
+    monkeypatch.setenv("PGTZ", "Asia/Tokyo")
+    migrate(source, target, spec)
+    before = state()
+    assert [r[2] for r in before[1]] == [  # dates as Tokyo had them
+        dt.date(2024, 3, 2),
+        dt.date(2024, 3, 2),
+        dt.date(2024, 3, 2),
+    ]
+    with psycopg.connect(target) as conn:
+        kept = dict(conn.execute("SELECT name, value FROM ferry.session_settings").fetchall())
+    assert kept["TimeZone"] == "Asia/Tokyo" and set(kept) == set(ledger.IDENTITY_SETTINGS)
+
+    monkeypatch.setenv("PGTZ", "America/New_York")
+    monkeypatch.setenv("PGDATESTYLE", "SQL, DMY")
+    done = sync(source, target, spec)
+    assert not done.changed, done.counts
+    assert state() == before
+    report = verify(target, spec)
+    assert report.ok, report.summary()
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("UPDATE events SET what = 'b2' WHERE what = 'b'")
+    sync(source, target, spec)
+    after = state()
+    assert after[0] == before[0]  # the same keys, the same UUIDs
+    assert [r[3] for r in after[1]] == ["a", "b2", "c"]

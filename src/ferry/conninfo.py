@@ -7,6 +7,8 @@ A connection string may hold a password; everything that prints one goes through
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -15,6 +17,33 @@ from ferry.errors import ConnectionSettingsError
 
 SOURCE_ENV = "FERRY_SOURCE"
 TARGET_ENV = "FERRY_TARGET"
+
+# Settings every session opened on a connection string starts with, while a run holds them.
+_PINNED: dict[str, tuple[tuple[str, str], ...]] = {}
+
+
+@contextmanager
+def pinned(conninfo: str, settings: Sequence[tuple[str, str]]) -> Iterator[None]:
+    """Sessions that ``connect`` opens on ``conninfo`` in the block start with ``settings``:
+    a run's many sessions read and write values alike, whatever the environment says."""
+    before = _PINNED.get(conninfo)
+    _PINNED[conninfo] = tuple(settings)
+    try:
+        yield
+    finally:
+        if before is None:
+            _PINNED.pop(conninfo, None)
+        else:
+            _PINNED[conninfo] = before
+
+
+def apply(conn: psycopg.Connection, settings: Sequence[tuple[str, str]]) -> None:
+    """Set ``settings`` for the rest of the session (the caller commits)."""
+    if settings:
+        conn.execute(
+            "SELECT set_config(n, v, false) FROM unnest(%s::text[], %s::text[]) s(n, v)",
+            [[n for n, _ in settings], [v for _, v in settings]],
+        )
 
 
 def redact(conninfo: str) -> str:
@@ -67,6 +96,7 @@ def connect(conninfo: str, *, autocommit: bool = False, app: str = "ferry") -> p
         cur.execute("SET statement_timeout = 0")
         cur.execute("SET lock_timeout = '60s'")
         cur.execute("SET max_parallel_maintenance_workers = 0")
+    apply(conn, _PINNED.get(conninfo, ()))
     if not autocommit:
         conn.commit()
     return conn

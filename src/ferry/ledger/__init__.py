@@ -138,6 +138,10 @@ CREATE TABLE IF NOT EXISTS {schema}.model_runs (
     seconds double precision NOT NULL,
     PRIMARY KEY (run_id, model)
 );
+CREATE TABLE IF NOT EXISTS {schema}.session_settings (
+    name  text PRIMARY KEY,
+    value text NOT NULL
+);
 """
 
 
@@ -158,8 +162,14 @@ $$"""
 # The tables of the ledger schema (``_DDL``): every module names them through ``table``.
 TABLES = (
     "runs", "ledger", "history", "pending_deletes", "suspended_constraints", "resync", "staged",
-    "loads_aside", "changes", "model_runs", "meta",
+    "loads_aside", "changes", "model_runs", "meta", "session_settings",
 )  # fmt: skip
+
+# The settings that decide how a value reads as text (a timestamptz or date key, and so its
+# UUID; a row hashed as text) and how text parses (a CSV's dates), which the environment of
+# whoever runs ferry sets too (PGTZ, PGDATESTYLE, ALTER ROLE ... SET). A ledger keeps those
+# its first run had, and every later run's sessions take them (``session_settings``).
+IDENTITY_SETTINGS = ("DateStyle", "IntervalStyle", "TimeZone", "bytea_output", "extra_float_digits")
 
 
 # Keys passed in one array parameter at most, where a long list is sent in batches.
@@ -173,6 +183,36 @@ def table(spec: Spec, name: str) -> sql.Identifier:
     return sql.Identifier(spec.ledger_schema, name)
 
 
+def session_settings(
+    conn: psycopg.Connection, spec: Spec, record: bool = True
+) -> list[tuple[str, str]]:
+    """The ``IDENTITY_SETTINGS`` this ledger's runs use: those recorded, else this session's
+    (recorded with ``record``: a new ledger, or one made before they were kept, whose keys
+    were read with the settings of the sessions that wrote them)."""
+    kept = table(spec, "session_settings")
+    found: list[tuple[str, str]] = []
+    exists = catalog.exists(conn, kept)
+    if exists:
+        found = conn.execute(
+            sql.SQL("SELECT name, value FROM {} ORDER BY name").format(kept)
+        ).fetchall()
+    if not found:
+        found = conn.execute(
+            "SELECT n, current_setting(n) FROM unnest(%s::text[]) n ORDER BY n",
+            [list(IDENTITY_SETTINGS)],
+        ).fetchall()
+        if record and exists:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    sql.SQL(
+                        "INSERT INTO {} (name, value) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+                    ).format(kept),
+                    found,
+                )
+    conn.commit()
+    return [(str(n), str(v)) for n, v in found]
+
+
 def helpers(schema: str) -> list[sql.Composed]:
     """The engine's SQL helpers that model SQL and rules may call (``key_uuid``,
     ``is_json``), made in ``schema``: ``pg_temp`` for ``ferry check``, which runs a spec's
@@ -181,7 +221,7 @@ def helpers(schema: str) -> list[sql.Composed]:
 
 
 # Bumped whenever the DDL above changes; ensure_schema skips its work when it matches.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:

@@ -2,9 +2,10 @@
 
 Connect; the ledger ready (created by migrate and sync, required by the operator's
 commands); the run lock, so that no two ferry runs interleave on one ledger; ferry's
-schemas closed to every other role (``privileges``); what a crashed run set aside put back
-(``execute.put_back``); and, for a run the ledger records, a run row closed as ``ok`` or as
-``failed`` with what ``errors.describe`` lets be shown.
+schemas closed to every other role (``privileges``); the settings that values read and
+parse with, the ledger's, for every session (``ledger.session_settings``); what a crashed
+run set aside put back (``execute.put_back``); and, for a run the ledger records, a run row
+closed as ``ok`` or as ``failed`` with what ``errors.describe`` lets be shown.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import psycopg
 
 from ferry import catalog, ledger
-from ferry.conninfo import connect
+from ferry.conninfo import apply, connect, pinned
 from ferry.engine.execute import put_back
 from ferry.errors import FerryError
 from ferry.ledger import privileges
@@ -58,15 +59,20 @@ def opened(
     error: type[FerryError] = FerryError,
 ) -> Iterator[psycopg.Connection]:  # fmt: skip
     """The target, ready for a run that writes (see the module's docstring); ``create``
-    makes the ledger if it is not there, else its absence is an ``error``."""
+    makes the ledger if it is not there, else its absence is an ``error``. Every session
+    of the run takes the ledger's ``session_settings``."""
     with connect(target, app=app) as conn:
         if create:
             ledger.ensure_schema(conn, spec)
         else:
             require_ledger(conn, spec, error)
         with lock(conn, spec), privileges.closed(conn, spec):
-            put_back(conn, target, spec)
-            yield conn
+            settings = ledger.session_settings(conn, spec)
+            apply(conn, settings)
+            conn.commit()
+            with pinned(target, settings):
+                put_back(conn, target, spec)
+                yield conn
 
 
 @contextmanager

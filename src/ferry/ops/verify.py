@@ -36,7 +36,7 @@ import psycopg
 from psycopg import sql
 
 from ferry import catalog, ledger
-from ferry.conninfo import connect
+from ferry.conninfo import apply, connect, pinned
 from ferry.engine.dependencies import own_dependencies
 from ferry.engine.keys import uuid_sql
 from ferry.engine.query import Plan
@@ -147,6 +147,9 @@ def verify(target: str, spec: Spec, truth: Path | None = None, jobs: int = 2) ->
                 Problem("ledger", spec.ledger_schema, [], "no ledger: ferry has not run here")
             )
             return report
+        # Values read and parse as the runs that wrote them did (``ledger.session_settings``).
+        settings = ledger.session_settings(conn, spec, record=False)
+        apply(conn, settings)
         # Model SQL names stage tables plainly; temp tables are still found first (pg_temp).
         conn.execute(
             sql.SQL("SET search_path = {}, pg_catalog").format(sql.Identifier(spec.stage_schema))
@@ -160,6 +163,7 @@ def verify(target: str, spec: Spec, truth: Path | None = None, jobs: int = 2) ->
         conn.commit()
         emptied = _emptied_stages(conn, spec, report)
         with (
+            pinned(target, settings),
             _Sessions(target, spec, 1, serial=True) as side,
             _Sessions(target, spec, jobs, spare=1) as sessions,
         ):
