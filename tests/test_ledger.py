@@ -171,6 +171,7 @@ def test_a_ledger_keeps_the_settings_its_keys_were_read_with(
             )
 
     monkeypatch.setenv("PGTZ", "Asia/Tokyo")
+    monkeypatch.setenv("PGDATESTYLE", "Postgres, DMY")
     migrate(source, target, spec)
     before = state()
     assert [r[2] for r in before[1]] == [  # dates as Tokyo had them
@@ -181,6 +182,7 @@ def test_a_ledger_keeps_the_settings_its_keys_were_read_with(
     with psycopg.connect(target) as conn:
         kept = dict(conn.execute("SELECT name, value FROM ferry.session_settings").fetchall())
     assert kept["TimeZone"] == "Asia/Tokyo" and set(kept) == set(ledger.IDENTITY_SETTINGS)
+    assert kept["DateStyle"] == "ISO, DMY"  # printed as psycopg reads; the input order kept
 
     monkeypatch.setenv("PGTZ", "America/New_York")
     monkeypatch.setenv("PGDATESTYLE", "SQL, DMY")

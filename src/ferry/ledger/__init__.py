@@ -188,7 +188,9 @@ def session_settings(
 ) -> list[tuple[str, str]]:
     """The ``IDENTITY_SETTINGS`` this ledger's runs use: those recorded, else this session's
     (recorded with ``record``: a new ledger, or one made before they were kept, whose keys
-    were read with the settings of the sessions that wrote them)."""
+    were read with the settings of the sessions that wrote them). Dates print as ISO
+    whatever the session's ``DateStyle`` (only its order of fields, for input, is kept):
+    psycopg reads no other, and a ledger made with another could never be read again."""
     kept = table(spec, "session_settings")
     found: list[tuple[str, str]] = []
     exists = catalog.exists(conn, kept)
@@ -198,7 +200,9 @@ def session_settings(
         ).fetchall()
     if not found:
         found = conn.execute(
-            "SELECT n, current_setting(n) FROM unnest(%s::text[]) n ORDER BY n",
+            "SELECT n, CASE n WHEN 'DateStyle' THEN 'ISO, ' || "
+            "coalesce(nullif(btrim(split_part(current_setting(n), ',', 2)), ''), 'MDY') "
+            "ELSE current_setting(n) END FROM unnest(%s::text[]) n ORDER BY n",
             [list(IDENTITY_SETTINGS)],
         ).fetchall()
         if record and exists:
