@@ -35,6 +35,8 @@ BISECTABLE = (
 
 # One transaction of a model: a key range [lo, hi) (None: open), or a list of keys (a sync's).
 Chunk = tuple[Any, Any, Sequence[str] | None]
+# The random_page_cost a chunk of listed keys is planned with, when the server's is higher.
+KEYS_PAGE_COST = 1.1
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,16 @@ class Runner:
                     sql.Identifier(self.plan.spec.stage_schema)
                 )
             )
+            if keys is not None:
+                # A list of keys (a sync's) reads a few rows of each parent by its index; at
+                # the default random_page_cost (4, for disks) the planner hashed whole parent
+                # tables and ledgers instead: at SF=5, 1,532 changed files hashed 125,000
+                # orders (60 ms against 14). Pages a sync reads are mostly cached.
+                self.conn.execute(
+                    "SELECT set_config('random_page_cost', least(current_setting("
+                    "'random_page_cost')::float8, %s)::text, true)",
+                    [KEYS_PAGE_COST],
+                )
             if not (self.fresh and self._first_write(lo, hi, keys)):
                 self._range(lo, hi, keys)
             self.conn.commit()
