@@ -77,15 +77,15 @@ def _attach_aside(
 ) -> None:
     with session(target, spec) as conn:
         _attach(conn, spec, model)
-        _analyze_ledger(conn, spec, model, written, fresh=True)
+        _analyze_ledger(conn, spec, model, written)
     loaded()
 
 
 def _analyze_ledger(
-    conn: psycopg.Connection, spec: Spec, model: str, written: int, fresh: bool
+    conn: psycopg.Connection, spec: Spec, model: str, written: int, small_first: bool = False
 ) -> None:
-    """Fresh ledger statistics after a model wrote ``ANALYZE_AFTER`` rows or more, or its
-    first rows (``fresh``).
+    """Fresh ledger statistics after a model wrote ``ANALYZE_AFTER`` rows or more; with
+    ``small_first``, after a first load of fewer.
 
     The next models (and the next sync) join the ledger by model: with statistics that do
     not know a model's rows yet, the planner estimates a handful and picks nested loops over
@@ -97,7 +97,9 @@ def _analyze_ledger(
     ``decided_by``, ``sqlstate`` or ``conflict`` are estimated from them too. Only the
     model's own partition: queries read one model's rows from it (``ledger.table_of``).
     """
-    if written < ANALYZE_AFTER and not (fresh and ledger.partition_state(conn, spec, model)):
+    if small_first != (written < ANALYZE_AFTER):
+        return
+    if small_first and ledger.partition_state(conn, spec, model) is None:
         return
     conn.execute(
         sql.SQL("ANALYZE {}").format(
@@ -256,8 +258,10 @@ def _run_model(
                     _attach_aside, target, spec, model.name, result.written, loaded
                 )
             else:  # before the keys come back, when the next models may start
-                _analyze_ledger(conn, spec, model.name, result.written, fresh)
+                _analyze_ledger(conn, spec, model.name, result.written)
                 loaded()
+                if fresh:  # for the syncs after, not the models that may start now
+                    _analyze_ledger(conn, spec, model.name, result.written, small_first=True)
             loaded_all = True
         if attaching is not None:
             attaching.result()  # attached before a load may be taken out (_unique_back)
@@ -268,7 +272,7 @@ def _run_model(
             if back is not result:  # taken out and loaded again
                 loaded()
             result = back
-        if result.written >= ANALYZE_AFTER or (fresh and result.written > 0):
+        if result.written >= ANALYZE_AFTER:
             conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(*model.target.split("."))))
         conn.execute(
             sql.SQL(
