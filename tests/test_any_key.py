@@ -292,7 +292,7 @@ def test_a_change_from_null_to_an_empty_json_reaches_the_target(
     """Found by the long profile above: a jsonb column NULL -> '[]' stayed NULL, and verify
     saw nothing. ``hash_record_extended`` counts a NULL field as 0, and jsonb's hash gives
     an empty array or object the seed, 0: ferry's row hash now adds a term for them
-    (``Plan.empty_json``), verify's fingerprint too."""
+    (``Plan.null_twins``), verify's fingerprint too."""
     w = _known("int", {(1,): ("x",), (2,): ("y",)}, [], {})
     w["names"] = ["numeric", "jsonb"]
     w["rows"] = {(1,): (None, None), (2,): (None, None), (3,): (None, Jsonb([]))}
@@ -305,12 +305,33 @@ def test_a_change_from_null_to_an_empty_json_reaches_the_target(
     assert _target_rows(target, w) == _source_rows(source, w)
 
 
+def test_a_change_from_null_to_zero_reaches_the_target(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Found by the long profile above: a float8 column NULL -> 0 stayed NULL, and verify saw
+    nothing: the float and numeric hash functions give zero the seed, 0, as
+    ``hash_record_extended`` counts a NULL field (``Plan.null_twins``)."""
+    w = _known("int", {(1,): ("x",)}, [], {})
+    w["names"] = ["float8", "numeric"]
+    w["rows"] = {(1,): (None, None), (2,): (None, None), (3,): (0.0, Decimal(0))}
+    w["updates"] = {(1,): (0.0, None), (2,): (None, Decimal(0)), (3,): (None, None)}
+    source, target, spec_path = _build(cluster, tmp_path, w)
+    spec = load_spec(spec_path)
+    migrate(source, target, spec)
+    _change(source, w)
+    sync(source, target, spec)
+    assert _target_rows(target, w) == _source_rows(source, w)
+    report = verify(target, spec)
+    assert report.ok, report.summary()
+
+
 def test_a_row_hash_stored_before_the_empty_json_term_is_still_ferrys(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
-    """A ledger written before ``Plan.empty_json`` holds the old hash of a row with an empty
-    jsonb: that row is still the one ferry wrote (``holds_hash``), so a change to it is
-    written, not flagged as the application's edit, and its new hash is stored."""
+    """A ledger written before ``Plan.null_twins`` had its jsonb terms holds the old hash of
+    a row with an empty jsonb: that row is still the one ferry wrote (``holds_hash``), so a
+    change to it is written, not flagged as the application's edit, and its new hash is
+    stored."""
     w = _known("int", {}, [], {})
     w["names"] = ["text", "jsonb"]
     w["rows"] = {(1,): ("a", Jsonb([]))}
@@ -319,6 +340,34 @@ def test_a_row_hash_stored_before_the_empty_json_term_is_still_ferrys(
     spec = load_spec(spec_path)
     migrate(source, target, spec)
     old = "hash_record_extended(ROW(t.legacy_key, t.c_text, t.c_jsonb), 0)::text"
+    with psycopg.connect(target) as conn:
+        conn.execute(
+            f"UPDATE ferry.ledger l SET row_hash = {old} FROM dst t WHERE t.id = l.target_uuid"
+        )
+    _change(source, w)
+    sync(source, target, spec)
+    assert _target_rows(target, w) == _source_rows(source, w)
+    with psycopg.connect(target) as conn:
+        flags = conn.execute(
+            f"SELECT l.conflict, l.row_hash = {old} FROM ferry.ledger l "
+            "JOIN dst t ON t.id = l.target_uuid"
+        ).fetchall()
+    assert flags == [(False, False)]
+
+
+def test_a_row_hash_stored_before_the_zero_term_is_still_ferrys(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """A ledger written before ``Plan.null_twins`` had its zero terms holds the plain hash of
+    a row with a float zero: still ferry's row, so a change to it is written, not flagged."""
+    w = _known("int", {}, [], {})
+    w["names"] = ["text", "float8"]
+    w["rows"] = {(1,): ("a", 0.0)}
+    w["updates"] = {(1,): ("b", 0.0)}
+    source, target, spec_path = _build(cluster, tmp_path, w)
+    spec = load_spec(spec_path)
+    migrate(source, target, spec)
+    old = "hash_record_extended(ROW(t.legacy_key, t.c_text, t.c_float8), 0)::text"
     with psycopg.connect(target) as conn:
         conn.execute(
             f"UPDATE ferry.ledger l SET row_hash = {old} FROM dst t WHERE t.id = l.target_uuid"

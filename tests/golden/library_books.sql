@@ -1,6 +1,8 @@
 -- expected
 WITH _ferry_chunk AS MATERIALIZED (SELECT c.*, CASE
-WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0)::text END AS _ferry_hash, CASE
+WHEN c._ferry_fate = 0 THEN (hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0) # CASE
+WHEN "c"."price" = 0 THEN 6364136223846793008::int8
+ELSE 0 END)::text END AS _ferry_hash, CASE
 WHEN c._ferry_fate > 10 THEN ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502,23502}'::text[])[c._ferry_fate + 1] END AS _ferry_sqlstate, CASE
 WHEN c._ferry_fate > 10 THEN ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"author_id\\" of relation \\"books\\" violates not-null constraint","null value in column \\"title\\" of relation \\"books\\" violates not-null constraint","null value in column \\"price\\" of relation \\"books\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] END AS _ferry_message
 FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,excluded,pending,excluded,quarantined,quarantined,excluded,quarantined,quarantined,pending,merged,quarantined,quarantined,quarantined}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,draft,NULL,parent_excluded,orphan_author,parent_quarantined,survivor_excluded,survivor_quarantined,missing_survivor,NULL,merged,not_null_violation,not_null_violation,not_null_violation}'::text[])[m._ferry_fate + 1] AS _ferry_reason, '{}'::text[] AS _ferry_repairs, CASE m._ferry_fate
@@ -100,7 +102,9 @@ WHERE coalesce(z."_ferry_h0") IS NOT NULL)) hk ON hk.target_uuid = coalesce(z."_
 
 -- candidates[0]
 CREATE TEMP TABLE _ferry_e ON COMMIT DROP AS WITH _ferry_chunk AS MATERIALIZED (SELECT c.*, CASE
-WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0)::text END AS _ferry_hash, CASE
+WHEN c._ferry_fate = 0 THEN (hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0) # CASE
+WHEN "c"."price" = 0 THEN 6364136223846793008::int8
+ELSE 0 END)::text END AS _ferry_hash, CASE
 WHEN c._ferry_fate > 10 THEN ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502,23502}'::text[])[c._ferry_fate + 1] END AS _ferry_sqlstate, CASE
 WHEN c._ferry_fate > 10 THEN ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"author_id\\" of relation \\"books\\" violates not-null constraint","null value in column \\"title\\" of relation \\"books\\" violates not-null constraint","null value in column \\"price\\" of relation \\"books\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] END AS _ferry_message
 FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,excluded,pending,excluded,quarantined,quarantined,excluded,quarantined,quarantined,pending,merged,quarantined,quarantined,quarantined}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,draft,NULL,parent_excluded,orphan_author,parent_quarantined,survivor_excluded,survivor_quarantined,missing_survivor,NULL,merged,not_null_violation,not_null_violation,not_null_violation}'::text[])[m._ferry_fate + 1] AS _ferry_reason, '{}'::text[] AS _ferry_repairs, CASE m._ferry_fate
@@ -230,7 +234,9 @@ DROP TABLE _ferry_e
 CREATE TEMP TABLE _ferry_c ON COMMIT DROP AS
 SELECT c.*, NULL::text AS _old_status, NULL::uuid AS _old_uuid, NULL::text AS _old_hash, false AS _conflict
 FROM (WITH _ferry_chunk AS MATERIALIZED (SELECT c.*, CASE
-WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0)::text END AS _ferry_hash, CASE
+WHEN c._ferry_fate = 0 THEN (hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0) # CASE
+WHEN "c"."price" = 0 THEN 6364136223846793008::int8
+ELSE 0 END)::text END AS _ferry_hash, CASE
 WHEN c._ferry_fate > 10 THEN ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502,23502}'::text[])[c._ferry_fate + 1] END AS _ferry_sqlstate, CASE
 WHEN c._ferry_fate > 10 THEN ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"author_id\\" of relation \\"books\\" violates not-null constraint","null value in column \\"title\\" of relation \\"books\\" violates not-null constraint","null value in column \\"price\\" of relation \\"books\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] END AS _ferry_message
 FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,excluded,pending,excluded,quarantined,quarantined,excluded,quarantined,quarantined,pending,merged,quarantined,quarantined,quarantined}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,draft,NULL,parent_excluded,orphan_author,parent_quarantined,survivor_excluded,survivor_quarantined,missing_survivor,NULL,merged,not_null_violation,not_null_violation,not_null_violation}'::text[])[m._ferry_fate + 1] AS _ferry_reason, '{}'::text[] AS _ferry_repairs, CASE m._ferry_fate

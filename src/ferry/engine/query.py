@@ -581,54 +581,73 @@ class Plan:
         It only has to notice that a row changed (in the source, or the application's edit of
         a row ferry wrote): 64 bits miss one change in 2^64. md5 of the row's text where a
         column type has no hash function. ``hash_record_extended`` counts a NULL field as 0,
-        and ``jsonb_hash_extended`` gives an empty array or object the seed, 0: a change
-        between them went unseen, so each jsonb column that holds one adds a term of its own
-        (rows without one hash as before: ``holds_hash``).
+        and ``jsonb_hash_extended`` gives an empty array or object the seed, 0, as the float
+        and numeric hash functions give zero: a change between them went unseen, so each
+        such column that holds one adds a term of its own (``null_twins``; rows without one
+        hash as before: ``holds_hash``).
         """
         if not self.hashable:
             cols = sql.SQL(", ").join(sql.Identifier(alias, n) for n, _, _ in self.columns)
             return sql.SQL("md5(ROW({})::text)").format(cols)
-        empties = self.empty_json(alias)
-        if empties is None:
+        twins = self.null_twins(alias)
+        if twins is None:
             return sql.SQL("{}::text").format(self._record_hash(alias))
-        return sql.SQL("({} # {})::text").format(self._record_hash(alias), empties)
+        return sql.SQL("({} # {})::text").format(self._record_hash(alias), twins)
 
     def _record_hash(self, alias: str) -> sql.Composable:
         cols = sql.SQL(", ").join(sql.Identifier(alias, n) for n, _, _ in self.columns)
         return sql.SQL("hash_record_extended(ROW({}), 0)").format(cols)
 
-    def empty_json(self, alias: str) -> sql.Composable | None:
-        """The terms (an int8, XORed) that set an empty jsonb array or object apart from
-        NULL in a hash of the row's written columns (``target_hash``); None without jsonb."""
-        # An empty container takes 8 bytes or fewer (headers only), any other jsonb more:
-        # that test costs next to nothing on every row; the type only where it holds.
-        empties = [
-            sql.SQL(
-                "CASE WHEN pg_column_size({c}) <= 8 THEN CASE jsonb_typeof({c}) "
-                "WHEN 'array' THEN {a}::int8 ELSE {o}::int8 END ELSE 0 END"
-            ).format(
-                c=sql.Identifier(alias, n),
-                a=sql.Literal(_EMPTY_MARK + 2 * i),
-                o=sql.Literal(_EMPTY_MARK + 2 * i + 1),
-            )
-            for i, (n, t, _) in enumerate(self.columns)
-            if t == "jsonb"
-        ]
-        return sql.SQL(" # ").join(empties) if empties else None
+    def null_twins(self, alias: str, zeros: bool = True) -> sql.Composable | None:
+        """The terms (an int8, XORed) that set apart from NULL, in a hash of the row's
+        written columns (``target_hash``), the values hashed as NULL is: an empty jsonb array
+        or object, and (``zeros``) a zero in a float or numeric column. None without them."""
+        terms: list[sql.Composable] = []
+        for i, (n, t, _) in enumerate(self.columns):
+            c = sql.Identifier(alias, n)
+            if t == "jsonb":
+                # An empty container takes 8 bytes or fewer (headers only), any other jsonb
+                # more: that test costs next to nothing on every row; the type only where so.
+                terms.append(
+                    sql.SQL(
+                        "CASE WHEN pg_column_size({c}) <= 8 THEN CASE jsonb_typeof({c}) "
+                        "WHEN 'array' THEN {a}::int8 ELSE {o}::int8 END ELSE 0 END"
+                    ).format(
+                        c=c,
+                        a=sql.Literal(_EMPTY_MARK + 2 * i),
+                        o=sql.Literal(_EMPTY_MARK + 2 * i + 1),
+                    )
+                )
+            elif zeros and (t in _FLOATS or t.startswith("numeric")):
+                terms.append(
+                    sql.SQL("CASE WHEN {c} = 0 THEN {z}::int8 ELSE 0 END").format(
+                        c=c, z=sql.Literal(_ZERO_MARK + i)
+                    )
+                )
+        return sql.SQL(" # ").join(terms) if terms else None
 
     def holds_hash(self, alias: str, stored: sql.Composable) -> sql.Composable:
         """Whether row ``alias`` is the one whose hash the ledger stored (``stored``): by
-        ``target_hash``, or by the hash before jsonb's empty containers had their term
-        (a ledger written before keeps its rows' hashes until they are written again)."""
+        ``target_hash``, or by a hash from before a kind of ``null_twins`` had its term (a
+        ledger written before keeps its rows' hashes until they are written again)."""
         now = sql.SQL("{} = {}").format(self.target_hash(alias), stored)
-        if not self.hashable or self.empty_json(alias) is None:
+        if not self.hashable or self.null_twins(alias) is None:
             return now
-        return sql.SQL("({} OR {}::text = {})").format(now, self._record_hash(alias), stored)
+        before = [sql.SQL("{}::text = {}").format(self._record_hash(alias), stored)]
+        json_only = self.null_twins(alias, zeros=False)
+        if json_only is not None:
+            before.append(
+                sql.SQL("({} # {})::text = {}").format(self._record_hash(alias), json_only, stored)
+            )
+        return sql.SQL("({} OR {})").format(now, sql.SQL(" OR ").join(before))
 
 
 # Terms of jsonb columns holding an empty container in ``Plan.target_hash``: one per
-# column position and kind of container (array, object), none of them small.
+# column position and kind of container (array, object), none of them small; and of float
+# and numeric columns holding zero.
 _EMPTY_MARK = 0x2545F4914F6CDD1D
+_ZERO_MARK = 0x5851F42D4C957F2D
+_FLOATS = ("double precision", "real")
 
 
 def repeated(stage: sql.Composable, column: sql.Composable, key: sql.Composable) -> sql.Composed:

@@ -74,8 +74,8 @@ def _row_fp(plan: Plan, alias: str, uuid: str) -> sql.Composed:
     if not plan.hashable:
         return _fp(sql.Identifier(alias, uuid), plan.target_hash(alias))
     row = _fp(*_columns(alias, [uuid, *(n for n, _, _ in plan.columns)]))
-    empties = plan.empty_json(alias)  # an empty jsonb hashes as NULL does
-    return row if empties is None else sql.SQL("({} # {})").format(row, empties)
+    twins = plan.null_twins(alias)  # an empty jsonb, a float zero hash as NULL does
+    return row if twins is None else sql.SQL("({} # {})").format(row, twins)
 
 
 @dataclass
