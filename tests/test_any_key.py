@@ -286,35 +286,31 @@ def test_any_table_migrates_exactly_and_syncs_as_a_fresh_migrate(
     assert _target_rows(target, w) == _target_rows(fresh, w)
 
 
-def test_a_change_from_null_to_an_empty_json_reaches_the_target(
-    cluster: LocalCluster, tmp_path: Path
-) -> None:
-    """Found by the long profile above: a jsonb column NULL -> '[]' stayed NULL, and verify
-    saw nothing. ``hash_record_extended`` counts a NULL field as 0, and jsonb's hash gives
-    an empty array or object the seed, 0: ferry's row hash now adds a term for them
-    (``Plan.null_twins``), verify's fingerprint too."""
-    w = _known("int", {(1,): ("x",), (2,): ("y",)}, [], {})
-    w["names"] = ["numeric", "jsonb"]
-    w["rows"] = {(1,): (None, None), (2,): (None, None), (3,): (None, Jsonb([]))}
-    w["updates"] = {(1,): (Decimal(0), Jsonb({})), (2,): (None, Jsonb([])), (3,): (None, Jsonb({}))}
-    source, target, spec_path = _build(cluster, tmp_path, w)
-    spec = load_spec(spec_path)
-    migrate(source, target, spec)
-    _change(source, w)
-    sync(source, target, spec)
-    assert _target_rows(target, w) == _source_rows(source, w)
+# Values hashed as NULL is, each changed from and to NULL: found by the long profile above,
+# each stayed as it was in the target, and verify saw nothing. ``hash_record_extended``
+# counts a NULL field as 0; jsonb's hash gives an empty array or object the seed, 0, and the
+# float and numeric hashes give zero the same: ferry's row hash adds a term for each
+# (``Plan.null_twins``), verify's fingerprint too.
+NULL_TWINS = [
+    (
+        ["numeric", "jsonb"],
+        {(1,): (None, None), (2,): (None, None), (3,): (None, Jsonb([]))},
+        {(1,): (Decimal(0), Jsonb({})), (2,): (None, Jsonb([])), (3,): (None, Jsonb({}))},
+    ),
+    (
+        ["float8", "numeric"],
+        {(1,): (None, None), (2,): (None, None), (3,): (0.0, Decimal(0))},
+        {(1,): (0.0, None), (2,): (None, Decimal(0)), (3,): (None, None)},
+    ),
+]
 
 
-def test_a_change_from_null_to_zero_reaches_the_target(
-    cluster: LocalCluster, tmp_path: Path
+@pytest.mark.parametrize(("names", "rows", "updates"), NULL_TWINS)
+def test_a_change_between_null_and_its_twin_reaches_the_target(
+    cluster: LocalCluster, tmp_path: Path, names: list[str], rows: dict, updates: dict
 ) -> None:
-    """Found by the long profile above: a float8 column NULL -> 0 stayed NULL, and verify saw
-    nothing: the float and numeric hash functions give zero the seed, 0, as
-    ``hash_record_extended`` counts a NULL field (``Plan.null_twins``)."""
-    w = _known("int", {(1,): ("x",)}, [], {})
-    w["names"] = ["float8", "numeric"]
-    w["rows"] = {(1,): (None, None), (2,): (None, None), (3,): (0.0, Decimal(0))}
-    w["updates"] = {(1,): (0.0, None), (2,): (None, Decimal(0)), (3,): (None, None)}
+    w = _known("int", {}, [], {})
+    w["names"], w["rows"], w["updates"] = names, rows, updates
     source, target, spec_path = _build(cluster, tmp_path, w)
     spec = load_spec(spec_path)
     migrate(source, target, spec)
@@ -325,49 +321,24 @@ def test_a_change_from_null_to_zero_reaches_the_target(
     assert report.ok, report.summary()
 
 
-def test_a_row_hash_stored_before_the_empty_json_term_is_still_ferrys(
-    cluster: LocalCluster, tmp_path: Path
+@pytest.mark.parametrize(
+    ("names", "value"), [(["text", "jsonb"], Jsonb([])), (["text", "float8"], 0.0)]
+)
+def test_a_row_hash_stored_before_its_null_twin_term_is_still_ferrys(
+    cluster: LocalCluster, tmp_path: Path, names: list[str], value: Any
 ) -> None:
-    """A ledger written before ``Plan.null_twins`` had its jsonb terms holds the old hash of
-    a row with an empty jsonb: that row is still the one ferry wrote (``holds_hash``), so a
-    change to it is written, not flagged as the application's edit, and its new hash is
-    stored."""
+    """A ledger written before ``Plan.null_twins`` had a term for an empty jsonb, or for a
+    float zero, holds the plain hash of a row holding one: that row is still the one ferry
+    wrote (``holds_hash``), so a change to it is written, not flagged as the application's
+    edit, and its new hash is stored."""
     w = _known("int", {}, [], {})
-    w["names"] = ["text", "jsonb"]
-    w["rows"] = {(1,): ("a", Jsonb([]))}
-    w["updates"] = {(1,): ("b", Jsonb([]))}
+    w["names"] = names
+    w["rows"] = {(1,): ("a", value)}
+    w["updates"] = {(1,): ("b", value)}
     source, target, spec_path = _build(cluster, tmp_path, w)
     spec = load_spec(spec_path)
     migrate(source, target, spec)
-    old = "hash_record_extended(ROW(t.legacy_key, t.c_text, t.c_jsonb), 0)::text"
-    with psycopg.connect(target) as conn:
-        conn.execute(
-            f"UPDATE ferry.ledger l SET row_hash = {old} FROM dst t WHERE t.id = l.target_uuid"
-        )
-    _change(source, w)
-    sync(source, target, spec)
-    assert _target_rows(target, w) == _source_rows(source, w)
-    with psycopg.connect(target) as conn:
-        flags = conn.execute(
-            f"SELECT l.conflict, l.row_hash = {old} FROM ferry.ledger l "
-            "JOIN dst t ON t.id = l.target_uuid"
-        ).fetchall()
-    assert flags == [(False, False)]
-
-
-def test_a_row_hash_stored_before_the_zero_term_is_still_ferrys(
-    cluster: LocalCluster, tmp_path: Path
-) -> None:
-    """A ledger written before ``Plan.null_twins`` had its zero terms holds the plain hash of
-    a row with a float zero: still ferry's row, so a change to it is written, not flagged."""
-    w = _known("int", {}, [], {})
-    w["names"] = ["text", "float8"]
-    w["rows"] = {(1,): ("a", 0.0)}
-    w["updates"] = {(1,): ("b", 0.0)}
-    source, target, spec_path = _build(cluster, tmp_path, w)
-    spec = load_spec(spec_path)
-    migrate(source, target, spec)
-    old = "hash_record_extended(ROW(t.legacy_key, t.c_text, t.c_float8), 0)::text"
+    old = f"hash_record_extended(ROW(t.legacy_key, t.c_text, t.c_{names[1]}), 0)::text"
     with psycopg.connect(target) as conn:
         conn.execute(
             f"UPDATE ferry.ledger l SET row_hash = {old} FROM dst t WHERE t.id = l.target_uuid"
