@@ -631,11 +631,12 @@ class Plan:
         ``target_hash``, or by a hash from before a kind of ``null_twins`` had its term (a
         ledger written before keeps its rows' hashes until they are written again)."""
         now = sql.SQL("{} = {}").format(self.target_hash(alias), stored)
-        if not self.hashable or self.null_twins(alias) is None:
+        twins = self.null_twins(alias)
+        if not self.hashable or twins is None:
             return now
         before = [sql.SQL("{}::text = {}").format(self._record_hash(alias), stored)]
         json_only = self.null_twins(alias, zeros=False)
-        if json_only is not None:
+        if json_only is not None and json_only != twins:  # else it is ``now`` again
             before.append(
                 sql.SQL("({} # {})::text = {}").format(self._record_hash(alias), json_only, stored)
             )
