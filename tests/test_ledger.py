@@ -183,12 +183,17 @@ def test_a_ledger_keeps_the_settings_its_keys_were_read_with(
         kept = dict(conn.execute("SELECT name, value FROM ferry.session_settings").fetchall())
     assert kept["TimeZone"] == "Asia/Tokyo" and set(kept) == set(ledger.IDENTITY_SETTINGS)
     assert kept["DateStyle"] == "ISO, DMY"  # printed as psycopg reads; the input order kept
+    with psycopg.connect(target) as conn:  # a ledger from before lc_monetary was kept
+        conn.execute("DELETE FROM ferry.session_settings WHERE name = 'lc_monetary'")
 
     monkeypatch.setenv("PGTZ", "America/New_York")
     monkeypatch.setenv("PGDATESTYLE", "SQL, DMY")
     done = sync(source, target, spec)
     assert not done.changed, done.counts
     assert state() == before
+    with psycopg.connect(target) as conn:
+        again = dict(conn.execute("SELECT name, value FROM ferry.session_settings").fetchall())
+    assert again == kept  # the other settings as recorded; lc_monetary recorded again
     report = verify(target, spec)
     assert report.ok, report.summary()
     with psycopg.connect(source, autocommit=True) as conn:

@@ -35,6 +35,8 @@ SHAPES = {
             checks=[("authors_country_code_check", "(country_code ~ '^[A-Z]{2}$'::text)")],
         ),
         parent_led=[], own_led=sql.Identifier("ferry", "ledger_authors"),
+        hashed_as={"id": "value", "legacy_author_id": "value", "name": "collated",
+                   "country_code": "text"},
     ),
     "books": Shape(
         output={"_key": INT, "legacy_book_id": INT, "_author_id": INT, "_status": TEXT,
@@ -50,6 +52,9 @@ SHAPES = {
         ),
         parent_led=[sql.Identifier("ferry", "ledger_authors")],
         own_led=sql.Identifier("ferry", "ledger_books"),
+        hashed_as={"id": "value", "legacy_book_id": "value", "author_id": "value",
+                   "title": "collated", "isbn": "collated", "price": "value",
+                   "published_at": "value"},
     ),
 }  # fmt: skip
 

@@ -20,7 +20,7 @@ WHEN ((country_code ~ '^[A-Z]{2}$'::text)) IS FALSE THEN 1
 ELSE 0 END
 ELSE 0 END AS _ferry_i
 FROM (SELECT c.*, CASE
-WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_author_id", "c"."name", "c"."country_code"), 0)::text END AS _ferry_hash, CASE
+WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW(3, "c"."legacy_author_id", "c"."name" COLLATE "C", "c"."country_code"::text COLLATE "C"), 0)::text END AS _ferry_hash, CASE
 WHEN c._ferry_fate > 6 THEN ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502}'::text[])[c._ferry_fate + 1] END AS _ferry_sqlstate, CASE
 WHEN c._ferry_fate > 6 THEN ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"name\\" of relation \\"authors\\" violates not-null constraint","null value in column \\"country_code\\" of relation \\"authors\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] END AS _ferry_message
 FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,quarantined,excluded,quarantined,quarantined,pending,merged,quarantined,quarantined}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,unknown_country,survivor_excluded,survivor_quarantined,missing_survivor,NULL,duplicate_author,not_null_violation,not_null_violation}'::text[])[m._ferry_fate + 1] AS _ferry_reason, CASE
@@ -78,7 +78,7 @@ WHEN ((country_code ~ '^[A-Z]{2}$'::text)) IS FALSE THEN 1
 ELSE 0 END
 ELSE 0 END AS _ferry_i
 FROM (SELECT c.*, CASE
-WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_author_id", "c"."name", "c"."country_code"), 0)::text END AS _ferry_hash, CASE
+WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW(3, "c"."legacy_author_id", "c"."name" COLLATE "C", "c"."country_code"::text COLLATE "C"), 0)::text END AS _ferry_hash, CASE
 WHEN c._ferry_fate > 6 THEN ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502}'::text[])[c._ferry_fate + 1] END AS _ferry_sqlstate, CASE
 WHEN c._ferry_fate > 6 THEN ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"name\\" of relation \\"authors\\" violates not-null constraint","null value in column \\"country_code\\" of relation \\"authors\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] END AS _ferry_message
 FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,quarantined,excluded,quarantined,quarantined,pending,merged,quarantined,quarantined}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,unknown_country,survivor_excluded,survivor_quarantined,missing_survivor,NULL,duplicate_author,not_null_violation,not_null_violation}'::text[])[m._ferry_fate + 1] AS _ferry_reason, CASE
@@ -128,8 +128,8 @@ JOIN "ferry"."ledger_authors" l ON l.model = 'authors' AND l.source_key = c._fer
 WHERE (l.model IS NULL OR l.status IS DISTINCT
 FROM c._ferry_status OR l.reason IS DISTINCT
 FROM c._ferry_reason OR l.repairs <> c._ferry_repairs OR l.target_uuid IS DISTINCT
-FROM c._ferry_uuid OR l.row_hash IS DISTINCT
-FROM c._ferry_hash OR l.sqlstate IS DISTINCT
+FROM c._ferry_uuid OR (l.row_hash IS DISTINCT
+FROM c._ferry_hash AND NOT coalesce(l.row_hash IN (hash_record_extended(ROW("c"."legacy_author_id", "c"."name", "c"."country_code"), 0)::text), false)) OR l.sqlstate IS DISTINCT
 FROM c._ferry_sqlstate) AND NOT coalesce(NOT false AND l.status = 'quarantined' AND c._ferry_fate = 0 AND l.sqlstate NOT IN ('23505', '23503') AND l.row_hash = md5("c"._ferry_hash || 'd1'), false) AND l.decided_by IS NULL
 
 -- candidates[4]
@@ -165,7 +165,7 @@ WHEN ((country_code ~ '^[A-Z]{2}$'::text)) IS FALSE THEN 1
 ELSE 0 END
 ELSE 0 END AS _ferry_i
 FROM (SELECT c.*, CASE
-WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW("c"."legacy_author_id", "c"."name", "c"."country_code"), 0)::text END AS _ferry_hash, CASE
+WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW(3, "c"."legacy_author_id", "c"."name" COLLATE "C", "c"."country_code"::text COLLATE "C"), 0)::text END AS _ferry_hash, CASE
 WHEN c._ferry_fate > 6 THEN ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502}'::text[])[c._ferry_fate + 1] END AS _ferry_sqlstate, CASE
 WHEN c._ferry_fate > 6 THEN ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"name\\" of relation \\"authors\\" violates not-null constraint","null value in column \\"country_code\\" of relation \\"authors\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] END AS _ferry_message
 FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,quarantined,excluded,quarantined,quarantined,pending,merged,quarantined,quarantined}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,unknown_country,survivor_excluded,survivor_quarantined,missing_survivor,NULL,duplicate_author,not_null_violation,not_null_violation}'::text[])[m._ferry_fate + 1] AS _ferry_reason, CASE

@@ -1,8 +1,6 @@
 -- expected
 WITH _ferry_chunk AS MATERIALIZED (SELECT c.*, CASE
-WHEN c._ferry_fate = 0 THEN (hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0) # CASE
-WHEN "c"."price" = 0 THEN 6364136223846793008::int8
-ELSE 0 END)::text END AS _ferry_hash, CASE
+WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW(3, "c"."legacy_book_id", "c"."title" COLLATE "C", "c"."isbn" COLLATE "C", "c"."price", "c"."published_at", "c"."author_id"), 0)::text END AS _ferry_hash, CASE
 WHEN c._ferry_fate > 10 THEN ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502,23502}'::text[])[c._ferry_fate + 1] END AS _ferry_sqlstate, CASE
 WHEN c._ferry_fate > 10 THEN ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"author_id\\" of relation \\"books\\" violates not-null constraint","null value in column \\"title\\" of relation \\"books\\" violates not-null constraint","null value in column \\"price\\" of relation \\"books\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] END AS _ferry_message
 FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,excluded,pending,excluded,quarantined,quarantined,excluded,quarantined,quarantined,pending,merged,quarantined,quarantined,quarantined}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,draft,NULL,parent_excluded,orphan_author,parent_quarantined,survivor_excluded,survivor_quarantined,missing_survivor,NULL,merged,not_null_violation,not_null_violation,not_null_violation}'::text[])[m._ferry_fate + 1] AS _ferry_reason, '{}'::text[] AS _ferry_repairs, CASE m._ferry_fate
@@ -102,9 +100,7 @@ WHERE coalesce(z."_ferry_h0") IS NOT NULL)) hk ON hk.target_uuid = coalesce(z."_
 
 -- candidates[0]
 CREATE TEMP TABLE _ferry_e ON COMMIT DROP AS WITH _ferry_chunk AS MATERIALIZED (SELECT c.*, CASE
-WHEN c._ferry_fate = 0 THEN (hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0) # CASE
-WHEN "c"."price" = 0 THEN 6364136223846793008::int8
-ELSE 0 END)::text END AS _ferry_hash, CASE
+WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW(3, "c"."legacy_book_id", "c"."title" COLLATE "C", "c"."isbn" COLLATE "C", "c"."price", "c"."published_at", "c"."author_id"), 0)::text END AS _ferry_hash, CASE
 WHEN c._ferry_fate > 10 THEN ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502,23502}'::text[])[c._ferry_fate + 1] END AS _ferry_sqlstate, CASE
 WHEN c._ferry_fate > 10 THEN ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"author_id\\" of relation \\"books\\" violates not-null constraint","null value in column \\"title\\" of relation \\"books\\" violates not-null constraint","null value in column \\"price\\" of relation \\"books\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] END AS _ferry_message
 FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,excluded,pending,excluded,quarantined,quarantined,excluded,quarantined,quarantined,pending,merged,quarantined,quarantined,quarantined}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,draft,NULL,parent_excluded,orphan_author,parent_quarantined,survivor_excluded,survivor_quarantined,missing_survivor,NULL,merged,not_null_violation,not_null_violation,not_null_violation}'::text[])[m._ferry_fate + 1] AS _ferry_reason, '{}'::text[] AS _ferry_repairs, CASE m._ferry_fate
@@ -217,8 +213,10 @@ JOIN "ferry"."ledger_books" l ON l.model = 'books' AND l.source_key = c._ferry_k
 WHERE (l.model IS NULL OR l.status IS DISTINCT
 FROM c._ferry_status OR l.reason IS DISTINCT
 FROM c._ferry_reason OR l.repairs <> c._ferry_repairs OR l.target_uuid IS DISTINCT
-FROM c._ferry_uuid OR l.row_hash IS DISTINCT
-FROM c._ferry_hash OR l.sqlstate IS DISTINCT
+FROM c._ferry_uuid OR (l.row_hash IS DISTINCT
+FROM c._ferry_hash AND NOT coalesce(l.row_hash IN (hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0)::text, (hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0) # CASE
+WHEN "c"."price" = 0 THEN 6364136223846793008::int8
+ELSE 0 END)::text), false)) OR l.sqlstate IS DISTINCT
 FROM c._ferry_sqlstate) AND NOT coalesce(NOT false AND l.status = 'quarantined' AND c._ferry_fate = 0 AND l.sqlstate NOT IN ('23505', '23503') AND l.row_hash = md5("c"._ferry_hash || 'd2'), false) AND l.decided_by IS NULL
 
 -- candidates[4]
@@ -234,9 +232,7 @@ DROP TABLE _ferry_e
 CREATE TEMP TABLE _ferry_c ON COMMIT DROP AS
 SELECT c.*, NULL::text AS _old_status, NULL::uuid AS _old_uuid, NULL::text AS _old_hash, false AS _conflict
 FROM (WITH _ferry_chunk AS MATERIALIZED (SELECT c.*, CASE
-WHEN c._ferry_fate = 0 THEN (hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0) # CASE
-WHEN "c"."price" = 0 THEN 6364136223846793008::int8
-ELSE 0 END)::text END AS _ferry_hash, CASE
+WHEN c._ferry_fate = 0 THEN hash_record_extended(ROW(3, "c"."legacy_book_id", "c"."title" COLLATE "C", "c"."isbn" COLLATE "C", "c"."price", "c"."published_at", "c"."author_id"), 0)::text END AS _ferry_hash, CASE
 WHEN c._ferry_fate > 10 THEN ('{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,23502,23502,23502}'::text[])[c._ferry_fate + 1] END AS _ferry_sqlstate, CASE
 WHEN c._ferry_fate > 10 THEN ( E'{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,"null value in column \\"author_id\\" of relation \\"books\\" violates not-null constraint","null value in column \\"title\\" of relation \\"books\\" violates not-null constraint","null value in column \\"price\\" of relation \\"books\\" violates not-null constraint"}'::text[])[c._ferry_fate + 1] END AS _ferry_message
 FROM (SELECT m._key::text AS _ferry_key, row_number() OVER (ORDER BY m._key) AS _ferry_n, m._key AS _ferry_k, m._ferry_fate, ('{migrated,excluded,pending,excluded,quarantined,quarantined,excluded,quarantined,quarantined,pending,merged,quarantined,quarantined,quarantined}'::text[])[m._ferry_fate + 1] AS _ferry_status, ('{NULL,draft,NULL,parent_excluded,orphan_author,parent_quarantined,survivor_excluded,survivor_quarantined,missing_survivor,NULL,merged,not_null_violation,not_null_violation,not_null_violation}'::text[])[m._ferry_fate + 1] AS _ferry_reason, '{}'::text[] AS _ferry_repairs, CASE m._ferry_fate

@@ -20,6 +20,7 @@ from psycopg import sql
 from ferry import ledger
 from ferry.conninfo import connect
 from ferry.engine import chunk, constraints, deletes, dependencies, query, stage
+from ferry.engine.rehash import rehash
 from ferry.errors import DuplicateKeysError, FerryError
 from ferry.spec import Spec
 
@@ -194,6 +195,8 @@ def _run_model(
     model = spec.model(model_name)
     with _session_or(conn, target, spec) as conn:
         plan = query.Plan(conn, spec, model, (shapes or {}).get(model.name))
+        if shapes is None or model.name not in shapes:  # once a run
+            rehash(conn, spec, plan)
         if shapes is not None:
             shapes[model.name] = plan.shape
         plan.final, plan.retry_refused = final, retry

@@ -67,6 +67,9 @@ class Shape:
     # a predicate over the model's row ``d``, for a source staged raw; its rows are
     # quarantined, character_not_in_repertoire.
     named: sql.Composable | None = None
+    # How each target column enters the row hash (``hash_kinds``); a column not named
+    # enters as its own value.
+    hashed_as: dict[str, str] | None = None
 
     @classmethod
     def read(cls, conn: psycopg.Connection, spec: Spec, model: Model) -> Shape:
@@ -107,6 +110,7 @@ class Shape:
             ledger.table_of(conn, spec, model.name),
             _repeats(conn, spec, model),
             _named(conn, spec, model),
+            hash_kinds(conn, model.target),
         )  # fmt: skip
         return shape
 
@@ -225,6 +229,46 @@ def _hashable(conn: psycopg.Connection, types: list[str]) -> bool:
         return False
     conn.commit()
     return True
+
+
+# Base types whose equal values print alike and whose hash sets no value apart from NULL's
+# 0 but by chance: a row hash over them sees every change. (numeric only with a declared
+# scale: 1.0 = 1.00.)
+_EXACT_TYPES = {"bool", "bytea", "char", "int2", "int4", "int8", "oid", "date", "time",
+                "timestamp", "timestamptz", "uuid"}  # fmt: skip
+_TEXT_TYPES = {"text", "varchar"}
+
+
+def hash_kinds(conn: psycopg.Connection, table: str) -> dict[str, str]:
+    """How each column of ``table`` enters a row hash (``Plan.target_hash``): ``value``, as
+    itself; ``collated``, text under "C" (a deterministic collation hashes the same);
+    ``recollated``, text whose collation is not deterministic (a change of case hashed alike
+    under it); ``text``, its text (``C``) for every other type. Why: jsonb's hash does not
+    see its structure (``5`` and ``[5]``, ``[[1],2]`` and ``[[1,2]]`` hash alike), a float
+    zero and an empty jsonb hash as NULL, an array's hash not its shape, a citext's not its
+    case: a change between two such values never reached the target, nor verify's sight."""
+    rows = conn.execute(
+        "WITH RECURSIVE d (name, typ, typmod, coll) AS ("
+        " SELECT a.attname::text, a.atttypid, a.atttypmod, a.attcollation FROM pg_attribute a"
+        " WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
+        " UNION ALL SELECT d.name, t.typbasetype, CASE WHEN d.typmod >= 0 THEN d.typmod"
+        " ELSE t.typtypmod END, d.coll FROM d JOIN pg_type t ON t.oid = d.typ"
+        " WHERE t.typtype = 'd') "
+        "SELECT d.name, t.typname::text, t.typtype::text, d.typmod, "
+        "coalesce(c.collisdeterministic, true) FROM d JOIN pg_type t ON t.oid = d.typ "
+        "LEFT JOIN pg_collation c ON c.oid = d.coll WHERE t.typtype <> 'd'",
+        [table],
+    ).fetchall()
+    conn.commit()
+    kinds: dict[str, str] = {}
+    for name, typ, typtype, typmod, deterministic in rows:
+        if typ in _TEXT_TYPES:
+            kinds[name] = "collated" if deterministic else "recollated"
+        elif typ in _EXACT_TYPES or typtype == "e" or (typ == "numeric" and typmod >= 0):
+            kinds[name] = "value"
+        else:
+            kinds[name] = "text"
+    return kinds
 
 
 class Plan:
@@ -554,7 +598,7 @@ class Plan:
                 "WHERE (l.model IS NULL OR l.status IS DISTINCT FROM c._ferry_status "
                 "OR l.reason IS DISTINCT FROM c._ferry_reason OR l.repairs <> c._ferry_repairs "
                 "OR l.target_uuid IS DISTINCT FROM c._ferry_uuid "
-                "OR l.row_hash IS DISTINCT FROM c._ferry_hash "
+                "OR {changed} "
                 "OR l.sqlstate IS DISTINCT FROM c._ferry_sqlstate) "
                 # A row the database refused is not sent to it again as it was, unless the
                 # target's constraints changed or an operator asks: each try logs it. (Not
@@ -567,6 +611,7 @@ class Plan:
             ).format(
                 led=led,
                 model=sql.Literal(self.model.name),
+                changed=self.hash_differs("c", sql.SQL("c._ferry_hash"), sql.SQL("l.row_hash")),
                 retry=sql.Literal(self.retry_refused),
                 refused=self.refused_hash("c"),
             ),
@@ -579,35 +624,61 @@ class Plan:
         """Hash of the written columns of a row, the same from a candidate and a stored row.
 
         It only has to notice that a row changed (in the source, or the application's edit of
-        a row ferry wrote): 64 bits miss one change in 2^64. md5 of the row's text where a
-        column type has no hash function. ``hash_record_extended`` counts a NULL field as 0,
-        and ``jsonb_hash_extended`` gives an empty array or object the seed, 0, as the float
-        and numeric hash functions give zero: a change between them went unseen, so each
-        such column that holds one adds a term of its own (``null_twins``; rows without one
-        hash as before: ``holds_hash``).
+        a row ferry wrote): 64 bits miss one change in 2^64, provided that no two values a
+        column may hold hash alike by construction; those enter by their text
+        (``hash_kinds``). The text costs more than the value's own hash: 0.13 us a jsonb
+        here.
         """
-        if not self.hashable:
-            cols = sql.SQL(", ").join(sql.Identifier(alias, n) for n, _, _ in self.columns)
-            return sql.SQL("md5(ROW({})::text)").format(cols)
-        twins = self.null_twins(alias)
-        if twins is None:
-            return sql.SQL("{}::text").format(self._record_hash(alias))
-        return sql.SQL("({} # {})::text").format(self._record_hash(alias), twins)
+        # The form's number first: a change between two values an earlier form hashed
+        # alike would otherwise give the earlier hash of the new row the new hash of the
+        # old one (both count a NULL as 0), and ``hash_differs`` would not see it.
+        return sql.SQL("hash_record_extended(ROW({}, {}), 0)::text").format(
+            sql.Literal(HASH_FORM), sql.SQL(", ").join(self.hash_elements(alias))
+        )
 
-    def _record_hash(self, alias: str) -> sql.Composable:
+    def hash_elements(self, alias: str) -> list[sql.Composable]:
+        """The written columns of row ``alias`` as ``target_hash`` hashes them."""
+        kinds = self.shape.hashed_as or {}
+        out: list[sql.Composable] = []
+        for n, _, _ in self.columns:
+            c = sql.Identifier(alias, n)
+            kind = kinds.get(n, "value")
+            if kind == "text":
+                out.append(sql.SQL('{}::text COLLATE "C"').format(c))
+            elif kind != "value":
+                out.append(sql.SQL('{} COLLATE "C"').format(c))
+            else:
+                out.append(c)
+        return out
+
+    def _earlier_hashes(self, alias: str) -> list[sql.Composable]:
+        """The forms ``target_hash`` had before (HASH_FORM 2), where they differ from it: a
+        ledger written before keeps them until ``rehash`` or a new write replaces them."""
+        kinds = self.shape.hashed_as or {}
+        twins = self._null_twins(alias)
+        if twins is None and all(
+            kinds.get(n, "value") in ("value", "collated") for n, _, _ in self.columns
+        ):
+            return []
         cols = sql.SQL(", ").join(sql.Identifier(alias, n) for n, _, _ in self.columns)
-        return sql.SQL("hash_record_extended(ROW({}), 0)").format(cols)
+        if not self.hashable:
+            return [sql.SQL("md5(ROW({})::text)").format(cols)]
+        record = sql.SQL("hash_record_extended(ROW({}), 0)").format(cols)
+        forms: list[sql.Composable] = [sql.SQL("{}::text").format(record)]
+        json_only = self._null_twins(alias, zeros=False)
+        for terms in (json_only, twins):
+            if terms is not None and sql.SQL("({} # {})::text").format(record, terms) not in forms:
+                forms.append(sql.SQL("({} # {})::text").format(record, terms))
+        return forms
 
-    def null_twins(self, alias: str, zeros: bool = True) -> sql.Composable | None:
-        """The terms (an int8, XORed) that set apart from NULL, in a hash of the row's
-        written columns (``target_hash``), the values hashed as NULL is: an empty jsonb array
-        or object, and (``zeros``) a zero in a float or numeric column. None without them."""
+    def _null_twins(self, alias: str, zeros: bool = True) -> sql.Composable | None:
+        """The terms that an earlier ``target_hash`` XORed into the row's hash for values
+        hashed as NULL is: an empty jsonb array or object, and (``zeros``) a float or
+        numeric zero. None where the row had none."""
         terms: list[sql.Composable] = []
         for i, (n, t, _) in enumerate(self.columns):
             c = sql.Identifier(alias, n)
             if t == "jsonb":
-                # An empty container takes 8 bytes or fewer (headers only), any other jsonb
-                # more: that test costs next to nothing on every row; the type only where so.
                 terms.append(
                     sql.SQL(
                         "CASE WHEN pg_column_size({c}) <= 8 THEN CASE jsonb_typeof({c}) "
@@ -626,29 +697,44 @@ class Plan:
                 )
         return sql.SQL(" # ").join(terms) if terms else None
 
+    @property
+    def rehashed(self) -> bool:
+        """Whether a ledger written before holds hashes of another form (``rehash``)."""
+        return bool(self._earlier_hashes("t"))
+
     def holds_hash(self, alias: str, stored: sql.Composable) -> sql.Composable:
-        """Whether row ``alias`` is the one whose hash the ledger stored (``stored``): by
-        ``target_hash``, or by a hash from before a kind of ``null_twins`` had its term (a
-        ledger written before keeps its rows' hashes until they are written again)."""
+        """Whether row ``alias`` is the one whose hash the ledger stored (``stored``), in the
+        form of ``target_hash`` or of an earlier one."""
         now = sql.SQL("{} = {}").format(self.target_hash(alias), stored)
-        twins = self.null_twins(alias)
-        if not self.hashable or twins is None:
+        before = self._earlier_hashes(alias)
+        if not before:
             return now
-        before = [sql.SQL("{}::text = {}").format(self._record_hash(alias), stored)]
-        json_only = self.null_twins(alias, zeros=False)
-        if json_only is not None and json_only != twins:  # else it is ``now`` again
-            before.append(
-                sql.SQL("({} # {})::text = {}").format(self._record_hash(alias), json_only, stored)
-            )
-        return sql.SQL("({} OR {})").format(now, sql.SQL(" OR ").join(before))
+        return sql.SQL("({} OR {} IN ({}))").format(now, stored, sql.SQL(", ").join(before))
+
+    def hash_differs(
+        self, alias: str, hashed: sql.Composable, stored: sql.Composable
+    ) -> sql.Composable:
+        """Whether row ``alias``, whose ``target_hash`` is ``hashed``, differs from the row
+        whose hash the ledger stored: in every form. A row the application edited keeps an
+        earlier form (``rehash`` takes only rows ferry's hash still holds), and is not taken
+        for a change of its source."""
+        now = sql.SQL("{} IS DISTINCT FROM {}").format(stored, hashed)
+        before = self._earlier_hashes(alias)
+        if not before:
+            return now
+        return sql.SQL("({} AND NOT coalesce({} IN ({}), false))").format(
+            now, stored, sql.SQL(", ").join(before)
+        )
 
 
-# Terms of jsonb columns holding an empty container in ``Plan.target_hash``: one per
-# column position and kind of container (array, object), none of them small; and of float
-# and numeric columns holding zero.
+# Terms of jsonb columns holding an empty container, and of float and numeric columns
+# holding zero, in the row hash of HASH_FORM 2 (``Plan._null_twins``).
 _EMPTY_MARK = 0x2545F4914F6CDD1D
 _ZERO_MARK = 0x5851F42D4C957F2D
 _FLOATS = ("double precision", "real")
+# The form of ``Plan.target_hash`` a ledger's row hashes are in (``rehash``). 3: columns
+# whose hashes set values alike enter by their text (``hash_kinds``).
+HASH_FORM = 3
 
 
 def repeated(stage: sql.Composable, column: sql.Composable, key: sql.Composable) -> sql.Composed:

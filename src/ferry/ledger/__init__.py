@@ -142,6 +142,10 @@ CREATE TABLE IF NOT EXISTS {schema}.session_settings (
     name  text PRIMARY KEY,
     value text NOT NULL
 );
+CREATE TABLE IF NOT EXISTS {schema}.hash_forms (
+    model text PRIMARY KEY,
+    form  integer NOT NULL
+);
 """
 
 
@@ -162,14 +166,17 @@ $$"""
 # The tables of the ledger schema (``_DDL``): every module names them through ``table``.
 TABLES = (
     "runs", "ledger", "history", "pending_deletes", "suspended_constraints", "resync", "staged",
-    "loads_aside", "changes", "model_runs", "meta", "session_settings",
+    "loads_aside", "changes", "model_runs", "meta", "session_settings", "hash_forms",
 )  # fmt: skip
 
 # The settings that decide how a value reads as text (a timestamptz or date key, and so its
-# UUID; a row hashed as text) and how text parses (a CSV's dates), which the environment of
-# whoever runs ferry sets too (PGTZ, PGDATESTYLE, ALTER ROLE ... SET). A ledger keeps those
-# its first run had, and every later run's sessions take them (``session_settings``).
-IDENTITY_SETTINGS = ("DateStyle", "IntervalStyle", "TimeZone", "bytea_output", "extra_float_digits")
+# UUID; a row hashed as text, ``query.hash_kinds``: a float, an interval, money) and how text
+# parses (a CSV's dates), which the environment of whoever runs ferry sets too (PGTZ,
+# PGDATESTYLE, ALTER ROLE ... SET). A ledger keeps those its first run had, and every later
+# run's sessions take them (``session_settings``).
+IDENTITY_SETTINGS = (
+    "DateStyle", "IntervalStyle", "TimeZone", "bytea_output", "extra_float_digits", "lc_monetary",
+)  # fmt: skip
 
 
 # Keys passed in one array parameter at most, where a long list is sent in batches.
@@ -198,12 +205,13 @@ def session_settings(
         found = conn.execute(
             sql.SQL("SELECT name, value FROM {} ORDER BY name").format(kept)
         ).fetchall()
-    if not found:
-        found = conn.execute(
+    missing = [n for n in IDENTITY_SETTINGS if n not in {f[0] for f in found}]
+    if missing:  # a new ledger, or a setting kept since (lc_monetary)
+        now = conn.execute(
             "SELECT n, CASE n WHEN 'DateStyle' THEN 'ISO, ' || "
             "coalesce(nullif(btrim(split_part(current_setting(n), ',', 2)), ''), 'MDY') "
             "ELSE current_setting(n) END FROM unnest(%s::text[]) n ORDER BY n",
-            [list(IDENTITY_SETTINGS)],
+            [missing],
         ).fetchall()
         if record and exists:
             with conn.cursor() as cur:
@@ -211,8 +219,9 @@ def session_settings(
                     sql.SQL(
                         "INSERT INTO {} (name, value) VALUES (%s, %s) ON CONFLICT DO NOTHING"
                     ).format(kept),
-                    found,
+                    now,
                 )
+        found = sorted([*found, *now])
     conn.commit()
     return [(str(n), str(v)) for n, v in found]
 
@@ -225,7 +234,7 @@ def helpers(schema: str) -> list[sql.Composed]:
 
 
 # Bumped whenever the DDL above changes; ensure_schema skips its work when it matches.
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:

@@ -68,14 +68,10 @@ def _fp(*values: sql.Composable) -> sql.Composed:
 
 def _row_fp(plan: Plan, alias: str, uuid: str) -> sql.Composed:
     """A written row's fingerprint: its UUID (column ``uuid`` of ``alias``) and the columns
-    ferry writes, the same from a recomputed row (``Plan.expected``) and a stored one. One
-    hash of the values themselves where every type has one: hashing ``target_hash``'s text
-    of a hash instead cost a fifth more on the 2M rows of the demo's largest model."""
-    if not plan.hashable:
-        return _fp(sql.Identifier(alias, uuid), plan.target_hash(alias))
-    row = _fp(*_columns(alias, [uuid, *(n for n, _, _ in plan.columns)]))
-    twins = plan.null_twins(alias)  # an empty jsonb, a float zero hash as NULL does
-    return row if twins is None else sql.SQL("({} # {})").format(row, twins)
+    ferry writes as ``target_hash`` sees them, the same from a recomputed row
+    (``Plan.expected``) and a stored one. One hash of the values: hashing ``target_hash``'s
+    text instead cost a fifth more on the 2M rows of the demo's largest model."""
+    return _fp(sql.Identifier(alias, uuid), *plan.hash_elements(alias))
 
 
 @dataclass

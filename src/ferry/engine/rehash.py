@@ -1,0 +1,55 @@
+"""Bring a model's ledger row hashes to the form ``query.Plan.target_hash`` has now.
+
+A row hash only tells that a row changed. When its form changes (``query.HASH_FORM``), a
+ledger written before would take every row for changed, and write it again; and, holding
+hashes that could not tell some values apart, it would keep missing those changes. So each
+model's rows are rehashed once, from the target's row, where that row is still the one ferry
+wrote (its hash in an earlier form holds). A row the application edited keeps its hash: it
+is not ferry's row, and ``Plan.hash_differs`` still knows the form.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from ferry import ledger
+from ferry.engine import query
+from ferry.spec import Spec
+
+
+def rehash(conn: psycopg.Connection, spec: Spec, plan: query.Plan) -> int:
+    """Rehash ``plan``'s model once per form; the number of ledger rows rewritten."""
+    forms = ledger.table(spec, "hash_forms")
+    model = plan.model
+    row = conn.execute(
+        sql.SQL("SELECT form FROM {} WHERE model = %s").format(forms), [model.name]
+    ).fetchone()
+    if row is not None and row[0] >= query.HASH_FORM:
+        conn.commit()
+        return 0
+    done = 0
+    if plan.rehashed and plan.columns:
+        done = conn.execute(
+            sql.SQL(
+                "UPDATE {led} l SET row_hash = {now} FROM {t} t WHERE l.model = %s "
+                "AND l.target_uuid = t.{key} AND l.status IN ('migrated', 'deleted') "
+                "AND l.row_hash IS DISTINCT FROM {now} AND {held}"
+            ).format(
+                led=plan.own_led,
+                t=plan.target,
+                key=sql.Identifier(model.key_column),
+                now=plan.target_hash("t"),
+                held=plan.holds_hash("t", sql.SQL("l.row_hash")),
+            ),
+            [model.name],
+        ).rowcount
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (model, form) VALUES (%s, %s) "
+            "ON CONFLICT (model) DO UPDATE SET form = EXCLUDED.form"
+        ).format(forms),
+        [model.name, query.HASH_FORM],
+    )
+    conn.commit()
+    return max(done, 0)
