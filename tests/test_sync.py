@@ -17,7 +17,7 @@ from ferry import ledger
 from ferry.demo import world
 from ferry.demo.run import MIGRATOR, dispatch_spec
 from ferry.embedded import LocalCluster
-from ferry.engine.dependencies import reads
+from ferry.engine.dependencies import dependents, reads
 from ferry.engine.pipeline import Progress, migrate, run_model, session
 from ferry.errors import FerryError
 from ferry.ops.verify import verify
@@ -278,6 +278,27 @@ def test_reads_names_the_stage_tables_of_a_models_sql_and_rules(
         assert reads(conn, plain, plain.model("books")).sources == {"lib_book"}
         assert reads(conn, ruled, ruled.model("books")).sources == {"lib_book", "lib_author"}
         assert reads(conn, plain, plain.model("loans")).sources == {"loans.csv"}
+
+
+def test_dependents_compares_integer_keys_as_integers_with_the_same_rows(
+    library: tuple[str, str, Path],
+) -> None:
+    """Keys of an integer column are compared as integers, where the column's statistics
+    hold (``dependents``); the rows found are those the text comparison finds, and keys that
+    do not read as integers fall back to it rather than fail a cast."""
+    source, target, tmp = library
+    spec = load_spec(_spec(tmp, "delete"))
+    migrate(source, target, spec)
+    books = spec.model("books")
+    with session(target, spec) as conn:
+        types = reads(conn, spec, books).types
+        assert types is not None and types["_author_id"] == 23  # integer
+        with psycopg.connect(source) as src:
+            authors = [str(r[0]) for r in src.execute("SELECT DISTINCT author_id FROM lib_book")]
+        for keys in (authors[:2], authors, [*authors[:1], "x", " 1", "99999999999999999999"]):
+            as_text = dependents(conn, spec, books, ["_author_id"], keys)
+            assert as_text
+            assert dependents(conn, spec, books, ["_author_id"], keys, types) == as_text
 
 
 def _dies_at(monkeypatch: pytest.MonkeyPatch, module: ModuleType, dies_at: str) -> None:

@@ -162,7 +162,9 @@ def settle(
             )
             for other in others & declared.keys():
                 touched_keys = work.changed.get(other, set()) | work.deleted.get(other, set())
-                reached |= dependencies.dependents(conn, spec, model, declared[other], touched_keys)
+                reached |= dependencies.dependents(
+                    conn, spec, model, declared[other], touched_keys, reads.types
+                )
         parents_moved = any(outcome[p.model] for p in model.parents)
         keys: list[str] | None  # sorted
         if model.accounts:
@@ -174,16 +176,17 @@ def settle(
             else:
                 extra = work.keys.get(model.name, set()) | reached
                 extra |= _quarantined(conn, spec, model, work.quarantined)
+                types = out.reads[model.name].types if model.name in out.reads else None
                 for p in {p.model for p in model.parents}:
                     extra |= dependencies.dependents(conn, spec, model, _parent_key(model, p),
-                                                  outcome[p])  # fmt: skip
+                                                  outcome[p], types)  # fmt: skip
                 for parent in model.parents:
                     if parent.model in arrived:
                         extra |= _orphans(conn, spec, model, parent.missing or
                                           f"orphan_{parent.model}")  # fmt: skip
                 if model.merge_into:  # merging into a row whose fate changed beforehand
                     extra |= dependencies.dependents(
-                        conn, spec, model, [model.merge_into], outcome[model.name]
+                        conn, spec, model, [model.merge_into], outcome[model.name], types
                     )
                 keys = _merged(src_changed, extra, src_deleted)
         else:
