@@ -344,24 +344,44 @@ def test_a_change_between_values_hashed_alike_reaches_the_target(
     assert report.ok, report.summary()
 
 
+# A ledger of form 2, its row hashes without the form's number: a jsonb world (``5`` to
+# ``[5]`` hashed alike), and one whose columns all enter by their value (every hash of form
+# 3 differs from form 2's all the same).
+EARLIER = [
+    (
+        ["text", "jsonb"],
+        {(1,): ("a", Jsonb(5)), (2,): ("b", Jsonb([])), (3,): ("c", Jsonb(7))},
+        {(1,): ("a", Jsonb([5]))},
+        't.c_jsonb::text COLLATE "C"',
+    ),
+    (
+        ["text", "bool"],
+        {(1,): ("a", True), (2,): ("b", None), (3,): ("c", False)},
+        {(1,): ("a", False)},
+        "t.c_bool",
+    ),
+]
+
+
+@pytest.mark.parametrize(("names", "rows", "updates", "last"), EARLIER)
 def test_a_ledger_of_an_earlier_hash_form_is_rehashed_from_ferrys_rows(
-    cluster: LocalCluster, tmp_path: Path
-) -> None:
-    """A ledger written before ``query.HASH_FORM`` 3 holds hashes that cannot tell ``5`` from
-    ``[5]``: its first run rehashes the rows ferry's hash still holds (``rehash``), so that
-    change is written; an empty jsonb stored in the form before that is ferry's too; a row
-    the application edited keeps its hash and is not taken for a change of its source."""
+    cluster: LocalCluster, tmp_path: Path, names: list[str], rows: dict, updates: dict,
+    last: str,
+) -> None:  # fmt: skip
+    """A ledger written before ``query.HASH_FORM`` 3: its first run rehashes the rows
+    ferry's hash still holds (``rehash``), so that a change its hashes could not see (``5``
+    to ``[5]``) is written, and the others are not written again; an empty jsonb stored in
+    the form before that is ferry's too; a row the application edited keeps its hash and is
+    not taken for a change of its source."""
     w = _known("int", {}, [], {})
-    w["names"] = ["text", "jsonb"]
-    w["rows"] = {(1,): ("a", Jsonb(5)), (2,): ("b", Jsonb([])), (3,): ("c", Jsonb(7))}
-    w["updates"] = {(1,): ("a", Jsonb([5]))}
+    w["names"], w["rows"], w["updates"] = names, rows, updates
     source, target, spec_path = _build(cluster, tmp_path, w)
     spec = load_spec(spec_path)
     migrate(source, target, spec)
-    old = "hash_record_extended(ROW(t.legacy_key, t.c_text, t.c_jsonb), 0)::text"
+    old = f"hash_record_extended(ROW(t.legacy_key, t.c_text, t.c_{names[1]}), 0)::text"
     new = (
-        'hash_record_extended(ROW(3, t.legacy_key COLLATE "C", t.c_text COLLATE "C", '
-        't.c_jsonb::text COLLATE "C"), 0)::text'
+        f'hash_record_extended(ROW(3, t.legacy_key COLLATE "C", t.c_text COLLATE "C", '
+        f"{last}), 0)::text"
     )
     with psycopg.connect(target) as conn:
         conn.execute(
@@ -371,7 +391,8 @@ def test_a_ledger_of_an_earlier_hash_form_is_rehashed_from_ferrys_rows(
         conn.execute("UPDATE dst SET c_text = 'edited' WHERE legacy_key = '3'")
     kept = _ledger(target)["3"][3]
     _change(source, w)
-    sync(source, target, spec)
+    done = sync(source, target, spec)
+    assert done.counts["updated"] == 1 and done.counts["conflicts"] == 0, done.counts
     want = _source_rows(source, w)
     want["3"] = ("edited", *want["3"][1:])
     assert _target_rows(target, w) == want

@@ -652,23 +652,20 @@ class Plan:
         return out
 
     def _earlier_hashes(self, alias: str) -> list[sql.Composable]:
-        """The forms ``target_hash`` had before (HASH_FORM 2), where they differ from it: a
-        ledger written before keeps them until ``rehash`` or a new write replaces them."""
-        kinds = self.shape.hashed_as or {}
-        twins = self._null_twins(alias)
-        if twins is None and all(
-            kinds.get(n, "value") in ("value", "collated") for n, _, _ in self.columns
-        ):
+        """The forms ``target_hash`` had before HASH_FORM 3 (every row's hash differs from
+        them: the form's number leads it now): a ledger written before keeps them until
+        ``rehash`` or a new write replaces them. None for a model that writes no column."""
+        if not self.columns:
             return []
         cols = sql.SQL(", ").join(sql.Identifier(alias, n) for n, _, _ in self.columns)
         if not self.hashable:
             return [sql.SQL("md5(ROW({})::text)").format(cols)]
         record = sql.SQL("hash_record_extended(ROW({}), 0)").format(cols)
         forms: list[sql.Composable] = [sql.SQL("{}::text").format(record)]
-        json_only = self._null_twins(alias, zeros=False)
-        for terms in (json_only, twins):
-            if terms is not None and sql.SQL("({} # {})::text").format(record, terms) not in forms:
-                forms.append(sql.SQL("({} # {})::text").format(record, terms))
+        for terms in (self._null_twins(alias, zeros=False), self._null_twins(alias)):
+            form = sql.SQL("({} # {})::text").format(record, terms)
+            if terms is not None and form not in forms:
+                forms.append(form)
         return forms
 
     def _null_twins(self, alias: str, zeros: bool = True) -> sql.Composable | None:
@@ -696,11 +693,6 @@ class Plan:
                     )
                 )
         return sql.SQL(" # ").join(terms) if terms else None
-
-    @property
-    def rehashed(self) -> bool:
-        """Whether a ledger written before holds hashes of another form (``rehash``)."""
-        return bool(self._earlier_hashes("t"))
 
     def holds_hash(self, alias: str, stored: sql.Composable) -> sql.Composable:
         """Whether row ``alias`` is the one whose hash the ledger stored (``stored``), in the

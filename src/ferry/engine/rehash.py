@@ -29,7 +29,7 @@ def rehash(conn: psycopg.Connection, spec: Spec, plan: query.Plan) -> int:
         conn.commit()
         return 0
     done = 0
-    if plan.rehashed and plan.columns:
+    if plan.columns and not ledger.first_load(conn, spec, model.name):
         done = conn.execute(
             sql.SQL(
                 "UPDATE {led} l SET row_hash = {now} FROM {t} t WHERE l.model = %s "
