@@ -50,8 +50,6 @@ def dependents(
 
 
 _INTEGERS = {20, 21, 23}  # int8, int2, int4
-
-
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
 
 

@@ -241,29 +241,28 @@ _TEXT_TYPES = {"text", "varchar"}
 
 def hash_kinds(conn: psycopg.Connection, table: str) -> dict[str, str]:
     """How each column of ``table`` enters a row hash (``Plan.target_hash``): ``value``, as
-    itself; ``collated``, text under "C" (a deterministic collation hashes the same);
-    ``recollated``, text whose collation is not deterministic (a change of case hashed alike
-    under it); ``text``, its text (``C``) for every other type. Why: jsonb's hash does not
-    see its structure (``5`` and ``[5]``, ``[[1],2]`` and ``[[1,2]]`` hash alike), a float
-    zero and an empty jsonb hash as NULL, an array's hash not its shape, a citext's not its
-    case: a change between two such values never reached the target, nor verify's sight."""
+    itself; ``collated``, text and varchar under "C" (under a nondeterministic collation a
+    change of case hashed alike); ``text``, its text (``C``) for every other type. Why:
+    jsonb's hash does not see its structure (``5`` and ``[5]``, ``[[1],2]`` and
+    ``[[1,2]]`` hash alike), a float zero and an empty jsonb hash as NULL, an array's hash
+    not its shape, a citext's not its case: a change between two such values never reached
+    the target, nor verify's sight."""
     rows = conn.execute(
-        "WITH RECURSIVE d (name, typ, typmod, coll) AS ("
-        " SELECT a.attname::text, a.atttypid, a.atttypmod, a.attcollation FROM pg_attribute a"
+        "WITH RECURSIVE d (name, typ, typmod) AS ("
+        " SELECT a.attname::text, a.atttypid, a.atttypmod FROM pg_attribute a"
         " WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
         " UNION ALL SELECT d.name, t.typbasetype, CASE WHEN d.typmod >= 0 THEN d.typmod"
-        " ELSE t.typtypmod END, d.coll FROM d JOIN pg_type t ON t.oid = d.typ"
+        " ELSE t.typtypmod END FROM d JOIN pg_type t ON t.oid = d.typ"
         " WHERE t.typtype = 'd') "
-        "SELECT d.name, t.typname::text, t.typtype::text, d.typmod, "
-        "coalesce(c.collisdeterministic, true) FROM d JOIN pg_type t ON t.oid = d.typ "
-        "LEFT JOIN pg_collation c ON c.oid = d.coll WHERE t.typtype <> 'd'",
+        "SELECT d.name, t.typname::text, t.typtype::text, d.typmod "
+        "FROM d JOIN pg_type t ON t.oid = d.typ WHERE t.typtype <> 'd'",
         [table],
     ).fetchall()
     conn.commit()
     kinds: dict[str, str] = {}
-    for name, typ, typtype, typmod, deterministic in rows:
+    for name, typ, typtype, typmod in rows:
         if typ in _TEXT_TYPES:
-            kinds[name] = "collated" if deterministic else "recollated"
+            kinds[name] = "collated"
         elif typ in _EXACT_TYPES or typtype == "e" or (typ == "numeric" and typmod >= 0):
             kinds[name] = "value"
         else:
@@ -645,7 +644,7 @@ class Plan:
             kind = kinds.get(n, "value")
             if kind == "text":
                 out.append(sql.SQL('{}::text COLLATE "C"').format(c))
-            elif kind != "value":
+            elif kind == "collated":
                 out.append(sql.SQL('{} COLLATE "C"').format(c))
             else:
                 out.append(c)
