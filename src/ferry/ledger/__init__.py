@@ -431,10 +431,13 @@ def fingerprint(key: sql.Composable) -> sql.Composed:
 
 
 def source_counts(
-    conn: psycopg.Connection, spec: Spec, only: Collection[str] | None = None
-) -> dict[str, SourceCounts]:
+    conn: psycopg.Connection, spec: Spec, only: Collection[str] | None = None,
+    totals: bool = False,
+) -> dict[str, SourceCounts]:  # fmt: skip
     """Per accounted source (or only those named): staged rows and their fates, straight
-    from stage and ledger, with the fingerprints of their keys.
+    from stage and ledger, with the fingerprints of their keys. ``totals``: the live fates
+    counted as migrated, without the breakdown by status, reason and repairs, whose grouping
+    cost more than the scan (2M rows: 0.38 s against 0.15 s).
 
     One scan of the stage table and one of the source's models' ledger partitions: against
     an anti-join of the two, 0.45 + 0.95 s instead of 2.65 + 0.9 s for the demo's 2M-row
@@ -454,15 +457,19 @@ def source_counts(
             continue
         c = out[src.name] = SourceCounts(src.name)
         c.staged, c.staged_keys = staged_keys(conn, spec, src)
+        query = (
+            "SELECT 'migrated', '', '{{}}'::text[], count(*), {print} FROM {led} "
+            "WHERE model = %s AND accounts AND status <> 'deleted'"
+            if totals
+            else "SELECT status, coalesce(reason, ''), repairs, count(*), {print} "
+            "FILTER (WHERE status <> 'deleted') FROM {led} "
+            "WHERE model = %s AND accounts GROUP BY 1, 2, 3"
+        )
         rows = [
             row
             for model in models_of(spec, src.name)
             for row in conn.execute(
-                sql.SQL(
-                    "SELECT status, coalesce(reason, ''), repairs, count(*), {print} "
-                    "FILTER (WHERE status <> 'deleted') FROM {led} "
-                    "WHERE model = %s AND accounts GROUP BY 1, 2, 3"
-                ).format(
+                sql.SQL(query).format(
                     print=fingerprint(sql.SQL("source_key")),
                     led=table_of(conn, spec, model),
                 ),
