@@ -30,7 +30,7 @@ from psycopg.types.json import Jsonb
 from ferry.embedded import LocalCluster
 from ferry.engine import execute
 from ferry.engine.pipeline import migrate
-from ferry.ops.verify import verify
+from ferry.ops.verify import VerifyReport, verify
 from ferry.spec import load_spec
 from ferry.sync.loop import sync
 from tests.helpers import fresh_db
@@ -98,6 +98,15 @@ PREAMBLE = "CREATE DOMAIN dfloat AS double precision;"
 CI = "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);"
 
 
+# A column the model writes and a trigger of the target's sets to another value, before
+# every insert and update.
+STAMP = (
+    "ALTER TABLE dst ADD COLUMN stamp text; "
+    "CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN NEW.stamp = 'trigger'; RETURN NEW; END $$; "
+    "CREATE TRIGGER stamp BEFORE INSERT OR UPDATE ON dst FOR EACH ROW EXECUTE FUNCTION stamp();"
+)
+
 SHELLS = (None, ("Asia/Tokyo", "ISO, DMY"), ("America/New_York", "SQL, DMY"),
           ("Pacific/Chatham", "Postgres, MDY"))  # fmt: skip
 
@@ -115,6 +124,8 @@ def worlds(draw: st.DrawFn) -> dict[str, Any]:
     defer = draw(st.booleans())
     # The shell the sync runs from: its PGTZ and PGDATESTYLE (the migrate's are the server's).
     shell = draw(st.sampled_from(SHELLS))
+    # Whether a trigger of the target's changes each row as it is written (``STAMP``).
+    rewrite = draw(st.booleans())
     if bulk:  # thousands of rows from one statement: ids i * step + offset
         n, step, offset = (
             draw(st.integers(1500, 4000)),
@@ -131,7 +142,7 @@ def worlds(draw: st.DrawFn) -> dict[str, Any]:
             "kind": kind, "key_types": key_types, "names": names, "rows": rows,
             "bulk": (n, step, offset), "updates": updates, "deletes": deletes,
             "inserts": {k: v for k, v in inserts.items() if k not in set(ids)}, "defer": defer,
-            "shell": shell,
+            "shell": shell, "rewrite": rewrite,
         }  # fmt: skip
     rows = draw(st.dictionaries(key, value, max_size=40))
     existing = sorted(rows, key=repr)
@@ -144,7 +155,7 @@ def worlds(draw: st.DrawFn) -> dict[str, Any]:
         "kind": kind, "key_types": key_types, "names": names, "rows": rows, "bulk": None,
         "updates": {k: v for k, v in updates.items() if k not in deletes},
         "deletes": deletes, "inserts": {k: v for k, v in inserts.items() if k not in rows},
-        "defer": defer, "shell": shell,
+        "defer": defer, "shell": shell, "rewrite": rewrite,
     }  # fmt: skip
 
 
@@ -179,6 +190,10 @@ def _build(cluster: LocalCluster, tmp: Path, w: dict[str, Any]) -> tuple[str, st
     ddl = (
         f"{preamble}CREATE TABLE dst (id uuid PRIMARY KEY, legacy_key text UNIQUE, {target_cols});"
     )
+    stamp = ""
+    if w.get("rewrite"):
+        ddl += STAMP
+        stamp = "'ferry' AS stamp, "
     (tmp / "target.sql").write_text(ddl)
     key_line = f"key = {json.dumps(keys if composite else keys[0])}\n"
     (tmp / "spec.toml").write_text(
@@ -187,7 +202,7 @@ def _build(cluster: LocalCluster, tmp: Path, w: dict[str, Any]) -> tuple[str, st
         '[[models]]\nname = "rows"\ntarget = "public.dst"\nsource = "src"\n'
         'legacy_column = "legacy_key"\n'
         f'sql = "SELECT {"s._ferry_key" if composite else "s.k0"} AS _key, {legacy} AS legacy_key, '
-        f'{", ".join(f"s.{c}" for c in cols)} FROM src s"\n'
+        f'{stamp}{", ".join(f"s.{c}" for c in cols)} FROM src s"\n'
     )
     fresh_db(cluster, "anykey_tgt", tmp / "target.sql", owner=OWNER)
     return source, cluster.conninfo("anykey_tgt", user=OWNER), tmp / "spec.toml"
@@ -279,8 +294,7 @@ def test_any_table_migrates_exactly_and_syncs_as_a_fresh_migrate(
     want = _source_rows(source, w)
     assert _target_rows(target, w) == want
     assert {k: v[0] for k, v in _ledger(target).items()} == {k: "migrated" for k in want}
-    report = verify(target, spec)
-    assert report.ok, report.summary()
+    _verified(verify(target, spec), w, len(want))
     _change(source, w)
     with pytest.MonkeyPatch.context() as m:
         if w.get("shell"):  # the ledger's settings hold (``ledger.session_settings``)
@@ -288,13 +302,24 @@ def test_any_table_migrates_exactly_and_syncs_as_a_fresh_migrate(
             m.setenv("PGDATESTYLE", w["shell"][1])
         sync(source, target, spec)
         report = verify(target, spec)
-    assert _target_rows(target, w) == _source_rows(source, w)
-    assert report.ok, report.summary()
+    want = _source_rows(source, w)
+    assert _target_rows(target, w) == want
+    _verified(report, w, len(want))
     fresh_db(cluster, "anykey_fresh", tmp / "target.sql", owner=OWNER)
     fresh = cluster.conninfo("anykey_fresh", user=OWNER)
     migrate(source, fresh, spec)
     assert _ledger(target) == _ledger(fresh)
     assert _target_rows(target, w) == _target_rows(fresh, w)
+
+
+def _verified(report: VerifyReport, w: dict[str, Any], rows: int) -> None:
+    """Verify holds; where the trigger stamps every row, it names each of them as differing
+    from the spec (and nothing else)."""
+    if not w.get("rewrite"):
+        assert report.ok, report.summary()
+        return
+    assert {p.kind for p in report.problems} <= {"content"}, report.summary()
+    assert sum(p.count for p in report.problems) == rows, report.summary()
 
 
 # Values whose hashes are alike by construction, each changed into the other: each stayed as
@@ -409,3 +434,101 @@ def test_a_ledger_of_an_earlier_hash_form_is_rehashed_from_ferrys_rows(
         ("3", False, False, True),
     ]
     assert forms == [("rows", 3)]
+
+
+# A trigger of the target's that changes a row as it is written (here: lowercases a name),
+# before inserts and updates, as a Supabase schema's normalizing or ``updated_at`` triggers do.
+LOWER = (
+    "CREATE FUNCTION lower_text() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN NEW.c_text = lower(NEW.c_text); RETURN NEW; END $$; "
+    "CREATE TRIGGER lower_text BEFORE INSERT OR UPDATE ON dst "
+    "FOR EACH ROW EXECUTE FUNCTION lower_text();"
+)
+
+
+def test_rows_a_target_trigger_changes_keep_their_sources_changes_flowing(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The ledger keeps the hash of the row as the trigger let it be stored: before, each
+    row the trigger changed passed for one the application edited, and its source's next
+    change was withheld as a conflict (the target kept ``alice, true``), its deletion too.
+    A real edit still is one; the rows end as a fresh migrate's, and verify names the rows
+    the trigger made differ from the spec, saying why."""
+    w = _known("int", {}, [], {})
+    w["names"] = ["text", "bool"]
+    w["rows"] = {(1,): ("Alice", True), (2,): ("Bob", True), (3,): ("carol", True)}
+    w["updates"] = {(1,): ("Alice", False), (2,): ("Bob", False)}
+    w["deletes"], w["inserts"] = [(3,)], {(4,): ("Dan", True)}
+    source, target, spec_path = _build(cluster, tmp_path, w)
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(LOWER)
+    spec = load_spec(spec_path)
+    migrate(source, target, spec)
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("UPDATE dst SET c_bool = NULL WHERE legacy_key = '2'")  # the app's edit
+    _change(source, w)
+    result = sync(source, target, spec)
+    assert result.counts["new_conflicts"] == 1
+    assert _target_rows(target, w) == {
+        "1": ("alice", "false"), "2": ("bob", None), "4": ("dan", "true"),
+    }  # fmt: skip
+    report = verify(target, spec)
+    content = [p for p in report.problems if p.kind == "content"]
+    assert [sorted(p.keys) for p in content] == [["1", "4"]], report.summary()
+    assert "triggers" in content[0].detail
+    # Against a fresh migrate of the source as it is now, on a target with the trigger: the
+    # same rows and fates (the application's edit aside).
+    fresh_db(cluster, "anykey_fresh", tmp_path / "target.sql", owner=OWNER)
+    fresh = cluster.conninfo("anykey_fresh", user=OWNER)
+    with psycopg.connect(fresh, autocommit=True) as conn:
+        conn.execute(LOWER)
+    migrate(source, fresh, spec)
+    mine, theirs = _ledger(target), _ledger(fresh)
+    assert {k: v[:3] for k, v in mine.items()} == {k: v[:3] for k, v in theirs.items()}
+    assert {k: v for k, v in mine.items() if k != "2"} == {
+        k: v for k, v in theirs.items() if k != "2"
+    }
+    want = _target_rows(fresh, w)
+    assert {k: v for k, v in _target_rows(target, w).items() if k != "2"} == {
+        k: v for k, v in want.items() if k != "2"
+    }
+
+
+def test_a_row_a_target_trigger_skips_is_quarantined_not_recorded_as_migrated(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """A trigger that returns NULL skips the row without an error: it was recorded as
+    migrated and was not there; one that sets its own key stores it where ferry does not
+    look. Each is quarantined as refused (SQLSTATE 02000) and nothing of it stays in the
+    target; verify holds, and once its source changes so that the trigger takes it as it
+    is, a sync writes it."""
+    w = _known("int", {}, [], {})
+    w["names"] = ["text", "bool"]
+    w["rows"] = {(1,): ("a", True), (2,): ("skip", True), (3,): ("rekey", True)}
+    w["updates"] = {(2,): ("b", True), (3,): ("c", True)}
+    source, target, spec_path = _build(cluster, tmp_path, w)
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION skip() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.c_text = 'skip' THEN RETURN NULL; END IF; "
+            "IF NEW.c_text = 'rekey' THEN NEW.id = gen_random_uuid(); END IF; RETURN NEW; END $$; "
+            "CREATE TRIGGER skip BEFORE INSERT ON dst FOR EACH ROW EXECUTE FUNCTION skip();"
+        )
+    spec = load_spec(spec_path)
+    migrate(source, target, spec)
+    with psycopg.connect(target) as conn:
+        fates = conn.execute(
+            "SELECT source_key, status, reason, sqlstate, message FROM ferry.ledger "
+            "WHERE status <> 'migrated' ORDER BY 1"
+        ).fetchall()
+    said = ("quarantined", "skipped_by_trigger", "02000",
+            "a trigger on public.dst skipped the row, or changed its key")  # fmt: skip
+    assert fates == [("2", *said), ("3", *said)]
+    assert list(_target_rows(target, w)) == ["1"]
+    report = verify(target, spec)
+    assert report.ok, report.summary()
+    _change(source, w)
+    sync(source, target, spec)
+    assert _target_rows(target, w) == _source_rows(source, w)
+    assert _ledger(target)["2"][0] == "migrated"
+    assert verify(target, spec).ok

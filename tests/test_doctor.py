@@ -232,6 +232,26 @@ def test_target_tables_ferry_does_not_own(pair: Pair) -> None:
     assert _found(pair.check(), "error", "target_tables", "not found: public.loans")
 
 
+def test_a_trigger_that_may_change_rows_as_written_is_named(pair: Pair) -> None:
+    assert not _found(pair.check(), "warn", "target_triggers", "")
+    pair.admin(
+        pair.admin_target,
+        "CREATE FUNCTION public.same() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RETURN NEW; END $$",
+        "CREATE TRIGGER after_row AFTER INSERT ON public.loans "
+        "FOR EACH ROW EXECUTE FUNCTION public.same()",
+    )
+    assert not _found(pair.check(), "warn", "target_triggers", "")  # after: changes nothing
+    pair.admin(
+        pair.admin_target,
+        "CREATE TRIGGER before_row BEFORE UPDATE ON public.loans "
+        "FOR EACH ROW EXECUTE FUNCTION public.same()",
+    )
+    assert _found(pair.check(), "warn", "target_triggers", "public.loans have triggers")
+    pair.admin(pair.admin_target, "ALTER TABLE public.loans DISABLE TRIGGER before_row")
+    assert not _found(pair.check(), "warn", "target_triggers", "")
+
+
 def test_no_password_in_the_output(pair: Pair) -> None:
     target = pair.target + " password=hunter2-secret port=1"
     result = CliRunner().invoke(app, ["doctor", "--source", pair.source, "--target", target])

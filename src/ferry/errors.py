@@ -90,11 +90,17 @@ def condition_name(exc: psycopg.Error) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
 
 
+class SkippedByTrigger(psycopg.errors.NoData):
+    """A row the target's trigger skipped (it returned NULL): no error, and no row. Raised
+    by ferry, with a message of its own, so that the row is quarantined as a refusal."""
+
+
 def safe_message(exc: psycopg.Error) -> str:
     """The primary message without quoted values: it may be stored and shown, row data not
     (a DETAIL, which may print the whole row, never is)."""
     diag = exc.diag
-    text = diag.message_primary or type(exc).__name__
+    own = str(exc) if isinstance(exc, SkippedByTrigger) else None
+    text = diag.message_primary or own or type(exc).__name__
     text = re.sub(r':\s*".*$', "", text, flags=re.S)
     text = re.sub(r":? ?0x[0-9a-f]{2}(?: 0x[0-9a-f]{2})*", "", text)  # an encoding error's bytes
     if diag.constraint_name and diag.constraint_name not in text:

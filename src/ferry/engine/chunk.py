@@ -22,7 +22,7 @@ from psycopg import sql
 from ferry import ledger
 from ferry.engine import dependencies, keyarray, predict
 from ferry.engine.query import HELD, PENDING, Plan
-from ferry.errors import FerryError, condition_name, safe_message
+from ferry.errors import FerryError, SkippedByTrigger, condition_name, safe_message
 
 # Errors that belong to rows, not to the run: data exceptions (22), integrity (23), and
 # exceptions raised by the target's triggers (P0001). Anything else stops the run.
@@ -30,6 +30,7 @@ BISECTABLE = (
     psycopg.errors.DataError,
     psycopg.errors.IntegrityError,
     psycopg.errors.RaiseException,
+    SkippedByTrigger,
 )
 
 
@@ -342,18 +343,41 @@ class Runner:
         """
         conn = self.conn
         seen, keyprint = self._staged(lo, hi, keys, keyprint=self.aside)
+        insert = self._insert_new(sql.SQL("c"), sql.SQL("_ferry_fate = 0"))
+        rows, hashed = sql.SQL("c"), sql.SQL("c._ferry_hash")
+        if self.plan.shape.rewrites:
+            # The hash of each row as the target's triggers let it be stored
+            # (``_record_as_stored``), from the insert's own result.
+            insert = sql.SQL("{} RETURNING {} AS _ferry_id, {} AS _ferry_stored").format(
+                insert,
+                sql.Identifier("_ferry_t", self.plan.model.key_column),
+                self.plan.target_hash("_ferry_t"),
+            )
+            rows = sql.SQL("c LEFT JOIN t ON t._ferry_id = c._ferry_uuid")
+            hashed = sql.SQL("coalesce(t._ferry_stored, c._ferry_hash)")
         statement = sql.SQL(
             "WITH c AS MATERIALIZED ({expected}), t AS ({insert}), "
-            "l AS (INSERT INTO {led} ({cols}) SELECT {vals} FROM c "
+            "l AS (INSERT INTO {led} ({cols}) SELECT {vals} FROM {rows} "
             "WHERE _ferry_status NOT IN ({p}, {b})) "
             "SELECT _ferry_status, count(*){twice}, array_agg(_ferry_key) FILTER (WHERE "
-            "_ferry_status IN ({p}, {b})), bool_or(_ferry_holder IS NOT NULL) FROM c GROUP BY 1"
+            "_ferry_status IN ({p}, {b})), bool_or(_ferry_holder IS NOT NULL){skipped} "
+            "FROM c GROUP BY 1"
         ).format(
             expected=self.plan.expected(self._where(lo, hi, keys), numbered=False),
-            insert=self._insert_new(sql.SQL("c"), sql.SQL("_ferry_fate = 0")),
+            insert=insert,
             led=self.led,
             cols=LEDGER_COLUMNS,
-            vals=self._ledger_values(),
+            vals=self._ledger_values(hashed),
+            rows=rows,
+            # A row a trigger skipped (it returned NULL), or stored under another key, is
+            # not in the target under its own: the careful way quarantines it
+            # (``_check_stored``).
+            skipped=sql.SQL(
+                ", (SELECT count(*) FROM c JOIN t ON t._ferry_id = c._ferry_uuid) "
+                "<> (SELECT count(*) FROM c WHERE _ferry_fate = 0)"
+                if self.plan.shape.rewrites
+                else ", false"
+            ),
             p=sql.Literal(PENDING),
             b=sql.Literal(predict.BLOCKED),
             # Aside, no primary key refuses a key yielded twice: the chunk looks for one,
@@ -376,11 +400,11 @@ class Runner:
                 counts = conn.execute(statement).fetchall()
                 # A key yielded twice, or a later key's unique value to take back: the
                 # careful way handles both.
-                if any(row[2] or row[4] for row in counts):
+                if any(row[2] or row[4] or row[5] for row in counts):
                     raise _YieldedTwice
         except (*BISECTABLE, _YieldedTwice):
             return False
-        for status, n, _, waiting, _ in counts:
+        for status, n, _, waiting, _, _ in counts:
             if status == PENDING:
                 self.pending.update(waiting)
                 continue
@@ -417,7 +441,7 @@ class Runner:
             ).fetchone()
             self._keyed = bool(row and row[0])
         return sql.SQL(
-            "INSERT INTO {t} ({key}{cols}) SELECT _ferry_uuid{cols} FROM {source} "
+            "INSERT INTO {t} AS _ferry_t ({key}{cols}) SELECT _ferry_uuid{cols} FROM {source} "
             "WHERE {where}{order}"
         ).format(
             t=plan.target,
@@ -428,16 +452,17 @@ class Runner:
             order=sql.SQL(" ORDER BY _ferry_uuid" if self._keyed else ""),
         )
 
-    def _ledger_values(self) -> sql.Composed:
-        """The ledger row of each computed row, in ``LEDGER_COLUMNS`` order."""
+    def _ledger_values(self, hashed: sql.Composable = sql.SQL("c._ferry_hash")) -> sql.Composed:
+        """The ledger row of each computed row (``c``), in ``LEDGER_COLUMNS`` order."""
         plan = self.plan
         return sql.SQL(
-            "{model}, _ferry_key, {src}, {acc}, _ferry_status, _ferry_reason, _ferry_repairs, "
-            "{tt}, _ferry_uuid, _ferry_hash, {run}, {run}, _ferry_sqlstate, _ferry_message"
+            "{model}, c._ferry_key, {src}, {acc}, c._ferry_status, c._ferry_reason, "
+            "c._ferry_repairs, {tt}, c._ferry_uuid, {hashed}, {run}, {run}, c._ferry_sqlstate, "
+            "c._ferry_message"
         ).format(
             model=sql.Literal(plan.model.name), src=sql.Literal(plan.source_table),
             acc=sql.Literal(plan.model.accounts), tt=sql.Literal(plan.model.target),
-            run=sql.Literal(self.run_id),
+            run=sql.Literal(self.run_id), hashed=hashed,
         )  # fmt: skip
 
     def _range(self, lo: Any, hi: Any, keys: Sequence[str] | None) -> None:
@@ -666,11 +691,15 @@ class Runner:
         self._insert_rows(w)
         if w.held:
             self._update_rows(w)
+        if self.plan.shape.rewrites:
+            self._check_stored(w)
         self._record_new(w)
         if w.old:
             self._record_changed(w)
         if w.held:
             self._record_conflicts(w)
+        if self.plan.shape.rewrites:
+            self._record_as_stored(w)
         self._tally(w)
 
     def _window(self, a: int, b: int) -> _Window:
@@ -776,8 +805,8 @@ class Runner:
     def _record_new(self, w: _Window) -> None:
         self.conn.execute(
             sql.SQL(
-                "INSERT INTO {led} ({cols}) SELECT {vals} FROM _ferry_c "
-                "WHERE {rng} AND NOT _conflict AND _old_status IS NULL"
+                "INSERT INTO {led} ({cols}) SELECT {vals} FROM _ferry_c c "
+                "WHERE {rng} AND NOT c._conflict AND c._old_status IS NULL"
             ).format(led=self.led, cols=LEDGER_COLUMNS, vals=self._ledger_values(), rng=w.rng)
         )
 
@@ -794,6 +823,42 @@ class Runner:
             ).format(
                 led=self.led, run=sql.Literal(self.run_id), rng=w.rng,
                 model=sql.Literal(self.plan.model.name),
+            )
+        )  # fmt: skip
+
+    def _check_stored(self, w: _Window) -> None:
+        """A trigger that returns NULL skips the row, without an error (or one that sets
+        another key stores it where ferry will not look): written, it would be recorded as
+        migrated and not be there. Raised to be bisected and quarantined."""
+        plan = self.plan
+        row = self.conn.execute(
+            sql.SQL(
+                "SELECT EXISTS (SELECT FROM _ferry_c c WHERE {rng} AND c._ferry_fate = 0 "
+                "AND NOT c._conflict AND NOT EXISTS (SELECT FROM {t} t "
+                "WHERE t.{key} = c._ferry_uuid))"
+            ).format(rng=w.rng, t=plan.target, key=sql.Identifier(plan.model.key_column))
+        ).fetchone()
+        if row and row[0]:
+            raise SkippedByTrigger(
+                f"a trigger on {plan.model.target} skipped the row, or changed its key"
+            )
+
+    def _record_as_stored(self, w: _Window) -> None:
+        """A trigger may have changed what was written (a value normalized, a timestamp
+        set): the ledger keeps the hash of the row as the target holds it, or the row
+        would pass for one the application edited, and its source's changes be withheld
+        as conflicts. Read back in the write's transaction, so no edit can come between."""
+        plan = self.plan
+        self.conn.execute(
+            sql.SQL(
+                "UPDATE {led} l SET row_hash = {stored} FROM _ferry_c c "
+                "JOIN {t} t ON t.{key} = c._ferry_uuid WHERE {rng} AND c._ferry_fate = 0 "
+                "AND NOT c._conflict AND l.model = {model} AND l.source_key = c._ferry_key "
+                "AND l.row_hash IS DISTINCT FROM {stored}"
+            ).format(
+                led=self.led, stored=plan.target_hash("t"), t=plan.target,
+                key=sql.Identifier(plan.model.key_column), rng=w.rng,
+                model=sql.Literal(plan.model.name),
             )
         )  # fmt: skip
 

@@ -70,6 +70,8 @@ class Shape:
     # How each target column enters the row hash (``hash_kinds``); a column not named
     # enters as its own value.
     hashed_as: dict[str, str] | None = None
+    # Whether the target's triggers may change a row as it is written (``rewrites``).
+    rewrites: bool = False
 
     @classmethod
     def read(cls, conn: psycopg.Connection, spec: Spec, model: Model) -> Shape:
@@ -111,6 +113,7 @@ class Shape:
             _repeats(conn, spec, model),
             _named(conn, spec, model),
             hash_kinds(conn, model.target),
+            rewrites(conn, model.target),
         )  # fmt: skip
         return shape
 
@@ -268,6 +271,20 @@ def hash_kinds(conn: psycopg.Connection, table: str) -> dict[str, str]:
         else:
             kinds[name] = "text"
     return kinds
+
+
+def rewrites(conn: psycopg.Connection, table: str) -> bool:
+    """Whether ``table`` has a trigger that fires before each row is inserted or updated in
+    ferry's sessions (``session_replication_role`` origin): it may write other values than
+    ferry's, whose hash then is not the row's (``chunk.Runner._record_as_stored``)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = to_regclass(%s) "
+        "AND NOT tgisinternal AND tgenabled IN ('O', 'A') AND tgtype & 3 = 3 "
+        "AND tgtype & 20 <> 0)",
+        [table],
+    ).fetchone()
+    conn.commit()
+    return bool(row and row[0])
 
 
 class Plan:

@@ -16,6 +16,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from ferry.conninfo import connect
+from ferry.engine.query import rewrites
 from ferry.errors import FerryError
 from ferry.ledger import privileges
 from ferry.spec import Spec
@@ -337,7 +338,7 @@ def _ferry_schemas(conn: psycopg.Connection, schemas: tuple[str, ...]) -> Check:
 
 def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
     """ferry runs as the owner of the tables it writes (it sets keys aside, it analyzes)."""
-    missing, foreign = [], []
+    missing, foreign, rewritten = [], [], []
     for target in dict.fromkeys(m.target for m in spec.models):
         exists, owned = _one(
             conn,
@@ -349,6 +350,8 @@ def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
             missing.append(target)
         elif not owned:
             foreign.append(target)
+        elif rewrites(conn, target):
+            rewritten.append(target)
     if missing:
         yield _error("target_tables", f"not found: {_names(missing)}")
     if foreign:
@@ -359,6 +362,13 @@ def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
         )
     if not (missing or foreign):
         yield _info("target_tables", "this role owns every target table of the spec")
+    if rewritten:
+        yield _warn(
+            "target_triggers",
+            f"{_names(rewritten)} have triggers that run before each row is written and may "
+            "change it: ferry keeps what they store, but verify compares with what the spec "
+            "yields and names every row they changed",
+        )
 
 
 def _names(names: list[str]) -> str:

@@ -1039,6 +1039,12 @@ def _compare_rows(conn: psycopg.Connection, spec: Spec, plan: Plan, report: Veri
             what = "yielded as migrated by the spec but not in the target"
         elif kind == "content":
             what = "in the target with content that differs from what the spec yields"
+            if plan.shape.rewrites:
+                what += (
+                    " (the table has triggers that run before each row is written and may "
+                    "change it: verify compares with what the spec yields, not with what "
+                    "they made of it)"
+                )
         elif l_status == "migrated":
             what = "in the target, recorded as migrated, but the spec no longer yields them"
         else:
