@@ -8,8 +8,10 @@ with integer keys; here the world itself is drawn: integer keys over the whole r
 range diff's key buckets, and hashed buckets past 2**63), text keys in any script, UUIDs,
 dates and composite keys (hashed buckets), and values at the edges of their types (NaN,
 infinities, -0, empty and odd text, nested JSON, bytes). Bulk tables of a few thousand rows
-take the diff below its first level. Profiles as ``test_convergence.py``'s: ``ci`` (the
-default, derandomized) and ``long``.
+take the diff below its first level. The target table may have a trigger that changes every
+row as it is written. Profiles as ``test_convergence.py``'s: ``ci`` (the default,
+derandomized) and ``long``. Below them, targets the application's schema makes harder:
+triggers that change, skip or re-key rows, row-level security forced on ferry's role.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from psycopg.types.json import Jsonb
 from ferry.embedded import LocalCluster
 from ferry.engine import execute
 from ferry.engine.pipeline import migrate
+from ferry.errors import FerryError
 from ferry.ops.verify import VerifyReport, verify
 from ferry.spec import load_spec
 from ferry.sync.loop import sync
@@ -531,4 +534,29 @@ def test_a_row_a_target_trigger_skips_is_quarantined_not_recorded_as_migrated(
     sync(source, target, spec)
     assert _target_rows(target, w) == _source_rows(source, w)
     assert _ledger(target)["2"][0] == "migrated"
+    assert verify(target, spec).ok
+
+
+def test_a_target_whose_row_level_security_hides_rows_from_ferry_is_refused(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Forced on the table ferry owns, a policy hid a row ferry wrote: verify called it
+    missing, and a sync would take it for deleted by the application. The run refuses to
+    start and says what to do; without the force it runs."""
+    w = _known("int", {(1,): ("a",), (2,): ("hidden",)}, [], {})
+    source, target, spec_path = _build(cluster, tmp_path, w)
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(
+            "ALTER TABLE dst ENABLE ROW LEVEL SECURITY; ALTER TABLE dst FORCE ROW LEVEL SECURITY;"
+            "CREATE POLICY ins ON dst FOR INSERT WITH CHECK (true);"
+            "CREATE POLICY sel ON dst FOR SELECT USING (c_text <> 'hidden');"
+        )
+    spec = load_spec(spec_path)
+    with pytest.raises(FerryError, match=r"row-level security is forced on public\.dst"):
+        migrate(source, target, spec)
+    assert _target_rows(target, w) == {}
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("ALTER TABLE dst NO FORCE ROW LEVEL SECURITY")
+    migrate(source, target, spec)
+    assert _target_rows(target, w) == _source_rows(source, w)
     assert verify(target, spec).ok

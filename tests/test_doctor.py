@@ -232,6 +232,13 @@ def test_target_tables_ferry_does_not_own(pair: Pair) -> None:
     assert _found(pair.check(), "error", "target_tables", "not found: public.loans")
 
 
+def test_row_level_security_forced_on_a_target_table_is_an_error(pair: Pair) -> None:
+    pair.admin(pair.admin_target, "ALTER TABLE public.loans ENABLE ROW LEVEL SECURITY")
+    assert not _found(pair.check(), "error", "target_tables")  # the owner is not subject
+    pair.admin(pair.admin_target, "ALTER TABLE public.loans FORCE ROW LEVEL SECURITY")
+    assert _found(pair.check(), "error", "target_tables", "forced on public.loans")
+
+
 def test_a_trigger_that_may_change_rows_as_written_is_named(pair: Pair) -> None:
     assert not _found(pair.check(), "warn", "target_triggers", "")
     pair.admin(

@@ -15,6 +15,18 @@ def exists(conn: psycopg.Connection, relation: sql.Identifier) -> bool:
     return bool(row and row[0])
 
 
+def rls_applies(conn: psycopg.Connection, relation: str) -> bool:
+    """Whether row-level security filters what this role sees of ``relation``: enabled, and
+    forced or not the role's own table, for a role with neither BYPASSRLS nor superuser."""
+    row = conn.execute(
+        "SELECT c.relrowsecurity AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, "
+        "'USAGE')) AND NOT (SELECT rolbypassrls OR rolsuper FROM pg_roles "
+        "WHERE rolname = current_user) FROM pg_class c WHERE c.oid = to_regclass(%s)",
+        [relation],
+    ).fetchone()
+    return bool(row and row[0])
+
+
 @dataclass(frozen=True)
 class ColumnInfo:
     """A column as a catalog reader needs it: ``base`` and the rest describe the type under

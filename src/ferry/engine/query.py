@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from ferry import ledger
+from ferry import catalog, ledger
 from ferry.engine import columns, encodings, predict, stage
 from ferry.engine.keys import set_sql, text_sql, uuid_sql
-from ferry.errors import SpecError, safe_message
+from ferry.errors import FerryError, SpecError, safe_message
 from ferry.spec import Model, Spec
 
 
@@ -47,6 +47,15 @@ NOT_CONVERTED = "character_not_in_repertoire"
 SURVIVOR_REASONS = ("survivor_excluded", "survivor_quarantined", "missing_survivor")
 
 
+# Forced on a table ferry owns, row-level security hides rows from ferry, its own among them:
+# it would take them for deleted by the application, and verify for missing.
+RLS_FORCED = (
+    "row-level security is forced on {tables} and applies to this role: ferry would not "
+    "see every row it writes there; run as a role with BYPASSRLS, or ALTER TABLE ... NO FORCE "
+    "ROW LEVEL SECURITY for the migration"
+)
+
+
 @dataclass
 class Shape:
     """What a model's query is planned from, read from the databases once per model: with
@@ -75,6 +84,8 @@ class Shape:
 
     @classmethod
     def read(cls, conn: psycopg.Connection, spec: Spec, model: Model) -> Shape:
+        if catalog.rls_applies(conn, model.target):
+            raise FerryError(RLS_FORCED.format(tables=model.target))
         out = output_columns(conn, model, spec.model_sql(model))
         target = dict(
             conn.execute(

@@ -15,8 +15,9 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from ferry.catalog import rls_applies
 from ferry.conninfo import connect
-from ferry.engine.query import rewrites
+from ferry.engine.query import RLS_FORCED, rewrites
 from ferry.errors import FerryError
 from ferry.ledger import privileges
 from ferry.spec import Spec
@@ -202,12 +203,9 @@ def _source(conn: psycopg.Connection, spec: Spec | None) -> Check:
     for src in spec.sources:
         if src.table is None:
             continue
-        exists, readable, rls = _one(
+        exists, readable = _one(
             conn,
-            "SELECT c.oid IS NOT NULL, has_table_privilege(c.oid, 'SELECT'), "
-            "c.relrowsecurity AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, "
-            "'USAGE')) AND NOT (SELECT rolbypassrls OR rolsuper FROM pg_roles "
-            "WHERE rolname = current_user) "
+            "SELECT c.oid IS NOT NULL, has_table_privilege(c.oid, 'SELECT') "
             "FROM (SELECT to_regclass(%s) AS oid) r LEFT JOIN pg_class c ON c.oid = r.oid",
             [src.table],
         )
@@ -215,7 +213,7 @@ def _source(conn: psycopg.Connection, spec: Spec | None) -> Check:
             missing.append(src.table)
         elif not readable:
             unreadable.append(src.table)
-        elif rls:
+        elif rls_applies(conn, src.table):
             hidden.append(src.table)
     if missing:
         yield (
@@ -338,7 +336,7 @@ def _ferry_schemas(conn: psycopg.Connection, schemas: tuple[str, ...]) -> Check:
 
 def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
     """ferry runs as the owner of the tables it writes (it sets keys aside, it analyzes)."""
-    missing, foreign, rewritten = [], [], []
+    missing, foreign, hidden, rewritten = [], [], [], []
     for target in dict.fromkeys(m.target for m in spec.models):
         exists, owned = _one(
             conn,
@@ -350,8 +348,11 @@ def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
             missing.append(target)
         elif not owned:
             foreign.append(target)
-        elif rewrites(conn, target):
-            rewritten.append(target)
+        else:
+            if rls_applies(conn, target):
+                hidden.append(target)
+            if rewrites(conn, target):
+                rewritten.append(target)
     if missing:
         yield _error("target_tables", f"not found: {_names(missing)}")
     if foreign:
@@ -362,6 +363,8 @@ def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
         )
     if not (missing or foreign):
         yield _info("target_tables", "this role owns every target table of the spec")
+    if hidden:
+        yield _error("target_tables", RLS_FORCED.format(tables=_names(hidden)))
     if rewritten:
         yield _warn(
             "target_triggers",
