@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
+
+_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+
+
+def regclass(name: str) -> str:
+    """A spec's ``schema.table`` as ``to_regclass`` and ``::regclass`` read it: quoted, so
+    that ``public.Visits`` (Prisma's and EF Core's tables are named so) is that table and not
+    ``public.visits``. A name already quoted (``Identifier.as_string``) is left as it is."""
+    if not _PLAIN.match(name):
+        return name
+    return ".".join(f'"{part}"' for part in name.split("."))
 
 
 def exists(conn: psycopg.Connection, relation: sql.Identifier) -> bool:
@@ -22,7 +34,7 @@ def rls_applies(conn: psycopg.Connection, relation: str) -> bool:
         "SELECT c.relrowsecurity AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, "
         "'USAGE')) AND NOT (SELECT rolbypassrls OR rolsuper FROM pg_roles "
         "WHERE rolname = current_user) FROM pg_class c WHERE c.oid = to_regclass(%s)",
-        [relation],
+        [regclass(relation)],
     ).fetchone()
     return bool(row and row[0])
 
@@ -100,7 +112,7 @@ ORDER BY c.attnum
 
 def table_columns(conn: psycopg.Connection, relation: str) -> list[ColumnInfo]:
     """The columns of ``relation`` (``schema.table``), in order."""
-    rows = conn.execute(_TABLE_COLUMNS, {"rel": relation}).fetchall()
+    rows = conn.execute(_TABLE_COLUMNS, {"rel": regclass(relation)}).fetchall()
     return [
         ColumnInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], tuple(r[9]), r[10])
         for r in rows
@@ -124,7 +136,7 @@ def unique_keys(
         "AND i.indexprs IS NULL AND i.indpred IS NULL AND NOT (0 = ANY(i.indkey)) "
         "GROUP BY i.indexrelid, i.indisprimary, i.indkey, i.indrelid "
         "ORDER BY NOT i.indisprimary, cardinality(i.indkey::int2[]), i.indexrelid",
-        [relation],
+        [regclass(relation)],
     ).fetchall()
     return [tuple(cols) for primary, cols, filled in rows if primary or filled or not not_null]
 
@@ -135,7 +147,7 @@ def primary_key(conn: psycopg.Connection, relation: str) -> tuple[str, ...]:
         "SELECT ARRAY(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY k(n, o) "
         "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o) "
         "FROM pg_index i WHERE i.indrelid = to_regclass(%s) AND i.indisprimary",
-        [relation],
+        [regclass(relation)],
     ).fetchone()
     return tuple(row[0]) if row else ()
 
@@ -151,7 +163,7 @@ def foreign_keys(conn: psycopg.Connection, relation: str) -> list[ForeignKey]:
         "FROM pg_constraint c JOIN pg_class r ON r.oid = c.confrelid "
         "JOIN pg_namespace rn ON rn.oid = r.relnamespace "
         "WHERE c.conrelid = to_regclass(%s) AND c.contype = 'f' ORDER BY c.conname",
-        [relation],
+        [regclass(relation)],
     ).fetchall()
     return [ForeignKey(tuple(cols), ref, tuple(refcols)) for cols, ref, refcols in rows]
 
@@ -161,7 +173,7 @@ def checks(conn: psycopg.Connection, relation: str) -> list[tuple[str, str]]:
     rows = conn.execute(
         "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint "
         "WHERE conrelid = to_regclass(%s) AND contype = 'c' ORDER BY conname",
-        [relation],
+        [regclass(relation)],
     ).fetchall()
     return [(r[0], r[1]) for r in rows]
 

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import ledger
+from ferry import catalog, ledger
 from ferry.engine import dependencies, keyarray, predict
 from ferry.engine.query import HELD, PENDING, Plan
 from ferry.errors import FerryError, SkippedByTrigger, condition_name, safe_message
@@ -437,7 +437,11 @@ class Runner:
                 "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = to_regclass(%s) "
                 "AND indkey[0] = (SELECT attnum FROM pg_attribute WHERE attrelid = "
                 "to_regclass(%s) AND attname = %s))",
-                [plan.model.target, plan.model.target, plan.model.key_column],
+                [
+                    catalog.regclass(plan.model.target),
+                    catalog.regclass(plan.model.target),
+                    plan.model.key_column,
+                ],
             ).fetchone()
             self._keyed = bool(row and row[0])
         return sql.SQL(

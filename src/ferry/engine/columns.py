@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from ferry import catalog
 from ferry.errors import FerryError
 
 # Type categories (pg_type.typcategory) whose text output is ASCII whatever the encoding:
@@ -137,7 +138,7 @@ def source_columns(
     the server never checked, whose character columns other than ``keep`` (the key, which
     the ledger must name) travel raw; ``utf8``: its bytes are declared UTF-8, and a key
     whose bytes do not read is named by them (``named``)."""
-    rows = conn.execute(_COLUMNS, {"rel": table}).fetchall()
+    rows = conn.execute(_COLUMNS, {"rel": catalog.regclass(table)}).fetchall()
     if not rows:
         raise FerryError(f"source table {table} does not exist or has no columns")
     out = []

@@ -133,7 +133,7 @@ def _holders(conn: psycopg.Connection, table: str) -> tuple[set[str], float]:
         "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
         "AND (l.relation = to_regclass(%s) OR l.relation IN (SELECT confrelid "
         "FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'f'))",
-        [table, table],
+        [catalog.regclass(table), catalog.regclass(table)],
     ).fetchall()
     timeout = conn.execute("SELECT current_setting('deadlock_timeout')::interval").fetchone()
     return {r[0] for r in rows}, float(timeout[0].total_seconds()) if timeout else 1.0
@@ -162,7 +162,7 @@ def unique_aside_ok(conn: psycopg.Connection, target: str) -> bool:
         "WHERE p.schemaname = n.nspname AND p.tablename = c.relname) "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE c.oid = to_regclass(%s)",
-        [target],
+        [catalog.regclass(target)],
     ).fetchone()
     ok = bool(row and row[0])
     if ok:
@@ -195,7 +195,7 @@ def suspend(
     # its indexes' definitions (ON ONLY) would come back without its partitions', and its
     # autovacuum is its partitions'.
     relkind = conn.execute(
-        "SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", [target]
+        "SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", [catalog.regclass(target)]
     ).fetchone()
     if relkind is None or relkind[0] != "r":
         conn.commit()
@@ -212,7 +212,7 @@ def suspend(
             "AND NOT x.indisunique AND NOT x.indisexclusion "
             "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid) "
             "ORDER BY 1",
-            [target, target],
+            [catalog.regclass(target), catalog.regclass(target)],
         )
     ]
     if model is not None:
@@ -226,7 +226,7 @@ def suspend(
             "LEFT JOIN pg_constraint k ON k.conindid = x.indexrelid "
             "AND k.conrelid = x.indrelid AND k.contype IN ('p', 'u') "
             "WHERE x.indrelid = to_regclass(%s) AND x.indisunique ORDER BY 1",
-            [target],
+            [catalog.regclass(target)],
         ).fetchall()
     autovacuum = _autovacuum_on(conn, target)
     if autovacuum is not None:
@@ -277,7 +277,7 @@ def _autovacuum_on(conn: psycopg.Connection, target: str) -> str | None:
         "o.option_value FROM pg_options_to_table(c.reloptions) o "
         "WHERE o.option_name = 'autovacuum_enabled') AS v FROM pg_class c "
         "WHERE c.oid = to_regclass(%s) AND pg_has_role(c.relowner, 'USAGE')) x",
-        [target],
+        [catalog.regclass(target)],
     ).fetchone()
     return row[0] if row and row[1] else None
 
@@ -324,7 +324,7 @@ def parents(conn: psycopg.Connection, target: str) -> list[tuple[str, str]]:
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE k.conrelid = to_regclass(%s) AND k.contype = 'f' "
             "AND k.confrelid <> k.conrelid ORDER BY 1, 2",
-            [target],
+            [catalog.regclass(target)],
         )
     ]
 
@@ -382,7 +382,7 @@ def _key_exists(conn: psycopg.Connection, table: str, name: str) -> bool:
     return bool(
         conn.execute(
             "SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname = %s",
-            [table, name],
+            [catalog.regclass(table), name],
         ).fetchone()
     )
 

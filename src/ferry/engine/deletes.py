@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from ferry import ledger
+from ferry import catalog, ledger
 from ferry.engine.query import Plan
 from ferry.spec import Model, Spec
 
@@ -110,7 +110,7 @@ def _referenced(conn: psycopg.Connection, spec: Spec, model: Model) -> tuple[set
     """
     pend = ledger.table(spec, "pending_deletes")
     refs: dict[str, set[str]] = {}
-    for ref_table, ref_col, ref_pk in referencing(conn, model.target):
+    for ref_schema, ref_name, ref_col, ref_pk in referencing(conn, model.target):
         # A referencing row queued for deletion too (a child in the same table) goes first.
         rows = conn.execute(
             sql.SQL(
@@ -119,13 +119,13 @@ def _referenced(conn: psycopg.Connection, spec: Spec, model: Model) -> tuple[set
                 "AND NOT EXISTS (SELECT FROM {pend} q WHERE q.target_table = {rtt} "
                 "AND q.target_uuid = {rpk})"
             ).format(
-                rtt=sql.Literal(ref_table),
+                rtt=sql.Literal(f"{ref_schema}.{ref_name}"),
                 rpk=sql.SQL("r.{}").format(sql.Identifier(ref_pk)) if ref_pk else sql.SQL("NULL"),
                 pk=sql.SQL("r.{}::text").format(sql.Identifier(ref_pk))
                 if ref_pk
                 else sql.SQL("NULL"),
                 pend=pend,
-                rt=sql.SQL(ref_table),
+                rt=sql.Identifier(ref_schema, ref_name),
                 rc=sql.Identifier(ref_col),
             ),
             [model.name],
@@ -149,21 +149,23 @@ def _referenced(conn: psycopg.Connection, spec: Spec, model: Model) -> tuple[set
     return protected, set(refs) - protected
 
 
-def referencing(conn: psycopg.Connection, target: str) -> list[tuple[str, str, str | None]]:
-    """Single-column foreign keys pointing at ``target``: (table, column, its uuid primary key).
+def referencing(conn: psycopg.Connection, target: str) -> list[tuple[str, str, str, str | None]]:
+    """Single-column foreign keys pointing at ``target``: (schema, table, column, the table's
+    uuid primary key).
 
     Without a single-column UUID primary key the referencing rows cannot be ferry's, so any
     reference at all protects the row.
     """
     rows = conn.execute(
-        "SELECT c.conrelid::regclass::text, a.attname, "
+        "SELECT n.nspname::text, r.relname::text, a.attname, "
         "(SELECT pa.attname FROM pg_constraint pk JOIN pg_attribute pa "
         " ON pa.attrelid = pk.conrelid AND pa.attnum = pk.conkey[1] "
         " WHERE pk.conrelid = c.conrelid AND pk.contype = 'p' AND cardinality(pk.conkey) = 1 "
         " AND pa.atttypid = 'uuid'::regtype) "
-        "FROM pg_constraint c "
+        "FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid "
+        "JOIN pg_namespace n ON n.oid = r.relnamespace "
         "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
         "WHERE c.contype = 'f' AND c.confrelid = to_regclass(%s) AND cardinality(c.conkey) = 1",
-        [target],
+        [catalog.regclass(target)],
     ).fetchall()
-    return [(r[0], r[1], r[2]) for r in rows]
+    return [(r[0], r[1], r[2], r[3]) for r in rows]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from ferry import ledger
+from ferry import catalog, ledger
 from ferry.conninfo import connect
 from ferry.engine import chunk, constraints, execute, settle, stage
 from ferry.engine.execute import Progress, run_model, session
@@ -134,7 +134,9 @@ def _stage_order(source: psycopg.Connection, spec: Spec, data_dir: Path, jobs: i
     sizes: dict[str, float] = {}
     for src in spec.sources:
         if src.table is not None:
-            row = source.execute("SELECT pg_relation_size(to_regclass(%s))", [src.table]).fetchone()
+            row = source.execute(
+                "SELECT pg_relation_size(to_regclass(%s))", [catalog.regclass(src.table)]
+            ).fetchone()
             sizes[src.name] = float(row[0] or 0) if row else 0.0
         else:
             path = data_dir / (src.csv or "")

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
+from ferry import catalog
+
 NOT_NULL, CHECK, UNIQUE = "23502", "23514", "23505"
 NOT_NULL_REASON = "not_null_violation"
 BLOCKED = "blocked"
@@ -64,7 +66,7 @@ def refusals(
     primary key and the legacy key, which only ferry fills from keys that are unique).
     Read in one statement: a sync plans each model it runs, and 7 + 2 per unique index
     round trips were most of a plan's cost."""
-    row = conn.execute(_REFUSALS, {"t": table}).fetchone()
+    row = conn.execute(_REFUSALS, {"t": catalog.regclass(table)}).fetchone()
     conn.commit()
     assert row is not None
     digest, not_null, checks, uniques = row

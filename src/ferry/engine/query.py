@@ -91,7 +91,7 @@ class Shape:
             conn.execute(
                 "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
                 "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
-                [model.target],
+                [catalog.regclass(model.target)],
             ).fetchall()
         )
         written = _written(model, out, target)
@@ -220,7 +220,7 @@ def _parallel_safe(conn: psycopg.Connection, model: Model) -> bool:
         "ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = i.indrelid "
         "AND a.attnum = ANY(i.indkey)) FROM pg_index i "
         "WHERE i.indrelid = to_regclass(%s) AND i.indisunique",
-        [model.target],
+        [catalog.regclass(model.target)],
     ).fetchall()
     conn.commit()
     return all(not expr and len(cols) == 1 and cols[0] in allowed for expr, cols in rows)
@@ -270,7 +270,7 @@ def hash_kinds(conn: psycopg.Connection, table: str) -> dict[str, str]:
         " WHERE t.typtype = 'd') "
         "SELECT d.name, t.typname::text, t.typtype::text, d.typmod "
         "FROM d JOIN pg_type t ON t.oid = d.typ WHERE t.typtype <> 'd'",
-        [table],
+        [catalog.regclass(table)],
     ).fetchall()
     conn.commit()
     kinds: dict[str, str] = {}
@@ -292,7 +292,7 @@ def rewrites(conn: psycopg.Connection, table: str) -> bool:
         "SELECT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = to_regclass(%s) "
         "AND NOT tgisinternal AND tgenabled IN ('O', 'A') AND tgtype & 3 = 3 "
         "AND tgtype & 20 <> 0)",
-        [table],
+        [catalog.regclass(table)],
     ).fetchone()
     conn.commit()
     return bool(row and row[0])

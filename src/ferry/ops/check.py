@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ferry import ledger
+from ferry import catalog, ledger
 from ferry.conninfo import connect
 from ferry.engine import columns
 from ferry.engine.keys import text_sql
@@ -296,7 +296,9 @@ def _source_table(
 ) -> list[Finding]:
     assert src.table is not None
     file = str(lines.path)
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [src.table]).fetchone()
+    row = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", [catalog.regclass(src.table)]
+    ).fetchone()
     if not row or not row[0]:
         return [
             Finding(
@@ -349,7 +351,7 @@ def _key_problems(conn: psycopg.Connection, src: Source) -> list[tuple[str, str]
         "FROM (SELECT to_regclass(%(rel)s) AS oid) r "
         "JOIN pg_attribute a ON a.attrelid = r.oid AND a.attname = ANY(%(keys)s::text[]) "
         "GROUP BY r.oid",
-        {"rel": src.table, "keys": src.keys},
+        {"rel": catalog.regclass(src.table), "keys": src.keys},
     ).fetchone()
     if proven and proven[0]:
         return []
@@ -766,7 +768,7 @@ def _target_columns(conn: psycopg.Connection, target: str) -> tuple[dict[str, st
         "a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '' "
         "FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 "
         "AND NOT a.attisdropped ORDER BY a.attnum",
-        [target],
+        [catalog.regclass(target)],
     ).fetchall()
     return {r[0]: r[1] for r in rows}, {r[0] for r in rows if r[2]}
 

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from ferry.catalog import rls_applies
+from ferry.catalog import regclass, rls_applies
 from ferry.conninfo import connect
 from ferry.engine.query import RLS_FORCED, rewrites
 from ferry.errors import FerryError
@@ -207,7 +207,7 @@ def _source(conn: psycopg.Connection, spec: Spec | None) -> Check:
             conn,
             "SELECT c.oid IS NOT NULL, has_table_privilege(c.oid, 'SELECT') "
             "FROM (SELECT to_regclass(%s) AS oid) r LEFT JOIN pg_class c ON c.oid = r.oid",
-            [src.table],
+            [regclass(src.table)],
         )
         if not exists:
             missing.append(src.table)
@@ -342,7 +342,7 @@ def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
             conn,
             "SELECT c.oid IS NOT NULL, pg_has_role(c.relowner, 'USAGE') "
             "FROM (SELECT to_regclass(%s) AS oid) r LEFT JOIN pg_class c ON c.oid = r.oid",
-            [target],
+            [regclass(target)],
         )
         if not exists:
             missing.append(target)

@@ -177,7 +177,7 @@ def _foreign_keys(conn: psycopg.Connection, tables: list[str]) -> list[_ForeignK
         "FROM pg_constraint c JOIN pg_class r ON r.oid = c.confrelid "
         "JOIN pg_namespace n ON n.oid = r.relnamespace "
         "WHERE c.contype = 'f' AND c.conrelid = ANY(%s::regclass[]) ORDER BY c.conname",
-        [tables],
+        [[catalog.regclass(t) for t in tables]],
     ).fetchall()
     names = {_regclass(conn, t): t for t in tables}
     conn.rollback()
@@ -188,7 +188,11 @@ def _foreign_keys(conn: psycopg.Connection, tables: list[str]) -> list[_ForeignK
 
 def _readable(conn: psycopg.Connection, tables: list[str]) -> list[str]:
     """The tables this role may read (a clone of their keys can be made)."""
-    found = [t for t in tables if _one(conn, "SELECT has_table_privilege(%s, 'SELECT')", t)]
+    found = [
+        t
+        for t in tables
+        if _one(conn, "SELECT has_table_privilege(%s, 'SELECT')", catalog.regclass(t))
+    ]
     conn.rollback()
     return found
 
@@ -199,7 +203,7 @@ def _one(conn: psycopg.Connection, query: str, value: object) -> object:
 
 
 def _regclass(conn: psycopg.Connection, table: str) -> str:
-    return str(_one(conn, "SELECT %s::regclass::text", table))
+    return str(_one(conn, "SELECT %s::regclass::text", catalog.regclass(table)))
 
 
 def _ident(table: str) -> sql.Identifier:
@@ -286,7 +290,7 @@ def _index_names(conn: psycopg.Connection, table: str) -> None:
         "JOIN pg_class r ON r.oid = a.indexrelid JOIN pg_class c ON c.oid = b.indexrelid "
         "WHERE a.indrelid = to_regclass(%(real)s) AND b.indrelid = to_regclass(%(clone)s) "
         "AND r.relname <> c.relname",
-        {"real": table, "clone": clone_of(table)},
+        {"real": catalog.regclass(table), "clone": catalog.regclass(clone_of(table))},
     ).fetchall()
     schema = clone_of(table).split(".")[0]
     done: set[str] = set()
@@ -320,7 +324,7 @@ def _sequences(conn: psycopg.Connection, table: str) -> None:
         "AND p.refclassid = 'pg_class'::regclass "
         "JOIN pg_class s ON s.oid = p.refobjid AND s.relkind = 'S' "
         "WHERE d.adrelid = to_regclass(%s)",
-        [table],
+        [catalog.regclass(table)],
     ).fetchall()
     for col, seq, expr, last in rows:
         own = sql.Identifier(schema, f"{name}_{col}_seq"[:_NAME_MAX])
@@ -340,7 +344,7 @@ def _sequences(conn: psycopg.Connection, table: str) -> None:
     for col, seq in conn.execute(
         "SELECT a.attname::text, pg_get_serial_sequence(%s, a.attname) FROM pg_attribute a "
         "WHERE a.attrelid = to_regclass(%s) AND a.attidentity <> ''",
-        [table, table],
+        [catalog.regclass(table), catalog.regclass(table)],
     ).fetchall():
         row = conn.execute(
             "SELECT CASE WHEN has_sequence_privilege(%s::regclass, 'SELECT') "
@@ -348,7 +352,10 @@ def _sequences(conn: psycopg.Connection, table: str) -> None:
             [seq, seq],
         ).fetchone()
         if row and row[0] is not None:
-            conn.execute("SELECT setval(pg_get_serial_sequence(%s, %s), %s)", [clone, col, row[0]])
+            conn.execute(
+                "SELECT setval(pg_get_serial_sequence(%s, %s), %s)",
+                [catalog.regclass(clone), col, row[0]],
+            )
 
 
 def _copy_rows(
@@ -361,7 +368,7 @@ def _copy_rows(
         for r in conn.execute(
             "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass(%s) "
             "AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
-            [clone_of(table)],
+            [catalog.regclass(clone_of(table))],
         )
     ]
     names = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in cols)

@@ -246,14 +246,14 @@ def _columns(conn: psycopg.Connection, table: str) -> list[str]:
         for r in conn.execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
             "AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
-            [table],
+            [catalog.regclass(table)],
         )
     ]
 
 
 def _undo_run(
     conn: psycopg.Connection, spec: Spec, run_id: int, result: RollbackResult,
-    plans: dict[str, query.Plan], refs: dict[str, list[tuple[str, str, str | None]]],
+    plans: dict[str, query.Plan], refs: dict[str, list[tuple[str, str, str, str | None]]],
 ) -> None:  # fmt: skip
     """Undo one run, every later run being undone already (see the module docstring)."""
     hist, led = _ident(spec, "history"), _ident(spec, "ledger")
@@ -436,7 +436,7 @@ def _restore(conn: psycopg.Connection, spec: Spec, model: Model, plan: query.Pla
 
 def _delete(
     conn: psycopg.Connection, spec: Spec, model: Model, plan: query.Plan,
-    refs: list[tuple[str, str, str | None]],
+    refs: list[tuple[str, str, str, str | None]],
 ) -> int:  # fmt: skip
     """Target rows a key owns now but did not own before the run: deleted, if still ferry's
     and referenced by nothing (children went first, so a reference is someone else's)."""
@@ -453,9 +453,9 @@ def _delete(
     referenced = (
         sql.SQL(" OR ").join(
             sql.SQL("EXISTS (SELECT 1 FROM {rt} x WHERE x.{rc} = t.{key})").format(
-                rt=sql.SQL(ref_table), rc=sql.Identifier(ref_col), key=key
+                rt=sql.Identifier(ref_schema, ref_name), rc=sql.Identifier(ref_col), key=key
             )
-            for ref_table, ref_col, _ in refs
+            for ref_schema, ref_name, ref_col, _ in refs
         )
         if refs
         else sql.SQL("false")

@@ -39,8 +39,8 @@ GENERIC = {
     "id", "name", "created", "updated", "created_at", "updated_at", "modified", "modified_at",
     "active", "is_active", "status", "note", "notes", "description", "deleted_at",
 }  # fmt: skip
-#: A table name a spec can hold (``schema.table``, read unquoted by the engine).
-_PLAIN = re.compile(r"[a-z_][a-z0-9_]*")
+#: A name a spec can hold as a table's schema or name (the engine quotes it, case kept).
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Words too vague to match a column by a word more or less (name -> group_name).
 _VAGUE = {"id", "name", "type", "key", "code", "value", "data", "kind", "no", "at"}
 #: The rule helpers a spec may call live in its ledger schema (default ``ferry``).
@@ -224,7 +224,7 @@ def read_sources(
     for schema, table, kind in rels:
         qualified = f"{schema}.{table}"
         if not (_PLAIN.fullmatch(schema) and _PLAIN.fullmatch(table)):
-            keyless.append((qualified, "a spec names tables by plain lower-case names"))
+            keyless.append((qualified, "a spec names tables by plain names (letters, digits, _)"))
             continue
         cols = {c.name: c for c in catalog.table_columns(conn, qualified)}
         if not cols:
@@ -269,7 +269,7 @@ def read_targets(
     for schema, table, _ in catalog.relations(conn, schemas):
         qualified = f"{schema}.{table}"
         if not (_PLAIN.fullmatch(schema) and _PLAIN.fullmatch(table)):
-            skipped.append((qualified, "a spec names tables by plain lower-case names"))
+            skipped.append((qualified, "a spec names tables by plain names (letters, digits, _)"))
             continue
         keys = catalog.unique_keys(conn, qualified, not_null=False)
         out.append(

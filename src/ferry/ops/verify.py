@@ -1135,7 +1135,7 @@ def _check_foreign_keys(conn: psycopg.Connection, spec: Spec, report: VerifyRepo
     for table, models in _target_tables(spec).items():
         schema, name = table.split(".")
         child, key = sql.Identifier(schema, name), sql.Identifier(models[0].key_column)
-        fks = conn.execute(_FKS, [table]).fetchall()
+        fks = conn.execute(_FKS, [catalog.regclass(table)]).fetchall()
         conn.commit()
         report.checked["foreign_keys"] += len(fks)
         try:
