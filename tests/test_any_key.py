@@ -33,6 +33,7 @@ from ferry.embedded import LocalCluster
 from ferry.engine import execute
 from ferry.engine.pipeline import migrate
 from ferry.errors import FerryError
+from ferry.ops.rollback import rollback
 from ferry.ops.verify import VerifyReport, verify
 from ferry.spec import load_spec
 from ferry.sync.loop import sync
@@ -560,3 +561,34 @@ def test_a_target_whose_row_level_security_hides_rows_from_ferry_is_refused(
     migrate(source, target, spec)
     assert _target_rows(target, w) == _source_rows(source, w)
     assert verify(target, spec).ok
+
+
+def test_a_row_a_trigger_changes_again_as_a_rollback_puts_it_back_is_not_an_edit(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """A trigger that changes a row on every write (an ``updated_at`` set to now; here a
+    mark appended): the row a rollback puts back is not its before-image. The ledger takes
+    the hash of what was stored, so the source's next change still reaches the row."""
+    w = _known("int", {(1,): ("a", True)}, [], {})
+    w["names"] = ["text", "bool"]
+    w["rows"], w["updates"] = {(1,): ("a", True)}, {(1,): ("b", True)}
+    source, target, spec_path = _build(cluster, tmp_path, w)
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION mark() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN NEW.c_text = NEW.c_text || '!'; RETURN NEW; END $$; "
+            "CREATE TRIGGER mark BEFORE INSERT OR UPDATE ON dst "
+            "FOR EACH ROW EXECUTE FUNCTION mark();"
+        )
+    spec = load_spec(spec_path)
+    migrate(source, target, spec)
+    _change(source, w)
+    done = sync(source, target, spec)
+    assert _target_rows(target, w) == {"1": ("b!", "true")}
+    rollback(target, spec, run=done.run_id)
+    assert _target_rows(target, w) == {"1": ("a!!", "true")}  # put back, and marked again
+    w["updates"] = {(1,): ("c", False)}
+    _change(source, w)
+    result = sync(source, target, spec)
+    assert result.counts["new_conflicts"] == 0
+    assert _target_rows(target, w) == {"1": ("c!", "false")}
