@@ -59,6 +59,22 @@ def cpu_since(before: float | None) -> float | None:
     return None if before is None or after is None else after - before
 
 
+def system_cpu_seconds() -> float | None:
+    """Of ``busy_cpu_seconds``, the kernel's (``system``). Why apart: on this machine (a VM
+    whose host takes back the memory the guest frees) the same migrate spent 32 to 122 s
+    there while its user time stayed the same (docs/performance.md)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    return int(fields[2]) / os.sysconf("SC_CLK_TCK")
+
+
+def system_since(before: float | None) -> float | None:
+    after = system_cpu_seconds()
+    return None if before is None or after is None else after - before
+
+
 @dataclass
 class Measured:
     """One child process: how it ended, how long it took, its peak RSS, what it printed, and
@@ -70,6 +86,7 @@ class Measured:
     stdout: bytes
     timed_out: bool = False
     machine_cpu_s: float | None = None
+    machine_system_s: float | None = None
 
 
 def run_measured(
@@ -91,7 +108,7 @@ def run_measured(
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as logf:
-        started, cpu = time.perf_counter(), busy_cpu_seconds()
+        started, cpu, kernel = time.perf_counter(), busy_cpu_seconds(), system_cpu_seconds()
         proc = subprocess.Popen(
             list(cmd),
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
@@ -119,13 +136,15 @@ def run_measured(
             if timer:
                 timer.cancel()
         seconds, machine_cpu_s = time.perf_counter() - started, cpu_since(cpu)
+        machine_system_s = system_since(kernel)
         # Reaped here, so Popen must not wait for it again.
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.stdout is not None:
             proc.stdout.close()
     return Measured(
-        proc.returncode, seconds, usage.ru_maxrss / 1024, out, timed_out.is_set(), machine_cpu_s
-    )
+        proc.returncode, seconds, usage.ru_maxrss / 1024, out, timed_out.is_set(), machine_cpu_s,
+        machine_system_s,
+    )  # fmt: skip
 
 
 # --- tools ---------------------------------------------------------------------------------

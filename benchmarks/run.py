@@ -162,6 +162,7 @@ class Step:
     counts: dict[str, Any] | None = None
     note: str | None = None
     machine_cpu_s: float | None = None
+    machine_system_s: float | None = None  # of machine_cpu_s, the kernel's
     load1: float = field(default_factory=lambda: round(os.getloadavg()[0], 2))
     problems: int | None = None  # verify: the problems it found (0: the target checks out)
 
@@ -247,6 +248,7 @@ class Ferry:
             peak_rss_mb=hwm / 1024 if hwm else done.peak_rss_mb,
             counts=out.get("counts"),
             machine_cpu_s=done.machine_cpu_s,
+            machine_system_s=done.machine_system_s,
             problems=out.get("problems"),
         )
 
@@ -293,6 +295,7 @@ class Ferry:
             seconds=done.seconds,
             peak_rss_mb=done.peak_rss_mb,
             machine_cpu_s=done.machine_cpu_s,
+            machine_system_s=done.machine_system_s,
         )
 
 
@@ -631,7 +634,8 @@ def say(step: Step) -> None:
     if step.status == "ok":
         console.print(
             f"  {step.name}: {step.seconds:.1f} s, peak RSS {step.peak_rss_mb:.0f} MB,"
-            f" machine CPU {_fmt(step.machine_cpu_s, '.1f')} s (load {step.load1:.2f})"
+            f" machine CPU {_fmt(step.machine_cpu_s, '.1f')} s (kernel"
+            f" {_fmt(step.machine_system_s, '.1f')}, load {step.load1:.2f})"
         )
     else:
         colour = "yellow" if step.status == "not_available" else "red"
@@ -880,6 +884,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 notes.append(f"scaling SF={s:g} ({source}): {step.note}")
                     point["sync"][source] = {
                         "migrate_s": _round(m.seconds),
+                        "migrate_cpu_s": _round(m.machine_cpu_s, 1),
+                        "migrate_system_s": _round(m.machine_system_s, 1),
                         "migrate_peak_rss_mb": _round(m.peak_rss_mb, 1),
                         **{
                             f"{k}_s": _round(series[k].seconds) if k in series else None
@@ -975,6 +981,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ),
             "peak_rss_mb_by_step": {s.name: _round(s.peak_rss_mb, 1) for s in steps},
             "machine_cpu_s_by_step": {s.name: _round(s.machine_cpu_s, 1) for s in steps},
+            "machine_system_s_by_step": {s.name: _round(s.machine_system_s, 1) for s in steps},
             "sync_status": sync_steps["noop"].status if "noop" in sync_steps else "not_run",
             "sync_note": sync_steps["noop"].note if "noop" in sync_steps else migrate.note,
             "sync_noop_s": _round(sync_steps["noop"].seconds) if "noop" in sync_steps else None,

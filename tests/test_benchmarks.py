@@ -65,6 +65,10 @@ def test_ferry_migrate_figures(bench: tuple[dict[str, Any], str]) -> None:
     cpu = f["machine_cpu_s_by_step"]
     assert set(cpu) >= {"migrate", "verify", "sync_noop"}
     assert all(_is_number(x) and x > 0 for x in cpu.values()), cpu
+    # Of it, the kernel's: part of it, never more.
+    kernel = f["machine_system_s_by_step"]
+    assert set(kernel) == set(cpu)
+    assert all(_is_number(kernel[k]) and 0 <= kernel[k] <= cpu[k] for k in cpu), kernel
     # Every legacy row and CSV row the generator made is staged by the migrate.
     expected = sum(world.expected_counts(SCALE).values())
     assert doc["world"]["rows"] == expected
@@ -164,6 +168,7 @@ def test_every_scale_has_its_syncs_and_peak_memory(bench: tuple[dict[str, Any], 
             continue
         assert figures["status"] == "ok", figures["note"]
         assert figures["migrate_s"] == point["migrate_s"]
+        assert 0 <= figures["migrate_system_s"] <= figures["migrate_cpu_s"]
         for key in ("noop_s", "delta_x1_s", "noop_peak_rss_mb", "delta_x1_peak_rss_mb"):
             assert _is_number(figures[key]) and figures[key] > 0, key
         assert point["sync_noop_s"] == figures["noop_s"]
