@@ -449,6 +449,38 @@ LOWER = (
     "FOR EACH ROW EXECUTE FUNCTION lower_text();"
 )
 
+# Skips one row (it returns NULL) and stores another under a key of its own.
+SKIP = (
+    "CREATE FUNCTION skip() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "IF NEW.c_text = 'skip' THEN RETURN NULL; END IF; "
+    "IF NEW.c_text = 'rekey' THEN NEW.id = gen_random_uuid(); END IF; RETURN NEW; END $$; "
+    "CREATE TRIGGER skip BEFORE INSERT ON dst FOR EACH ROW EXECUTE FUNCTION skip();"
+)
+
+# Row-level security that applies to the tables' owner, and hides one row from it.
+FORCED = (
+    "ALTER TABLE dst ENABLE ROW LEVEL SECURITY; ALTER TABLE dst FORCE ROW LEVEL SECURITY;"
+    "CREATE POLICY ins ON dst FOR INSERT WITH CHECK (true);"
+    "CREATE POLICY sel ON dst FOR SELECT USING (c_text <> 'hidden');"
+)
+
+# Changes a row on every write, as an ``updated_at`` set to now does.
+MARK = (
+    "CREATE FUNCTION mark() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN NEW.c_text = NEW.c_text || '!'; RETURN NEW; END $$; "
+    "CREATE TRIGGER mark BEFORE INSERT OR UPDATE ON dst "
+    "FOR EACH ROW EXECUTE FUNCTION mark();"
+)
+
+
+def _with(cluster: LocalCluster, tmp: Path, w: dict[str, Any], target_sql: str) -> tuple:
+    """``_build``'s world, ``target_sql`` run on its target (as the target tables' owner),
+    and its spec loaded."""
+    source, target, spec_path = _build(cluster, tmp, w)
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(target_sql)
+    return source, target, load_spec(spec_path)
+
 
 def test_rows_a_target_trigger_changes_keep_their_sources_changes_flowing(
     cluster: LocalCluster, tmp_path: Path
@@ -463,10 +495,7 @@ def test_rows_a_target_trigger_changes_keep_their_sources_changes_flowing(
     w["rows"] = {(1,): ("Alice", True), (2,): ("Bob", True), (3,): ("carol", True)}
     w["updates"] = {(1,): ("Alice", False), (2,): ("Bob", False)}
     w["deletes"], w["inserts"] = [(3,)], {(4,): ("Dan", True)}
-    source, target, spec_path = _build(cluster, tmp_path, w)
-    with psycopg.connect(target, autocommit=True) as conn:
-        conn.execute(LOWER)
-    spec = load_spec(spec_path)
+    source, target, spec = _with(cluster, tmp_path, w, LOWER)
     migrate(source, target, spec)
     with psycopg.connect(target, autocommit=True) as conn:
         conn.execute("UPDATE dst SET c_bool = NULL WHERE legacy_key = '2'")  # the app's edit
@@ -510,15 +539,7 @@ def test_a_row_a_target_trigger_skips_is_quarantined_not_recorded_as_migrated(
     w["names"] = ["text", "bool"]
     w["rows"] = {(1,): ("a", True), (2,): ("skip", True), (3,): ("rekey", True)}
     w["updates"] = {(2,): ("b", True), (3,): ("c", True)}
-    source, target, spec_path = _build(cluster, tmp_path, w)
-    with psycopg.connect(target, autocommit=True) as conn:
-        conn.execute(
-            "CREATE FUNCTION skip() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "IF NEW.c_text = 'skip' THEN RETURN NULL; END IF; "
-            "IF NEW.c_text = 'rekey' THEN NEW.id = gen_random_uuid(); END IF; RETURN NEW; END $$; "
-            "CREATE TRIGGER skip BEFORE INSERT ON dst FOR EACH ROW EXECUTE FUNCTION skip();"
-        )
-    spec = load_spec(spec_path)
+    source, target, spec = _with(cluster, tmp_path, w, SKIP)
     migrate(source, target, spec)
     with psycopg.connect(target) as conn:
         fates = conn.execute(
@@ -545,14 +566,7 @@ def test_a_target_whose_row_level_security_hides_rows_from_ferry_is_refused(
     missing, and a sync would take it for deleted by the application. The run refuses to
     start and says what to do; without the force it runs."""
     w = _known("int", {(1,): ("a",), (2,): ("hidden",)}, [], {})
-    source, target, spec_path = _build(cluster, tmp_path, w)
-    with psycopg.connect(target, autocommit=True) as conn:
-        conn.execute(
-            "ALTER TABLE dst ENABLE ROW LEVEL SECURITY; ALTER TABLE dst FORCE ROW LEVEL SECURITY;"
-            "CREATE POLICY ins ON dst FOR INSERT WITH CHECK (true);"
-            "CREATE POLICY sel ON dst FOR SELECT USING (c_text <> 'hidden');"
-        )
-    spec = load_spec(spec_path)
+    source, target, spec = _with(cluster, tmp_path, w, FORCED)
     with pytest.raises(FerryError, match=r"row-level security is forced on public\.dst"):
         migrate(source, target, spec)
     assert _target_rows(target, w) == {}
@@ -572,15 +586,7 @@ def test_a_row_a_trigger_changes_again_as_a_rollback_puts_it_back_is_not_an_edit
     w = _known("int", {(1,): ("a", True)}, [], {})
     w["names"] = ["text", "bool"]
     w["rows"], w["updates"] = {(1,): ("a", True)}, {(1,): ("b", True)}
-    source, target, spec_path = _build(cluster, tmp_path, w)
-    with psycopg.connect(target, autocommit=True) as conn:
-        conn.execute(
-            "CREATE FUNCTION mark() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN NEW.c_text = NEW.c_text || '!'; RETURN NEW; END $$; "
-            "CREATE TRIGGER mark BEFORE INSERT OR UPDATE ON dst "
-            "FOR EACH ROW EXECUTE FUNCTION mark();"
-        )
-    spec = load_spec(spec_path)
+    source, target, spec = _with(cluster, tmp_path, w, MARK)
     migrate(source, target, spec)
     _change(source, w)
     done = sync(source, target, spec)
