@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -40,38 +40,40 @@ TOOLS: tuple[str, ...] = ("pgcopydb", "pgloader")
 TOOL_TIMEOUT_S = 3600.0
 
 
+def _proc_stat() -> list[int] | None:
+    """The machine's CPU ticks since boot, as ``/proc/stat`` counts them; Linux only."""
+    try:
+        return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    except OSError:
+        return None
+
+
 def busy_cpu_seconds() -> float | None:
-    """CPU seconds the machine has spent busy (not idle, waiting or stolen); Linux only.
+    """CPU seconds the machine has spent busy (not idle, waiting or stolen).
 
     Why the machine's and not the tool's own: most of a copy's work is done by the server's
     processes on its behalf, and the server serves only the step being measured.
     """
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
+    ticks = _proc_stat()
+    if ticks is None:
         return None
-    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
+    user, nice, system, _idle, _iowait, irq, softirq = ticks
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_since(before: float | None) -> float | None:
-    after = busy_cpu_seconds()
-    return None if before is None or after is None else after - before
 
 
 def system_cpu_seconds() -> float | None:
     """Of ``busy_cpu_seconds``, the kernel's (``system``). Why apart: on this machine (a VM
     whose host takes back the memory the guest frees) the same migrate spent 32 to 122 s
     there while its user time stayed the same (docs/performance.md)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return None
-    return int(fields[2]) / os.sysconf("SC_CLK_TCK")
+    ticks = _proc_stat()
+    return None if ticks is None else ticks[2] / os.sysconf("SC_CLK_TCK")
 
 
-def system_since(before: float | None) -> float | None:
-    after = system_cpu_seconds()
+def cpu_since(
+    before: float | None, now: Callable[[], float | None] = busy_cpu_seconds
+) -> float | None:
+    """``now()`` (``busy_cpu_seconds`` or ``system_cpu_seconds``) less ``before``."""
+    after = now()
     return None if before is None or after is None else after - before
 
 
@@ -136,7 +138,7 @@ def run_measured(
             if timer:
                 timer.cancel()
         seconds, machine_cpu_s = time.perf_counter() - started, cpu_since(cpu)
-        machine_system_s = system_since(kernel)
+        machine_system_s = cpu_since(kernel, system_cpu_seconds)
         # Reaped here, so Popen must not wait for it again.
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.stdout is not None:

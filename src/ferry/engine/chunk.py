@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from ferry import catalog, ledger
-from ferry.engine import dependencies, keyarray, predict
+from ferry.engine import dependencies, keyarray, predict, rehash
 from ferry.engine.query import HELD, PENDING, Plan
 from ferry.errors import FerryError, SkippedByTrigger, condition_name, safe_message
 
@@ -852,18 +852,11 @@ class Runner:
         set): the ledger keeps the hash of the row as the target holds it, or the row
         would pass for one the application edited, and its source's changes be withheld
         as conflicts. Read back in the write's transaction, so no edit can come between."""
-        plan = self.plan
-        self.conn.execute(
-            sql.SQL(
-                "UPDATE {led} l SET row_hash = {stored} FROM _ferry_c c "
-                "JOIN {t} t ON t.{key} = c._ferry_uuid WHERE {rng} AND c._ferry_fate = 0 "
-                "AND NOT c._conflict AND l.model = {model} AND l.source_key = c._ferry_key "
-                "AND l.row_hash IS DISTINCT FROM {stored}"
-            ).format(
-                led=self.led, stored=plan.target_hash("t"), t=plan.target,
-                key=sql.Identifier(plan.model.key_column), rng=w.rng,
-                model=sql.Literal(plan.model.name),
-            )
+        rehash.as_stored(
+            self.conn, self.plan, self.led,
+            sql.SQL("c._ferry_key = l.source_key AND {} AND c._ferry_fate = 0 "
+                    "AND NOT c._conflict").format(w.rng),
+            sql.SQL(", _ferry_c c"),
         )  # fmt: skip
 
     def _record_conflicts(self, w: _Window) -> None:

@@ -30,20 +30,7 @@ def rehash(conn: psycopg.Connection, spec: Spec, plan: query.Plan) -> int:
         return 0
     done = 0
     if plan.columns and not ledger.first_load(conn, spec, model.name):
-        done = conn.execute(
-            sql.SQL(
-                "UPDATE {led} l SET row_hash = {now} FROM {t} t WHERE l.model = %s "
-                "AND l.target_uuid = t.{key} AND l.status IN ('migrated', 'deleted') "
-                "AND l.row_hash IS DISTINCT FROM {now} AND {held}"
-            ).format(
-                led=plan.own_led,
-                t=plan.target,
-                key=sql.Identifier(model.key_column),
-                now=plan.target_hash("t"),
-                held=plan.holds_hash("t", sql.SQL("l.row_hash")),
-            ),
-            [model.name],
-        ).rowcount
+        done = as_stored(conn, plan, plan.own_led, plan.holds_hash("t", sql.SQL("l.row_hash")))
     conn.execute(
         sql.SQL(
             "INSERT INTO {} (model, form) VALUES (%s, %s) "
@@ -52,4 +39,35 @@ def rehash(conn: psycopg.Connection, spec: Spec, plan: query.Plan) -> int:
         [model.name, query.HASH_FORM],
     )
     conn.commit()
-    return max(done, 0)
+    return done
+
+
+def as_stored(
+    conn: psycopg.Connection, plan: query.Plan, led: sql.Composable, scope: sql.Composable,
+    joined: sql.Composable = sql.SQL(""),
+) -> int:  # fmt: skip
+    """The ledger rows (``l`` in ``led``) of ``plan``'s model in ``scope`` take the hash of
+    their target row (``t``) as it is stored; ``joined``: more tables for ``scope`` (``,
+    name alias``). The number of rows whose hash changed.
+
+    Used where ferry's own hash of a row is not the one its target row has: a hash of an
+    earlier form (``rehash``), and a row a trigger of the target's changed as it was written
+    (``chunk.Runner``) or as a rollback put it back (``rollback``)."""
+    return max(
+        conn.execute(
+            sql.SQL(
+                "UPDATE {led} l SET row_hash = {now} FROM {t} t{joined} WHERE l.model = {m} "
+                "AND l.target_uuid = t.{key} AND l.status IN ('migrated', 'deleted') "
+                "AND l.row_hash IS DISTINCT FROM {now} AND {scope}"
+            ).format(
+                led=led,
+                now=plan.target_hash("t"),
+                t=plan.target,
+                joined=joined,
+                m=sql.Literal(plan.model.name),
+                key=sql.Identifier(plan.model.key_column),
+                scope=scope,
+            )
+        ).rowcount,
+        0,
+    )

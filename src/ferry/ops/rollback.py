@@ -61,7 +61,7 @@ from psycopg import sql
 
 from ferry import catalog, ledger
 from ferry.conninfo import connect
-from ferry.engine import deletes, query, stage
+from ferry.engine import deletes, query, rehash, stage
 from ferry.errors import FerryError, RollbackError, describe
 from ferry.ledger import runs
 from ferry.spec import Model, Spec
@@ -341,7 +341,7 @@ def _undo_run(
     )
     result.counts["ledger_restored"] += max(cur.rowcount, 0)
     for model in order:
-        _restored_as_stored(conn, spec, model, plans[model.name])
+        _restored_as_stored(conn, model, plans[model.name])
     cur = conn.execute(
         sql.SQL(
             "INSERT INTO {} (model, source_key, run_id) SELECT model, source_key, %s "
@@ -436,30 +436,17 @@ def _restore(conn: psycopg.Connection, spec: Spec, model: Model, plan: query.Pla
     return max(cur.rowcount, 0)
 
 
-def _restored_as_stored(
-    conn: psycopg.Connection, spec: Spec, model: Model, plan: query.Plan
-) -> None:
+def _restored_as_stored(conn: psycopg.Connection, model: Model, plan: query.Plan) -> None:
     """Where the table's triggers change a row as it is written (an ``updated_at`` set to
     now), the row put back is not its before-image: the ledger takes the hash of the row as
-    stored, as a run does (``chunk.Runner._record_as_stored``), or the row would pass for one
-    the application edited."""
-    if not (plan.shape.rewrites and plan.columns):
-        return
-    key = sql.Identifier(model.key_column)
-    conn.execute(
-        sql.SQL(
-            "UPDATE {led} l SET row_hash = {stored} FROM _ferry_rb b, {t} t "
-            "WHERE b.model = {m} AND b.target_before IS NOT NULL AND l.model = b.model "
-            "AND l.source_key = b.source_key AND l.status IN ('migrated', 'deleted') "
-            "AND t.{key} = l.target_uuid AND l.row_hash IS DISTINCT FROM {stored}"
-        ).format(
-            led=_ident(spec, "ledger"),
-            stored=plan.target_hash("t"),
-            m=sql.Literal(model.name),
-            t=sql.Identifier(model.target_schema, model.target_table),
-            key=key,
-        )
-    )
+    stored, as a run does, or the row would pass for one the application edited."""
+    if plan.shape.rewrites and plan.columns:
+        rehash.as_stored(
+            conn, plan, plan.own_led,
+            sql.SQL("b.model = l.model AND b.source_key = l.source_key "
+                    "AND b.target_before IS NOT NULL"),
+            sql.SQL(", _ferry_rb b"),
+        )  # fmt: skip
 
 
 def _delete(
