@@ -145,6 +145,8 @@ def test_scaling_machine_and_when(bench: tuple[dict[str, Any], str]) -> None:
     assert isinstance(m["cpu_count"], int) and m["cpu_count"] >= 1
     assert m["cpu_model"] and m["postgres_version"]
     assert _is_number(m["memory_gb"])
+    # Every ferry process timed ran from bytecode, as an installed package does.
+    assert m["bytecode_compiled"] is True
     assert len(m["load_average"]) == 3 and all(_is_number(x) for x in m["load_average"])
     assert dt.datetime.fromisoformat(doc["when"]).tzinfo is not None
     assert doc["failed"] == []

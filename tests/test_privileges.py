@@ -115,12 +115,16 @@ def test_closed_after_migrate_and_sync(
         conn.execute("GRANT USAGE ON SCHEMA ferry_stage, ferry TO anon")
         conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA ferry_stage TO PUBLIC")
         conn.execute("GRANT SELECT (kind) ON ferry.runs TO api_member")
+        conn.execute("GRANT SELECT ON ferry.ledger TO authenticated")
         conn.execute("ALTER DEFAULT PRIVILEGES FOR ROLE priv_owner IN SCHEMA ferry_stage "
                      "GRANT SELECT ON TABLES TO authenticated")  # fmt: skip
         conn.execute("ALTER TABLE ferry.runs DISABLE ROW LEVEL SECURITY")
     with psycopg.connect(admin) as conn:
         found = {(leak.role, leak.name) for leak in privileges.leaks(conn, SCHEMAS)}
     assert {("anon", "ferry"), ("PUBLIC", "ferry_stage.lib_book")} <= found
+    # A column's grant, and a grant held through membership (api_member in authenticated).
+    assert {("api_member", "ferry.runs"), ("api_member", "ferry.ledger")} <= found
+    assert ("authenticated", "ferry.ledger") in found
     sync(source, target, spec)
     _assert_closed(cluster, admin)
     with psycopg.connect(admin) as conn:

@@ -20,9 +20,14 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-_IDENT_START = r"A-Za-z_\u0080-\U0010ffff"
-_WORD = re.compile(rf"[{_IDENT_START}][{_IDENT_START}0-9$]*")
-_DOLLAR = re.compile(rf"\$([{_IDENT_START}][{_IDENT_START}0-9]*)?\$")
+# PostgreSQL's identifier characters: ASCII letters, "_" and every character past ASCII;
+# digits (and "$" in a word) after the first. Spelled as the ASCII they exclude: a class of
+# the ranges past ASCII took 20-30 ms to compile, at the start of every ferry command.
+_NOT_START = r"\x00-\x40\x5b-\x5e\x60\x7b-\x7f"
+_NOT_PART = r"\x00-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f"
+_NOT_WORD_PART = r"\x00-\x23\x25-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f"
+_WORD = re.compile(rf"[^{_NOT_START}][^{_NOT_WORD_PART}]*")
+_DOLLAR = re.compile(rf"\$([^{_NOT_START}][^{_NOT_PART}]*)?\$")
 _PARAM = re.compile(r"\$[0-9]+")
 _NUMBER = re.compile(r"[0-9.][0-9A-Za-z_.]*")
 _OPERATOR = re.compile(r"[+\-*/<>=~!@#%^&|`?]+")

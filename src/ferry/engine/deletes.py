@@ -56,10 +56,10 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
     conn.execute(
         sql.SQL("SET search_path = {}, pg_catalog").format(sql.Identifier(spec.stage_schema))
     )
+    # The models with rows queued, asked once: a pass deletes rows of its model only.
+    queued = {r[0] for r in conn.execute(sql.SQL("SELECT DISTINCT model FROM {}").format(pend))}
     for model in reversed(spec.order()):
-        if not conn.execute(
-            sql.SQL("SELECT 1 FROM {} WHERE model = %s LIMIT 1").format(pend), [model.name]
-        ).fetchone():
+        if model.name not in queued:
             continue
         plan = Plan(conn, spec, model)
         key = sql.Identifier(model.key_column)

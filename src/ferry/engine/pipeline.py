@@ -36,7 +36,9 @@ class RunResult:
 
 
 class SessionPairs:
-    """One (source, target) session pair per worker thread, all closed at the end."""
+    """One (source, target) session pair per worker thread, all closed at the end. Each
+    side connects when first asked for: a sync the WAL names no change for needs no source
+    session (a connection costs the server a process)."""
 
     def __init__(self, source: str, target: str, app: str) -> None:
         self.source, self.target, self.app = source, target, app
@@ -45,14 +47,22 @@ class SessionPairs:
         self._lock = threading.Lock()
 
     def get(self) -> tuple[psycopg.Connection, psycopg.Connection]:
-        if not hasattr(self._local, "pair"):
-            self._local.pair = (
-                connect(self.source, app=self.app),
-                connect(self.target, app=self.app),
-            )
+        return self.source_session(), self.target_session()
+
+    def source_session(self) -> psycopg.Connection:
+        return self._session("source", self.source)
+
+    def target_session(self) -> psycopg.Connection:
+        return self._session("target", self.target)
+
+    def _session(self, side: str, conninfo: str) -> psycopg.Connection:
+        conn = getattr(self._local, side, None)
+        if conn is None:
+            conn = connect(conninfo, app=self.app)
+            setattr(self._local, side, conn)
             with self._lock:
-                self._all.extend(self._local.pair)
-        return self._local.pair
+                self._all.append(conn)
+        return conn
 
     def __enter__(self) -> SessionPairs:
         return self

@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
@@ -146,6 +146,8 @@ def settle(
     if moved:
         asking = [m for m in spec.order() if m.name not in work.whole | out.reads.keys()]
         out.reads.update(dependencies.reads_of(conn, spec, asking) if asking else {})
+    # Asked of every model at once: a model's run changes its own ledger rows only.
+    retried = _quarantined(conn, spec, spec.models, work.quarantined)
     for model in spec.order():
         src_changed = work.changed.get(model.source, set())
         src_deleted = work.deleted.get(model.source, set())
@@ -175,7 +177,7 @@ def settle(
                 keys = None
             else:
                 extra = work.keys.get(model.name, set()) | reached
-                extra |= _quarantined(conn, spec, model, work.quarantined)
+                extra |= retried.get(model.name, set())
                 types = out.reads[model.name].types if model.name in out.reads else None
                 for p in {p.model for p in model.parents}:
                     extra |= dependencies.dependents(conn, spec, model, _parent_key(model, p),
@@ -193,7 +195,7 @@ def settle(
             # Derived rows (a list split into rows): small, recomputed whole when touched.
             whole = whole or bool(src_changed or src_deleted or parents_moved or reached)
             whole = whole or bool(work.keys.get(model.name))
-            keys = None if whole else sorted(_quarantined(conn, spec, model, work.quarantined))
+            keys = None if whole else sorted(retried.get(model.name, ()))
         conn.commit()
         if keys is not None and not keys:
             continue
@@ -275,11 +277,9 @@ def delete_pending(
     deleted, _ = deletes.apply_pending_deletes(conn, spec, run_id)
     if not deleted:
         return 0, {}
-    return deleted, {
-        m.name: _quarantined(conn, spec, m, "refused", UNIQUE_VIOLATION)
-        for m in spec.models
-        if m.target in freed
-    }
+    return deleted, _quarantined(
+        conn, spec, [m for m in spec.models if m.target in freed], "refused", UNIQUE_VIOLATION
+    )
 
 
 def _blocked(results: list[chunk.ModelResult]) -> dict[str, set[str]]:
@@ -326,26 +326,30 @@ def _mark_deleted(
 
 
 def _quarantined(
-    conn: psycopg.Connection, spec: Spec, model: Model, which: str | None,
+    conn: psycopg.Connection, spec: Spec, models: Sequence[Model], which: str | None,
     sqlstate: str | None = None,
-) -> set[str]:  # fmt: skip
-    """Quarantined keys to try again (``Work.quarantined``): by a rule, whose verdict can
-    change with any row ("all"), and those the database refused for a unique value or a
-    foreign key, which other rows decide ("all" and "refused"); or only those refused with
-    ``sqlstate``. A row refused for its own values (a cast, a CHECK) is tried again when its
-    own row changes, or on ``quarantine retry``: each try of an unpredicted one is logged."""
-    if which is None:
-        return set()
+) -> dict[str, set[str]]:  # fmt: skip
+    """Quarantined keys to try again (``Work.quarantined``), per model of ``models``: by a
+    rule, whose verdict can change with any row ("all"), and those the database refused for
+    a unique value or a foreign key, which other rows decide ("all" and "refused"); or only
+    those refused with ``sqlstate``. A row refused for its own values (a cast, a CHECK) is
+    tried again when its own row changes, or on ``quarantine retry``: each try of an
+    unpredicted one is logged."""
+    if which is None or not models:
+        return {}
     rows = conn.execute(
         sql.SQL(
-            "SELECT source_key FROM {} WHERE model = %s AND status = 'quarantined' "
+            "SELECT model, source_key FROM {} WHERE model = ANY(%s) AND status = 'quarantined' "
             "AND decided_by IS NULL AND ((%s AND sqlstate IS NULL) OR sqlstate = ANY(%s))"
         ).format(ledger.table(spec, "ledger")),
-        [model.name, which == "all" and sqlstate is None,
+        [[m.name for m in models], which == "all" and sqlstate is None,
          [sqlstate] if sqlstate else list(OTHER_ROWS)],
     ).fetchall()  # fmt: skip
     conn.commit()
-    return {r[0] for r in rows}
+    found: dict[str, set[str]] = defaultdict(set)
+    for model, key in rows:
+        found[model].add(key)
+    return dict(found)
 
 
 def _orphans(conn: psycopg.Connection, spec: Spec, model: Model, reason: str) -> set[str]:

@@ -75,10 +75,19 @@ _ADMIN = """(r.rolsuper OR pg_has_role(r.oid, o.owner, 'MEMBER')
     OR coalesce(pg_has_role(r.oid, to_regrole('pg_read_all_data'), 'MEMBER'), false)
     OR coalesce(pg_has_role(r.oid, to_regrole('pg_write_all_data'), 'MEMBER'), false))"""
 
+# ``shared``: whether an ACL of the object (a table's columns' too) names a role other than
+# its owner. Where none does, only the owner's members hold anything, and they are
+# administrators: the role-by-role test (a ``has_*_privilege`` per role, object and
+# privilege: 17 ms a run on the demo's 80 objects) is asked only of the others.
 _LEAKS = f"""
 WITH o AS (
     SELECT o.*, ARRAY(SELECT DISTINCT a.privilege_type::text FROM aclexplode(o.acl) a
-                      WHERE a.grantee = 0) AS public
+                      WHERE a.grantee = 0) AS public,
+           EXISTS (SELECT FROM aclexplode(o.acl) a WHERE a.grantee <> o.owner)
+           OR (o.kind = 'table' AND EXISTS (
+               SELECT FROM pg_attribute att, aclexplode(att.attacl) a
+               WHERE att.attrelid = o.oid AND att.attacl IS NOT NULL
+               AND a.grantee <> o.owner)) AS shared
     FROM ({_OBJECTS}) o
 ),
 held AS (
@@ -95,7 +104,7 @@ held AS (
             ELSE has_function_privilege(r.oid, o.oid, p) END
     ) AS privileges
     FROM o CROSS JOIN pg_roles r
-    WHERE NOT {_ADMIN}
+    WHERE o.shared AND NOT {_ADMIN}
 )
 SELECT kind, ident, 'PUBLIC', public, pg_has_role(current_user, owner, 'USAGE')
 FROM o WHERE public <> '{{}}'
