@@ -78,6 +78,20 @@ KEYS: dict[str, tuple[list[str], st.SearchStrategy[tuple]]] = {
         ),
     ),
     "timestamptz": (["timestamptz"], st.tuples(st.datetimes(timezones=st.just(dt.UTC)))),
+    # Dates Python cannot hold, as text the server reads: its chunk bounds and the diff's
+    # keys were read into Python, and the migrate failed.
+    "date_edge": (
+        ["date"],
+        st.tuples(
+            st.dates(dt.date(1, 1, 1), dt.date(9999, 12, 31)).map(dt.date.isoformat)
+            | st.sampled_from(["infinity", "-infinity", "0044-03-15 BC", "4713-01-01 BC"])
+        ),
+    ),
+    # Padded to its length, read without it as text: the ledger's name for a key.
+    "char": (
+        ["character(4)"],
+        st.tuples(st.text("ab ", min_size=1, max_size=4).map(str.rstrip).filter(bool)),
+    ),
 }
 # Each value type: its SQL type and a strategy of a value (None is NULL).
 VALUES: dict[str, tuple[str, st.SearchStrategy[Any]]] = {
@@ -285,6 +299,10 @@ AT = dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
                   {(AT + dt.timedelta(2),): ("y",)}))  # fmt: skip
 @example(w=_known("numeric", {(Decimal("0.0000001"),): ("x",), (Decimal("1E+3"),): ("z",)},
                   [(Decimal("0.0000001"),)], {(Decimal("-0.0000020"),): ("y",)}))  # fmt: skip
+@example(w=_known("date_edge", {("infinity",): ("x",), ("2020-01-01",): ("z",)}, [("infinity",)],
+                  {("0044-03-15 BC",): ("y",)}))  # fmt: skip
+@example(w=_known("char", {("ab",): ("x",), ("a",): ("z",), ("b a",): ("w",)}, [("ab",)],
+                  {("ba",): ("y",)}))  # fmt: skip
 def test_any_table_migrates_exactly_and_syncs_as_a_fresh_migrate(
     cluster: LocalCluster, tmp_path_factory: Any, w: dict[str, Any]
 ) -> None:

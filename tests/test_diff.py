@@ -11,7 +11,6 @@ import itertools
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date
 from typing import Any
 
 import psycopg
@@ -311,9 +310,10 @@ def test_composite_key(dbs: tuple[psycopg.Connection[Any], ...]) -> None:
     src.execute(sql.SQL("DELETE FROM {} WHERE office = 100 AND day = '2024-07-18'").format(t))
     src.execute(sql.SQL("INSERT INTO {} VALUES (101, '2024-01-01', 0)").format(t))
     diff = pair.diff(key, cols)
-    assert diff.updated == [(7, date(2024, 1, 5))]
-    assert diff.deleted == [(100, date(2024, 7, 18))]
-    assert diff.inserted == [(101, date(2024, 1, 1))]
+    # A date key part comes as its text (Python has no 'infinity' date nor BC one).
+    assert diff.updated == [(7, "2024-01-05")]
+    assert diff.deleted == [(100, "2024-07-18")]
+    assert diff.inserted == [(101, "2024-01-01")]
     pair.sync(key, cols)
     _assert_equal(pair, order="office,day")
     assert not pair.diff(key, cols).changed

@@ -39,6 +39,51 @@ def rls_applies(conn: psycopg.Connection, relation: str) -> bool:
     return bool(row and row[0])
 
 
+def write_rules(conn: psycopg.Connection, relation: str) -> list[str]:
+    """The enabled rules (``CREATE RULE``) on INSERT, UPDATE or DELETE of ``relation``: each
+    rewrites what a statement writes, where ferry cannot see it (a row ``DO INSTEAD`` sent
+    elsewhere was recorded as migrated; one kept ``DO INSTEAD NOTHING`` as deleted)."""
+    rows = conn.execute(
+        "SELECT rulename::text FROM pg_rewrite WHERE ev_class = to_regclass(%s) "
+        "AND ev_type IN ('2', '3', '4') AND ev_enabled IN ('O', 'A') ORDER BY 1",
+        [regclass(relation)],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+_SHAPES = """
+WITH RECURSIVE s AS (
+    SELECT n, to_regclass(name) AS root FROM unnest(%s::text[]) WITH ORDINALITY AS u(name, n)
+), tree AS (
+    SELECT n, root AS relid FROM s WHERE root IS NOT NULL
+    UNION ALL
+    SELECT t.n, i.inhrelid FROM tree t JOIN pg_inherits i ON i.inhparent = t.relid
+)
+SELECT (SELECT md5(string_agg(concat_ws(':', c.oid, c.xmin, c.relfilenode, c.relreplident,
+            pg_get_expr(c.relpartbound, c.oid),
+            (SELECT string_agg(concat_ws(' ', a.attnum, a.attname, a.atttypid, a.atttypmod),
+                               ',' ORDER BY a.attnum)
+             FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+             AND NOT a.attisdropped),
+            (SELECT string_agg(i.indexrelid::text, ',' ORDER BY i.indexrelid)
+             FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)),
+        '|' ORDER BY c.oid))
+        FROM tree t JOIN pg_class c ON c.oid = t.relid WHERE t.n = s.n)
+FROM s ORDER BY s.n
+"""
+
+
+def table_shapes(conn: psycopg.Connection, tables: Sequence[str]) -> list[str | None]:
+    """A digest of each of ``tables`` as its rows are defined, by what a change of which
+    writes no row to the WAL (``sync/wal.py`` then reads no change): its partitions and
+    inheritance children and their bounds, every column's name and type, a rewrite of any
+    of them (``relfilenode``: an ``ALTER COLUMN ... TYPE ... USING``), its replica identity,
+    and any other change of its catalog row (``xmin``: an identity set and set back). None
+    for a table that does not exist."""
+    rows = conn.execute(_SHAPES, [[regclass(t) for t in tables]]).fetchall()
+    return [r[0] for r in rows]
+
+
 @dataclass(frozen=True)
 class ColumnInfo:
     """A column as a catalog reader needs it: ``base`` and the rest describe the type under

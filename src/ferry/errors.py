@@ -95,11 +95,23 @@ class SkippedByTrigger(psycopg.errors.NoData):
     by ferry, with a message of its own, so that the row is quarantined as a refusal."""
 
 
+# Where the server reports an error a function's own code raised (PL/pgSQL's RAISE, an
+# exception in PL/Python, PL/Perl, PL/Tcl, PL/v8): its text is the function's, values and all.
+_RAISED_BY_CODE = re.compile(r"^(pl_|plpy|plperl|pltcl|plv8)")
+
+
 def safe_message(exc: psycopg.Error) -> str:
     """The primary message without quoted values: it may be stored and shown, row data not
-    (a DETAIL, which may print the whole row, never is)."""
+    (a DETAIL, which may print the whole row, never is). The text of an error a trigger or
+    function raised itself is not kept at all: ``RAISE EXCEPTION 'name % not allowed',
+    NEW.name`` puts a value anywhere in it."""
     diag = exc.diag
     own = str(exc) if isinstance(exc, SkippedByTrigger) else None
+    if _RAISED_BY_CODE.match(diag.source_file or "") or (exc.sqlstate or "").startswith("P0"):
+        text = "raised by a trigger or function of the database's own (its text is not kept)"
+        if diag.constraint_name:
+            text += f" (constraint {diag.constraint_name})"
+        return text
     text = diag.message_primary or own or type(exc).__name__
     text = re.sub(r':\s*".*$', "", text, flags=re.S)
     text = re.sub(r":? ?0x[0-9a-f]{2}(?: 0x[0-9a-f]{2})*", "", text)  # an encoding error's bytes

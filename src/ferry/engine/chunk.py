@@ -23,6 +23,7 @@ from ferry import catalog, ledger
 from ferry.engine import dependencies, keyarray, predict, rehash
 from ferry.engine.query import HELD, PENDING, Plan
 from ferry.errors import FerryError, SkippedByTrigger, condition_name, safe_message
+from ferry.spec import Source, Spec
 
 # Errors that belong to rows, not to the run: data exceptions (22), integrity (23), and
 # exceptions raised by the target's triggers (P0001). Anything else stops the run.
@@ -34,6 +35,7 @@ BISECTABLE = (
 )
 
 
+_INTEGERS = ("smallint", "integer", "bigint")
 # One transaction of a model: a key range [lo, hi) (None: open), or a list of keys (a sync's).
 Chunk = tuple[Any, Any, Sequence[str] | None]
 # The random_page_cost a chunk of listed keys is planned with, when the server's is higher:
@@ -143,6 +145,30 @@ def histogram_starts(hist: Sequence[Any], chunks: int) -> list[Any] | None:
     return starts
 
 
+def histogram(
+    conn: psycopg.Connection, spec: Spec, src: Source, key_type: str
+) -> tuple[float | None, list[Any] | None]:
+    """The stage's rows (as last analyzed) and its key's histogram bounds: integers as
+    such (``histogram_starts`` cuts between them), any other key as its text, which
+    ``bound`` casts back. Python has no ``infinity`` date nor BC timestamp."""
+    as_text = sql.SQL("" if key_type in _INTEGERS else "::text[]")
+    row = conn.execute(
+        sql.SQL(
+            "SELECT c.reltuples, (s.histogram_bounds::text)::{t}[]{x} FROM pg_class c "
+            "LEFT JOIN pg_stats s ON s.schemaname = %s AND s.tablename = %s "
+            "AND s.attname = %s WHERE c.oid = to_regclass(%s)"
+        ).format(t=sql.SQL(key_type), x=as_text),
+        [spec.stage_schema, src.stage_table, src.stage_key,
+         sql.Identifier(spec.stage_schema, src.stage_table).as_string(conn)],
+    ).fetchone()  # fmt: skip
+    return (row[0], row[1]) if row else (None, None)
+
+
+def bound(value: Any, key_type: str) -> sql.Composable:
+    """A key bound (``histogram``, a split's middle key) as SQL of the key's type."""
+    return sql.SQL("{}::{}").format(sql.Literal(value), sql.SQL(key_type))
+
+
 class Runner:
     """Runs one model's chunks on one connection."""
 
@@ -200,20 +226,11 @@ class Runner:
             return [(None, None)]
         src = spec.source(plan.model.source)
         size = self.chunk_size
-        stats = self.conn.execute(
-            sql.SQL(
-                "SELECT c.reltuples, (s.histogram_bounds::text)::{t}[] FROM pg_class c "
-                "LEFT JOIN pg_stats s ON s.schemaname = %s AND s.tablename = %s "
-                "AND s.attname = %s WHERE c.oid = to_regclass(%s)"
-            ).format(t=sql.SQL(plan.key_type)),
-            [spec.stage_schema, src.stage_table, src.stage_key,
-             sql.Identifier(spec.stage_schema, src.stage_table).as_string(self.conn)],
-        ).fetchone()  # fmt: skip
-        if stats and stats[0] is not None and 0 <= stats[0] <= size:
+        rows, hist = histogram(self.conn, spec, src, plan.key_type)
+        if rows is not None and 0 <= rows <= size:
             self.conn.commit()
             return [(None, None)]
-        hist = stats[1] if stats else None
-        chunks = -(-int(stats[0]) // size) if stats and stats[0] and stats[0] > 0 else 0
+        chunks = -(-int(rows) // size) if rows and rows > 0 else 0
         cut = histogram_starts(hist, chunks) if hist and chunks else None
         if cut is not None:
             starts = [None, *cut]
@@ -222,8 +239,9 @@ class Runner:
                 r[0]
                 for r in self.conn.execute(
                     sql.SQL(
-                        "SELECT k FROM (SELECT {key} AS k, row_number() OVER (ORDER BY {key}) - 1 "
-                        "AS n FROM {stage}) s WHERE n % {size} = 0 ORDER BY k"
+                        "SELECT k::text FROM (SELECT {key} AS k, row_number() OVER "
+                        "(ORDER BY {key}) - 1 AS n FROM {stage}) s "
+                        "WHERE n % {size} = 0 ORDER BY s.k"
                     ).format(
                         key=sql.Identifier(src.stage_key),
                         stage=sql.Identifier(spec.stage_schema, src.stage_table),
@@ -274,9 +292,9 @@ class Runner:
         ref = sql.SQL("m0.{}").format(sql.Identifier(col or "_key"))
         parts: list[sql.Composable] = []
         if lo is not None:
-            parts.append(sql.SQL("{} >= {}").format(ref, sql.Literal(lo)))
+            parts.append(sql.SQL("{} >= {}").format(ref, bound(lo, self.plan.key_type)))
         if hi is not None:
-            parts.append(sql.SQL("{} < {}").format(ref, sql.Literal(hi)))
+            parts.append(sql.SQL("{} < {}").format(ref, bound(hi, self.plan.key_type)))
         if keys is not None:
             parts.append(
                 sql.SQL("{} = ANY({}::{}[])").format(
@@ -314,6 +332,10 @@ class Runner:
                     sql.Identifier(self.plan.spec.stage_schema)
                 )
             )
+            # A deferred constraint (or constraint trigger) of the target's refuses a row at
+            # COMMIT, where no statement names it and the whole run failed: checked at each
+            # statement's end instead, it refuses the rows that break it, as any other does.
+            self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             if keys is not None:
                 # A list of keys (a sync's) reads a few rows of each parent by its index; at
                 # the default random_page_cost (4, for disks) the planner hashed whole parent
@@ -570,7 +592,8 @@ class Runner:
             return None
         mid = self.conn.execute(
             sql.SQL(
-                "SELECT DISTINCT {k} FROM {s} m0 WHERE {w} ORDER BY {k} OFFSET {o} LIMIT 1"
+                "SELECT k::text FROM (SELECT DISTINCT {k} AS k FROM {s} m0 WHERE {w} "
+                "ORDER BY {k} OFFSET {o} LIMIT 1) x"
             ).format(k=sql.Identifier(col), s=stage, w=where, o=sql.Literal(n // 2))
         ).fetchone()
         assert mid is not None
@@ -744,7 +767,7 @@ class Runner:
         self.conn.execute(
             sql.SQL(
                 "INSERT INTO {hist} (run_id, model, source_key, ledger_before, target_before) "
-                "SELECT {run}, l.model, l.source_key, to_jsonb(l), to_jsonb(t) "
+                "SELECT {run}, l.model, l.source_key, to_jsonb(l.*), to_jsonb(t.*) "
                 "FROM _ferry_c c JOIN {led} l ON l.model = {model} "
                 "AND l.source_key = c._ferry_key "
                 "LEFT JOIN {t} t ON t.{key} = l.target_uuid "

@@ -98,7 +98,12 @@ SELECT
      FROM pg_index WHERE indrelid = t.oid),
     (SELECT string_agg(tgname || tgfoid::regprocedure::text || tgenabled::text, ','
      ORDER BY tgname) FROM pg_trigger WHERE tgrelid = t.oid AND NOT tgisinternal),
-    (SELECT string_agg(attname || format_type(atttypid, atttypmod) || attnotnull::text, ','
+    (SELECT string_agg(attname || format_type(atttypid, atttypmod) || attnotnull::text
+       -- an enum's labels and a domain's constraints: a value added, a CHECK relaxed
+       || coalesce((SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum
+                    WHERE enumtypid = atttypid), '')
+       || coalesce((SELECT string_agg(pg_get_constraintdef(oid), ',' ORDER BY conname)
+                    FROM pg_constraint WHERE contypid = atttypid), ''), ','
      ORDER BY attnum) FROM pg_attribute WHERE attrelid = t.oid AND attnum > 0
      AND NOT attisdropped))),
   ARRAY(SELECT attname::text FROM pg_attribute WHERE attrelid = t.oid AND attnum > 0

@@ -25,7 +25,7 @@ def rehash(conn: psycopg.Connection, spec: Spec, plan: query.Plan) -> int:
     row = conn.execute(
         sql.SQL("SELECT form FROM {} WHERE model = %s").format(forms), [model.name]
     ).fetchone()
-    if row is not None and row[0] >= query.HASH_FORM:
+    if row is not None and row[0] >= plan.form:
         conn.commit()
         return 0
     done = 0
@@ -36,7 +36,7 @@ def rehash(conn: psycopg.Connection, spec: Spec, plan: query.Plan) -> int:
             "INSERT INTO {} (model, form) VALUES (%s, %s) "
             "ON CONFLICT (model) DO UPDATE SET form = EXCLUDED.form"
         ).format(forms),
-        [model.name, query.HASH_FORM],
+        [model.name, plan.form],
     )
     conn.commit()
     return done

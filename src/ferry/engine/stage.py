@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import selectors
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -38,6 +38,8 @@ class StageResult:
     bytes: int
     seconds: float
     digest: str | None = None  # a file's SHA-256, as staged whole (``unchanged_file``)
+    columns: str | None = None  # the table's columns, as staged (``columns_digest``)
+    shape: str | None = None  # the table's definition, as staged (``catalog.table_shapes``)
 
 
 def source_columns(conn: psycopg.Connection, table: str) -> list[Column]:
@@ -325,10 +327,9 @@ def stage_table(
     only that many rows of it (``sampled``)."""
     assert src.table is not None
     t0 = time.perf_counter()
-    read = encodings.reading(source, src)
-    cols = columns.source_columns(
-        source, src.table, read.raw, tuple(src.keys), utf8=read.encoding == encodings.UTF8
-    )
+    # Read before the rows: a definition changed meanwhile shows as changed the next time.
+    [shape] = catalog.table_shapes(source, [src.table])
+    read, cols = staged_columns(source, src)
     with target.transaction():
         dest = _create(target, spec, src, cols, read.raw)
         rows, nbytes = copy_table(source, target, src, read, cols, dest, progress, sample)
@@ -338,7 +339,48 @@ def stage_table(
             _view(target, spec, src, cols, read.encoding)
     _analyze(target, dest)
     source.rollback()
-    return StageResult(src.name, rows, nbytes, time.perf_counter() - t0)
+    return StageResult(
+        src.name, rows, nbytes, time.perf_counter() - t0, None, columns_digest(cols), shape
+    )
+
+
+def staged_columns(
+    source: psycopg.Connection, src: Source
+) -> tuple[encodings.Reading, list[Column]]:
+    """How a source table is read, and the columns it is staged with."""
+    assert src.table is not None
+    read = encodings.reading(source, src)
+    cols = columns.source_columns(
+        source, src.table, read.raw, tuple(src.keys), utf8=read.encoding == encodings.UTF8
+    )
+    return read, cols
+
+
+def columns_digest(cols: Sequence[Column]) -> str:
+    """The columns a table is staged with, their names and types: a sync whose source has
+    others stages it again whole, as a migrate of the source as it is now would."""
+    text = "|".join(f"{c.name}:{c.type}:{c.raw}" for c in cols)
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def recorded_shapes(conn: psycopg.Connection, spec: Spec) -> dict[str, tuple[str, str]]:
+    """Per source, its columns and its definition as last staged (None: not recorded, by
+    a ferry before they were)."""
+    rows = conn.execute(sql.SQL("SELECT source, columns, shape FROM {}").format(_record(spec)))
+    return {r[0]: (r[1], r[2]) for r in rows.fetchall()}
+
+
+def note_shape(
+    conn: psycopg.Connection, spec: Spec, source: str, columns: str | None, shape: str | None
+) -> None:
+    """The stage of ``source`` now holds the table as defined by ``columns`` and ``shape``."""
+    conn.execute(
+        sql.SQL(
+            "UPDATE {} SET columns = coalesce(%s, columns), shape = coalesce(%s, shape) "
+            "WHERE source = %s"
+        ).format(_record(spec)),
+        [columns, shape, source],
+    )
 
 
 def copy_table(
@@ -523,10 +565,21 @@ def note_digest(conn: psycopg.Connection, spec: Spec, source: str, digest: str) 
 def record(conn: psycopg.Connection, spec: Spec, result: StageResult, run_id: int) -> None:
     conn.execute(
         sql.SQL(
-            "INSERT INTO {} (source, rows, bytes, seconds, run_id, digest) "
-            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (source) DO UPDATE SET "
+            "INSERT INTO {t} (source, rows, bytes, seconds, run_id, digest, columns, shape) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (source) DO UPDATE SET "
             "rows = EXCLUDED.rows, bytes = EXCLUDED.bytes, seconds = EXCLUDED.seconds, "
-            "run_id = EXCLUDED.run_id, digest = EXCLUDED.digest, staged_at = clock_timestamp()"
-        ).format(_record(spec)),
-        [result.source, result.rows, result.bytes, result.seconds, run_id, result.digest],
+            "run_id = EXCLUDED.run_id, digest = EXCLUDED.digest, "
+            "columns = coalesce(EXCLUDED.columns, {t}.columns), "
+            "shape = coalesce(EXCLUDED.shape, {t}.shape), staged_at = clock_timestamp()"
+        ).format(t=_record(spec)),
+        [
+            result.source,
+            result.rows,
+            result.bytes,
+            result.seconds,
+            run_id,
+            result.digest,
+            result.columns,
+            result.shape,
+        ],
     )

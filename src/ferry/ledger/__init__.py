@@ -119,6 +119,10 @@ CREATE TABLE IF NOT EXISTS {schema}.staged (
     staged_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 ALTER TABLE {schema}.staged ADD COLUMN IF NOT EXISTS digest text;
+-- The source table as staged: its columns (``stage.columns_digest``) and its definition
+-- (``catalog.table_shapes``).
+ALTER TABLE {schema}.staged ADD COLUMN IF NOT EXISTS columns text,
+    ADD COLUMN IF NOT EXISTS shape text;
 CREATE TABLE IF NOT EXISTS {schema}.loads_aside (
     model  text PRIMARY KEY,
     run_id bigint NOT NULL
@@ -234,7 +238,7 @@ def helpers(schema: str) -> list[sql.Composed]:
 
 
 # Bumped whenever the DDL above changes; ensure_schema skips its work when it matches.
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:
@@ -329,7 +333,7 @@ def record_history(
     conn.execute(
         sql.SQL(
             "INSERT INTO {hist} (run_id, model, source_key, ledger_before, target_before) "
-            "SELECT %s, l.model, l.source_key, to_jsonb(l), to_jsonb(t) FROM {led} l "
+            "SELECT %s, l.model, l.source_key, to_jsonb(l.*), to_jsonb(t.*) FROM {led} l "
             "LEFT JOIN {t} t ON t.{k} = l.target_uuid AND l.status IN ('migrated', 'deleted') "
             "WHERE l.model = %s AND l.source_key = ANY(%s) ON CONFLICT DO NOTHING"
         ).format(
@@ -726,7 +730,7 @@ def stage_rows(conn: psycopg.Connection, spec: Spec, source: str, limit: int | N
     """Rows in the stage table of ``source`` (the rows that share a key its source repeats
     once: they have one fate); with ``limit``, counted only up to it (a threshold test need
     not scan 2M rows)."""
-    stage = sql.Identifier(spec.stage_schema, spec.source(source).stage_table)
+    stage = _stage_table(spec, source)
     if not catalog.exists(conn, stage):
         return 0
     if limit is None and not unique_key(conn, spec, spec.source(source)):
@@ -781,10 +785,46 @@ def emptied(conn: psycopg.Connection, spec: Spec, source: str) -> bool:
     source none of whose rows had a fate (a rollback had undone the run that wrote them,
     or a lookup table, which has none) went unnoticed: a WAL sync, which reads only
     changes, left it empty and its rows without fates."""
-    if stage_rows(conn, spec, source, limit=1):
-        return False
-    recorded = recorded_rows(conn, spec, source)
-    return bool(recorded) or (not spec.source(source).lookup and has_fates(conn, spec, source))
+    return source in emptied_of(conn, spec, [source])
+
+
+def emptied_of(conn: psycopg.Connection, spec: Spec, sources: Sequence[str]) -> set[str]:
+    """Those of ``sources`` whose stage copy was emptied (``emptied``), the stages asked at
+    once: a sync asks it of every source, and most hold rows."""
+    holding = staged_sources(conn, spec, sources)
+    if holding:
+        rows = conn.execute(
+            sql.SQL(" UNION ALL ").join(
+                sql.SQL("SELECT {} WHERE EXISTS (SELECT FROM {})").format(
+                    sql.Literal(name), _stage_table(spec, name)
+                )
+                for name in sorted(holding)
+            )
+        ).fetchall()
+        holding = {r[0] for r in rows}
+    return {
+        s
+        for s in sources
+        if s not in holding
+        and (
+            bool(recorded_rows(conn, spec, s))
+            or (not spec.source(s).lookup and has_fates(conn, spec, s))
+        )
+    }
+
+
+def staged_sources(conn: psycopg.Connection, spec: Spec, sources: Sequence[str]) -> set[str]:
+    """Those of ``sources`` that have a stage table (a migrate staged them once)."""
+    names = list(sources)
+    rows = conn.execute(
+        "SELECT n FROM unnest(%s::text[], %s::text[]) v(n, r) WHERE to_regclass(r) IS NOT NULL",
+        [names, [_stage_table(spec, n).as_string(conn) for n in names]],
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _stage_table(spec: Spec, source: str) -> sql.Identifier:
+    return sql.Identifier(spec.stage_schema, spec.source(source).stage_table)
 
 
 def has_fates(conn: psycopg.Connection, spec: Spec, source: str) -> bool:

@@ -30,6 +30,7 @@ from ferry import catalog, ledger
 from ferry.conninfo import connect
 from ferry.engine import columns
 from ferry.engine.keys import text_sql
+from ferry.engine.query import GENERATED, RULES_REWRITE
 from ferry.errors import SpecError, describe
 from ferry.spec import COMPOSITE_KEY, Model, Source, Spec, load_spec
 from ferry.sqltext import tokens
@@ -574,7 +575,18 @@ def _model(
     out: list[Finding] = []
     toml = str(lines.path)
     where = f"model {model.name}"
-    tcols, notnull = _target_columns(conn, model.target)
+    tcols, notnull, generated = _target_columns(conn, model.target)
+    rules = catalog.write_rules(conn, model.target) if tcols else []
+    if rules:
+        out.append(
+            Finding(
+                "error",
+                "target_table",
+                toml,
+                lines.line("models", i, "target"),
+                f"{where}: {RULES_REWRITE.format(tables=model.target, rules=', '.join(rules))}",
+            )
+        )
     if not tcols:
         out.append(
             Finding(
@@ -663,6 +675,18 @@ def _model(
                     sql_file,
                     line,
                     f"{where}: output column {name} is not a column of {model.target}",
+                    col,
+                )
+            )
+            continue
+        if name in generated:
+            out.append(
+                Finding(
+                    "error",
+                    "target_column",
+                    sql_file,
+                    line,
+                    f"{where}: {GENERATED.format(column=name, table=model.target)}",
                     col,
                 )
             )
@@ -761,16 +785,20 @@ def _model(
     return out
 
 
-def _target_columns(conn: psycopg.Connection, target: str) -> tuple[dict[str, str], set[str]]:
-    """The target table's columns with their types, and those NOT NULL without a default."""
+def _target_columns(
+    conn: psycopg.Connection, target: str
+) -> tuple[dict[str, str], set[str], set[str]]:
+    """The target table's columns with their types, those NOT NULL without a default, and
+    those only the database fills (``GENERATED ALWAYS``)."""
     rows = conn.execute(
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
-        "a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '' "
+        "a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '', "
+        "a.attgenerated <> '' OR a.attidentity = 'a' "
         "FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 "
         "AND NOT a.attisdropped ORDER BY a.attnum",
         [catalog.regclass(target)],
     ).fetchall()
-    return {r[0]: r[1] for r in rows}, {r[0] for r in rows if r[2]}
+    return {r[0]: r[1] for r in rows}, {r[0] for r in rows if r[2]}, {r[0] for r in rows if r[3]}
 
 
 def _cast_problem(

@@ -15,9 +15,9 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from ferry.catalog import regclass, rls_applies
+from ferry.catalog import regclass, rls_applies, write_rules
 from ferry.conninfo import connect
-from ferry.engine.query import RLS_FORCED, rewrites
+from ferry.engine.query import RLS_FORCED, RULES_REWRITE, rewrites
 from ferry.errors import FerryError
 from ferry.ledger import privileges
 from ferry.spec import Spec
@@ -336,7 +336,8 @@ def _ferry_schemas(conn: psycopg.Connection, schemas: tuple[str, ...]) -> Check:
 
 def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
     """ferry runs as the owner of the tables it writes (it sets keys aside, it analyzes)."""
-    missing, foreign, hidden, rewritten = [], [], [], []
+    missing, foreign, hidden, rewritten, ruled = [], [], [], [], []
+    pathless: list[str] = []
     for target in dict.fromkeys(m.target for m in spec.models):
         exists, owned = _one(
             conn,
@@ -353,6 +354,10 @@ def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
                 hidden.append(target)
             if rewrites(conn, target):
                 rewritten.append(target)
+            rules = write_rules(conn, target)
+            if rules:
+                ruled.append((target, rules))
+            pathless += _pathless_triggers(conn, target)
     if missing:
         yield _error("target_tables", f"not found: {_names(missing)}")
     if foreign:
@@ -365,6 +370,16 @@ def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
         yield _info("target_tables", "this role owns every target table of the spec")
     if hidden:
         yield _error("target_tables", RLS_FORCED.format(tables=_names(hidden)))
+    for target, rules in ruled:
+        yield _error("target_rules", RULES_REWRITE.format(tables=target, rules=_names(rules)))
+    if pathless:
+        yield _warn(
+            "trigger_search_path",
+            f"the trigger functions {_names(sorted(set(pathless)))} take the session's "
+            "search_path, and ferry writes with only its stage schema and pg_catalog on it: a "
+            "table they name without its schema is not found and the run stops; fix each "
+            "with ALTER FUNCTION ... SET search_path = public (Supabase's linter asks the same)",
+        )
     if rewritten:
         yield _warn(
             "target_triggers",
@@ -372,6 +387,20 @@ def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
             "change it: ferry keeps what they store, but verify compares with what the spec "
             "yields and names every row they changed",
         )
+
+
+def _pathless_triggers(conn: psycopg.Connection, target: str) -> list[str]:
+    """Functions of the enabled triggers on ``target``, in a language that resolves names
+    as it runs, with no ``search_path`` of their own."""
+    rows = conn.execute(
+        "SELECT DISTINCT p.oid::regprocedure::text FROM pg_trigger t "
+        "JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_language l ON l.oid = p.prolang "
+        "WHERE t.tgrelid = to_regclass(%s) AND NOT t.tgisinternal "
+        "AND t.tgenabled IN ('O', 'A') AND l.lanname NOT IN ('c', 'internal') "
+        "AND NOT EXISTS (SELECT FROM unnest(p.proconfig) c WHERE c LIKE 'search\\_path=%%')",
+        [regclass(target)],
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
 def _names(names: list[str]) -> str:

@@ -37,6 +37,7 @@ from psycopg import sql
 
 from ferry import catalog, ledger
 from ferry.conninfo import apply, connect, pinned
+from ferry.engine import chunk
 from ferry.engine.dependencies import own_dependencies
 from ferry.engine.keys import uuid_sql
 from ferry.engine.query import Plan
@@ -591,20 +592,13 @@ def _parts(conn: psycopg.Connection, spec: Spec, plan: Plan, jobs: int) -> list[
     if jobs < 2 or not plan.model.accounts:
         return [sql.SQL("true")]
     src = spec.source(plan.model.source)
-    stats = conn.execute(
-        sql.SQL(
-            "SELECT c.reltuples, (s.histogram_bounds::text)::{t}[] FROM pg_class c "
-            "LEFT JOIN pg_stats s ON s.schemaname = %s AND s.tablename = %s "
-            "AND s.attname = %s WHERE c.oid = to_regclass(%s)"
-        ).format(t=sql.SQL(plan.key_type)),
-        [spec.stage_schema, src.stage_table, src.stage_key,
-         sql.Identifier(spec.stage_schema, src.stage_table).as_string(conn)],
-    ).fetchone()  # fmt: skip
+    rows, hist = chunk.histogram(conn, spec, src, plan.key_type)
     conn.commit()
-    if not stats or stats[0] is None or stats[0] < SPLIT_ROWS or not stats[1]:
+    if rows is None or rows < SPLIT_ROWS or not hist:
         return [sql.SQL("true")]
-    hist = stats[1]
-    cuts = [sql.Literal(hist[round(i * (len(hist) - 1) / jobs)]) for i in range(1, jobs)]
+    cuts = [
+        chunk.bound(hist[round(i * (len(hist) - 1) / jobs)], plan.key_type) for i in range(1, jobs)
+    ]
     key = sql.SQL("m0._key")
     return [
         sql.SQL(" AND ").join(

@@ -182,6 +182,13 @@ _FAST_HASH: dict[int, str] = {
     2950: "uuid_hash_extended({c}, {s})",
 }
 _INT_KEY_TYPES = {20, 21, 23}
+# Key types whose values Python holds as they are, one value one text: bool, bytea, the
+# integers, text, oid, bpchar, varchar, uuid. Any other key is read as its text (both
+# sessions print alike: ``SESSION_SETTINGS``), and goes back cast from it: Python has no
+# ``infinity`` date, no BC timestamp, no month in an interval; and a numeric 1.0 that
+# became 1.00, a float 0 that became -0, is the same key to Python and the server but
+# another to the ledger, which names a key by its text (the row was kept twice).
+_PYTHON_KEY_TYPES = {16, 17, 20, 21, 23, 25, 26, 1042, 1043, 2950}
 _TEXT_TYPES = {25, 1043}
 
 
@@ -585,12 +592,19 @@ def _make_plan(
         key=key,
         columns=columns,
         int_key=len(key) == 1 and stage.types[key[0]][0] in _INT_KEY_TYPES,
-        key_types=tuple(stage.types[k][2] for k in key),
+        # With its modifier: a ``character`` with none is ``character(1)``, and a key cast to
+        # it was cut to its first letter ('ab' deleted the stage's row 'a').
+        key_types=tuple(stage.types[k][1] for k in key),
         binary_keys=not any(stage.types[k][3] for k in key),
         fingerprint=_fingerprint(columns, stage.types, transcode=transcode),
         hash_expr=_fingerprint(key, stage.types, seed=_KEY_SEED, transcode=transcode),
         row_hash=sql.SQL("substr(sha256(textsend(ROW({})::text)), 1, 16)").format(all_cols),
-        key_list=sql.SQL(", ").join(sql.Identifier("t", k) for k in key),
+        key_list=sql.SQL(", ").join(
+            sql.SQL("{}" if stage.types[k][0] in _PYTHON_KEY_TYPES else "{}::text").format(
+                sql.Identifier("t", k)
+            )
+            for k in key
+        ),
     )
 
 

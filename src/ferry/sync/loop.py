@@ -60,32 +60,51 @@ class SyncResult:
 
 def _restage(
     source: str, target: str, spec: Spec, data_dir: Path, jobs: int, run_id: int,
-    feed: wal.Changes | None = None, full: bool = False,
-) -> tuple[dict[str, diff.TableDiff], set[str], dict[str, tuple[set[str], set[str]]]]:  # fmt: skip
+    emptied: set[str], feed: wal.Changes | None = None, full: bool = False,
+) -> tuple[
+    dict[str, diff.TableDiff], dict[str, tuple[set[str], set[str]]], set[str]
+]:  # fmt: skip
     """Diff every source against its stage and copy only what changed; the keys it changed
     are handed on (``ledger.hand_on``), and the staging record updated, in the same
     transaction; they are returned as the ledger names them (changed, deleted;
-    ``_key_texts``). Also returns the sources whose stage copy was emptied
-    (``ledger.emptied``): a server crash (or a restart after a failover) empties unlogged
-    tables.
+    ``_key_texts``). ``emptied``: the sources whose stage copy was emptied
+    (``ledger.emptied``; a server crash, or a restart after a failover, empties unlogged
+    tables), copied whole.
     With a ``feed`` from the WAL, a table is compared only for the keys it names, unless
     it says to compare the whole table (or the stage was emptied). A CSV file the stage
-    holds already (by its digest) is not read into the database; ``full``: it is."""
+    holds already (by its digest) is not read into the database; ``full``: it is.
+    A table whose columns are no longer those it was staged with (one added, dropped,
+    renamed, retyped) is staged again whole, as a migrate of the source as it is now would
+    stage it; those sources are returned last, their models to be computed whole."""
     pairs = SessionPairs(source, target, "ferry-sync")
-    emptied: set[str] = set()
     texts: dict[str, tuple[set[str], set[str]]] = {}
+    restaged: set[str] = set()
+    shapes: dict[str, tuple[str, str]] = {}
 
     def one(src: Source) -> tuple[str, diff.TableDiff]:
-        s, t = pairs.get()
+        t = pairs.target_session()
         stage_rel = (spec.stage_schema, src.stage_table)
-        if not _stage_exists(t, spec, src):
-            raise FerryError(f"source {src.name} was never staged: run ferry migrate first")
-        if ledger.emptied(t, spec, src.name):
-            emptied.add(src.name)
+        shape = None  # the source table's definition, read before a whole diff (WAL only)
+        if not src.keyless and src.table is not None and _reads_source(src, feed, emptied):
+            if not shapes:
+                shapes.update(stage.recorded_shapes(t, spec))
+            s = pairs.source_session()
+            shape = catalog.table_shapes(s, [src.table])[0] if feed is not None else None
+            recorded = shapes.get(src.name, (None, None))[0]
+            _, now = stage.staged_columns(s, src)
+            s.rollback()
+            if recorded is not None and stage.columns_digest(now) != recorded:
+                if feed is not None and feed.export is not None:
+                    feed.export.use(s)  # a slot made again: read in the snapshot it exported
+                staged = stage.stage_table(s, t, spec, src)
+                stage.record(t, spec, staged, run_id)
+                t.commit()
+                restaged.add(src.name)
+                return src.name, diff.TableDiff(source=src.table, stage=src.stage_table)
         whole = True  # the diff read the whole stage (its first level counted its rows)
         digest = None  # a CSV source's file, as the stage now holds it
         if src.keyless:  # no key to diff by: copied whole, identities compared
-            result = keyless.restage(s, t, spec, src, data_dir)
+            result = keyless.restage(pairs.source_session(), t, spec, src, data_dir)
             whole = False
         elif src.csv is not None:
             assert src.columns is not None
@@ -107,6 +126,7 @@ def _restage(
             keys = sorted(feed.keys.get(src.name, ()), key=str)
             whole = False
             if keys:
+                s = pairs.source_session()
                 cols = [c.name for c in stage.source_columns(s, src.table)]
                 s.rollback()
                 result = diff.sync_stage_keys(
@@ -117,6 +137,7 @@ def _restage(
                 result = diff.TableDiff(source=src.table, stage=src.stage_table)
         else:
             assert src.table is not None
+            s = pairs.source_session()
             cols = [c.name for c in stage.source_columns(s, src.table)]
             s.rollback()
             if feed is not None and feed.export is not None:
@@ -142,12 +163,25 @@ def _restage(
                 t, spec, stage.StageResult(src.name, rows, result.bytes_from_source,
                                            result.seconds, digest), run_id,
             )  # fmt: skip
+        if whole and feed is not None and src.table is not None:
+            stage.note_shape(t, spec, src.name, None, shape)  # read before the diff
         # The stage's changes, the keys handed on and the record: one transaction.
         t.commit()
         return src.name, result
 
     with pairs, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return dict(pool.map(one, spec.sources)), emptied, texts
+        return dict(pool.map(one, spec.sources)), texts, restaged
+
+
+def _reads_source(src: Source, feed: wal.Changes | None, emptied: set[str]) -> bool:
+    """Whether this sync reads the source table of ``src``: always by checksums; from the
+    WAL where it names keys of it, or says to compare it whole, or its stage was emptied."""
+    return (
+        feed is None
+        or src.name in feed.full
+        or src.name in emptied
+        or bool(feed.keys.get(src.name))
+    )
 
 
 def _staged_rows(
@@ -180,10 +214,12 @@ def _check_migrated(conn: psycopg.Connection, spec: Spec, run_id: int) -> None:
             f"the last migrate (run {last.run_id}) did not finish: run ferry migrate again (it "
             "goes on from where it stopped), then sync"
         )
-
-
-def _stage_exists(conn: psycopg.Connection, spec: Spec, src: Source) -> bool:
-    return catalog.exists(conn, sql.Identifier(spec.stage_schema, src.stage_table))
+    names = [src.name for src in spec.sources]
+    staged = ledger.staged_sources(conn, spec, names)
+    conn.commit()
+    for name in names:
+        if name not in staged:
+            raise FerryError(f"source {name} was never staged: run ferry migrate first")
 
 
 def _load_csv(conn: psycopg.Connection, src: Source, data_dir: Path) -> None:
@@ -213,21 +249,28 @@ def _load_csv(conn: psycopg.Connection, src: Source, data_dir: Path) -> None:
     conn.commit()
 
 
+# Key types whose values Python prints as PostgreSQL does.
+_PRINTED_ALIKE = ("smallint", "integer", "bigint", "text", "uuid")
+
+
 def _key_texts(
     conn: psycopg.Connection, spec: Spec, src: Source, keys: list[tuple[Any, ...]]
 ) -> list[str]:
     """Keys as the ledger names them: the text PostgreSQL prints for the model's ``_key``
     (``ROW(a, b)::text`` for a composite key), in the settings of the target's sessions.
     Integers, text and UUIDs print in Python as they do there; other values (a timestamp,
-    a numeric, a date in another DateStyle) are printed by PostgreSQL, from the stage's key
-    types: a text of Python's own named a key the model did not, and its row was lost."""
+    a numeric, a date in another DateStyle, a ``char(n)`` padded with spaces its text has
+    not) are printed by PostgreSQL, from the stage's key types: a text of Python's own named
+    a key the model did not, and its row was lost."""
     if not keys:
         return []
-    if all(type(v) in (int, str, uuid.UUID) or v is None for k in keys for v in k):
+    types = stage.key_types(conn, spec, src)
+    if all(t in _PRINTED_ALIKE or t.startswith("character varying") for t in types) and all(
+        type(v) in (int, str, uuid.UUID) or v is None for k in keys for v in k
+    ):
         if len(keys[0]) == 1:
             return [str(k[0]) for k in keys]
         return [composite_text(list(k)) for k in keys]
-    types = stage.key_types(conn, spec, src)
     arrays = sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(t)) for t in types)
     names = sql.SQL(", ").join(sql.Identifier(f"k{i}") for i in range(len(types)))
     shown = names if len(types) == 1 else sql.SQL("ROW({})").format(names)
@@ -255,7 +298,9 @@ def sync(
         result = SyncResult(run_id)
         with wal.closing(wal.read(source, conn, spec, full=full)) as feed:
             data = data_dir or spec.base_dir
-            _sync(source, target, spec, data, jobs, progress, result, feed, full)
+            emptied = ledger.emptied_of(conn, spec, [src.name for src in spec.sources])
+            conn.commit()
+            _sync(source, target, spec, data, jobs, progress, result, emptied, feed, full)
         if feed is not None:
             # Only now, the sync's work committed: a sync that died before read them again.
             note = wal.advance(source, conn, spec, feed)
@@ -274,11 +319,18 @@ def sync(
 
 def _sync(
     source: str, target: str, spec: Spec, data_dir: Path, jobs: int, progress: Progress,
-    result: SyncResult, feed: wal.Changes | None = None, full: bool = False,
+    result: SyncResult, emptied: set[str], feed: wal.Changes | None = None, full: bool = False,
 ) -> None:  # fmt: skip
-    result.diffs, emptied, texts = _restage(
-        source, target, spec, data_dir, jobs, result.run_id, feed, full
+    result.diffs, texts, restaged = _restage(
+        source, target, spec, data_dir, jobs, result.run_id, emptied, feed, full
     )
+    if restaged:
+        result.counts["restaged"] = sorted(restaged)
+        result.notes.append(
+            f"source {', '.join(sorted(restaged))}: its columns changed since it was staged; "
+            "staged again whole, its models computed whole"
+        )
+        emptied = emptied | restaged
     result.bytes_from_source = sum(d.bytes_from_source for d in result.diffs.values())
     changed = {n: c for n, (c, _) in texts.items()}
     deleted = {n: d for n, (_, d) in texts.items()}

@@ -75,8 +75,9 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from ferry import ledger
+from ferry import catalog, ledger
 from ferry.conninfo import connect
+from ferry.engine import stage
 from ferry.errors import ChangeCaptureError, describe
 from ferry.spec import Source, Spec
 from ferry.sync import diff
@@ -409,6 +410,7 @@ def read(
         changes.confirmed = state.confirmed
         tables = _tables(conn, spec, changes)
         _peek(conn, found.slot, tables, changes)
+        _redefined(conn, target_conn, spec, changes)  # a TRUNCATE's own reason first
     changes.notes += [f"source {name}: {why}" for name, why in sorted(changes.full.items())]
     if full:
         for src in _table_sources(spec):
@@ -489,6 +491,25 @@ def _tables(
         covered = ident == "f" or (ident in ("d", "i") and set(src.keys) <= set(ident_cols))
         found[(schema, rel)] = _Table(src, covered and bool(src.keys), printed)
     return found
+
+
+def _redefined(
+    conn: psycopg.Connection, target_conn: psycopg.Connection, spec: Spec, changes: Changes
+) -> None:
+    """Tables whose definition changed since they were staged are compared whole: a
+    partition attached, detached or dropped, an inheritance child added or let go, a column
+    rewritten (``ALTER COLUMN ... TYPE ... USING``), dropped or added, a replica identity
+    changed (even back): the WAL carries no row change for any of it."""
+    sources = [s for s in _table_sources(spec) if s.table]
+    staged = stage.recorded_shapes(target_conn, spec)
+    target_conn.commit()
+    now = catalog.table_shapes(conn, [s.table for s in sources if s.table])
+    conn.commit()
+    for src, shape in zip(sources, now, strict=True):
+        if shape is None or staged.get(src.name, (None, None))[1] != shape:
+            changes.full.setdefault(
+                src.name, "its definition changed since it was staged: compared by checksums"
+            )
 
 
 def _peek(

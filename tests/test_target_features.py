@@ -1,0 +1,328 @@
+"""Targets an application's schema makes harder, each a world of its own: enums an ORM
+makes again, domains, rules, errors raised by the application's triggers, constraints
+checked only at commit, columns the database fills itself, exclusion constraints.
+
+Every world is one source table of twenty rows mapped into ``dst``; a history is compared
+with a fresh migrate of the source as it is at its end, into a fresh copy of the target.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ferry import FerryError, SpecError, load_spec, migrate
+from ferry.embedded import LocalCluster
+from ferry.ops.check import check
+from ferry.ops.doctor import diagnose
+from ferry.ops.verify import verify
+from ferry.spec import Spec
+from ferry.sync.loop import sync
+from tests.helpers import fresh_db
+
+OWNER = "features_owner"
+SOURCE = (
+    "CREATE TABLE src (id int PRIMARY KEY, name text, kind text, n int); "
+    "INSERT INTO src SELECT i, 'Name' || i, (ARRAY['a', 'b', 'c'])[i % 3 + 1], i * 10 "
+    "FROM generate_series(1, 20) i;"
+)
+MODEL = "SELECT s.id AS _key, s.id::text AS legacy_id, s.name, s.kind, s.n FROM src s"
+TABLE = "CREATE TABLE dst (id uuid PRIMARY KEY, legacy_id text UNIQUE, name text, {kind}, n int);"
+SPEC = """name = "features"
+namespace = "0c7f1a2e-5b4d-4e8f-9a1b-2c3d4e5f6a7b"
+chunk_size = 5
+
+[[sources]]
+name = "src"
+table = "public.src"
+key = "id"
+
+[[models]]
+name = "rows"
+target = "public.dst"
+source = "src"
+legacy_column = "legacy_id"
+sql = '''{model}'''
+"""
+
+
+def _world(
+    cluster: LocalCluster, tmp: Path, name: str, target_sql: str, model: str = MODEL
+) -> tuple[str, str, Spec]:
+    """The source, a target made by ``target_sql`` (as its tables' owner), the spec."""
+    source = fresh_db(cluster, f"{name}_src")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(SOURCE)
+    (tmp / "target.sql").write_text(target_sql)
+    fresh_db(cluster, f"{name}_tgt", tmp / "target.sql", owner=OWNER)
+    (tmp / "spec.toml").write_text(SPEC.format(model=model))
+    return source, cluster.conninfo(f"{name}_tgt", user=OWNER), load_spec(tmp / "spec.toml")
+
+
+def _fresh(cluster: LocalCluster, tmp: Path, name: str) -> str:
+    fresh_db(cluster, f"{name}_fresh", tmp / "target.sql", owner=OWNER)
+    return cluster.conninfo(f"{name}_fresh", user=OWNER)
+
+
+def _sql(conninfo: str, text: str) -> list[tuple]:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        cur = conn.execute(text)
+        return cur.fetchall() if cur.description else []
+
+
+def _fates(target: str) -> dict[str, tuple]:
+    return {
+        r[0]: r[1:]
+        for r in _sql(
+            target,
+            "SELECT source_key, status, reason, sqlstate, target_uuid, row_hash "
+            "FROM ferry.ledger WHERE status <> 'deleted'",
+        )
+    }
+
+
+def _rows(target: str) -> set[tuple]:
+    return set(_sql(target, "SELECT legacy_id, name, kind::text, n FROM dst"))
+
+
+RECREATE_ENUM = (
+    "ALTER TYPE kind_t RENAME TO kind_t_old; "
+    "CREATE TYPE kind_t AS ENUM ('a', 'b', 'c', 'd'); "
+    "ALTER TABLE dst ALTER COLUMN kind TYPE kind_t USING kind::text::kind_t; "
+    "DROP TYPE kind_t_old;"
+)
+
+
+def test_an_enum_made_again_as_an_orm_migrates_it_leaves_ferrys_rows_ferrys(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """An enum's value is the OID of its label: the row hash took it as such, so an enum
+    made again (Prisma's migration of an enum; a restored dump) turned every ferry row into
+    one the application had edited, and the source's next changes were withheld as
+    conflicts, verify passing. Enums enter the hash by their label: the rows and ledger are
+    a fresh migrate's, whatever the OIDs."""
+    target_sql = "CREATE TYPE kind_t AS ENUM ('a', 'b', 'c'); " + TABLE.format(kind="kind kind_t")
+    source, target, spec = _world(cluster, tmp_path, "enum", target_sql)
+    migrate(source, target, spec)
+    _sql(target, RECREATE_ENUM)
+    _sql(source, "UPDATE src SET name = 'Renamed' WHERE id IN (3, 4)")
+    result = sync(source, target, spec)
+    assert result.counts["conflicts"] == 0, result.counts
+    assert {r for r in _rows(target) if r[0] in ("3", "4")} == {
+        ("3", "Renamed", "a", 30), ("4", "Renamed", "b", 40),
+    }  # fmt: skip
+    fresh = _fresh(cluster, tmp_path, "enum")
+    _sql(fresh, "CREATE TYPE pad AS ENUM ('x'); " + RECREATE_ENUM)  # other OIDs
+    migrate(source, fresh, spec)
+    assert _fates(target) == _fates(fresh)
+    assert _rows(target) == _rows(fresh)
+    assert verify(target, spec).ok
+
+
+def test_a_domain_that_refuses_null_is_a_column_type_like_any(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Asking whether the row's types hash made a NULL of each: a domain declared NOT NULL
+    refused it, and every migrate into such a table failed."""
+    target_sql = "CREATE DOMAIN name_t AS text NOT NULL; " + TABLE.format(kind="kind text")
+    source, target, spec = _world(
+        cluster, tmp_path, "domain", target_sql.replace("name text", "name name_t")
+    )
+    _sql(source, "UPDATE src SET name = NULL WHERE id = 4")
+    migrate(source, target, spec)
+    fates = _fates(target)
+    assert fates["4"][:3] == ("quarantined", "not_null_violation", "23502")
+    assert sum(f[0] == "migrated" for f in fates.values()) == 19
+    assert verify(target, spec).ok
+
+
+REFUSE_NAME = (
+    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN IF NEW.name = 'Name4' THEN RAISE EXCEPTION 'name % is not allowed', NEW.name; "
+    "END IF; RETURN NULL; END $$; "
+)
+
+
+@pytest.mark.parametrize("when", ["after", "deferred"])
+def test_an_error_a_trigger_raises_quarantines_its_row_and_keeps_no_value(
+    cluster: LocalCluster, tmp_path: Path, when: str
+) -> None:
+    """A trigger's own error carries whatever its author put in it (here the name): it was
+    kept as the row's message. Raised at COMMIT by a deferred constraint trigger, it failed
+    the whole run, its text in the run's error. The row is quarantined, no value kept."""
+    trigger = (
+        "CREATE TRIGGER refuse AFTER INSERT OR UPDATE ON dst FOR EACH ROW "
+        "EXECUTE FUNCTION refuse();"
+        if when == "after"
+        else "CREATE CONSTRAINT TRIGGER refuse AFTER INSERT OR UPDATE ON dst "
+        "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse();"
+    )
+    target_sql = REFUSE_NAME + TABLE.format(kind="kind text") + trigger
+    source, target, spec = _world(cluster, tmp_path, f"raise_{when}", target_sql)
+    migrate(source, target, spec)
+    said = _sql(
+        target, "SELECT source_key, status, sqlstate, message FROM ferry.ledger "
+        "WHERE status <> 'migrated'",
+    )  # fmt: skip
+    assert [r[:3] for r in said] == [("4", "quarantined", "P0001")]
+    assert "Name4" not in str(_sql(target, "SELECT * FROM ferry.ledger"))
+    assert "Name4" not in str(_sql(target, "SELECT * FROM ferry.runs"))
+    assert len(_rows(target)) == 19
+    _sql(source, "UPDATE src SET name = 'Four' WHERE id = 4")
+    sync(source, target, spec)
+    assert len(_rows(target)) == 20
+    assert verify(target, spec).ok
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "CREATE TABLE dst_real (LIKE dst); "
+        "CREATE RULE redirect AS ON INSERT TO dst DO INSTEAD INSERT INTO dst_real VALUES (NEW.*)",
+        "CREATE RULE keep AS ON DELETE TO dst DO INSTEAD NOTHING",
+        "CREATE RULE frozen AS ON UPDATE TO dst DO INSTEAD NOTHING",
+        "CREATE TABLE audit (at timestamptz); "
+        "CREATE RULE audit AS ON INSERT TO dst DO ALSO INSERT INTO audit VALUES (now())",
+    ],
+    ids=["insert_instead", "delete_nothing", "update_nothing", "insert_also"],
+)
+def test_a_target_whose_rules_rewrite_ferrys_writes_is_refused(
+    cluster: LocalCluster, tmp_path: Path, rule: str
+) -> None:
+    """A rule rewrites the statement: rows sent elsewhere were recorded as migrated, rows
+    kept by ``DO INSTEAD NOTHING`` as deleted (verify passing), an update as made; a
+    ``DO ALSO`` rule failed the run with a database error. The run refuses such a table and
+    says what to do; doctor and check name it; disabled, the rule is no obstacle."""
+    target_sql = TABLE.format(kind="kind text") + rule + ";"
+    source, target, spec = _world(cluster, tmp_path, "rules", target_sql)
+    with pytest.raises(FerryError, match=r"public\.dst: rules rewrite .* DISABLE RULE"):
+        migrate(source, target, spec)
+    assert _rows(target) == set()
+    found = check(tmp_path / "spec.toml", source, target)
+    assert [f.check for f in found.findings if f.level == "error"] == ["target_table"]
+    diagnosis = diagnose(source, target, spec)
+    assert [f.check for f in diagnosis.findings if f.level == "error"] == ["target_rules"]
+    name = _sql(target, "SELECT rulename FROM pg_rewrite WHERE ev_class = 'dst'::regclass")[0][0]
+    _sql(target, f"ALTER TABLE dst DISABLE RULE {name}")
+    migrate(source, target, spec)
+    assert len(_rows(target)) == 20
+
+
+def test_a_column_the_database_generates_is_named_not_written(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Mapped by mistake, a GENERATED ALWAYS column failed the run with the database's
+    error; the spec is refused with the column's name, and check says so first."""
+    target_sql = TABLE.format(kind="kind text GENERATED ALWAYS AS (upper(name)) STORED")
+    source, target, spec = _world(cluster, tmp_path, "generated", target_sql)
+    found = check(tmp_path / "spec.toml", source, target)
+    assert [f.message for f in found.findings if f.level == "error"] == [
+        "model rows: column kind of public.dst is generated by the database (GENERATED "
+        "ALWAYS): drop it from the SQL"
+    ]
+    with pytest.raises(SpecError, match=r"column kind of public\.dst is generated"):
+        migrate(source, target, spec)
+
+
+def test_rows_an_exclusion_constraint_refuses_do_not_depend_on_timing(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Chunks ran at once where only an exclusion constraint could make them collide: which
+    of two rows wanting the same value was refused depended on which session came first,
+    and two fresh migrates of one source kept different rows. In key order, the lowest key
+    wins, every time."""
+    target_sql = "CREATE EXTENSION IF NOT EXISTS btree_gist; " + TABLE.format(
+        kind="kind text"
+    ).replace("n int);", "n int, EXCLUDE USING gist (n WITH =));")
+    source, _, spec = _world(cluster, tmp_path, "exclusion", target_sql)
+    _sql(source, "INSERT INTO src SELECT i, 'x', 'a', (i % 7) * 10 FROM generate_series(21, 200) i")
+    kept = []
+    for run in range(3):
+        fresh = _fresh(cluster, tmp_path, f"exclusion{run}")
+        migrate(source, fresh, spec, jobs=4)
+        kept.append(_fates(fresh))
+    assert kept[0] == kept[1] == kept[2]
+    assert sorted(int(k) for k, f in kept[0].items() if f[0] == "migrated") == list(range(1, 22))
+
+
+def test_a_trigger_function_that_names_tables_unqualified_is_named_by_doctor(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """ferry writes with only its stage schema and pg_catalog on the search_path; a trigger
+    function without a search_path of its own runs with it, and an unqualified name in it
+    is not found. Doctor names the function and the fix; fixed so, the run goes through."""
+    target_sql = TABLE.format(kind="kind text") + (
+        "CREATE TABLE audit (n int); "
+        "CREATE FUNCTION audited() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN INSERT INTO audit VALUES (NEW.n); RETURN NULL; END $$; "
+        "CREATE TRIGGER audited AFTER INSERT ON dst FOR EACH ROW EXECUTE FUNCTION audited();"
+    )
+    source, target, spec = _world(cluster, tmp_path, "pathless", target_sql)
+    warned = [f.message for f in diagnose(source, target, spec).findings if f.level == "warn"]
+    assert any("audited()" in m and "SET search_path" in m for m in warned), warned
+    _sql(target, "ALTER FUNCTION audited() SET search_path = public")
+    assert not any("audited()" in f.message for f in diagnose(source, target, spec).findings)
+    migrate(source, target, spec)
+    assert _sql(target, "SELECT count(*) FROM audit") == [(20,)]
+
+
+@pytest.mark.parametrize(
+    "column, refused, fix",
+    [
+        ("kind mood", "UPDATE src SET kind = 'meh' WHERE id = 4",
+         "ALTER TYPE mood ADD VALUE 'meh'"),
+        ("kind short", "UPDATE src SET kind = 'long' WHERE id = 4",
+         "ALTER DOMAIN short DROP CONSTRAINT short_len"),
+    ],
+    ids=["enum_value_added", "domain_check_dropped"],
+)  # fmt: skip
+def test_a_row_refused_for_its_type_is_tried_again_once_the_type_takes_it(
+    cluster: LocalCluster, tmp_path: Path, column: str, refused: str, fix: str
+) -> None:
+    """A row refused for its own values is sent again by the next migrate once the target's
+    rules change; an enum's labels and a domain's constraints were not among them, so the
+    row stayed quarantined after the type came to take it, where a fresh migrate writes it."""
+    target_sql = (
+        "CREATE TYPE mood AS ENUM ('a', 'b', 'c'); "
+        "CREATE DOMAIN short AS text CONSTRAINT short_len CHECK (length(VALUE) = 1); "
+        + TABLE.format(kind=column)
+    )
+    source, target, spec = _world(cluster, tmp_path, "typed", target_sql)
+    _sql(source, refused)
+    migrate(source, target, spec)
+    assert _fates(target)["4"][0] == "quarantined"
+    _sql(target, fix)
+    migrate(source, target, spec)
+    assert _fates(target)["4"][0] == "migrated"
+    fresh = _fresh(cluster, tmp_path, "typed")
+    _sql(fresh, fix)
+    migrate(source, fresh, spec)
+    assert _rows(target) == _rows(fresh)
+
+
+def test_the_target_rules_digest_sees_enum_labels_and_domain_constraints(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """A row refused for its own values is not sent again as it was until the digest of
+    the target's rules changes: an enum's new label and a domain's dropped CHECK did not
+    change it, so a row computed again (its parent changed, say) stayed refused."""
+    from ferry.engine import predict
+
+    target_sql = (
+        "CREATE TYPE mood AS ENUM ('a', 'b', 'c'); "
+        "CREATE DOMAIN short AS text CONSTRAINT short_len CHECK (length(VALUE) = 1); "
+        + TABLE.format(kind="kind mood, other short")
+    )
+    _, target, _ = _world(cluster, tmp_path, "digest", target_sql)
+
+    def digest() -> str:
+        with psycopg.connect(target) as conn:
+            return predict.refusals(conn, "public.dst", ["kind", "other"], set()).digest
+
+    first = digest()
+    _sql(target, "ALTER TYPE mood ADD VALUE 'meh'")
+    second = digest()
+    _sql(target, "ALTER DOMAIN short DROP CONSTRAINT short_len")
+    assert len({first, second, digest()}) == 3
