@@ -59,3 +59,15 @@ def outside_pytest(prefix: str) -> tempfile.TemporaryDirectory[str]:
     session that starts takes the others' bits off ``/tmp/pytest-of-root`` (a cluster of
     another session running under it then lost its data directory: PANIC)."""
     return tempfile.TemporaryDirectory(prefix=prefix)
+
+
+def one_table_spec(model_sql: str, legacy_column: str, chunk_size: int) -> str:
+    """A spec's text: the source table ``public.src`` (key ``id``) into ``public.dst`` by
+    one model, ``model_sql``."""
+    return (
+        'name = "one_table"\nnamespace = "0c7f1a2e-5b4d-4e8f-9a1b-2c3d4e5f6a7b"\n'
+        f"chunk_size = {chunk_size}\n\n"
+        '[[sources]]\nname = "src"\ntable = "public.src"\nkey = "id"\n\n'
+        '[[models]]\nname = "rows"\ntarget = "public.dst"\nsource = "src"\n'
+        f"legacy_column = \"{legacy_column}\"\nsql = '''{model_sql}'''\n"
+    )

@@ -18,25 +18,9 @@ from ferry.ops.verify import verify
 from ferry.spec import Spec
 from ferry.sync import wal
 from ferry.sync.loop import sync
-from tests.helpers import fresh_db
+from tests.helpers import fresh_db, one_table_spec
 
 OWNER = "sources_owner"
-SPEC = """name = "sources"
-namespace = "5a0c2f9e-3b1d-4c7a-8e6f-9d2b1a0c3e4f"
-chunk_size = 4
-
-[[sources]]
-name = "src"
-table = "public.src"
-key = "id"
-
-[[models]]
-name = "rows"
-target = "public.dst"
-source = "src"
-legacy_column = "legacy_key"
-sql = '''SELECT s.id AS _key, s.id::text AS legacy_key, {columns} FROM src s'''
-"""
 
 
 class World:
@@ -53,9 +37,9 @@ class World:
         (tmp / "target.sql").write_text(
             f"CREATE TABLE dst (id uuid PRIMARY KEY, legacy_key text UNIQUE, {cols});"
         )
-        (tmp / "spec.toml").write_text(
-            SPEC.format(columns=", ".join(f's."{c}"::text AS "{c}"' for c in columns))
-        )
+        cols_sql = ", ".join(f's."{c}"::text AS "{c}"' for c in columns)
+        model = f"SELECT s.id AS _key, s.id::text AS legacy_key, {cols_sql} FROM src s"
+        (tmp / "spec.toml").write_text(one_table_spec(model, "legacy_key", chunk_size=4))
         self.spec: Spec = load_spec(tmp / "spec.toml")
         self.columns = columns
 

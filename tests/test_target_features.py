@@ -20,7 +20,7 @@ from ferry.ops.doctor import diagnose
 from ferry.ops.verify import verify
 from ferry.spec import Spec
 from ferry.sync.loop import sync
-from tests.helpers import fresh_db
+from tests.helpers import fresh_db, one_table_spec
 
 OWNER = "features_owner"
 SOURCE = (
@@ -30,22 +30,6 @@ SOURCE = (
 )
 MODEL = "SELECT s.id AS _key, s.id::text AS legacy_id, s.name, s.kind, s.n FROM src s"
 TABLE = "CREATE TABLE dst (id uuid PRIMARY KEY, legacy_id text UNIQUE, name text, {kind}, n int);"
-SPEC = """name = "features"
-namespace = "0c7f1a2e-5b4d-4e8f-9a1b-2c3d4e5f6a7b"
-chunk_size = 5
-
-[[sources]]
-name = "src"
-table = "public.src"
-key = "id"
-
-[[models]]
-name = "rows"
-target = "public.dst"
-source = "src"
-legacy_column = "legacy_id"
-sql = '''{model}'''
-"""
 
 
 def _world(
@@ -57,7 +41,7 @@ def _world(
         conn.execute(SOURCE)
     (tmp / "target.sql").write_text(target_sql)
     fresh_db(cluster, f"{name}_tgt", tmp / "target.sql", owner=OWNER)
-    (tmp / "spec.toml").write_text(SPEC.format(model=model))
+    (tmp / "spec.toml").write_text(one_table_spec(model, "legacy_id", chunk_size=5))
     return source, cluster.conninfo(f"{name}_tgt", user=OWNER), load_spec(tmp / "spec.toml")
 
 

@@ -577,27 +577,23 @@ def _model(
     where = f"model {model.name}"
     tcols, notnull, generated = _target_columns(conn, model.target)
     rules = catalog.write_rules(conn, model.target) if tcols else []
-    if rules:
+    refused = (
+        [RULES_REWRITE.format(tables=model.target, rules=", ".join(rules))]
+        if rules
+        else []
+        if tcols
+        else [
+            f"target table {model.target} does not exist in the target database "
+            "(or this role cannot see it)"
+        ]
+    )
+    for message in refused:
         out.append(
             Finding(
-                "error",
-                "target_table",
-                toml,
-                lines.line("models", i, "target"),
-                f"{where}: {RULES_REWRITE.format(tables=model.target, rules=', '.join(rules))}",
+                "error", "target_table", toml, lines.line("models", i, "target"),
+                f"{where}: {message}",
             )
-        )
-    if not tcols:
-        out.append(
-            Finding(
-                "error",
-                "target_table",
-                toml,
-                lines.line("models", i, "target"),
-                f"{where}: target table {model.target} does not exist in the target database "
-                "(or this role cannot see it)",
-            )
-        )
+        )  # fmt: skip
     for attr in ("key_column", "legacy_column"):
         col = getattr(model, attr)
         if tcols and col is not None and col not in tcols:
@@ -667,29 +663,15 @@ def _model(
             continue
         if not tcols:
             continue
-        if name not in tcols:
-            out.append(
-                Finding(
-                    "error",
-                    "target_column",
-                    sql_file,
-                    line,
-                    f"{where}: output column {name} is not a column of {model.target}",
-                    col,
-                )
-            )
-            continue
-        if name in generated:
-            out.append(
-                Finding(
-                    "error",
-                    "target_column",
-                    sql_file,
-                    line,
-                    f"{where}: {GENERATED.format(column=name, table=model.target)}",
-                    col,
-                )
-            )
+        unfit = (
+            f"output column {name} is not a column of {model.target}"
+            if name not in tcols
+            else GENERATED.format(column=name, table=model.target)
+            if name in generated
+            else None
+        )
+        if unfit:
+            out.append(Finding("error", "target_column", sql_file, line, f"{where}: {unfit}", col))
             continue
         written.add(name)
         cast = _cast_problem(conn, prefix, q.run, name, tcols[name])
