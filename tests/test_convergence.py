@@ -66,9 +66,10 @@ OWNER = "conv_owner"
 
 _SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 # ci: reproducible and bounded; no shrinking (a step costs about a second, and shrinking a
-# failure took over five minutes): it reports the history as found, at most 10 steps.
+# failure took over five minutes): it reports the history as found, at most 10 steps. 45
+# histories (160 s for 60 kept the suite at the edge of CI's 10 minutes).
 settings.register_profile(
-    "ci", max_examples=60, stateful_step_count=10, deadline=None, derandomize=True,
+    "ci", max_examples=45, stateful_step_count=10, deadline=None, derandomize=True,
     database=None, suppress_health_check=_SUPPRESS,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
 )  # fmt: skip

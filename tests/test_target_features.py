@@ -310,3 +310,29 @@ def test_the_target_rules_digest_sees_enum_labels_and_domain_constraints(
     second = digest()
     _sql(target, "ALTER DOMAIN short DROP CONSTRAINT short_len")
     assert len({first, second, digest()}) == 3
+
+
+def test_a_sync_that_gives_a_lower_key_a_value_a_later_one_holds_keeps_the_lower(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Under an exclusion constraint, a sync that gave row 1 the value row 11 held kept 11
+    and refused 1, where a fresh migrate keeps 1 and refuses 11. As for a unique value,
+    the later key's row gives the value up."""
+    target_sql = "CREATE EXTENSION IF NOT EXISTS btree_gist; " + TABLE.format(
+        kind="kind text"
+    ).replace("n int);", "n int, EXCLUDE USING gist (int4range(n, n + 5) WITH &&));")
+    source, target, spec = _world(cluster, tmp_path, "overlap", target_sql)
+    migrate(source, target, spec)
+    _sql(source, "UPDATE src SET n = 112 WHERE id = 1")  # overlaps row 11's [110, 115)
+    sync(source, target, spec)
+    fates = _fates(target)
+    assert (fates["1"][0], fates["11"][:3]) == (
+        "migrated", ("quarantined", "exclusion_violation", "23P01"),
+    )  # fmt: skip
+    fresh = _fresh(cluster, tmp_path, "overlap")
+    migrate(source, fresh, spec)
+    assert {k: f[:3] for k, f in _fates(target).items()} == {
+        k: f[:3] for k, f in _fates(fresh).items()
+    }
+    assert _rows(target) == _rows(fresh)
+    assert verify(target, spec).ok

@@ -130,7 +130,7 @@ FROM c._ferry_status OR l.reason IS DISTINCT
 FROM c._ferry_reason OR l.repairs <> c._ferry_repairs OR l.target_uuid IS DISTINCT
 FROM c._ferry_uuid OR (l.row_hash IS DISTINCT
 FROM c._ferry_hash AND NOT coalesce(l.row_hash IN (hash_record_extended(ROW("c"."legacy_author_id", "c"."name", "c"."country_code"), 0)::text), false)) OR l.sqlstate IS DISTINCT
-FROM c._ferry_sqlstate) AND NOT coalesce(NOT false AND l.status = 'quarantined' AND c._ferry_fate = 0 AND l.sqlstate NOT IN ('23505', '23503') AND l.row_hash = md5("c"._ferry_hash || 'd1'), false) AND l.decided_by IS NULL
+FROM c._ferry_sqlstate) AND NOT coalesce(NOT false AND l.status = 'quarantined' AND c._ferry_fate = 0 AND l.sqlstate NOT IN ('23505', '23503', '23P01') AND l.row_hash = md5("c"._ferry_hash || 'd1'), false) AND l.decided_by IS NULL
 
 -- candidates[4]
 SET LOCAL enable_hashjoin = on

@@ -217,7 +217,7 @@ FROM c._ferry_uuid OR (l.row_hash IS DISTINCT
 FROM c._ferry_hash AND NOT coalesce(l.row_hash IN (hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0)::text, (hash_record_extended(ROW("c"."legacy_book_id", "c"."title", "c"."isbn", "c"."price", "c"."published_at", "c"."author_id"), 0) # CASE
 WHEN "c"."price" = 0 THEN 6364136223846793008::int8
 ELSE 0 END)::text), false)) OR l.sqlstate IS DISTINCT
-FROM c._ferry_sqlstate) AND NOT coalesce(NOT false AND l.status = 'quarantined' AND c._ferry_fate = 0 AND l.sqlstate NOT IN ('23505', '23503') AND l.row_hash = md5("c"._ferry_hash || 'd2'), false) AND l.decided_by IS NULL
+FROM c._ferry_sqlstate) AND NOT coalesce(NOT false AND l.status = 'quarantined' AND c._ferry_fate = 0 AND l.sqlstate NOT IN ('23505', '23503', '23P01') AND l.row_hash = md5("c"._ferry_hash || 'd2'), false) AND l.decided_by IS NULL
 
 -- candidates[4]
 SET LOCAL enable_hashjoin = on

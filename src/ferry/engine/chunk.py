@@ -36,6 +36,8 @@ BISECTABLE = (
 
 
 _INTEGERS = ("smallint", "integer", "bigint")
+# Refusals for a value another row holds, which it may have to give up (``Runner._evict``).
+_HELD_BY_ANOTHER = (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation)
 # One transaction of a model: a key range [lo, hi) (None: open), or a list of keys (a sync's).
 Chunk = tuple[Any, Any, Sequence[str] | None]
 # The random_page_cost a chunk of listed keys is planned with, when the server's is higher:
@@ -935,13 +937,14 @@ class Runner:
         if row is None:
             return
         self._ledger_error(row[0], exc, row[1])
-        if isinstance(exc, psycopg.errors.UniqueViolation) and not self.fresh:
+        if isinstance(exc, _HELD_BY_ANOTHER) and not self.fresh:
             self._evict(n, row[0], exc)
 
-    def _evict(self, n: int, key: str, exc: psycopg.errors.UniqueViolation) -> None:
-        """A unique violation nobody predicted (``predict`` finds most before the write):
-        if the row that holds the value is ferry's, of this model, with a later key, it
-        gives the value up (``_give_up``) and the refused row runs again once it is gone."""
+    def _evict(self, n: int, key: str, exc: psycopg.Error) -> None:
+        """A unique or exclusion violation nobody predicted (``predict`` finds most unique
+        ones before the write): if the row that holds the value is ferry's, of this model,
+        with a later key, it gives the value up (``_give_up``) and the refused row runs
+        again once it is gone."""
         plan = self.plan
         holder = _holder(self.conn, plan, exc.diag.constraint_name, n)
         if holder is None or holder[0] == key:
@@ -970,14 +973,15 @@ class Runner:
             plan.model.key_column, [holder],
         )  # fmt: skip
         ledger.queue_deletes(self.conn, plan.spec, plan.model.name, [holder], self.run_id)
+        reason = "exclusion_violation" if sqlstate == predict.EXCLUSION else "unique_violation"
         self.conn.execute(
             sql.SQL(
-                "UPDATE {} SET status = 'quarantined', reason = 'unique_violation', "
+                "UPDATE {} SET status = 'quarantined', reason = %s, "
                 "sqlstate = %s, message = %s, repairs = '{{}}', target_uuid = NULL, "
                 "row_hash = NULL, run_id = %s, updated_at = clock_timestamp(), "
                 "tries = tries + 1 WHERE model = %s AND source_key = %s AND status = 'migrated'"
             ).format(self.led),
-            [sqlstate, message, self.run_id, plan.model.name, holder],
+            [reason, sqlstate, message, self.run_id, plan.model.name, holder],
         )
         self.transitions[("migrated", "quarantined")] += 1
         self.changed_keys.add(holder)
@@ -995,19 +999,23 @@ def _holder(
     expressions are evaluated on both sides, so that an expression index (``lower(email)``)
     is matched as the database matches it."""
     # The indexes the prediction knows (``predict.refusals``): their expressions, as read
-    # once for the model.
+    # once for the model; or an exclusion constraint's, with its operators.
     unique = next((u for u in plan.refusals.uniques if u.name == index), None)
-    if unique is None:
-        return None
-    exprs, pred = unique.exprs, unique.predicate
+    if unique is not None:
+        exprs, pred, ops = unique.exprs, unique.predicate, ["="] * len(unique.exprs)
+    else:
+        excluded = predict.exclusion(conn, plan.model.target, index) if index else None
+        if excluded is None:
+            return None
+        exprs, pred, ops = excluded.exprs, excluded.predicate, excluded.operators
     cols = sql.SQL(", ").join(sql.Identifier(name) for name, _, _ in plan.columns)
     wanted = sql.SQL(", ").join(
         sql.SQL("({}) AS {}").format(sql.SQL(e), sql.Identifier(f"k{i}"))  # type: ignore[arg-type]
         for i, e in enumerate(exprs)
     )
     same = sql.SQL(" AND ").join(
-        sql.SQL("({}) = w.{}").format(sql.SQL(e), sql.Identifier(f"k{i}"))  # type: ignore[arg-type]
-        for i, e in enumerate(exprs)
+        sql.SQL("({}) {} w.{}").format(sql.SQL(e), sql.SQL(op), sql.Identifier(f"k{i}"))  # type: ignore[arg-type]
+        for i, (e, op) in enumerate(zip(exprs, ops, strict=True))
     )
     if pred:
         same = sql.SQL("{} AND ({})").format(same, sql.SQL(pred))  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from psycopg import sql
 
 from ferry import catalog
 
-NOT_NULL, CHECK, UNIQUE = "23502", "23514", "23505"
+NOT_NULL, CHECK, UNIQUE, EXCLUSION = "23502", "23514", "23505", "23P01"
 NOT_NULL_REASON = "not_null_violation"
 BLOCKED = "blocked"
 
@@ -40,6 +40,32 @@ class Unique:
     exprs: list[str]
     predicate: str | None
     nulls_distinct: bool
+
+
+@dataclass
+class Exclusion:
+    """An exclusion constraint: no two rows whose ``exprs`` all hold under ``operators``
+    (``OPERATOR(schema.op)``), among the rows ``predicate`` takes."""
+
+    exprs: list[str]
+    operators: list[str]
+    predicate: str | None
+
+
+def exclusion(conn: psycopg.Connection, table: str, name: str) -> Exclusion | None:
+    """The exclusion constraint ``name`` of ``table`` (None: not one)."""
+    row = conn.execute(
+        "SELECT ARRAY(SELECT pg_get_indexdef(c.conindid, k, true) "
+        "             FROM generate_series(1, i.indnkeyatts) k ORDER BY k), "
+        "       ARRAY(SELECT format('OPERATOR(%%I.%%s)', o.oprnamespace::regnamespace, o.oprname) "
+        "             FROM unnest(c.conexclop) WITH ORDINALITY x(op, k) "
+        "             JOIN pg_operator o ON o.oid = x.op ORDER BY x.k), "
+        "       pg_get_expr(i.indpred, i.indrelid) "
+        "FROM pg_constraint c JOIN pg_index i ON i.indexrelid = c.conindid "
+        "WHERE c.conrelid = to_regclass(%s) AND c.conname = %s AND c.contype = 'x'",
+        [catalog.regclass(table), name],
+    ).fetchone()
+    return None if row is None else Exclusion(list(row[0]), list(row[1]), row[2])
 
 
 @dataclass

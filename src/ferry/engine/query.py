@@ -665,7 +665,7 @@ class Plan:
                 # target's constraints changed or an operator asks: each try logs it. (Not
                 # a unique or foreign key violation: those depend on other rows.)
                 "AND NOT coalesce(NOT {retry} AND l.status = 'quarantined' "
-                "AND c._ferry_fate = 0 AND l.sqlstate NOT IN ('23505', '23503') "
+                "AND c._ferry_fate = 0 AND l.sqlstate NOT IN ('23505', '23503', '23P01') "
                 "AND l.row_hash = {refused}, false) "
                 # An operator's decision (ferry quarantine exclude) stands until they undo it.
                 "AND l.decided_by IS NULL"

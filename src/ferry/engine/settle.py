@@ -36,7 +36,8 @@ UNIQUE_VIOLATION = "23505"
 # Passes over rows blocked on a unique value within one run (each frees values by deleting).
 BLOCKED_PASSES = 10
 # Refusals that other rows decide: a unique value, a foreign key.
-OTHER_ROWS = (UNIQUE_VIOLATION, "23503")
+EXCLUSION_VIOLATION = "23P01"
+OTHER_ROWS = (UNIQUE_VIOLATION, "23503", EXCLUSION_VIOLATION)
 
 
 @dataclass
@@ -278,8 +279,9 @@ def delete_pending(
     if not deleted:
         return 0, {}
     return deleted, _quarantined(
-        conn, spec, [m for m in spec.models if m.target in freed], "refused", UNIQUE_VIOLATION
-    )
+        conn, spec, [m for m in spec.models if m.target in freed], "refused",
+        (UNIQUE_VIOLATION, EXCLUSION_VIOLATION),
+    )  # fmt: skip
 
 
 def _blocked(results: list[chunk.ModelResult]) -> dict[str, set[str]]:
@@ -327,14 +329,14 @@ def _mark_deleted(
 
 def _quarantined(
     conn: psycopg.Connection, spec: Spec, models: Sequence[Model], which: str | None,
-    sqlstate: str | None = None,
+    sqlstates: Sequence[str] | None = None,
 ) -> dict[str, set[str]]:  # fmt: skip
     """Quarantined keys to try again (``Work.quarantined``), per model of ``models``: by a
     rule, whose verdict can change with any row ("all"), and those the database refused for
-    a unique value or a foreign key, which other rows decide ("all" and "refused"); or only
-    those refused with ``sqlstate``. A row refused for its own values (a cast, a CHECK) is
-    tried again when its own row changes, or on ``quarantine retry``: each try of an
-    unpredicted one is logged."""
+    a unique or exclusion constraint or a foreign key, which other rows decide ("all" and
+    "refused"); or only those refused with one of ``sqlstates``. A row refused for its own
+    values (a cast, a CHECK) is tried again when its own row changes, or on ``quarantine
+    retry``: each try of an unpredicted one is logged."""
     if which is None or not models:
         return {}
     rows = conn.execute(
@@ -342,8 +344,8 @@ def _quarantined(
             "SELECT model, source_key FROM {} WHERE model = ANY(%s) AND status = 'quarantined' "
             "AND decided_by IS NULL AND ((%s AND sqlstate IS NULL) OR sqlstate = ANY(%s))"
         ).format(ledger.table(spec, "ledger")),
-        [[m.name for m in models], which == "all" and sqlstate is None,
-         [sqlstate] if sqlstate else list(OTHER_ROWS)],
+        [[m.name for m in models], which == "all" and sqlstates is None,
+         list(sqlstates or OTHER_ROWS)],
     ).fetchall()  # fmt: skip
     conn.commit()
     found: dict[str, set[str]] = defaultdict(set)
