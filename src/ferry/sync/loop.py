@@ -75,7 +75,7 @@ def _restage(
     holds already (by its digest) is not read into the database; ``full``: it is.
     A table whose columns are no longer those it was staged with (one added, dropped,
     renamed, retyped) is staged again whole, as a migrate of the source as it is now would
-    stage it; those sources are returned last, their models to be computed whole."""
+    stage it; those sources are returned too, their models to be computed whole."""
     pairs = SessionPairs(source, target, "ferry-sync")
     texts: dict[str, tuple[set[str], set[str]]] = {}
     restaged: set[str] = set()
@@ -85,7 +85,7 @@ def _restage(
         t = pairs.target_session()
         stage_rel = (spec.stage_schema, src.stage_table)
         shape = None  # the source table's definition, read before a whole diff (WAL only)
-        if not src.keyless and src.table is not None and _reads_source(src, feed, emptied):
+        if not src.keyless and src.table is not None and _whole(src, feed, emptied):
             if not shapes:
                 shapes.update(stage.recorded_shapes(t, spec))
             s = pairs.source_session()
@@ -93,7 +93,9 @@ def _restage(
             recorded = shapes.get(src.name, (None, None))[0]
             _, now = stage.staged_columns(s, src)
             s.rollback()
-            if recorded is not None and stage.columns_digest(now) != recorded:
+            if recorded is None:  # staged by a ferry that did not record columns: from now
+                stage.note_shape(t, spec, src.name, stage.columns_digest(now), None)
+            elif stage.columns_digest(now) != recorded:
                 if feed is not None and feed.export is not None:
                     feed.export.use(s)  # a slot made again: read in the snapshot it exported
                 staged = stage.stage_table(s, t, spec, src)
@@ -173,15 +175,11 @@ def _restage(
         return dict(pool.map(one, spec.sources)), texts, restaged
 
 
-def _reads_source(src: Source, feed: wal.Changes | None, emptied: set[str]) -> bool:
-    """Whether this sync reads the source table of ``src``: always by checksums; from the
-    WAL where it names keys of it, or says to compare it whole, or its stage was emptied."""
-    return (
-        feed is None
-        or src.name in feed.full
-        or src.name in emptied
-        or bool(feed.keys.get(src.name))
-    )
+def _whole(src: Source, feed: wal.Changes | None, emptied: set[str]) -> bool:
+    """Whether this sync compares the table of ``src`` whole: always by checksums; from the
+    WAL where it says to (its definition changed, columns among it: ``wal._redefined``), or
+    the stage was emptied. Only then can its columns have changed since it was staged."""
+    return feed is None or src.name in feed.full or src.name in emptied
 
 
 def _staged_rows(
