@@ -589,7 +589,7 @@ def test_a_crash_empties_a_stage_whose_rows_a_rollback_left_without_fates(
     An emptied stage was told by the fates its source's rows had: here none, so the sync
     took the empty stage for the source and read only the WAL's changes (none). Item 7, its
     note and a person stayed without a fate or a row, and every check passed. The staging
-    record (a logged table) now tells too (``ledger.emptied``)."""
+    record (a logged table) now tells too (``ledger.emptied_of``)."""
     for name in ("groups.sql", "items.sql", "spec.toml"):
         (tmp_path / name).write_text((SPEC_DIR / name).read_text())
     Convergence.ctx = {

@@ -524,7 +524,7 @@ def _record(spec: Spec) -> sql.Identifier:
 def unchanged_file(conn: psycopg.Connection, spec: Spec, src: Source, digest: str) -> bool:
     """Whether the stage holds the file ``digest`` names, as recorded when it was staged
     or synced last: then a sync need not load and compare it (two scans and an index of the
-    file's rows). The caller asks only of a stage not emptied since (``ledger.emptied``: by
+    file's rows). The caller asks only of a stage not emptied since (``ledger.emptied_of``: by
     a crash; a rollback of everything drops the records)."""
     row = conn.execute(
         sql.SQL("SELECT s.digest = %s FROM {} s WHERE s.source = %s").format(_record(spec)),

@@ -778,19 +778,14 @@ def stage_key_type(conn: psycopg.Connection, spec: Spec, src: Source) -> str | N
     return str(row[0]) if row else None
 
 
-def emptied(conn: psycopg.Connection, spec: Spec, source: str) -> bool:
-    """Whether the stage copy of ``source`` is empty though the ledger holds fates of its
-    rows, or the last record of its staging (a logged table) counted rows: a server crash
+def emptied_of(conn: psycopg.Connection, spec: Spec, sources: Sequence[str]) -> set[str]:
+    """Those of ``sources`` whose stage copy is empty though the ledger holds fates of their
+    rows, or the last record of their staging (a logged table) counted rows: a server crash
     (or a restart after a failover) empties ferry's unlogged stage. By fates alone, a
     source none of whose rows had a fate (a rollback had undone the run that wrote them,
     or a lookup table, which has none) went unnoticed: a WAL sync, which reads only
-    changes, left it empty and its rows without fates."""
-    return source in emptied_of(conn, spec, [source])
-
-
-def emptied_of(conn: psycopg.Connection, spec: Spec, sources: Sequence[str]) -> set[str]:
-    """Those of ``sources`` whose stage copy was emptied (``emptied``), the stages asked at
-    once: a sync asks it of every source, and most hold rows."""
+    changes, left it empty and its rows without fates. The stages are asked at once: most
+    hold rows."""
     holding = staged_sources(conn, spec, sources)
     if holding:
         rows = conn.execute(

@@ -577,16 +577,12 @@ def _model(
     where = f"model {model.name}"
     tcols, notnull, generated = _target_columns(conn, model.target)
     rules = catalog.write_rules(conn, model.target) if tcols else []
-    refused = (
-        [RULES_REWRITE.format(tables=model.target, rules=", ".join(rules))]
-        if rules
-        else []
-        if tcols
-        else [
+    refused = [RULES_REWRITE.format(tables=model.target, rules=", ".join(rules))] if rules else []
+    if not tcols:
+        refused.append(
             f"target table {model.target} does not exist in the target database "
             "(or this role cannot see it)"
-        ]
-    )
+        )
     for message in refused:
         out.append(
             Finding(

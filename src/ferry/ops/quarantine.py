@@ -91,7 +91,8 @@ def models_for(spec: Spec, table: str) -> list[str]:
 def _check_stage(conn: psycopg.Connection, spec: Spec) -> None:
     """A run that settles fates reads the stage: an emptied one would make every row look
     deleted from the source."""
-    gone = [s.name for s in spec.sources if ledger.emptied(conn, spec, s.name)]
+    emptied = ledger.emptied_of(conn, spec, [s.name for s in spec.sources])
+    gone = [s.name for s in spec.sources if s.name in emptied]
     conn.commit()
     if gone:
         raise QuarantineError(

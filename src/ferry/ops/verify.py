@@ -630,12 +630,11 @@ def _one(conn: psycopg.Connection, query: sql.Composable, params: Sequence[objec
 
 
 def _emptied_stages(conn: psycopg.Connection, spec: Spec, report: VerifyReport) -> set[str]:
-    """Sources whose stage copy is empty though it held rows (``ledger.emptied``): said
+    """Sources whose stage copy is empty though it held rows (``ledger.emptied_of``): said
     once, rather than as every one of their keys missing."""
-    emptied = set()
+    emptied = ledger.emptied_of(conn, spec, [src.name for src in spec.sources])
     for src in spec.sources:
-        if ledger.emptied(conn, spec, src.name):
-            emptied.add(src.name)
+        if src.name in emptied:
             report.problems.append(
                 Problem(
                     "stage",

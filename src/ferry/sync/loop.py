@@ -34,6 +34,7 @@ from psycopg import sql
 
 from ferry import catalog, ledger
 from ferry.engine import chunk, settle, stage
+from ferry.engine.columns import Column
 from ferry.engine.keys import composite_text
 from ferry.engine.pipeline import Progress, SessionPairs, session
 from ferry.errors import FerryError
@@ -68,7 +69,7 @@ def _restage(
     are handed on (``ledger.hand_on``), and the staging record updated, in the same
     transaction; they are returned as the ledger names them (changed, deleted;
     ``_key_texts``). ``emptied``: the sources whose stage copy was emptied
-    (``ledger.emptied``; a server crash, or a restart after a failover, empties unlogged
+    (``ledger.emptied_of``; a server crash, or a restart after a failover, empties unlogged
     tables), copied whole.
     With a ``feed`` from the WAL, a table is compared only for the keys it names, unless
     it says to compare the whole table (or the stage was emptied). A CSV file the stage
@@ -85,6 +86,7 @@ def _restage(
         t = pairs.target_session()
         stage_rel = (spec.stage_schema, src.stage_table)
         shape = None  # the source table's definition, read before a whole diff (WAL only)
+        now: list[Column] = []  # its columns, read for a whole diff
         if not src.keyless and src.table is not None and _whole(src, feed, emptied):
             if not shapes:
                 shapes.update(stage.recorded_shapes(t, spec))
@@ -140,8 +142,7 @@ def _restage(
         else:
             assert src.table is not None
             s = pairs.source_session()
-            cols = [c.name for c in stage.source_columns(s, src.table)]
-            s.rollback()
+            cols = [c.name for c in now]  # read above: this diff is whole (``_whole``)
             if feed is not None and feed.export is not None:
                 feed.export.use(s)  # a slot made again: diff in the snapshot it exported
             result = diff.sync_stage_table(

@@ -503,7 +503,7 @@ def _redefined(
     sources = [s for s in _table_sources(spec) if s.table]
     staged = stage.recorded_shapes(target_conn, spec)
     target_conn.commit()
-    now = catalog.table_shapes(conn, [s.table for s in sources if s.table])
+    now = catalog.table_shapes(conn, [s.table for s in sources])
     conn.commit()
     for src, shape in zip(sources, now, strict=True):
         if shape is None or staged.get(src.name, (None, None))[1] != shape:
