@@ -29,7 +29,7 @@ def cluster() -> Iterator[LocalCluster]:
     else:
         with (
             tempfile.TemporaryDirectory(prefix="ferry-test-") as tmp,
-            running(Path(tmp), logical=True) as c,
+            running(Path(tmp), logical=True, discard=True) as c,
         ):
             yield c
 

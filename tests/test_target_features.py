@@ -252,6 +252,7 @@ def test_a_trigger_function_that_names_tables_unqualified_is_named_by_doctor(
     assert _sql(target, "SELECT count(*) FROM audit") == [(20,)]
 
 
+@pytest.mark.parametrize("run", ["migrate", "sync"])
 @pytest.mark.parametrize(
     "column, refused, fix",
     [
@@ -259,15 +260,17 @@ def test_a_trigger_function_that_names_tables_unqualified_is_named_by_doctor(
          "ALTER TYPE mood ADD VALUE 'meh'"),
         ("kind short", "UPDATE src SET kind = 'long' WHERE id = 4",
          "ALTER DOMAIN short DROP CONSTRAINT short_len"),
+        ("kind text CONSTRAINT one CHECK (length(kind) = 1)",
+         "UPDATE src SET kind = 'long' WHERE id = 4", "ALTER TABLE dst DROP CONSTRAINT one"),
     ],
-    ids=["enum_value_added", "domain_check_dropped"],
+    ids=["enum_value_added", "domain_check_dropped", "check_dropped"],
 )  # fmt: skip
 def test_a_row_refused_for_its_type_is_tried_again_once_the_type_takes_it(
-    cluster: LocalCluster, tmp_path: Path, column: str, refused: str, fix: str
+    cluster: LocalCluster, tmp_path: Path, column: str, refused: str, fix: str, run: str
 ) -> None:
-    """A row refused for its own values is sent again by the next migrate once the target's
-    rules change; an enum's labels and a domain's constraints were not among them, so the
-    row stayed quarantined after the type came to take it, where a fresh migrate writes it."""
+    """A row refused for its own values is sent again once the target's rules change, by
+    the next migrate and by a sync with no source change: a fresh migrate writes it. An
+    enum's labels and a domain's constraints were not among the rules; a sync never looked."""
     target_sql = (
         "CREATE TYPE mood AS ENUM ('a', 'b', 'c'); "
         "CREATE DOMAIN short AS text CONSTRAINT short_len CHECK (length(VALUE) = 1); "
@@ -277,13 +280,20 @@ def test_a_row_refused_for_its_type_is_tried_again_once_the_type_takes_it(
     _sql(source, refused)
     migrate(source, target, spec)
     assert _fates(target)["4"][0] == "quarantined"
+    sync(source, target, spec)  # nothing changed: the row is not sent again for nothing
+    tries = "SELECT tries FROM ferry.ledger WHERE source_key = '4'"
+    assert _fates(target)["4"][0] == "quarantined" and _sql(target, tries) == [(1,)]
     _sql(target, fix)
-    migrate(source, target, spec)
+    if run == "migrate":
+        migrate(source, target, spec)
+    else:
+        assert sync(source, target, spec).counts["fixed_on_retry"] == 1
     assert _fates(target)["4"][0] == "migrated"
     fresh = _fresh(cluster, tmp_path, "typed")
     _sql(fresh, fix)
     migrate(source, fresh, spec)
     assert _rows(target) == _rows(fresh)
+    assert _fates(target)["4"][:3] == _fates(fresh)["4"][:3]
 
 
 def test_the_target_rules_digest_sees_enum_labels_and_domain_constraints(

@@ -8,6 +8,8 @@ Errors name the file, the place (``models[3].parents[0].model``) and the problem
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import tomllib
 import uuid
@@ -335,6 +337,19 @@ class Spec(_Strict):
             return one_query(text).lstrip()  # a trailing newline ends a comment
         except ShapeError as exc:
             raise SpecError(f"{where}: not one query: {exc}") from None
+
+    def definition(self, model: Model) -> str:
+        """A digest of all in the spec that decides a model's rows and fates: the model but
+        how it is chunked and what it declares it reads, its SQL's text, its source, the
+        namespace of its keys. A sync computes a model whole when it changed since the
+        model last ran whole, as a migrate with this spec would (``settle``)."""
+        kept = model.model_dump(mode="json", exclude={"chunk_size", "reads", "sql"})
+        text = json.dumps(
+            [str(self.namespace), self.stage_schema, kept, self.model_sql(model),
+             self.source(model.source).model_dump(mode="json")],
+            sort_keys=True,
+        )  # fmt: skip
+        return hashlib.md5(text.encode()).hexdigest()
 
     def reads(self, model: Model) -> set[str]:
         """The sources a model reads: its own and those whose stage table its SQL or rules

@@ -20,7 +20,7 @@ from psycopg import sql
 from ferry import ledger
 from ferry.conninfo import connect
 from ferry.engine import chunk, constraints, deletes, dependencies, query, stage
-from ferry.engine.rehash import rehash
+from ferry.engine.rehash import note_run, rehash
 from ferry.errors import DuplicateKeysError, FerryError
 from ferry.spec import Spec
 
@@ -285,6 +285,7 @@ def _run_model(
             ).format(sql.Identifier(spec.ledger_schema)),
             [run_id, model.name, result.rows, result.written, result.seconds],
         )
+        note_run(conn, spec, plan, run_id, whole=keys is None)
         conn.commit()
     progress.model_done(result)
     return result

@@ -114,9 +114,9 @@ def refusals(
     return out
 
 
-_REFUSALS = """
-WITH t AS (SELECT to_regclass(%(t)s) AS oid)
-SELECT
+# The digest of every rule a target table (``t.oid``) holds rows to: constraints, indexes,
+# triggers, column types, an enum's labels, a domain's constraints.
+RULES_DIGEST = """
   md5(concat_ws('|',
     (SELECT string_agg(conname || pg_get_constraintdef(c.oid), ',' ORDER BY conname)
      FROM pg_constraint c WHERE conrelid = t.oid),
@@ -131,7 +131,15 @@ SELECT
        || coalesce((SELECT string_agg(pg_get_constraintdef(oid), ',' ORDER BY conname)
                     FROM pg_constraint WHERE contypid = atttypid), ''), ','
      ORDER BY attnum) FROM pg_attribute WHERE attrelid = t.oid AND attnum > 0
-     AND NOT attisdropped))),
+     AND NOT attisdropped)))"""
+
+_REFUSALS = (
+    """
+WITH t AS (SELECT to_regclass(%(t)s) AS oid)
+SELECT
+  """
+    + RULES_DIGEST
+    + """,
   ARRAY(SELECT attname::text FROM pg_attribute WHERE attrelid = t.oid AND attnum > 0
         AND NOT attisdropped AND attnotnull ORDER BY attnum),
   (SELECT json_agg(json_build_array(conname::text,
@@ -154,6 +162,7 @@ SELECT
    WHERE i.indrelid = t.oid AND i.indisunique AND i.indisvalid)
 FROM t
 """
+)
 
 
 def overlay(

@@ -71,3 +71,35 @@ def as_stored(
         ).rowcount,
         0,
     )
+
+
+def note_run(
+    conn: psycopg.Connection, spec: Spec, plan: query.Plan, run_id: int, whole: bool
+) -> None:
+    """``plan``'s model ran under its target's rules as they are now: every row of it they
+    refused for its own values was tried under them (``settle``'s stale refusals); and,
+    ``whole``, every row of it under the spec's definition of it (``Spec.definition``)."""
+    conn.execute(
+        sql.SQL(
+            "UPDATE {} SET rules = %(rules)s, definition = CASE WHEN %(whole)s "
+            "THEN %(definition)s ELSE definition END, defined_in = CASE WHEN %(whole)s "
+            "THEN %(run)s ELSE defined_in END WHERE model = %(model)s"
+        ).format(ledger.table(spec, "hash_forms")),
+        {
+            "rules": plan.refusals.digest, "whole": whole, "model": plan.model.name,
+            "definition": spec.definition(plan.model) if whole else None, "run": run_id,
+        },
+    )  # fmt: skip
+
+
+def forget_runs(conn: psycopg.Connection, spec: Spec, models: list[str], since: int) -> None:
+    """Runs from ``since`` on were rolled back: the rows of ``models`` are as runs before
+    them left them, under rules and a definition not recorded. Their own refusals are tried
+    again, and a model a rolled-back run computed whole is computed whole again."""
+    conn.execute(
+        sql.SQL(
+            "UPDATE {} SET rules = NULL, definition = CASE WHEN defined_in >= %(since)s "
+            "THEN '' ELSE definition END WHERE model = ANY(%(models)s)"
+        ).format(ledger.table(spec, "hash_forms")),
+        {"since": since, "models": models},
+    )

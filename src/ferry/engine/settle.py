@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from ferry import ledger
-from ferry.engine import chunk, deletes, dependencies, keyarray, query, stage
+from ferry import catalog, ledger
+from ferry.engine import chunk, deletes, dependencies, keyarray, predict, query, stage
 from ferry.engine.execute import Progress, run_model
 from ferry.errors import InvariantError
 from ferry.spec import Model, Spec
@@ -83,6 +83,8 @@ class Settled:
     # changes while the run holds the run lock).
     reads: dict[str, dependencies.Reads] = field(default_factory=dict)
     shapes: dict[str, query.Shape] = field(default_factory=dict)
+    # Models computed whole because the spec's definition of them changed (``_redefined``).
+    redefined: set[str] = field(default_factory=set)
 
 
 def run(
@@ -148,13 +150,15 @@ def settle(
         asking = [m for m in spec.order() if m.name not in work.whole | out.reads.keys()]
         out.reads.update(dependencies.reads_of(conn, spec, asking) if asking else {})
     # Asked of every model at once: a model's run changes its own ledger rows only.
-    retried = _quarantined(conn, spec, spec.models, work.quarantined)
+    retried = _quarantined(conn, spec, spec.models, work.quarantined, rules=depth == 0)
+    redefined = _redefined(conn, spec) if depth == 0 else set()
+    out.redefined |= redefined
     for model in spec.order():
         src_changed = work.changed.get(model.source, set())
         src_deleted = work.deleted.get(model.source, set())
         # Rows computed from rows they do not come from: which of them a change reaches is
         # not known here, so the model is computed whole, writing only the rows that differ.
-        whole = model.name in work.whole
+        whole = model.name in work.whole or model.name in redefined
         reached: set[str] = set()  # rows a change in a source it declares it reads reaches
         if not whole and moved:
             reads = out.reads[model.name]
@@ -327,30 +331,88 @@ def _mark_deleted(
     return {r[0] for r in rows}
 
 
+def _redefined(conn: psycopg.Connection, spec: Spec) -> set[str]:
+    """Models whose definition in the spec (``Spec.definition``) changed since they last ran
+    whole, and models with no ledger row yet (added to the spec since): a migrate with this
+    spec would compute them so. A ledger kept from before definitions were recorded takes
+    the spec's as they are now."""
+    forms = ledger.table(spec, "hash_forms")
+    kept = dict(conn.execute(sql.SQL("SELECT model, definition FROM {}").format(forms)))
+    now = {m.name: spec.definition(m) for m in spec.models}
+    unknown = [m for m in now if kept.get(m, "") is None]
+    if unknown:
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} f SET definition = x.d FROM unnest(%s::text[], %s::text[]) x(m, d) "
+                "WHERE f.model = x.m AND f.definition IS NULL"
+            ).format(forms),
+            [unknown, [now[m] for m in unknown]],
+        )
+    out = {m for m, d in now.items() if kept.get(m, d) not in (None, d)}
+    out |= {m for m in now if m not in kept and ledger.first_load(conn, spec, m)}
+    conn.commit()
+    return out
+
+
 def _quarantined(
     conn: psycopg.Connection, spec: Spec, models: Sequence[Model], which: str | None,
-    sqlstates: Sequence[str] | None = None,
+    sqlstates: Sequence[str] | None = None, rules: bool = False,
 ) -> dict[str, set[str]]:  # fmt: skip
     """Quarantined keys to try again (``Work.quarantined``), per model of ``models``: by a
     rule, whose verdict can change with any row ("all"), and those the database refused for
     a unique or exclusion constraint or a foreign key, which other rows decide ("all" and
     "refused"); or only those refused with one of ``sqlstates``. A row refused for its own
-    values (a cast, a CHECK) is tried again when its own row changes, or on ``quarantine
-    retry``: each try of an unpredicted one is logged."""
-    if which is None or not models:
+    values (a cast, a CHECK) is tried again when its own row changes, on ``quarantine
+    retry`` (each try of an unpredicted one is logged), and, with ``rules``, once its
+    target's rules changed since its model last ran (``rehash.note_rules``), as a fresh
+    migrate would."""
+    if (which is None and not rules) or not models:
         return {}
+    led = ledger.table(spec, "ledger")
+    undecided = sql.SQL("model = ANY(%(models)s) AND status = 'quarantined' AND decided_by IS NULL")
+    retried = sql.SQL("(%(by_rule)s AND sqlstate IS NULL) OR sqlstate = ANY(%(states)s)")
+    args = {
+        "models": [m.name for m in models], "rules": rules, "others": list(OTHER_ROWS),
+        "by_rule": which == "all" and sqlstates is None,
+        "states": list(sqlstates or OTHER_ROWS) if which is not None else [],
+    }  # fmt: skip
+    # A model with rows refused for their own values is named once, with no key.
     rows = conn.execute(
         sql.SQL(
-            "SELECT model, source_key FROM {} WHERE model = ANY(%s) AND status = 'quarantined' "
-            "AND decided_by IS NULL AND ((%s AND sqlstate IS NULL) OR sqlstate = ANY(%s))"
-        ).format(ledger.table(spec, "ledger")),
-        [[m.name for m in models], which == "all" and sqlstates is None,
-         list(sqlstates or OTHER_ROWS)],
-    ).fetchall()  # fmt: skip
-    conn.commit()
+            "SELECT DISTINCT model, CASE WHEN {retried} THEN source_key END FROM {led} "
+            "WHERE {undecided} AND ({retried} OR (%(rules)s AND sqlstate <> ALL(%(others)s)))"
+        ).format(led=led, undecided=undecided, retried=retried),
+        args,
+    ).fetchall()
     found: dict[str, set[str]] = defaultdict(set)
     for model, key in rows:
-        found[model].add(key)
+        if key is not None:
+            found[model].add(key)
+    own = {model for model, key in rows if key is None}
+    stale = [m for m in models if m.name in own]
+    if stale:
+        # Those whose target's rules changed since they last ran.
+        args["stale"] = [
+            r[0]
+            for r in conn.execute(
+                sql.SQL(
+                    "SELECT m.model FROM unnest(%s::text[], %s::text[]) m(model, tbl) "
+                    "LEFT JOIN {} f USING (model), LATERAL (SELECT to_regclass(m.tbl) AS oid) t "
+                    "WHERE f.rules IS DISTINCT FROM {}"
+                ).format(ledger.table(spec, "hash_forms"), sql.SQL(predict.RULES_DIGEST)),
+                [[m.name for m in stale], [catalog.regclass(m.target) for m in stale]],
+            )
+        ]
+    if args.get("stale"):
+        for model, key in conn.execute(
+            sql.SQL(
+                "SELECT model, source_key FROM {} WHERE {} AND model = ANY(%(stale)s) "
+                "AND sqlstate <> ALL(%(others)s)"
+            ).format(led, undecided),
+            args,
+        ):
+            found[model].add(key)
+    conn.commit()
     return dict(found)
 
 

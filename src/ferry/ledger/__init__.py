@@ -150,6 +150,12 @@ CREATE TABLE IF NOT EXISTS {schema}.hash_forms (
     model text PRIMARY KEY,
     form  integer NOT NULL
 );
+-- The digest of the target's rules (``predict.RULES_DIGEST``) the model last ran under: rows
+-- refused for their own values are tried again when it changes; the spec's definition of
+-- the model (``Spec.definition``) it last ran whole under: computed whole when it changes
+-- (``settle``), and the run that did.
+ALTER TABLE {schema}.hash_forms ADD COLUMN IF NOT EXISTS rules text,
+    ADD COLUMN IF NOT EXISTS definition text, ADD COLUMN IF NOT EXISTS defined_in bigint;
 """
 
 
@@ -238,7 +244,7 @@ def helpers(schema: str) -> list[sql.Composed]:
 
 
 # Bumped whenever the DDL above changes; ensure_schema skips its work when it matches.
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 
 def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:

@@ -210,6 +210,8 @@ def _rollback(
         for info in runs:  # newest first
             _undo_run(conn, spec, info.run_id, result, plans, refs)
             result.undone.append(info.run_id)
+        if runs:
+            rehash.forget_runs(conn, spec, sorted(touched), min(r.run_id for r in runs))
         if todo.everything:
             left = _scalar(conn, sql.SQL("SELECT count(*) FROM {}").format(_ident(spec, "ledger")))
             if left:

@@ -363,6 +363,12 @@ def _sync(
         result.source_counts = settled.counts
         if settled.reconciled:
             result.counts["reconciled"] = settled.reconciled
+        if settled.redefined:
+            result.counts["redefined"] = sorted(settled.redefined)
+            result.notes.append(
+                f"model {', '.join(sorted(settled.redefined))}: its definition in the spec "
+                "changed since it last ran whole (or it is new); computed whole"
+            )
         # Counted again only where the run wrote: the others' flags are as they were.
         after = {m: n for m, n in conflicts_before.items() if m not in settled.written}
         after.update(_conflicts(conn, spec, settled.written))
