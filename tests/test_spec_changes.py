@@ -112,3 +112,23 @@ def test_how_a_model_is_chunked_is_not_its_definition(
     migrate(source, target, load_spec(tmp_path / "spec.toml"))
     (tmp_path / "spec.toml").write_text(one_table_spec(MODEL, "legacy_id", 7))
     assert "redefined" not in sync(source, target, load_spec(tmp_path / "spec.toml")).counts
+
+
+def test_a_ledger_from_before_definitions_were_kept_takes_the_spec_as_it_is(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """A ledger upgraded from a ferry that kept no definitions computes nothing whole for
+    it, then follows edits made after."""
+    source = fresh_db(cluster, "upgraded_src")
+    _sql(source, SOURCE)
+    (tmp_path / "target.sql").write_text(TARGET)
+    target = fresh_db(cluster, "upgraded_tgt", tmp_path / "target.sql")
+    before, after = EDITS["rule_added"]
+    (tmp_path / "spec.toml").write_text(before)
+    spec = load_spec(tmp_path / "spec.toml")
+    migrate(source, target, spec)
+    _sql(target, "UPDATE ferry.hash_forms SET definition = NULL, rules = NULL")
+    assert "redefined" not in sync(source, target, spec).counts
+    assert _sql(target, "SELECT count(*) FROM ferry.hash_forms WHERE definition IS NULL") == [(0,)]
+    (tmp_path / "spec.toml").write_text(after)
+    assert sync(source, target, load_spec(tmp_path / "spec.toml")).counts["redefined"] == ["rows"]
