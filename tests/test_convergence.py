@@ -2,9 +2,9 @@
 edits, the ledger and ferry's rows equal what ONE fresh migrate of the current source gives.
 
 A Hypothesis state machine drives the world of ``tests/specs/convergence`` (three parent
-levels, a merge, every kind of rule, a CSV, a unique index and CHECKs no rule predicts, a
-cast that fails, every ``on_delete``, a table with no key, a declared key that repeats
-within and across two models) through random histories: source rows inserted,
+levels, a merge, every kind of rule, a CSV, a unique index, an exclusion constraint and
+CHECKs no rule predicts, a cast that fails, every ``on_delete``, a table with no key, a
+declared key that repeats within and across two models) through random histories: source rows inserted,
 changed, deleted and re-keyed, two items swapping their unique values, the CSV rewritten,
 the application writing its own rows, migrates, syncs, runs killed at a chunk boundary,
 the stage emptied as a server crash empties it, quarantine retry and exclude, rollback of
