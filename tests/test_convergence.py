@@ -4,11 +4,12 @@ edits, the ledger and ferry's rows equal what ONE fresh migrate of the current s
 A Hypothesis state machine drives the world of ``tests/specs/convergence`` (three parent
 levels, a merge, every kind of rule, a CSV, a unique index, an exclusion constraint and
 CHECKs no rule predicts, a cast that fails, every ``on_delete``, a table with no key, a
-declared key that repeats within and across two models) through random histories: source rows inserted,
-changed, deleted and re-keyed, two items swapping their unique values, the CSV rewritten,
-the application writing its own rows, migrates, syncs, runs killed at a chunk boundary,
-the stage emptied as a server crash empties it, quarantine retry and exclude, rollback of
-the last run, the spec edited before a sync (a rule added or dropped, a model's SQL fixed).
+declared key that repeats within and across two models) through random histories: source
+rows inserted, changed, deleted and re-keyed, two items swapping their unique values, the
+CSV rewritten, the application writing its own rows, migrates, syncs, runs killed at a
+chunk boundary, the stage emptied as a server crash empties it, quarantine retry and
+exclude, rollback of the last run, the spec edited before a sync (a rule added or dropped,
+a model's SQL fixed).
 Each history starts migrated, and half the source's changes are synced at once: as a rule
 of its own among twenty, a sync came too rarely to test much. After every run that
 finished (the state is then *settled*) it checks the ledger invariant, ``verify`` and the

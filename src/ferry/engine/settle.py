@@ -364,7 +364,7 @@ def _quarantined(
     "refused"); or only those refused with one of ``sqlstates``. A row refused for its own
     values (a cast, a CHECK) is tried again when its own row changes, on ``quarantine
     retry`` (each try of an unpredicted one is logged), and, with ``rules``, once its
-    target's rules changed since its model last ran (``rehash.note_rules``), as a fresh
+    target's rules changed since its model last ran (``rehash.note_run``), as a fresh
     migrate would."""
     if (which is None and not rules) or not models:
         return {}
