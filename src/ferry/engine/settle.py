@@ -386,24 +386,24 @@ def _quarantined(
     ).fetchall()
     found: dict[str, set[str]] = defaultdict(set)
     for model, key in rows:
-        if key is not None:
-            found[model].add(key)
-    own = {model for model, key in rows if key is None}
-    stale = [m for m in models if m.name in own]
+        found[model].add(key)
+    own = [m for m in models if None in found.get(m.name, ())]
+    for m in own:
+        found[m.name].discard(None)
+    # Of those, the models whose target's rules changed since they last ran.
+    stale = own and [
+        r[0]
+        for r in conn.execute(
+            sql.SQL(
+                "SELECT m.model FROM unnest(%s::text[], %s::text[]) m(model, tbl) "
+                "LEFT JOIN {} f USING (model), LATERAL (SELECT to_regclass(m.tbl) AS oid) t "
+                "WHERE f.rules IS DISTINCT FROM {}"
+            ).format(ledger.table(spec, "hash_forms"), sql.SQL(predict.RULES_DIGEST)),
+            [[m.name for m in own], [catalog.regclass(m.target) for m in own]],
+        )
+    ]
     if stale:
-        # Those whose target's rules changed since they last ran.
-        args["stale"] = [
-            r[0]
-            for r in conn.execute(
-                sql.SQL(
-                    "SELECT m.model FROM unnest(%s::text[], %s::text[]) m(model, tbl) "
-                    "LEFT JOIN {} f USING (model), LATERAL (SELECT to_regclass(m.tbl) AS oid) t "
-                    "WHERE f.rules IS DISTINCT FROM {}"
-                ).format(ledger.table(spec, "hash_forms"), sql.SQL(predict.RULES_DIGEST)),
-                [[m.name for m in stale], [catalog.regclass(m.target) for m in stale]],
-            )
-        ]
-    if args.get("stale"):
+        args["stale"] = stale
         for model, key in conn.execute(
             sql.SQL(
                 "SELECT model, source_key FROM {} WHERE {} AND model = ANY(%(stale)s) "
