@@ -17,8 +17,10 @@ from ferry.sync.loop import sync
 from tests.helpers import fresh_db, one_table_spec
 
 SOURCE = (
-    "CREATE TABLE src (id int PRIMARY KEY, name text, n int); "
-    "INSERT INTO src SELECT i, 'Name' || i, i * 10 FROM generate_series(1, 20) i; "
+    "CREATE TABLE src (id int PRIMARY KEY, name text, n int, code text UNIQUE); "
+    "INSERT INTO src SELECT i, 'Name' || i, i * 10, 'c' || i FROM generate_series(1, 20) i; "
+    "CREATE TABLE src2 (id int PRIMARY KEY, name text, n int, code text); "
+    "INSERT INTO src2 SELECT i, 'Other' || i, i * 7, 'c' || i FROM generate_series(5, 30) i; "
     "CREATE TABLE note (id int PRIMARY KEY, src_id int, body text); "
     "INSERT INTO note SELECT i, i, 'note ' || i FROM generate_series(1, 20) i;"
 )
@@ -49,6 +51,20 @@ EDITS = {
                      one_table_spec(MODEL, "legacy_id", 5) + NOTES),
     "model_added": (one_table_spec(MODEL, "legacy_id", 5) + NOTE_SOURCE,
                     one_table_spec(MODEL, "legacy_id", 5) + NOTES),
+    # A source's own definition: its stage is no longer what a migrate would stage.
+    "source_key": (one_table_spec(MODEL, "legacy_id", 5) + NOTES,
+                   one_table_spec(MODEL.replace("s.id AS _key", "s.code AS _key"), "legacy_id", 5)
+                   .replace('key = "id"', 'key = "code"', 1)
+                   + NOTES.replace("n.src_id AS _src_id", "chr(99) || n.src_id AS _src_id")),
+    "source_composite_key": (
+        one_table_spec(MODEL, "legacy_id", 5) + NOTES,
+        one_table_spec(MODEL.replace("s.id AS _key", "s._ferry_key AS _key"), "legacy_id", 5)
+        .replace('key = "id"', 'key = ["id", "code"]', 1)
+        + NOTES.replace("n.src_id AS _src_id", "n.src_id AS _src_id, chr(99) || n.src_id AS _c")
+        .replace('key = "_src_id"', 'key = ["_src_id", "_c"]')),
+    "source_table": (one_table_spec(MODEL, "legacy_id", 5) + NOTES,
+                     one_table_spec(MODEL, "legacy_id", 5).replace("public.src", "public.src2")
+                     + NOTES),
 }  # fmt: skip
 
 
@@ -97,6 +113,7 @@ def test_a_sync_after_the_spec_changed_leaves_what_a_fresh_migrate_would(
     migrate(source, fresh, spec)
     assert _state(target) == _state(fresh)
     assert result.counts["redefined"]
+    assert ("restaged" in result.counts) == edit.startswith("source_")
     # Recorded: the next sync computes nothing whole.
     assert "redefined" not in sync(source, target, spec).counts
 
@@ -117,8 +134,8 @@ def test_how_a_model_is_chunked_is_not_its_definition(
 def test_a_ledger_from_before_definitions_were_kept_takes_the_spec_as_it_is(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
-    """A ledger upgraded from a ferry that kept no definitions computes nothing whole for
-    it, then follows edits made after."""
+    """A ledger upgraded from a ferry that kept no definitions computes and stages nothing
+    whole for it, then follows edits made after."""
     source = fresh_db(cluster, "upgraded_src")
     _sql(source, SOURCE)
     (tmp_path / "target.sql").write_text(TARGET)
@@ -128,7 +145,10 @@ def test_a_ledger_from_before_definitions_were_kept_takes_the_spec_as_it_is(
     spec = load_spec(tmp_path / "spec.toml")
     migrate(source, target, spec)
     _sql(target, "UPDATE ferry.hash_forms SET definition = NULL, rules = NULL")
-    assert "redefined" not in sync(source, target, spec).counts
+    _sql(target, "UPDATE ferry.staged SET definition = NULL")
+    counts = sync(source, target, spec).counts
+    assert "redefined" not in counts and "restaged" not in counts
     assert _sql(target, "SELECT count(*) FROM ferry.hash_forms WHERE definition IS NULL") == [(0,)]
+    assert _sql(target, "SELECT count(*) FROM ferry.staged WHERE definition IS NULL") == [(0,)]
     (tmp_path / "spec.toml").write_text(after)
     assert sync(source, target, load_spec(tmp_path / "spec.toml")).counts["redefined"] == ["rows"]

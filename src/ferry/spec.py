@@ -135,6 +135,13 @@ class Source(_Strict):
         """Stage tables are named after the source; dots and dashes become underscores."""
         return re.sub(r"[^A-Za-z0-9_]", "_", self.name.removesuffix(".csv"))
 
+    @property
+    def definition(self) -> str:
+        """A digest of how the source is read and keyed: a sync stages it again whole when
+        it changed since it was staged (``stage.redefined``), as a migrate would."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.md5(text.encode()).hexdigest()
+
 
 class Rule(_Strict):
     """A named predicate over the model's output row ``m``.

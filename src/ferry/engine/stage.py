@@ -11,6 +11,7 @@ view that converts them.
 from __future__ import annotations
 
 import hashlib
+import json
 import selectors
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -563,14 +564,18 @@ def note_digest(conn: psycopg.Connection, spec: Spec, source: str, digest: str) 
 
 
 def record(conn: psycopg.Connection, spec: Spec, result: StageResult, run_id: int) -> None:
+    """The stage of a source as it now is, under the spec's definition of the source: a
+    sync asks first whether that changed (``redefined``), and stages it whole if so."""
     conn.execute(
         sql.SQL(
-            "INSERT INTO {t} (source, rows, bytes, seconds, run_id, digest, columns, shape) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (source) DO UPDATE SET "
+            "INSERT INTO {t} (source, rows, bytes, seconds, run_id, digest, columns, shape, "
+            "definition) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (source) DO UPDATE SET "
             "rows = EXCLUDED.rows, bytes = EXCLUDED.bytes, seconds = EXCLUDED.seconds, "
             "run_id = EXCLUDED.run_id, digest = EXCLUDED.digest, "
             "columns = coalesce(EXCLUDED.columns, {t}.columns), "
-            "shape = coalesce(EXCLUDED.shape, {t}.shape), staged_at = clock_timestamp()"
+            "shape = coalesce(EXCLUDED.shape, {t}.shape), definition = EXCLUDED.definition, "
+            "staged_at = clock_timestamp()"
         ).format(t=_record(spec)),
         [
             result.source,
@@ -581,5 +586,26 @@ def record(conn: psycopg.Connection, spec: Spec, result: StageResult, run_id: in
             result.digest,
             result.columns,
             result.shape,
+            spec.source(result.source).definition,
         ],
     )
+
+
+def redefined(conn: psycopg.Connection, spec: Spec) -> set[str]:
+    """Sources whose definition in the spec (table, file, key, columns, encoding) is not
+    the one they were staged under: their stage is no longer what a migrate would stage. A
+    record from a ferry that kept no definitions takes the spec as it is."""
+    current = {src.name: src.definition for src in spec.sources}
+    rows = conn.execute(
+        sql.SQL("SELECT source, definition FROM {} WHERE source = ANY(%s)").format(_record(spec)),
+        [list(current)],
+    ).fetchall()
+    unknown = [name for name, definition in rows if definition is None]
+    if unknown:
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET definition = (%s::jsonb ->> source) WHERE source = ANY(%s)"
+            ).format(_record(spec)),
+            [json.dumps(current), unknown],
+        )
+    return {name for name, definition in rows if definition not in (None, current[name])}

@@ -123,6 +123,8 @@ ALTER TABLE {schema}.staged ADD COLUMN IF NOT EXISTS digest text;
 -- (``catalog.table_shapes``).
 ALTER TABLE {schema}.staged ADD COLUMN IF NOT EXISTS columns text,
     ADD COLUMN IF NOT EXISTS shape text;
+-- The spec's definition of the source it was staged under (``Source.definition``).
+ALTER TABLE {schema}.staged ADD COLUMN IF NOT EXISTS definition text;
 CREATE TABLE IF NOT EXISTS {schema}.loads_aside (
     model  text PRIMARY KEY,
     run_id bigint NOT NULL
@@ -244,7 +246,7 @@ def helpers(schema: str) -> list[sql.Composed]:
 
 
 # Bumped whenever the DDL above changes; ensure_schema skips its work when it matches.
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 
 def ensure_schema(conn: psycopg.Connection, spec: Spec) -> None:

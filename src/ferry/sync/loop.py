@@ -62,6 +62,7 @@ class SyncResult:
 def _restage(
     source: str, target: str, spec: Spec, data_dir: Path, jobs: int, run_id: int,
     emptied: set[str], feed: wal.Changes | None = None, full: bool = False,
+    redefined: frozenset[str] = frozenset(),
 ) -> tuple[
     dict[str, diff.TableDiff], dict[str, tuple[set[str], set[str]]], set[str]
 ]:  # fmt: skip
@@ -75,15 +76,33 @@ def _restage(
     it says to compare the whole table (or the stage was emptied). A CSV file the stage
     holds already (by its digest) is not read into the database; ``full``: it is.
     A table whose columns are no longer those it was staged with (one added, dropped,
-    renamed, retyped) is staged again whole, as a migrate of the source as it is now would
-    stage it; those sources are returned too, their models to be computed whole."""
+    renamed, retyped), and a source whose definition in the spec changed (``redefined``:
+    its table, file, key, columns or encoding; ``stage.redefined``), is staged again whole,
+    as a migrate would stage it; those sources are returned too, their models to be
+    computed whole."""
     pairs = SessionPairs(source, target, "ferry-sync")
     texts: dict[str, tuple[set[str], set[str]]] = {}
     restaged: set[str] = set()
     shapes: dict[str, tuple[str, str]] = {}
 
+    def anew(src: Source, t: psycopg.Connection) -> tuple[str, diff.TableDiff]:
+        """Stage ``src`` again whole, as a migrate would."""
+        if src.csv is not None:
+            staged = stage.stage_csv(t, spec, src, data_dir)
+        else:
+            s = pairs.source_session()
+            if feed is not None and feed.export is not None:
+                feed.export.use(s)  # a slot made again: read in the snapshot it exported
+            staged = stage.stage_table(s, t, spec, src)
+        stage.record(t, spec, staged, run_id)
+        t.commit()
+        restaged.add(src.name)
+        return src.name, diff.TableDiff(source=src.table or src.name, stage=src.stage_table)
+
     def one(src: Source) -> tuple[str, diff.TableDiff]:
         t = pairs.target_session()
+        if src.name in redefined:
+            return anew(src, t)
         stage_rel = (spec.stage_schema, src.stage_table)
         shape = None  # the source table's definition, read before a whole diff (WAL only)
         now: list[Column] = []  # its columns, read for a whole diff
@@ -98,13 +117,7 @@ def _restage(
             if recorded is None:  # staged by a ferry that did not record columns: from now
                 stage.note_shape(t, spec, src.name, stage.columns_digest(now), None)
             elif stage.columns_digest(now) != recorded:
-                if feed is not None and feed.export is not None:
-                    feed.export.use(s)  # a slot made again: read in the snapshot it exported
-                staged = stage.stage_table(s, t, spec, src)
-                stage.record(t, spec, staged, run_id)
-                t.commit()
-                restaged.add(src.name)
-                return src.name, diff.TableDiff(source=src.table, stage=src.stage_table)
+                return anew(src, t)
         whole = True  # the diff read the whole stage (its first level counted its rows)
         digest = None  # a CSV source's file, as the stage now holds it
         if src.keyless:  # no key to diff by: copied whole, identities compared
@@ -298,8 +311,12 @@ def sync(
         with wal.closing(wal.read(source, conn, spec, full=full)) as feed:
             data = data_dir or spec.base_dir
             emptied = ledger.emptied_of(conn, spec, [src.name for src in spec.sources])
+            redefined = frozenset(stage.redefined(conn, spec))
             conn.commit()
-            _sync(source, target, spec, data, jobs, progress, result, emptied, feed, full)
+            _sync(
+                source, target, spec, data, jobs, progress, result, emptied, feed, full,
+                redefined,
+            )  # fmt: skip
         if feed is not None:
             # Only now, the sync's work committed: a sync that died before read them again.
             note = wal.advance(source, conn, spec, feed)
@@ -319,15 +336,16 @@ def sync(
 def _sync(
     source: str, target: str, spec: Spec, data_dir: Path, jobs: int, progress: Progress,
     result: SyncResult, emptied: set[str], feed: wal.Changes | None = None, full: bool = False,
+    redefined: frozenset[str] = frozenset(),
 ) -> None:  # fmt: skip
     result.diffs, texts, restaged = _restage(
-        source, target, spec, data_dir, jobs, result.run_id, emptied, feed, full
+        source, target, spec, data_dir, jobs, result.run_id, emptied, feed, full, redefined
     )
     if restaged:
         result.counts["restaged"] = sorted(restaged)
         result.notes.append(
-            f"source {', '.join(sorted(restaged))}: its columns changed since it was staged; "
-            "staged again whole, its models computed whole"
+            f"source {', '.join(sorted(restaged))}: its columns, or its definition in the "
+            "spec, changed since it was staged; staged again whole, its models computed whole"
         )
         emptied = emptied | restaged
     result.bytes_from_source = sum(d.bytes_from_source for d in result.diffs.values())
