@@ -518,3 +518,29 @@ def test_a_csv_file_the_stage_holds_is_not_read_into_the_database(
     assert compared() == (0, [])
     report = verify(target, spec)
     assert report.ok, report.summary()
+
+
+def test_a_csv_source_given_other_columns_is_staged_again(
+    library: tuple[str, str, Path],
+) -> None:
+    """A header renamed, in the file and the spec: the stage kept the old column names,
+    and the edited model's SQL failed on them."""
+    source, target, tmp = library
+    path = _spec(tmp, "delete")
+    migrate(source, target, load_spec(path))
+    csv = tmp / "loans.csv"
+    csv.write_text(csv.read_text().replace("book_id,member", "book_id,borrower"))
+    path.write_text(
+        path.read_text()
+        .replace('"book_id", "member"]', '"book_id", "borrower"]')
+        .replace("l.member,", "l.borrower AS member,")
+    )
+    spec = load_spec(path)
+    result = sync(source, target, spec)
+    assert result.counts["restaged"] == ["loans.csv"]
+    assert result.counts["redefined"] == ["loans"]
+    report = verify(target, spec)
+    assert report.ok, report.summary()
+    with psycopg.connect(target) as conn:
+        member = conn.execute("SELECT member FROM loans WHERE legacy_loan_id = 'L-2'").fetchone()
+    assert member == ("m2",)
