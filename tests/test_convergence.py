@@ -167,9 +167,15 @@ def _edited(spec: Spec, model: str, **update: Any) -> Spec:
     return spec.model_copy(update={"models": models})
 
 
+def _source_edited(spec: Spec, source: str, **update: Any) -> Spec:
+    sources = tuple(s.model_copy(update=update) if s.name == source else s for s in spec.sources)
+    return spec.model_copy(update={"sources": sources})
+
+
 EDIT_RULE = Rule(exclude="edited", when="_key::text LIKE '%3'")
 # Edits an operator makes to the spec between runs: a rule added or dropped, a model's SQL
-# fixed. From then on, the runs and the fresh migrate they are compared with use it.
+# fixed, a source's definition restated (the sync stages it again whole). From then on, the
+# runs and the fresh migrate they are compared with use it.
 SPEC_EDITS: dict[str, Callable[[Spec], Spec]] = {
     "as_written": lambda spec: spec,
     "items_rule_added": lambda spec: _edited(
@@ -179,6 +185,7 @@ SPEC_EDITS: dict[str, Callable[[Spec], Spec]] = {
     "notes_sql_fixed": lambda spec: _edited(
         spec, "notes", sql=spec.model("notes").sql.replace("n.body", "n.body || '!' AS body")
     ),
+    "src_item_restated": lambda spec: _source_edited(spec, "src_item", encoding="utf8"),
 }
 
 
