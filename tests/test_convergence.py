@@ -38,7 +38,7 @@ import contextlib
 import itertools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -272,10 +272,12 @@ def structural_problems(conn: psycopg.Connection, spec: Spec, settled: bool) -> 
 def fresh_differences(
     cluster: LocalCluster, source: str, target: str, spec: Spec, data_dir: Path,
     app_skus: dict[str, str | None], fresh_name: str = "conv_fresh",
+    target_ddl: Sequence[str] = (),
 ) -> list[str]:  # fmt: skip
     """How ``target`` differs from one fresh migrate of ``source`` into a fresh target (the
-    database ``fresh_name``) holding the application's rows ``app_skus``, with the
-    operator's decisions of ``target`` given to it as rules (see the module's docstring)."""
+    database ``fresh_name``, its schema changed as ``target_ddl`` changed ``target``'s)
+    holding the application's rows ``app_skus``, with the operator's decisions of ``target``
+    given to it as rules (see the module's docstring)."""
     with psycopg.connect(target) as conn:
         real = ledger_rows(conn)
         real_rows = ferry_rows(conn, spec)
@@ -287,6 +289,8 @@ def fresh_differences(
     fresh_db(cluster, fresh_name, SPEC_DIR / "target.sql", owner=OWNER)
     fresh = cluster.conninfo(fresh_name, user=OWNER)
     with psycopg.connect(fresh, autocommit=True) as conn:
+        for ddl in target_ddl:
+            conn.execute(ddl)
         for uid, sku in app_skus.items():
             conn.execute("INSERT INTO items (id, sku, qty) VALUES (%s, %s, 0)", [uid, sku])
     migrate(source, fresh, with_decisions(spec, decided), data_dir=data_dir)
@@ -355,6 +359,7 @@ class Convergence(RuleBasedStateMachine):
         self.tag_repeats: dict[str, tuple[int, str]] = {}
         write_csv(self.data_dir / "tags.csv", self.tags)
         self.app_skus: dict[str, str | None] = {}  # the application's items: id -> sku
+        self.target_ddl: list[str] = []  # what changed the target's schema since it was made
         self.migrated_ok = False  # the last migrate finished: a sync may follow
         self.settled = False  # the last thing that happened was a run that finished
         self.ran = False
@@ -482,6 +487,23 @@ class Convergence(RuleBasedStateMachine):
         else:
             self.tag_repeats.pop(tag, None)
         self._write_tags()
+
+    @precondition(lambda self: not self.target_ddl and self.migrated_ok)
+    @change(key=GROUP_IDS)
+    def target_rules_relaxed(self, key: int) -> None:
+        """A group whose name the target's CHECK refuses is synced; then the new schema's
+        owners widen the CHECK: the next run writes the row, as a fresh migrate into that
+        schema would (before, only a migrate sent it again, never a sync)."""
+        self._src(UPSERT["src_group"], (key, "long1"))
+        self._run("sync")
+        ddl = (
+            "ALTER TABLE groups DROP CONSTRAINT groups_name_check, "
+            "ADD CONSTRAINT groups_name_check CHECK (length(name) <= 5)"
+        )
+        with psycopg.connect(self.target, autocommit=True) as conn:
+            conn.execute(ddl)
+        self.target_ddl.append(ddl)
+        self.settled = False
 
     @rule(sku=SKUS)
     def application_writes(self, sku: str | None) -> None:
@@ -653,8 +675,9 @@ class Convergence(RuleBasedStateMachine):
 
     def compare_with_fresh(self) -> None:
         diffs = fresh_differences(
-            self.cluster, self.source, self.target, self.spec, self.data_dir, self.app_skus
-        )
+            self.cluster, self.source, self.target, self.spec, self.data_dir, self.app_skus,
+            target_ddl=self.target_ddl,
+        )  # fmt: skip
         assert not diffs, "not what a fresh migrate gives:\n" + "\n".join(diffs[:12])
 
 
