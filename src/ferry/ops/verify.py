@@ -417,10 +417,13 @@ def _fast_fates(
     ).format(led=led, name=name, refused=refused)
 
     def compute(exclude: bool) -> list[Future[tuple]]:
-        done = [
-            _now(conn, q) if here else sessions.one(q)
-            for q in _fast_queries(plan, parts, without if exclude else sql.SQL(""))
-        ]
+        queries = _fast_queries(plan, parts, without if exclude else sql.SQL(""))
+        if here:
+            done = [_now(conn, q) for q in queries]
+        elif len(parts) > 1:
+            done = [sessions.submit(partial(_scanned, query=q)) for q in queries]
+        else:
+            done = [sessions.one(q) for q in queries]
         conn.rollback()
         return done
 
@@ -461,6 +464,14 @@ def _fast_fates(
         _fast_rows, sessions, plan, ledger_done, done, again,
         None if whole is None else sessions.one(whole),
     )  # fmt: skip
+
+
+def _scanned(conn: psycopg.Connection, query: sql.Composable) -> tuple:
+    """A part of a large model, its key range read by a scan of the stage, not by its key's
+    index: that looked up a buffer per row (a part of 1M rows: 6.8 s, 6.4 without).
+    Bitmap scans stay, for lookups the model's SQL makes. The transaction is the query's."""
+    conn.execute("SET LOCAL enable_indexscan = off")
+    return _one(conn, query)
 
 
 def _fast_queries(
