@@ -13,6 +13,7 @@ import pytest
 
 from ferry import load_spec, migrate
 from ferry.embedded import LocalCluster
+from ferry.ops.verify import verify
 from ferry.sync.loop import sync
 from tests.helpers import fresh_db, one_table_spec
 
@@ -108,12 +109,18 @@ def test_a_sync_after_the_spec_changed_leaves_what_a_fresh_migrate_would(
     _sql(source, "UPDATE src SET n = n + 1 WHERE id = 3")
     (tmp_path / "spec.toml").write_text(after)
     spec = load_spec(tmp_path / "spec.toml")
+    if edit.startswith("source_"):  # said once, not as every key of its models changed
+        found = [(p.kind, p.table) for p in verify(target, spec).problems]
+        assert ("stage", "src") in found
+        assert not [t for _, t in found if t in ("rows", "public.dst")], found
     result = sync(source, target, spec)
     fresh = fresh_db(cluster, f"{name}_fresh", tmp_path / "target.sql")
     migrate(source, fresh, spec)
     assert _state(target) == _state(fresh)
     assert result.counts["redefined"]
     assert ("restaged" in result.counts) == edit.startswith("source_")
+    report = verify(target, spec)
+    assert report.ok, report.summary()
     # Recorded: the next sync computes nothing whole.
     assert "redefined" not in sync(source, target, spec).counts
 

@@ -591,17 +591,18 @@ def record(conn: psycopg.Connection, spec: Spec, result: StageResult, run_id: in
     )
 
 
-def redefined(conn: psycopg.Connection, spec: Spec) -> set[str]:
+def redefined(conn: psycopg.Connection, spec: Spec, note: bool = True) -> set[str]:
     """Sources whose definition in the spec (table, file, key, columns, encoding) is not
     the one they were staged under: their stage is no longer what a migrate would stage. A
-    record from a ferry that kept no definitions takes the spec as it is."""
+    record from a ferry that kept no definitions takes the spec as it is (``note``: and
+    keeps it from now; verify only reads)."""
     current = {src.name: src.definition for src in spec.sources}
     rows = conn.execute(
         sql.SQL("SELECT source, definition FROM {} WHERE source = ANY(%s)").format(_record(spec)),
         [list(current)],
     ).fetchall()
     unknown = [name for name, definition in rows if definition is None]
-    if unknown:
+    if unknown and note:
         conn.execute(
             sql.SQL(
                 "UPDATE {} SET definition = (%s::jsonb ->> source) WHERE source = ANY(%s)"

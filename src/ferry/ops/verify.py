@@ -37,7 +37,7 @@ from psycopg import sql
 
 from ferry import catalog, ledger
 from ferry.conninfo import apply, connect, pinned
-from ferry.engine import chunk
+from ferry.engine import chunk, stage
 from ferry.engine.dependencies import own_dependencies
 from ferry.engine.keys import uuid_sql
 from ferry.engine.query import Plan
@@ -641,11 +641,24 @@ def _one(conn: psycopg.Connection, query: sql.Composable, params: Sequence[objec
 
 
 def _emptied_stages(conn: psycopg.Connection, spec: Spec, report: VerifyReport) -> set[str]:
-    """Sources whose stage copy is empty though it held rows (``ledger.emptied_of``): said
-    once, rather than as every one of their keys missing."""
+    """Sources whose stage copy is empty though it held rows (``ledger.emptied_of``), or
+    was staged under another definition of the source than the spec's (``stage.redefined``):
+    said once, rather than as every one of their keys missing or changed."""
     emptied = ledger.emptied_of(conn, spec, [src.name for src in spec.sources])
+    redefined = stage.redefined(conn, spec, note=False) - emptied
     for src in spec.sources:
-        if src.name in emptied:
+        if src.name in redefined:
+            report.problems.append(
+                Problem(
+                    "stage",
+                    src.name,
+                    [],
+                    "its definition in the spec (table, file, key, columns or encoding) is not "
+                    "the one it was staged under; run ferry sync to stage it again (models "
+                    "reading it are not checked)",
+                )
+            )
+        elif src.name in emptied:
             report.problems.append(
                 Problem(
                     "stage",
@@ -658,7 +671,7 @@ def _emptied_stages(conn: psycopg.Connection, spec: Spec, report: VerifyReport) 
                 )
             )
     conn.commit()
-    return emptied
+    return emptied | redefined
 
 
 # Passes over a model's merged rows, each with the survivors' fates of the one before.
