@@ -252,6 +252,32 @@ def test_a_trigger_function_that_names_tables_unqualified_is_named_by_doctor(
     assert _sql(target, "SELECT count(*) FROM audit") == [(20,)]
 
 
+def test_a_trigger_function_that_names_a_stage_table_unqualified_stops_the_run(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The target has a table named as a source (``src``, staged as ``ferry_stage.src``),
+    and a trigger whose function names it unqualified, with no search_path of its own: on
+    ferry's search_path it emptied the stage, and the run took every row for deleted in
+    the source. The run now stops before it writes, naming the function and the fix."""
+    target_sql = TABLE.format(kind="kind text") + (
+        "CREATE TABLE src (n int); "
+        "CREATE FUNCTION tidy() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN DELETE FROM src; RETURN NULL; END $$; "
+        "CREATE TRIGGER tidy AFTER INSERT ON dst FOR EACH ROW EXECUTE FUNCTION tidy();"
+    )
+    source, target, spec = _world(cluster, tmp_path, "stage_named", target_sql)
+    errors = [f.message for f in diagnose(source, target, spec).findings if f.level == "error"]
+    assert any("tidy()" in m and "stage tables" in m for m in errors), errors
+    with pytest.raises(FerryError, match=r"tidy\(\).*name src, which on ferry's search_path"):
+        migrate(source, target, spec)
+    _sql(target, "ALTER FUNCTION tidy() SET search_path = public")
+    migrate(source, target, spec)
+    assert _sql(target, "SELECT status, count(*) FROM ferry.ledger GROUP BY 1") == [
+        ("migrated", 20)
+    ]
+    assert _sql(target, "SELECT count(*) FROM ferry_stage.src") == [(20,)]
+
+
 @pytest.mark.parametrize("run", ["migrate", "sync"])
 @pytest.mark.parametrize(
     "column, refused, fix",

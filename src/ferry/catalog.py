@@ -51,6 +51,37 @@ def write_rules(conn: psycopg.Connection, relation: str) -> list[str]:
     return [r[0] for r in rows]
 
 
+def pathless_triggers(
+    conn: psycopg.Connection, relation: str, naming: Sequence[str] | None = None
+) -> list[str]:
+    """Functions of the enabled triggers on ``relation``, in a language that resolves names
+    as it runs, with no ``search_path`` of their own; ``naming``: only those whose text
+    names one of these relations unqualified (a heuristic: it may name one in a comment,
+    and cannot see a name built in dynamic SQL or one in a function it calls)."""
+    names = sql.SQL("")
+    params: list[object] = [regclass(relation)]
+    if naming is not None:
+        if not naming:
+            return []
+        names = sql.SQL(
+            "AND p.prosrc ~* ('(^|[^.[:alnum:]_])\"?(' || array_to_string(%s::text[], '|') "
+            "|| ')\"?($|[^[:alnum:]_])') "
+        )
+        params.append(list(naming))
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT DISTINCT p.oid::regprocedure::text FROM pg_trigger t "
+            "JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_language l ON l.oid = p.prolang "
+            "WHERE t.tgrelid = to_regclass(%s) AND NOT t.tgisinternal "
+            "AND t.tgenabled IN ('O', 'A') AND l.lanname NOT IN ('c', 'internal') "
+            "AND NOT EXISTS (SELECT FROM unnest(p.proconfig) c WHERE c LIKE 'search\\_path=%%') "
+            "{names}ORDER BY 1"
+        ).format(names=names),
+        params,
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
 _SHAPES = """
 WITH RECURSIVE s AS (
     SELECT n, to_regclass(name) AS root FROM unnest(%s::text[]) WITH ORDINALITY AS u(name, n)

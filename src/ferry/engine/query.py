@@ -6,6 +6,7 @@ model (``Shape``), so the SQL a spec yields can be read and tested without a dat
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -67,6 +68,16 @@ RULES_REWRITE = (
     "... DISABLE RULE), or do their work in a trigger"
 )
 
+# A trigger function with no search_path of its own resolves names on ferry's, where the
+# stage schema comes first: a table it names that shares a stage table's name (the legacy
+# table's, as often the new one's) was the stage's. A delete there emptied the stage, and
+# ferry took every row for deleted in the source.
+STAGE_NAMED = (
+    "{table}: the trigger functions {functions} have no search_path of their own and name "
+    "{names}, which on ferry's search_path are ferry's stage tables, not yours; give each "
+    "one a search_path (ALTER FUNCTION ... SET search_path = public) or qualify the names"
+)
+
 
 @dataclass
 class Shape:
@@ -101,6 +112,21 @@ class Shape:
         rules = catalog.write_rules(conn, model.target)
         if rules:
             raise FerryError(RULES_REWRITE.format(tables=model.target, rules=", ".join(rules)))
+        staged = [s.stage_table for s in spec.sources]
+        named = catalog.pathless_triggers(conn, model.target, naming=staged)
+        if named:
+            texts = conn.execute(
+                "SELECT prosrc FROM pg_proc WHERE oid = ANY(%s::regprocedure[])", [named]
+            ).fetchall()
+            hit = [
+                n for n in staged
+                if any(re.search(rf'(?i)(^|[^.\w])"?{n}"?(\W|$)', t) for (t,) in texts)
+            ]  # fmt: skip
+            raise FerryError(
+                STAGE_NAMED.format(
+                    table=model.target, functions=", ".join(named), names=", ".join(hit)
+                )
+            )
         out = output_columns(conn, model, spec.model_sql(model))
         attrs = conn.execute(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "

@@ -15,9 +15,9 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from ferry.catalog import regclass, rls_applies, write_rules
+from ferry.catalog import pathless_triggers, regclass, rls_applies, write_rules
 from ferry.conninfo import connect
-from ferry.engine.query import RLS_FORCED, RULES_REWRITE, rewrites
+from ferry.engine.query import RLS_FORCED, RULES_REWRITE, STAGE_NAMED, rewrites
 from ferry.errors import FerryError
 from ferry.ledger import privileges
 from ferry.spec import Spec
@@ -338,6 +338,8 @@ def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
     """ferry runs as the owner of the tables it writes (it sets keys aside, it analyzes)."""
     missing, foreign, hidden, rewritten, ruled = [], [], [], [], []
     pathless: list[str] = []
+    staged = [s.stage_table for s in spec.sources]
+    named: list[tuple[str, list[str]]] = []  # functions that name a stage table (``Shape``)
     for target in dict.fromkeys(m.target for m in spec.models):
         exists, owned = _one(
             conn,
@@ -357,7 +359,10 @@ def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
             rules = write_rules(conn, target)
             if rules:
                 ruled.append((target, rules))
-            pathless += _pathless_triggers(conn, target)
+            pathless += pathless_triggers(conn, target)
+            functions = pathless_triggers(conn, target, naming=staged)
+            if functions:
+                named.append((target, functions))
     if missing:
         yield _error("target_tables", f"not found: {_names(missing)}")
     if foreign:
@@ -372,6 +377,13 @@ def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
         yield _error("target_tables", RLS_FORCED.format(tables=_names(hidden)))
     for target, rules in ruled:
         yield _error("target_rules", RULES_REWRITE.format(tables=target, rules=_names(rules)))
+    for target, functions in named:
+        yield _error(
+            "trigger_search_path",
+            STAGE_NAMED.format(
+                table=target, functions=_names(functions), names="one of its stage tables"
+            ),
+        )
     if pathless:
         yield _warn(
             "trigger_search_path",
@@ -387,20 +399,6 @@ def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
             "change it: ferry keeps what they store, but verify compares with what the spec "
             "yields and names every row they changed",
         )
-
-
-def _pathless_triggers(conn: psycopg.Connection, target: str) -> list[str]:
-    """Functions of the enabled triggers on ``target``, in a language that resolves names
-    as it runs, with no ``search_path`` of their own."""
-    rows = conn.execute(
-        "SELECT DISTINCT p.oid::regprocedure::text FROM pg_trigger t "
-        "JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_language l ON l.oid = p.prolang "
-        "WHERE t.tgrelid = to_regclass(%s) AND NOT t.tgisinternal "
-        "AND t.tgenabled IN ('O', 'A') AND l.lanname NOT IN ('c', 'internal') "
-        "AND NOT EXISTS (SELECT FROM unnest(p.proconfig) c WHERE c LIKE 'search\\_path=%%')",
-        [regclass(target)],
-    ).fetchall()
-    return [r[0] for r in rows]
 
 
 def _names(names: list[str]) -> str:
