@@ -138,8 +138,9 @@ class Source(_Strict):
     @property
     def definition(self) -> str:
         """A digest of how the source is read and keyed: a sync stages it again whole when
-        it changed since it was staged (``stage.redefined``), as a migrate would."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        it changed since it was staged (``stage.redefined``), as a migrate would. Without
+        the defaults: a setting a later ferry adds does not restage every source."""
+        text = json.dumps(self.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
         return hashlib.md5(text.encode()).hexdigest()
 
 
