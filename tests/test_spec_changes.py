@@ -11,8 +11,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ferry import load_spec, migrate
+from ferry import QuarantineError, load_spec, migrate
 from ferry.embedded import LocalCluster
+from ferry.ops import quarantine
 from ferry.ops.verify import verify
 from ferry.sync.loop import sync
 from tests.helpers import fresh_db, one_table_spec
@@ -113,6 +114,9 @@ def test_a_sync_after_the_spec_changed_leaves_what_a_fresh_migrate_would(
         found = [(p.kind, p.table) for p in verify(target, spec).problems]
         assert ("stage", "src") in found
         assert not [t for _, t in found if t in ("rows", "public.dst")], found
+        # A retry would settle fates from the old stage.
+        with pytest.raises(QuarantineError, match="src: the spec defines the source otherwise"):
+            quarantine.retry(target, spec)
     result = sync(source, target, spec)
     fresh = fresh_db(cluster, f"{name}_fresh", tmp_path / "target.sql")
     migrate(source, fresh, spec)

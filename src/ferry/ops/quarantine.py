@@ -29,7 +29,7 @@ from psycopg import sql
 
 from ferry import catalog, ledger
 from ferry.conninfo import connect
-from ferry.engine import settle
+from ferry.engine import settle, stage
 from ferry.engine.pipeline import Progress, session
 from ferry.errors import QuarantineError
 from ferry.ledger import runs
@@ -90,14 +90,23 @@ def models_for(spec: Spec, table: str) -> list[str]:
 
 def _check_stage(conn: psycopg.Connection, spec: Spec) -> None:
     """A run that settles fates reads the stage: an emptied one would make every row look
-    deleted from the source."""
+    deleted from the source, one staged under another definition of its source than the
+    spec's would give the fates of the old one."""
     emptied = ledger.emptied_of(conn, spec, [s.name for s in spec.sources])
+    redefined = stage.redefined(conn, spec, note=False)
     gone = [s.name for s in spec.sources if s.name in emptied]
+    other = [s.name for s in spec.sources if s.name in redefined]
     conn.commit()
     if gone:
         raise QuarantineError(
             f"the stage copy of {', '.join(gone)} is empty (a server crash or restart empties "
             "ferry's unlogged stage): run ferry sync first, which copies it again"
+        )
+    if other:
+        raise QuarantineError(
+            f"{', '.join(other)}: the spec defines the source otherwise than when it was "
+            "staged (its table, file, key, columns or encoding): run ferry sync first, which "
+            "stages it again"
         )
 
 
