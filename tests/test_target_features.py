@@ -8,6 +8,7 @@ with a fresh migrate of the source as it is at its end, into a fresh copy of the
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import psycopg
@@ -252,25 +253,35 @@ def test_a_trigger_function_that_names_tables_unqualified_is_named_by_doctor(
     assert _sql(target, "SELECT count(*) FROM audit") == [(20,)]
 
 
-def test_a_trigger_function_that_names_a_stage_table_unqualified_stops_the_run(
-    cluster: LocalCluster, tmp_path: Path
+@pytest.mark.parametrize(
+    "ddl, function",
+    [
+        ("CREATE FUNCTION tidy() RETURNS trigger LANGUAGE plpgsql AS "
+         "$$ BEGIN DELETE FROM src; RETURN NULL; END $$; "
+         "CREATE TRIGGER tidy AFTER INSERT ON dst FOR EACH ROW EXECUTE FUNCTION tidy();",
+         "tidy()"),
+        ("CREATE FUNCTION known(v int) RETURNS boolean LANGUAGE plpgsql AS "
+         "$$ BEGIN RETURN v IS NULL OR NOT EXISTS (SELECT FROM src WHERE n = v); END $$; "
+         "ALTER TABLE dst ADD CONSTRAINT known CHECK (known(n));",
+         "known(integer)"),
+    ],
+    ids=["trigger", "check"],
+)  # fmt: skip
+def test_a_function_that_names_a_stage_table_unqualified_stops_the_run(
+    cluster: LocalCluster, tmp_path: Path, ddl: str, function: str
 ) -> None:
     """The target has a table named as a source (``src``, staged as ``ferry_stage.src``),
-    and a trigger whose function names it unqualified, with no search_path of its own: on
-    ferry's search_path it emptied the stage, and the run took every row for deleted in
-    the source. The run now stops before it writes, naming the function and the fix."""
-    target_sql = TABLE.format(kind="kind text") + (
-        "CREATE TABLE src (n int); "
-        "CREATE FUNCTION tidy() RETURNS trigger LANGUAGE plpgsql AS "
-        "$$ BEGIN DELETE FROM src; RETURN NULL; END $$; "
-        "CREATE TRIGGER tidy AFTER INSERT ON dst FOR EACH ROW EXECUTE FUNCTION tidy();"
-    )
+    and a trigger (or a CHECK) whose function names it unqualified, with no search_path of
+    its own: on ferry's search_path it read and wrote the stage. The trigger's DELETE
+    emptied it, and the run took every row for deleted in the source. The run now stops
+    before it writes, naming the function and the fix."""
+    target_sql = TABLE.format(kind="kind text") + "CREATE TABLE src (n int); " + ddl
     source, target, spec = _world(cluster, tmp_path, "stage_named", target_sql)
     errors = [f.message for f in diagnose(source, target, spec).findings if f.level == "error"]
-    assert any("tidy()" in m and "stage tables" in m for m in errors), errors
-    with pytest.raises(FerryError, match=r"tidy\(\).*name src, which on ferry's search_path"):
+    assert any(function in m and "stage tables" in m for m in errors), errors
+    with pytest.raises(FerryError, match=re.escape(function) + ".* name src, which on ferry"):
         migrate(source, target, spec)
-    _sql(target, "ALTER FUNCTION tidy() SET search_path = public")
+    _sql(target, f"ALTER FUNCTION {function} SET search_path = public")
     migrate(source, target, spec)
     assert _sql(target, "SELECT status, count(*) FROM ferry.ledger GROUP BY 1") == [
         ("migrated", 20)

@@ -51,33 +51,55 @@ def write_rules(conn: psycopg.Connection, relation: str) -> list[str]:
     return [r[0] for r in rows]
 
 
-def pathless_triggers(
-    conn: psycopg.Connection, relation: str, naming: Sequence[str] | None = None
-) -> list[str]:
-    """Functions of the enabled triggers on ``relation``, in a language that resolves names
-    as it runs, with no ``search_path`` of their own; ``naming``: only those whose text
-    names one of these relations unqualified (a heuristic: it may name one in a comment,
-    and cannot see a name built in dynamic SQL or one in a function it calls)."""
-    names = sql.SQL("")
-    params: list[object] = [regclass(relation)]
-    if naming is not None:
-        if not naming:
-            return []
-        names = sql.SQL(
-            "AND p.prosrc ~* ('(^|[^.[:alnum:]_])\"?(' || array_to_string(%s::text[], '|') "
-            "|| ')\"?($|[^[:alnum:]_])') "
-        )
-        params.append(list(naming))
+# Functions that resolve names as they run, on the session's search_path: not C, and with
+# no search_path of their own.
+_PATHLESS = (
+    "JOIN pg_proc p ON p.oid = f.fn JOIN pg_language l ON l.oid = p.prolang "
+    "WHERE l.lanname NOT IN ('c', 'internal') "
+    "AND NOT EXISTS (SELECT FROM unnest(p.proconfig) c WHERE c LIKE 'search\\_path=%%') "
+)
+_TRIGGERS = (
+    "SELECT t.tgfoid AS fn FROM pg_trigger t WHERE t.tgrelid = r.oid AND NOT t.tgisinternal "
+    "AND t.tgenabled IN ('O', 'A')"
+)
+# Beside its triggers, a write runs the functions of the table's CHECKs, of its columns'
+# domains' CHECKs and defaults, and of its indexes' expressions and predicates.
+_WRITES = (
+    _TRIGGERS
+    + " UNION SELECT d.refobjid FROM pg_depend d WHERE d.refclassid = 'pg_proc'::regclass AND ("
+    "(d.classid = 'pg_constraint'::regclass AND d.objid IN (SELECT c.oid FROM pg_constraint c "
+    "WHERE c.conrelid = r.oid UNION SELECT c.oid FROM pg_constraint c JOIN pg_attribute a "
+    "ON a.atttypid = c.contypid WHERE a.attrelid = r.oid)) "
+    "OR (d.classid = 'pg_attrdef'::regclass AND d.objid IN (SELECT ad.oid FROM pg_attrdef ad "
+    "WHERE ad.adrelid = r.oid)) "
+    "OR (d.classid = 'pg_class'::regclass AND d.objid IN (SELECT i.indexrelid FROM pg_index i "
+    "WHERE i.indrelid = r.oid)))"
+)
+
+
+def pathless_triggers(conn: psycopg.Connection, relation: str) -> list[str]:
+    """Functions of the enabled triggers on ``relation`` that resolve names on the
+    session's search_path (ferry's: its stage schema and pg_catalog)."""
     rows = conn.execute(
-        sql.SQL(
-            "SELECT DISTINCT p.oid::regprocedure::text FROM pg_trigger t "
-            "JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_language l ON l.oid = p.prolang "
-            "WHERE t.tgrelid = to_regclass(%s) AND NOT t.tgisinternal "
-            "AND t.tgenabled IN ('O', 'A') AND l.lanname NOT IN ('c', 'internal') "
-            "AND NOT EXISTS (SELECT FROM unnest(p.proconfig) c WHERE c LIKE 'search\\_path=%%') "
-            "{names}ORDER BY 1"
-        ).format(names=names),
-        params,
+        "SELECT DISTINCT p.oid::regprocedure::text FROM (SELECT to_regclass(%s) AS oid) r, "
+        f"LATERAL ({_TRIGGERS}) f {_PATHLESS}ORDER BY 1",
+        [regclass(relation)],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def functions_naming(conn: psycopg.Connection, relation: str, names: Sequence[str]) -> list[str]:
+    """The functions a write to ``relation`` runs (``_WRITES``) that resolve names on the
+    session's search_path and whose text names one of ``names`` unqualified. A heuristic:
+    a name in a comment counts; one built in dynamic SQL, or in a function they call, not."""
+    if not names:
+        return []
+    rows = conn.execute(
+        "SELECT DISTINCT p.oid::regprocedure::text FROM (SELECT to_regclass(%s) AS oid) r, "
+        f"LATERAL ({_WRITES}) f {_PATHLESS}"
+        "AND p.prosrc ~* ('(^|[^.[:alnum:]_])\"?(' || array_to_string(%s::text[], '|') "
+        "|| ')\"?($|[^[:alnum:]_])') ORDER BY 1",
+        [regclass(relation), list(names)],
     ).fetchall()
     return [r[0] for r in rows]
 

@@ -68,12 +68,13 @@ RULES_REWRITE = (
     "... DISABLE RULE), or do their work in a trigger"
 )
 
-# A trigger function with no search_path of its own resolves names on ferry's, where the
-# stage schema comes first: a table it names that shares a stage table's name (the legacy
-# table's, as often the new one's) was the stage's. A delete there emptied the stage, and
-# ferry took every row for deleted in the source.
+# A function with no search_path of its own that a write runs (a trigger's, a CHECK's)
+# resolves names on ferry's, where the stage schema comes first: a table it names that
+# shares a stage table's name (the legacy table's, as often the new one's) was the stage's.
+# A trigger's delete there emptied the stage, and ferry took every row for deleted.
 STAGE_NAMED = (
-    "{table}: the trigger functions {functions} have no search_path of their own and name "
+    "{table}: the functions {functions} run by its triggers or constraints have no "
+    "search_path of their own and name "
     "{names}, which on ferry's search_path are ferry's stage tables, not yours; give each "
     "one a search_path (ALTER FUNCTION ... SET search_path = public) or qualify the names"
 )
@@ -113,7 +114,7 @@ class Shape:
         if rules:
             raise FerryError(RULES_REWRITE.format(tables=model.target, rules=", ".join(rules)))
         staged = [s.stage_table for s in spec.sources]
-        named = catalog.pathless_triggers(conn, model.target, naming=staged)
+        named = catalog.functions_naming(conn, model.target, staged)
         if named:
             texts = conn.execute(
                 "SELECT prosrc FROM pg_proc WHERE oid = ANY(%s::regprocedure[])", [named]

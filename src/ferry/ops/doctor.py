@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from ferry.catalog import pathless_triggers, regclass, rls_applies, write_rules
+from ferry.catalog import functions_naming, pathless_triggers, regclass, rls_applies, write_rules
 from ferry.conninfo import connect
 from ferry.engine.query import RLS_FORCED, RULES_REWRITE, STAGE_NAMED, rewrites
 from ferry.errors import FerryError
@@ -360,7 +360,7 @@ def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
             if rules:
                 ruled.append((target, rules))
             pathless += pathless_triggers(conn, target)
-            functions = pathless_triggers(conn, target, naming=staged)
+            functions = functions_naming(conn, target, staged)
             if functions:
                 named.append((target, functions))
     if missing:
