@@ -176,3 +176,21 @@ def test_the_server_refuses_a_second_statement_too(
             "AND tablename IN ('authors', 'books', 'loans')"
         ).fetchone()
     assert tables == (3,)
+
+
+def test_two_sources_whose_stage_names_postgresql_cuts_alike_are_refused(tmp_path: Path) -> None:
+    """PostgreSQL keeps 63 bytes of a name: two long source names alike that far would have
+    shared one stage table, the second copy replacing the first."""
+    head = "legacy_" + "x" * 60
+    text = (
+        'name = "long"\nnamespace = "0c7f1a2e-5b4d-4e8f-9a1b-2c3d4e5f6a7b"\n'
+        f'[[sources]]\nname = "{head}_a"\ntable = "public.a"\n'
+        f'[[sources]]\nname = "{head}_b"\ntable = "public.b"\n'
+        '[[models]]\nname = "m"\ntarget = "public.m"\nsource = "short_b"\n'
+        "sql = 'SELECT 1 AS _key'\n"
+    )
+    (tmp_path / "spec.toml").write_text(text)
+    with pytest.raises(SpecError, match="the same first 63 bytes"):
+        load_spec(tmp_path / "spec.toml")
+    (tmp_path / "spec.toml").write_text(text.replace(f"{head}_b", "short_b"))
+    assert len(load_spec(tmp_path / "spec.toml").sources) == 2

@@ -300,8 +300,13 @@ class Spec(_Strict):
         sources = {s.name: s for s in self.sources}
         if len(sources) != len(self.sources):
             raise ValueError("two sources share a name")
-        if len({s.stage_table for s in self.sources}) != len(self.sources):
-            raise ValueError("two sources map to the same stage table name")
+        # As PostgreSQL keeps a name: its first 63 bytes (a longer one is cut, and the two
+        # sources would share one stage table).
+        if len({s.stage_table.encode()[:63] for s in self.sources}) != len(self.sources):
+            raise ValueError(
+                "two sources map to the same stage table name (the same, or the same first "
+                "63 bytes, where PostgreSQL cuts a name)"
+            )
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError("two models share a name")
