@@ -289,6 +289,56 @@ def test_a_function_that_names_a_stage_table_unqualified_stops_the_run(
     assert _sql(target, "SELECT count(*) FROM ferry_stage.src") == [(20,)]
 
 
+@pytest.mark.parametrize(
+    "kind, value, widened, name",
+    [
+        ("varchar(5)", "s.name", "varchar(10)", "name"),
+        ("char(5)", "s.name", "varchar(10)", "name"),
+        ("short", "s.name", "varchar(10)", "name"),  # a domain over varchar(5)
+        ("varchar(5)[]", "ARRAY[s.name] AS name", "varchar(10)[]", "name[1]"),
+    ],
+    ids=["varchar", "char", "domain", "array"],
+)  # fmt: skip
+def test_a_value_too_long_for_its_column_is_refused_not_cut(
+    cluster: LocalCluster, tmp_path: Path, kind: str, value: str, widened: str, name: str
+) -> None:
+    """ferry casts each value to its column's type, and a cast to varchar(n) or char(n) (or
+    a domain over one, or an array of one) cuts a longer value without a word, where the
+    application's INSERT is refused: the legacy 'Name10' was written as 'Name1', its fate
+    migrated, verify ok. Refused now, as the server refuses it (22001, its message naming
+    the type, not the value); spaces past the length are cut, as the server cuts them.
+    Widened, the column takes the rows."""
+    table = "CREATE DOMAIN short AS varchar(5); " + TABLE.format(kind="kind text").replace(
+        "name text", f"name {kind}"
+    )
+    model = MODEL.replace("s.name", value)
+    source, target, spec = _world(cluster, tmp_path, f"too_long_{kind[:4]}", table, model)
+    _sql(source, "UPDATE src SET name = 'Nm3    ' WHERE id = 3")  # 7 characters
+    migrate(source, target, spec)
+    fates = dict(
+        _sql(
+            target,
+            "SELECT source_key, concat_ws(':', status, reason, sqlstate, message) "
+            "FROM ferry.ledger WHERE model = 'rows'",
+        )
+    )
+    typ = "character(5)" if kind == "char(5)" else "character varying(5)"
+    refused = f"quarantined:string_data_right_truncation:22001:value too long for type {typ}"
+    assert {k: fates[k] for k in map(str, range(10, 21))} == dict.fromkeys(
+        map(str, range(10, 21)), refused
+    )
+    assert {fates[str(i)] for i in range(1, 10)} == {"migrated"}
+    assert _sql(target, f"SELECT {name} FROM dst WHERE legacy_id = '3'") == [("Nm3  ",)]
+    report = verify(target, spec)
+    assert report.ok, report.summary()
+    # Stored as computed: a sync with no change writes nothing.
+    counts = sync(source, target, spec).counts
+    assert (counts["inserted"], counts["updated"]) == (0, 0)
+    _sql(target, f"ALTER TABLE dst ALTER COLUMN name TYPE {widened}")
+    sync(source, target, spec)
+    assert _sql(target, f"SELECT count(*) FROM dst WHERE {name} LIKE 'Name__'") == [(11,)]
+
+
 @pytest.mark.parametrize("run", ["migrate", "sync"])
 @pytest.mark.parametrize(
     "column, refused, fix",

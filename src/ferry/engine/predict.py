@@ -24,7 +24,9 @@ from psycopg import sql
 from ferry import catalog
 
 NOT_NULL, CHECK, UNIQUE, EXCLUSION = "23502", "23514", "23505", "23P01"
+TOO_LONG = "22001"
 NOT_NULL_REASON = "not_null_violation"
+TOO_LONG_REASON = "string_data_right_truncation"
 BLOCKED = "blocked"
 
 
@@ -32,6 +34,11 @@ def not_null_message(table: str, column: str) -> str:
     """The server's message for a NOT NULL column left empty (no value in it)."""
     relname = table.split(".")[-1]
     return f'null value in column "{column}" of relation "{relname}" violates not-null constraint'
+
+
+def too_long_message(typ: str) -> str:
+    """The server's message for a value longer than its varchar(n) or char(n) column."""
+    return f"value too long for type {typ}"
 
 
 @dataclass
@@ -77,28 +84,40 @@ class Refusals:
     # types): a row it refused is sent again only once it changed.
     digest: str = ""
     not_null: list[str] = field(default_factory=list)
+    # The varchar(n) and char(n) columns, a domain over one, or an array of either: (name,
+    # n, the type as the server names it, whether an array). ferry casts a value to its
+    # column's type, and that cast cuts a longer value without a word, where the INSERT it
+    # stands for refuses it.
+    lengths: list[tuple[str, int, str, bool]] = field(default_factory=list)
     checks: list[tuple[str, str]] = field(default_factory=list)  # (name, expression)
     uniques: list[Unique] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.not_null or self.checks or self.uniques)
+        return bool(self.not_null or self.lengths or self.checks or self.uniques)
+
+    @property
+    def predicted_in_fate(self) -> bool:
+        """Whether the fate's CASE refuses rows (``query.Plan.fate_case``)."""
+        return bool(self.not_null or self.lengths)
 
 
 def refusals(
     conn: psycopg.Connection, table: str, written: list[str], skip_unique: set[str]
 ) -> Refusals:
-    """The NOT NULL columns among ``written``, the CHECKs that read only ``written``
-    columns, and the unique indexes over them (but those on ``skip_unique`` alone: the
-    primary key and the legacy key, which only ferry fills from keys that are unique).
+    """The NOT NULL and length-limited columns among ``written``, the CHECKs that read
+    only ``written`` columns, and the unique indexes over them (but those on
+    ``skip_unique`` alone: the primary key and the legacy key, which only ferry fills from
+    keys that are unique).
     Read in one statement: a sync plans each model it runs, and 7 + 2 per unique index
     round trips were most of a plan's cost."""
     row = conn.execute(_REFUSALS, {"t": catalog.regclass(table)}).fetchone()
     conn.commit()
     assert row is not None
-    digest, not_null, checks, uniques = row
+    digest, not_null, lengths, checks, uniques = row
     out = Refusals(table, digest=digest or "")
     ours = set(written)
     out.not_null = [c for c in not_null or [] if c in ours]
+    out.lengths = [(c, n, typ, arr) for c, n, typ, arr in lengths or [] if c in ours]
     # PostgreSQL checks them in name order; the first that fails names the refusal.
     for name, cols, expr in checks or []:
         if cols and all(c in ours for c in cols):
@@ -142,6 +161,16 @@ SELECT
     + """,
   ARRAY(SELECT attname::text FROM pg_attribute WHERE attrelid = t.oid AND attnum > 0
         AND NOT attisdropped AND attnotnull ORDER BY attnum),
+  (WITH RECURSIVE d (num, name, typ, mod, arr) AS (
+     SELECT a.attnum, a.attname::text, CASE WHEN y.typcategory = 'A' THEN y.typelem
+            ELSE a.atttypid END, a.atttypmod, y.typcategory = 'A'
+     FROM pg_attribute a JOIN pg_type y ON y.oid = a.atttypid
+     WHERE a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped
+     UNION ALL SELECT d.num, d.name, p.typbasetype,
+            CASE WHEN p.typtypmod >= 0 THEN p.typtypmod ELSE d.mod END, d.arr
+     FROM d JOIN pg_type p ON p.oid = d.typ WHERE p.typtype = 'd')
+   SELECT json_agg(json_build_array(name, mod - 4, format_type(typ, mod), arr) ORDER BY num)
+   FROM d WHERE typ IN ('varchar'::regtype, 'bpchar'::regtype) AND mod >= 4),
   (SELECT json_agg(json_build_array(conname::text,
      ARRAY(SELECT a.attname::text FROM unnest(c.conkey) k JOIN pg_attribute a
            ON a.attrelid = c.conrelid AND a.attnum = k AND NOT a.attisdropped),

@@ -424,8 +424,15 @@ class Plan:
         merged = len(st) - 1
         states: list[str | None] = [None] * len(st)
         messages: list[str | None] = [None] * len(st)
-        # A row that would be written with a NOT NULL column empty: refused, as the server
-        # would refuse it, in the CASE that decides the fate (``predict`` for the rest).
+        # A row that would be written with a value longer than its column, or with a NOT
+        # NULL column empty: refused, as the server would refuse it (in that order: the
+        # length as the row is formed, then its constraints), in the CASE that decides the
+        # fate (``predict`` for the rest).
+        for _, _, typ, _ in self.refusals.lengths:
+            st.append("quarantined")
+            rs.append(predict.TOO_LONG_REASON)
+            states.append(predict.TOO_LONG)
+            messages.append(predict.too_long_message(typ))
         for col in self.refusals.not_null:
             st.append("quarantined")
             rs.append(predict.NOT_NULL_REASON)
@@ -496,6 +503,20 @@ class Plan:
         # Of a row to be written, the first NOT NULL column left empty (in column order, as
         # the server checks them): a written column's value is NULL exactly when what fills
         # it is, a cast of a value being a value.
+        # Longer than its column's n characters: the INSERT refuses it, unless what is past
+        # n is spaces (those it cuts, as the cast to the column's type does).
+        for col, n, _, arr in self.refusals.lengths:
+            longer = sql.SQL("char_length(rtrim({}, ' ')) > {}")
+            if arr:
+                each = longer.format(sql.SQL("e"), sql.Literal(n))
+                longer = sql.SQL("EXISTS (SELECT FROM unnest(({})::text[]) e WHERE {})").format(
+                    self._filled_by(col), each
+                )
+            else:
+                longer = longer.format(
+                    sql.SQL("({})::text").format(self._filled_by(col)), sql.Literal(n)
+                )
+            whens.append(longer)
         for col in self.refusals.not_null:
             whens.append(sql.SQL("{} IS NULL").format(self._filled_by(col)))
         parts = [
@@ -601,8 +622,9 @@ class Plan:
             st=statuses, rs=reasons, rep=repair_arr, uuid=uuid,
             vals=sql.SQL(", ").join(values), wf=with_fate,
         )  # fmt: skip
-        if self.refusals.not_null:
-            # Only the NOT NULL fates, after ``merged``, have a state: no subscript for the rest.
+        if self.refusals.predicted_in_fate:
+            # Only the fates after ``merged`` (lengths, NOT NULL) have a state: no subscript
+            # for the rest.
             refused = sql.SQL(
                 "CASE WHEN c._ferry_fate > {m} THEN ({}::text[])[c._ferry_fate + 1] END "
                 "AS _ferry_sqlstate, CASE WHEN c._ferry_fate > {m} THEN "
