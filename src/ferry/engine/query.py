@@ -500,23 +500,19 @@ class Plan:
             ]
         else:
             whens += [sql.SQL("false")] * 5
-        # Of a row to be written, the first NOT NULL column left empty (in column order, as
-        # the server checks them): a written column's value is NULL exactly when what fills
-        # it is, a cast of a value being a value.
-        # Longer than its column's n characters: the INSERT refuses it, unless what is past
-        # n is spaces (those it cuts, as the cast to the column's type does).
+        # Of a row to be written, the first value longer than its column's n characters
+        # (or an element of an array): the INSERT refuses it, unless what is past n is
+        # spaces (those it cuts, as the cast to the column's type does).
         for col, n, _, arr in self.refusals.lengths:
-            longer = sql.SQL("char_length(rtrim({}, ' ')) > {}")
-            if arr:
-                each = longer.format(sql.SQL("e"), sql.Literal(n))
-                longer = sql.SQL("EXISTS (SELECT FROM unnest(({})::text[]) e WHERE {})").format(
-                    self._filled_by(col), each
-                )
-            else:
-                longer = longer.format(
-                    sql.SQL("({})::text").format(self._filled_by(col)), sql.Literal(n)
-                )
-            whens.append(longer)
+            longer = (
+                "EXISTS (SELECT FROM unnest(({})::text[]) e WHERE char_length(rtrim(e, ' ')) > {})"
+                if arr
+                else "char_length(rtrim(({})::text, ' ')) > {}"
+            )
+            whens.append(sql.SQL(longer).format(self._filled_by(col), sql.Literal(n)))
+        # Then the first NOT NULL column left empty (in column order, as the server checks
+        # them): a written column's value is NULL exactly when what fills it is, a cast of a
+        # value being a value.
         for col in self.refusals.not_null:
             whens.append(sql.SQL("{} IS NULL").format(self._filled_by(col)))
         parts = [
