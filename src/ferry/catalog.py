@@ -88,20 +88,24 @@ def pathless_triggers(conn: psycopg.Connection, relation: str) -> list[str]:
     return [r[0] for r in rows]
 
 
-def functions_naming(conn: psycopg.Connection, relation: str, names: Sequence[str]) -> list[str]:
+def functions_naming(
+    conn: psycopg.Connection, relation: str, names: Sequence[str]
+) -> list[tuple[str, list[str]]]:
     """The functions a write to ``relation`` runs (``_WRITES``) that resolve names on the
-    session's search_path and whose text names one of ``names`` unqualified. A heuristic:
-    a name in a comment counts; one built in dynamic SQL, or in a function they call, not."""
+    session's search_path and whose text names one of ``names`` unqualified, each with the
+    names it does. A heuristic: a name in a comment counts; one built in dynamic SQL, or in
+    a function they call, not."""
     if not names:
         return []
     rows = conn.execute(
-        "SELECT DISTINCT p.oid::regprocedure::text FROM (SELECT to_regclass(%s) AS oid) r, "
-        f"LATERAL ({_WRITES}) f {_PATHLESS}"
-        "AND p.prosrc ~* ('(^|[^.[:alnum:]_])\"?(' || array_to_string(%s::text[], '|') "
-        "|| ')\"?($|[^[:alnum:]_])') ORDER BY 1",
-        [regclass(relation), list(names)],
+        "SELECT fn, named FROM (SELECT DISTINCT p.oid::regprocedure::text AS fn, "
+        "ARRAY(SELECT n FROM unnest(%s::text[]) n WHERE p.prosrc ~* "
+        "('(^|[^.[:alnum:]_])\"?' || n || '\"?($|[^[:alnum:]_])') ORDER BY n) AS named "
+        f"FROM (SELECT to_regclass(%s) AS oid) r, LATERAL ({_WRITES}) f {_PATHLESS}) x "
+        "WHERE named <> '{}' ORDER BY fn",
+        [list(names), regclass(relation)],
     ).fetchall()
-    return [r[0] for r in rows]
+    return [(r[0], list(r[1])) for r in rows]
 
 
 _SHAPES = """

@@ -6,7 +6,6 @@ model (``Shape``), so the SQL a spec yields can be read and tested without a dat
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -113,19 +112,13 @@ class Shape:
         rules = catalog.write_rules(conn, model.target)
         if rules:
             raise FerryError(RULES_REWRITE.format(tables=model.target, rules=", ".join(rules)))
-        staged = [s.stage_table for s in spec.sources]
-        named = catalog.functions_naming(conn, model.target, staged)
+        named = catalog.functions_naming(conn, model.target, [s.stage_table for s in spec.sources])
         if named:
-            texts = conn.execute(
-                "SELECT prosrc FROM pg_proc WHERE oid = ANY(%s::regprocedure[])", [named]
-            ).fetchall()
-            hit = [
-                n for n in staged
-                if any(re.search(rf'(?i)(^|[^.\w])"?{n}"?(\W|$)', t) for (t,) in texts)
-            ]  # fmt: skip
             raise FerryError(
                 STAGE_NAMED.format(
-                    table=model.target, functions=", ".join(named), names=", ".join(hit)
+                    table=model.target,
+                    functions=", ".join(f for f, _ in named),
+                    names=", ".join(sorted({n for _, ns in named for n in ns})),
                 )
             )
         out = output_columns(conn, model, spec.model_sql(model))

@@ -339,7 +339,7 @@ def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
     missing, foreign, hidden, rewritten, ruled = [], [], [], [], []
     pathless: list[str] = []
     staged = [s.stage_table for s in spec.sources]
-    named: list[tuple[str, list[str]]] = []  # functions that name a stage table (``Shape``)
+    named: list[tuple[str, list[tuple[str, list[str]]]]] = []  # per table (``Shape``)
     for target in dict.fromkeys(m.target for m in spec.models):
         exists, owned = _one(
             conn,
@@ -381,7 +381,9 @@ def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
         yield _error(
             "trigger_search_path",
             STAGE_NAMED.format(
-                table=target, functions=_names(functions), names="one of its stage tables"
+                table=target,
+                functions=_names([f for f, _ in functions]),
+                names=_names(sorted({n for _, ns in functions for n in ns})),
             ),
         )
     if pathless:
