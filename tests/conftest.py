@@ -8,6 +8,7 @@ with ``wal_level = logical``, for the tests of change capture from the WAL (``te
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,11 +28,17 @@ def cluster() -> Iterator[LocalCluster]:
         with running(workdir, logical=True) as c:
             yield c
     else:
-        with (
-            tempfile.TemporaryDirectory(prefix="ferry-test-") as tmp,
-            running(Path(tmp), logical=True, discard=True) as c,
-        ):
-            yield c
+        tmp = tempfile.mkdtemp(prefix="ferry-test-")
+        try:
+            with running(Path(tmp), logical=True, discard=True) as c:
+                yield c
+        finally:
+            # Its gigabytes of databases took 11 s to delete at the end of every session:
+            # a process of its own deletes them while pytest exits.
+            subprocess.Popen(
+                ["rm", "-rf", tmp], start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
 
 
 @pytest.fixture
