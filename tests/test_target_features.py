@@ -253,29 +253,43 @@ def test_a_trigger_function_that_names_tables_unqualified_is_named_by_doctor(
     assert _sql(target, "SELECT count(*) FROM audit") == [(20,)]
 
 
+# A target partitioned by kind, without a partition for 'c'.
+BY_KIND = (
+    "CREATE TABLE dst (id uuid, legacy_id text, name text, kind text, n int, "
+    "PRIMARY KEY (id, kind), UNIQUE (legacy_id, kind)) PARTITION BY LIST (kind); "
+    "CREATE TABLE dst_a PARTITION OF dst FOR VALUES IN ('a'); "
+    "CREATE TABLE dst_b PARTITION OF dst FOR VALUES IN ('b'); "
+)
+TIDY = (
+    "CREATE FUNCTION tidy() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN DELETE FROM src; RETURN NULL; END $$; "
+    "CREATE TRIGGER tidy AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION tidy();"
+)
+
+
 @pytest.mark.parametrize(
-    "ddl, function",
+    "table, ddl, function",
     [
-        ("CREATE FUNCTION tidy() RETURNS trigger LANGUAGE plpgsql AS "
-         "$$ BEGIN DELETE FROM src; RETURN NULL; END $$; "
-         "CREATE TRIGGER tidy AFTER INSERT ON dst FOR EACH ROW EXECUTE FUNCTION tidy();",
-         "tidy()"),
-        ("CREATE FUNCTION known(v int) RETURNS boolean LANGUAGE plpgsql AS "
+        (TABLE.format(kind="kind text"), TIDY.format(table="dst"), "tidy()"),
+        (BY_KIND + "CREATE TABLE dst_c PARTITION OF dst FOR VALUES IN ('c'); ",
+         TIDY.format(table="dst_c"), "tidy()"),
+        (TABLE.format(kind="kind text"),
+         "CREATE FUNCTION known(v int) RETURNS boolean LANGUAGE plpgsql AS "
          "$$ BEGIN RETURN v IS NULL OR NOT EXISTS (SELECT FROM src WHERE n = v); END $$; "
          "ALTER TABLE dst ADD CONSTRAINT known CHECK (known(n));",
          "known(integer)"),
     ],
-    ids=["trigger", "check"],
+    ids=["trigger", "partition_trigger", "check"],
 )  # fmt: skip
 def test_a_function_that_names_a_stage_table_unqualified_stops_the_run(
-    cluster: LocalCluster, tmp_path: Path, ddl: str, function: str
+    cluster: LocalCluster, tmp_path: Path, table: str, ddl: str, function: str
 ) -> None:
     """The target has a table named as a source (``src``, staged as ``ferry_stage.src``),
     and a trigger (or a CHECK) whose function names it unqualified, with no search_path of
     its own: on ferry's search_path it read and wrote the stage. The trigger's DELETE
     emptied it, and the run took every row for deleted in the source. The run now stops
-    before it writes, naming the function and the fix."""
-    target_sql = TABLE.format(kind="kind text") + "CREATE TABLE src (n int); " + ddl
+    before it writes, naming the function and the fix; a trigger on a partition too."""
+    target_sql = table + "CREATE TABLE src (n int); " + ddl
     source, target, spec = _world(cluster, tmp_path, "stage_named", target_sql)
     errors = [f.message for f in diagnose(source, target, spec).findings if f.level == "error"]
     assert any(function in m and "stage tables" in m for m in errors), errors
@@ -381,6 +395,85 @@ def test_a_row_refused_for_its_type_is_tried_again_once_the_type_takes_it(
     migrate(source, fresh, spec)
     assert _rows(target) == _rows(fresh)
     assert _fates(target)["4"][:3] == _fates(fresh)["4"][:3]
+
+
+CHECKED = "CREATE FUNCTION ok(int) RETURNS bool IMMUTABLE LANGUAGE sql AS $$ SELECT $1 <> 40 $$;"
+VALIDATE = (
+    "CREATE FUNCTION validate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "IF NEW.n = 40 THEN RAISE EXCEPTION 'not allowed'; END IF; RETURN NEW; END $$;"
+)
+
+
+@pytest.mark.parametrize(
+    "target_sql, fix",
+    [
+        (VALIDATE + TABLE.format(kind="kind text") + "CREATE TRIGGER validate BEFORE INSERT "
+         "OR UPDATE ON dst FOR EACH ROW EXECUTE FUNCTION validate();",
+         VALIDATE.replace("CREATE", "CREATE OR REPLACE").replace("= 40", "= 41")),
+        (CHECKED + TABLE.format(kind="kind text").replace("n int", "n int CHECK (ok(n))"),
+         CHECKED.replace("CREATE", "CREATE OR REPLACE").replace("<> 40", "<> 41")),
+        (BY_KIND, "CREATE TABLE dst_c PARTITION OF dst FOR VALUES IN ('c')"),
+        (BY_KIND + "CREATE TABLE dst_c PARTITION OF dst FOR VALUES IN ('c'); "
+         "ALTER TABLE dst_c ADD CONSTRAINT small CHECK (n < 100);",
+         "ALTER TABLE dst_c DROP CONSTRAINT small"),
+        (TABLE.format(kind="kind text").replace(
+            "n int", "n int, g int GENERATED ALWAYS AS (100 / (n - 40)) STORED"),
+         "ALTER TABLE dst DROP COLUMN g; "
+         "ALTER TABLE dst ADD COLUMN g int GENERATED ALWAYS AS (n / 10) STORED"),
+    ],
+    ids=["trigger_function_replaced", "check_function_replaced", "partition_added",
+         "partition_check_dropped", "generated_expression_changed"],
+)  # fmt: skip
+def test_a_row_refused_is_tried_again_once_what_refused_it_changed(
+    cluster: LocalCluster, tmp_path: Path, target_sql: str, fix: str
+) -> None:
+    """The rules a row is refused under are not all on its table: a trigger's or a CHECK's
+    function replaced (same OID), a partition added or its CHECK dropped, a generated
+    column's expression changed. None changed the digest of the target's rules, so a sync
+    never sent the refused rows again, where a fresh migrate writes them."""
+    source, target, spec = _world(cluster, tmp_path, "refused_by", target_sql)
+    migrate(source, target, spec)
+    refused = {k for k, f in _fates(target).items() if f[0] == "quarantined"}
+    assert refused and all(_fates(target)[k][2] for k in refused)  # the database's refusals
+    _sql(target, fix)
+    assert sync(source, target, spec).counts["fixed_on_retry"] == len(refused)
+    fresh = _fresh(cluster, tmp_path, "refused_by")
+    _sql(fresh, fix)
+    migrate(source, fresh, spec)
+    assert _rows(target) == _rows(fresh) and len(_rows(target)) == 20
+    assert {k: f[:4] for k, f in _fates(target).items()} == {
+        k: f[:4] for k, f in _fates(fresh).items()
+    }
+    assert verify(target, spec).ok
+
+
+def test_a_trigger_on_a_partition_of_the_target_is_one_on_the_target(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """A BEFORE trigger on one partition changes the rows routed there as one on the table
+    would; ferry looked for such triggers on the table alone, so it kept the hash of the
+    row it computed, the stored row passed for one the application edited, and the next
+    change of its source row was withheld as a conflict."""
+    target_sql = BY_KIND + (
+        "CREATE TABLE dst_c PARTITION OF dst FOR VALUES IN ('c'); "
+        "CREATE FUNCTION up() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN NEW.name = upper(NEW.name); RETURN NEW; END $$; "
+        "CREATE TRIGGER up BEFORE INSERT OR UPDATE ON dst_a FOR EACH ROW EXECUTE FUNCTION up();"
+    )
+    source, target, spec = _world(cluster, tmp_path, "part_trigger", target_sql)
+    migrate(source, target, spec)
+    _sql(source, "UPDATE src SET n = 7 WHERE id IN (2, 3)")  # 3 is of kind 'a'
+    counts = sync(source, target, spec).counts
+    assert (counts["updated"], counts["conflicts"]) == (2, 0)
+    fresh = _fresh(cluster, tmp_path, "part_trigger")
+    migrate(source, fresh, spec)
+    assert _rows(target) == _rows(fresh)
+    assert ("3", "NAME3", "a", 7) in _rows(target)
+    assert _fates(target) == _fates(fresh)
+    counts = sync(source, target, spec).counts
+    assert (counts["inserted"], counts["updated"], counts["conflicts"]) == (0, 0, 0)
+    report = verify(target, spec)
+    assert [p.kind for p in report.problems] == ["content"] and "triggers" in report.summary()
 
 
 def test_the_target_rules_digest_sees_enum_labels_and_domain_constraints(

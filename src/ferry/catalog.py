@@ -58,22 +58,28 @@ _PATHLESS = (
     "WHERE l.lanname NOT IN ('c', 'internal') "
     "AND NOT EXISTS (SELECT FROM unnest(p.proconfig) c WHERE c LIKE 'search\\_path=%%') "
 )
+# The table ``r.oid`` and its partitions, where a row written to it may go.
+_RELATIONS = "(SELECT r.oid UNION SELECT p.relid FROM pg_partition_tree(r.oid) p)"
 _TRIGGERS = (
-    "SELECT t.tgfoid AS fn FROM pg_trigger t WHERE t.tgrelid = r.oid AND NOT t.tgisinternal "
-    "AND t.tgenabled IN ('O', 'A')"
+    f"SELECT t.tgfoid AS fn FROM pg_trigger t WHERE t.tgrelid IN {_RELATIONS} "
+    "AND NOT t.tgisinternal AND t.tgenabled IN ('O', 'A')"
 )
-# Beside its triggers, a write runs the functions of the table's CHECKs, of its columns'
-# domains' CHECKs and defaults, and of its indexes' expressions and predicates.
-_WRITES = (
-    _TRIGGERS
-    + " UNION SELECT d.refobjid FROM pg_depend d WHERE d.refclassid = 'pg_proc'::regclass AND ("
-    "(d.classid = 'pg_constraint'::regclass AND d.objid IN (SELECT c.oid FROM pg_constraint c "
-    "WHERE c.conrelid = r.oid UNION SELECT c.oid FROM pg_constraint c JOIN pg_attribute a "
-    "ON a.atttypid = c.contypid WHERE a.attrelid = r.oid)) "
-    "OR (d.classid = 'pg_attrdef'::regclass AND d.objid IN (SELECT ad.oid FROM pg_attrdef ad "
-    "WHERE ad.adrelid = r.oid)) "
-    "OR (d.classid = 'pg_class'::regclass AND d.objid IN (SELECT i.indexrelid FROM pg_index i "
-    "WHERE i.indrelid = r.oid)))"
+#: The functions (``fn``) a write to the table ``r.oid`` runs: beside its triggers, those of
+#: its CHECKs, of its columns' domains' CHECKs and defaults, and of its indexes' expressions
+#: and predicates, on it or on its partitions. From the objects to ``pg_depend`` by its
+#: index: the other way, every function's dependents were looked at, one by one.
+WRITE_FUNCTIONS = (
+    _TRIGGERS + " UNION SELECT d.refobjid FROM ("
+    "SELECT 'pg_constraint'::regclass, c.oid FROM pg_constraint c "
+    f"WHERE c.conrelid IN {_RELATIONS} "
+    "UNION ALL SELECT 'pg_constraint'::regclass, c.oid FROM pg_constraint c "
+    "JOIN pg_attribute a ON a.atttypid = c.contypid WHERE a.attrelid = r.oid "
+    "UNION ALL SELECT 'pg_attrdef'::regclass, ad.oid FROM pg_attrdef ad "
+    f"WHERE ad.adrelid IN {_RELATIONS} "
+    "UNION ALL SELECT 'pg_class'::regclass, i.indexrelid FROM pg_index i "
+    f"WHERE i.indrelid IN {_RELATIONS}) o (cls, obj) "
+    "JOIN pg_depend d ON d.classid = o.cls AND d.objid = o.obj "
+    "WHERE d.refclassid = 'pg_proc'::regclass"
 )
 
 
@@ -91,7 +97,7 @@ def pathless_triggers(conn: psycopg.Connection, relation: str) -> list[str]:
 def functions_naming(
     conn: psycopg.Connection, relation: str, names: Sequence[str]
 ) -> list[tuple[str, list[str]]]:
-    """The functions a write to ``relation`` runs (``_WRITES``) that resolve names on the
+    """The functions a write to ``relation`` runs (``WRITE_FUNCTIONS``) that resolve names on the
     session's search_path and whose text names one of ``names`` unqualified, each with the
     names it does. A heuristic: a name in a comment counts; one built in dynamic SQL, or in
     a function they call, not."""
@@ -101,7 +107,7 @@ def functions_naming(
         "SELECT fn, named FROM (SELECT DISTINCT p.oid::regprocedure::text AS fn, "
         "ARRAY(SELECT n FROM unnest(%s::text[]) n WHERE p.prosrc ~* "
         "('(^|[^.[:alnum:]_])\"?' || n || '\"?($|[^[:alnum:]_])') ORDER BY n) AS named "
-        f"FROM (SELECT to_regclass(%s) AS oid) r, LATERAL ({_WRITES}) f {_PATHLESS}) x "
+        f"FROM (SELECT to_regclass(%s) AS oid) r, LATERAL ({WRITE_FUNCTIONS}) f {_PATHLESS}) x "
         "WHERE named <> '{}' ORDER BY fn",
         [list(names), regclass(relation)],
     ).fetchall()

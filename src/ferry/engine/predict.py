@@ -134,8 +134,14 @@ def refusals(
 
 
 # The digest of every rule a target table (``t.oid``) holds rows to: constraints, indexes,
-# triggers, column types, an enum's labels, a domain's constraints.
-RULES_DIGEST = """
+# triggers, column types, an enum's labels, a domain's constraints; and, where there are
+# any, its partitions with their bounds and their own rules, the expressions of its
+# generated columns, and the text of the functions a write to it runs
+# (``catalog.WRITE_FUNCTIONS``: CREATE OR REPLACE keeps a function's OID, so a trigger
+# fixed to take a row it refused changed nothing else). The parts a plain table without
+# such functions has none of are NULL, which concat_ws leaves out: its digest is as it was.
+RULES_DIGEST = (
+    """
   md5(concat_ws('|',
     (SELECT string_agg(conname || pg_get_constraintdef(c.oid), ',' ORDER BY conname)
      FROM pg_constraint c WHERE conrelid = t.oid),
@@ -150,7 +156,28 @@ RULES_DIGEST = """
        || coalesce((SELECT string_agg(pg_get_constraintdef(oid), ',' ORDER BY conname)
                     FROM pg_constraint WHERE contypid = atttypid), ''), ','
      ORDER BY attnum) FROM pg_attribute WHERE attrelid = t.oid AND attnum > 0
-     AND NOT attisdropped)))"""
+     AND NOT attisdropped),
+    (SELECT pg_get_partkeydef(t.oid) || ':' || string_agg(concat_ws(' ', r.relname,
+       pg_get_expr(r.relpartbound, r.oid),
+       (SELECT string_agg(conname || pg_get_constraintdef(c.oid), ',' ORDER BY conname)
+        FROM pg_constraint c WHERE conrelid = p.relid),
+       (SELECT string_agg(pg_get_indexdef(indexrelid), ',' ORDER BY indexrelid::regclass::text)
+        FROM pg_index WHERE indrelid = p.relid),
+       (SELECT string_agg(tgname || tgfoid::regprocedure::text || tgenabled::text, ','
+        ORDER BY tgname) FROM pg_trigger WHERE tgrelid = p.relid AND NOT tgisinternal)),
+       ',' ORDER BY r.relnamespace, r.relname)
+     FROM pg_partition_tree(t.oid) p JOIN pg_class r ON r.oid = p.relid
+     WHERE p.relid <> t.oid),
+    (SELECT string_agg(a.attname || pg_get_expr(d.adbin, d.adrelid), ',' ORDER BY a.attnum)
+     FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+     WHERE d.adrelid = t.oid AND a.attgenerated <> ''),
+    (SELECT string_agg(f.proname || '(' || pg_get_function_identity_arguments(f.oid) || ')'
+       || md5(f.prosrc
+       || coalesce(array_to_string(f.proconfig, ','), '')), ',' ORDER BY f.oid)
+     FROM pg_proc f WHERE f.oid IN (SELECT w.fn FROM (SELECT t.oid) r, LATERAL ("""
+    + catalog.WRITE_FUNCTIONS
+    + """) w))))"""
+)
 
 _REFUSALS = (
     """

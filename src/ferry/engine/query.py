@@ -339,14 +339,16 @@ def hash_kinds(conn: psycopg.Connection, table: str) -> dict[str, str]:
 
 
 def rewrites(conn: psycopg.Connection, table: str) -> bool:
-    """Whether ``table`` has a trigger that fires before each row is inserted or updated in
-    ferry's sessions (``session_replication_role`` origin): it may write other values than
-    ferry's, whose hash then is not the row's (``chunk.Runner._record_as_stored``)."""
+    """Whether ``table`` (or a partition of it, where a row routed there is written) has a
+    trigger that fires before each row is inserted or updated in ferry's sessions
+    (``session_replication_role`` origin): it may write other values than ferry's, whose
+    hash then is not the row's (``chunk.Runner._record_as_stored``)."""
     row = conn.execute(
-        "SELECT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = to_regclass(%s) "
+        "SELECT EXISTS (SELECT FROM pg_trigger WHERE (tgrelid = to_regclass(%(t)s) OR tgrelid "
+        "IN (SELECT relid FROM pg_partition_tree(to_regclass(%(t)s)))) "
         "AND NOT tgisinternal AND tgenabled IN ('O', 'A') AND tgtype & 3 = 3 "
         "AND tgtype & 20 <> 0)",
-        [catalog.regclass(table)],
+        {"t": catalog.regclass(table)},
     ).fetchone()
     conn.commit()
     return bool(row and row[0])
