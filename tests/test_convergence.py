@@ -9,7 +9,7 @@ rows inserted, changed, deleted and re-keyed, two items swapping their unique va
 CSV rewritten, the application writing its own rows, migrates, syncs, runs killed at a
 chunk boundary, the stage emptied as a server crash empties it, quarantine retry and
 exclude, rollback of the last run, the spec edited before a sync (a rule added or dropped,
-a model's SQL fixed).
+a model's SQL fixed), the target's schema changed (a CHECK widened, one added NOT VALID).
 Each history starts migrated, and half the source's changes are synced at once: as a rule
 of its own among twenty, a sync came too rarely to test much. After every run that
 finished (the state is then *settled*) it checks the ledger invariant, ``verify`` and the
@@ -125,6 +125,9 @@ UPSERT = {
     "src_note": "INSERT INTO src_note VALUES (%s, %s, %s) "
     "ON CONFLICT (id) DO UPDATE SET item_id = EXCLUDED.item_id, body = EXCLUDED.body",
 }
+
+
+TIGHTENED = "ALTER TABLE items ADD CONSTRAINT items_qty_not_7 CHECK (qty <> 7) NOT VALID"
 
 
 class InjectedCrash(RuntimeError):
@@ -489,7 +492,9 @@ class Convergence(RuleBasedStateMachine):
             self.tag_repeats.pop(tag, None)
         self._write_tags()
 
-    @precondition(lambda self: not self.target_ddl and self.migrated_ok)
+    @precondition(
+        lambda self: not any("groups_name_check" in d for d in self.target_ddl) and self.migrated_ok
+    )
     @change(key=GROUP_IDS)
     def target_rules_relaxed(self, key: int) -> None:
         """A group whose name the target's CHECK refuses is synced; then the new schema's
@@ -504,6 +509,18 @@ class Convergence(RuleBasedStateMachine):
         with psycopg.connect(self.target, autocommit=True) as conn:
             conn.execute(ddl)
         self.target_ddl.append(ddl)
+        self.settled = False
+
+    @precondition(lambda self: TIGHTENED not in self.target_ddl and self.migrated_ok)
+    @change()
+    def target_rules_tightened(self) -> None:
+        """The new schema's owners add a CHECK NOT VALID: it holds the rows written after
+        it, and a fresh migrate into that schema refuses the items of qty 7 (their notes and
+        tags follow their parent); the rows ferry wrote before stayed, and verify named
+        them after every sync."""
+        with psycopg.connect(self.target, autocommit=True) as conn:
+            conn.execute(TIGHTENED)
+        self.target_ddl.append(TIGHTENED)
         self.settled = False
 
     @rule(sku=SKUS)

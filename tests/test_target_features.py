@@ -447,6 +447,40 @@ def test_a_row_refused_is_tried_again_once_what_refused_it_changed(
     assert verify(target, spec).ok
 
 
+@pytest.mark.parametrize(
+    "ddl",
+    [
+        "ALTER TABLE dst ADD CONSTRAINT small CHECK (n < 100) NOT VALID",
+        "ALTER DOMAIN amount ADD CONSTRAINT small CHECK (VALUE < 100) NOT VALID",
+    ],
+    ids=["table_check", "domain_check"],
+)
+def test_a_check_added_not_valid_holds_the_rows_ferry_wrote_before(
+    cluster: LocalCluster, tmp_path: Path, ddl: str
+) -> None:
+    """A CHECK added NOT VALID holds new writes only: the rows ferry wrote before stayed
+    migrated, where a fresh migrate refuses them; verify said so after every sync, and no
+    sync changed it. The model is computed whole once its target's rules changed."""
+    target_sql = "CREATE DOMAIN amount AS int; " + TABLE.format(kind="kind text").replace(
+        "n int", "n amount"
+    )
+    source, target, spec = _world(cluster, tmp_path, "not_valid", target_sql)
+    migrate(source, target, spec)
+    _sql(target, ddl)
+    assert sync(source, target, spec).counts["rules_changed"] == ["rows"]
+    fresh = _fresh(cluster, tmp_path, "not_valid")
+    _sql(fresh, ddl)
+    migrate(source, fresh, spec)
+    refused = {k for k, f in _fates(fresh).items() if f[0] == "quarantined"}
+    assert refused == set(map(str, range(10, 21)))
+    assert _fates(target) == _fates(fresh)
+    assert _rows(target) == _rows(fresh)
+    assert verify(target, spec).ok
+    counts = sync(source, target, spec).counts
+    assert (counts["inserted"], counts["updated"], counts["deleted"]) == (0, 0, 0)
+    assert "rules_changed" not in counts
+
+
 def test_a_trigger_on_a_partition_of_the_target_is_one_on_the_target(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:

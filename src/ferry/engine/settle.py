@@ -150,7 +150,7 @@ def settle(
         asking = [m for m in spec.order() if m.name not in work.whole | out.reads.keys()]
         out.reads.update(dependencies.reads_of(conn, spec, asking) if asking else {})
     # Asked of every model at once: a model's run changes its own ledger rows only.
-    retried = _quarantined(conn, spec, spec.models, work.quarantined, rules=depth == 0)
+    retried = _quarantined(conn, spec, spec.models, work.quarantined)
     redefined = _redefined(conn, spec) if depth == 0 else set()
     out.redefined |= redefined
     for model in spec.order():
@@ -158,7 +158,7 @@ def settle(
         src_deleted = work.deleted.get(model.source, set())
         # Rows computed from rows they do not come from: which of them a change reaches is
         # not known here, so the model is computed whole, writing only the rows that differ.
-        whole = model.name in work.whole or model.name in redefined
+        whole = model.name in work.whole | redefined
         reached: set[str] = set()  # rows a change in a source it declares it reads reaches
         if not whole and moved:
             reads = out.reads[model.name]
@@ -356,64 +356,54 @@ def _redefined(conn: psycopg.Connection, spec: Spec) -> set[str]:
 
 def _quarantined(
     conn: psycopg.Connection, spec: Spec, models: Sequence[Model], which: str | None,
-    sqlstates: Sequence[str] | None = None, rules: bool = False,
+    sqlstates: Sequence[str] | None = None,
 ) -> dict[str, set[str]]:  # fmt: skip
     """Quarantined keys to try again (``Work.quarantined``), per model of ``models``: by a
     rule, whose verdict can change with any row ("all"), and those the database refused for
     a unique or exclusion constraint or a foreign key, which other rows decide ("all" and
     "refused"); or only those refused with one of ``sqlstates``. A row refused for its own
     values (a cast, a CHECK) is tried again when its own row changes, on ``quarantine
-    retry`` (each try of an unpredicted one is logged), and, with ``rules``, once its
-    target's rules changed since its model last ran (``rehash.note_run``), as a fresh
-    migrate would."""
-    if (which is None and not rules) or not models:
+    retry`` (each try of an unpredicted one is logged), and when its model runs whole
+    because its target's rules changed (``rules_changed``)."""
+    if which is None or not models:
         return {}
-    led = ledger.table(spec, "ledger")
-    undecided = sql.SQL("model = ANY(%(models)s) AND status = 'quarantined' AND decided_by IS NULL")
-    retried = sql.SQL("(%(by_rule)s AND sqlstate IS NULL) OR sqlstate = ANY(%(states)s)")
-    args = {
-        "models": [m.name for m in models], "rules": rules, "others": list(OTHER_ROWS),
-        "by_rule": which == "all" and sqlstates is None,
-        "states": list(sqlstates or OTHER_ROWS) if which is not None else [],
-    }  # fmt: skip
-    # A model with rows refused for their own values is named once, with no key.
     rows = conn.execute(
         sql.SQL(
-            "SELECT DISTINCT model, CASE WHEN {retried} THEN source_key END FROM {led} "
-            "WHERE {undecided} AND ({retried} OR (%(rules)s AND sqlstate <> ALL(%(others)s)))"
-        ).format(led=led, undecided=undecided, retried=retried),
-        args,
+            "SELECT model, source_key FROM {} WHERE model = ANY(%(models)s) "
+            "AND status = 'quarantined' AND decided_by IS NULL "
+            "AND ((%(by_rule)s AND sqlstate IS NULL) OR sqlstate = ANY(%(states)s))"
+        ).format(ledger.table(spec, "ledger")),
+        {
+            "models": [m.name for m in models],
+            "by_rule": which == "all" and sqlstates is None,
+            "states": list(sqlstates or OTHER_ROWS),
+        },
     ).fetchall()
+    conn.commit()
     found: dict[str, set[str]] = defaultdict(set)
     for model, key in rows:
         found[model].add(key)
-    own = [m for m in models if None in found.get(m.name, ())]
-    for m in own:
-        found[m.name].discard(None)
-    # Of those, the models whose target's rules changed since they last ran.
-    stale = own and [
-        r[0]
-        for r in conn.execute(
-            sql.SQL(
-                "SELECT m.model FROM unnest(%s::text[], %s::text[]) m(model, tbl) "
-                "LEFT JOIN {} f USING (model), LATERAL (SELECT to_regclass(m.tbl) AS oid) t "
-                "WHERE f.rules IS DISTINCT FROM {}"
-            ).format(ledger.table(spec, "hash_forms"), sql.SQL(predict.RULES_DIGEST)),
-            [[m.name for m in own], [catalog.regclass(m.target) for m in own]],
-        )
-    ]
-    if stale:
-        args["stale"] = stale
-        for model, key in conn.execute(
-            sql.SQL(
-                "SELECT model, source_key FROM {} WHERE {} AND model = ANY(%(stale)s) "
-                "AND sqlstate <> ALL(%(others)s)"
-            ).format(led, undecided),
-            args,
-        ):
-            found[model].add(key)
-    conn.commit()
     return dict(found)
+
+
+def rules_changed(conn: psycopg.Connection, spec: Spec) -> set[str]:
+    """Models whose target's rules (``predict.RULES_DIGEST``) changed since they last ran
+    (``rehash.note_run``): a migrate now would hold every row of theirs to the rules as
+    they are, the rows they refused and, under a CHECK added NOT VALID, the rows it took
+    before: a sync computes them whole (``Work.whole``). Their refused rows are then sent
+    again (their hash holds the digest), and their rows the rules ferry reads now refuse
+    leave the target. What a trigger added since refuses, only a row written again shows
+    (docs/spec.md)."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT m.model FROM unnest(%s::text[], %s::text[]) m(model, tbl) "
+            "LEFT JOIN {} f USING (model), LATERAL (SELECT to_regclass(m.tbl) AS oid) t "
+            "WHERE f.rules IS DISTINCT FROM {}"
+        ).format(ledger.table(spec, "hash_forms"), sql.SQL(predict.RULES_DIGEST)),
+        [[m.name for m in spec.models], [catalog.regclass(m.target) for m in spec.models]],
+    ).fetchall()
+    conn.commit()
+    return {r[0] for r in rows}
 
 
 def _orphans(conn: psycopg.Connection, spec: Spec, model: Model, reason: str) -> set[str]:

@@ -367,8 +367,17 @@ def _sync(
             result.counts["resynced"] = resynced
         quiet = not any(changed.values()) and not any(deleted.values()) and not rederive
         # A stage a crash emptied was copied again whole: its models are computed whole, and
-        # the fates of rows deleted from the source meanwhile show as keys not staged.
+        # the fates of rows deleted from the source meanwhile show as keys not staged. So
+        # are the models whose target's rules changed since they last ran.
         whole = {m.name for m in spec.models if m.source in emptied} | rederive
+        ruled = settle.rules_changed(conn, spec)
+        if ruled:
+            result.counts["rules_changed"] = sorted(ruled)
+            result.notes.append(
+                f"model {', '.join(sorted(ruled))}: its target's constraints, indexes, "
+                "triggers or types changed since it last ran; computed whole"
+            )
+        whole |= ruled
         work = settle.Work(
             changed, deleted, whole=whole, quarantined="refused" if quiet else "all",
             resumed=bool(resynced),
