@@ -353,6 +353,55 @@ def test_a_value_too_long_for_its_column_is_refused_not_cut(
     assert _sql(target, f"SELECT count(*) FROM dst WHERE {name} LIKE 'Name__'") == [(11,)]
 
 
+@pytest.mark.parametrize(
+    "kind, value, reason",
+    [
+        ("bit(3)", "(s.n % 8)::bit(3)::varbit || B'1'", "string_data_length_mismatch:22026:"
+         "bit string length does not match type bit(3)"),
+        ("bit(3)", "substring((s.n % 8)::bit(3)::varbit FROM 1 FOR 2)",
+         "string_data_length_mismatch:22026:bit string length does not match type bit(3)"),
+        ("varbit(3)", "(s.n % 8)::bit(3)::varbit || B'01'", "string_data_right_truncation:"
+         "22001:bit string too long for type bit varying(3)"),
+        ("bit(3)[]", "ARRAY[(s.n % 8)::bit(3)::varbit || B'1']", "string_data_length_mismatch:"
+         "22026:bit string length does not match type bit(3)"),
+    ],
+    ids=["bit_cut", "bit_padded", "varbit_cut", "array"],
+)  # fmt: skip
+def test_a_bit_string_of_another_length_is_refused_not_cut_or_padded(
+    cluster: LocalCluster, tmp_path: Path, kind: str, value: str, reason: str
+) -> None:
+    """A cast to bit(n) cuts a longer bit string and pads a shorter one with zeros, and
+    one to varbit(n) cuts a longer one, where the application's INSERT refuses both:
+    '0101' was written '010', as migrated. Rows 11-20 carry such a value, rows 1-10 one of
+    the column's own length, written as it is."""
+    table = TABLE.format(kind="kind text").replace("n int", f"n {kind}")
+    model = MODEL.replace(
+        "s.n", f"CASE WHEN s.id > 10 THEN {value} ELSE (s.n % 8)::bit(3)::varbit END AS n"
+    )
+    if kind.endswith("[]"):
+        model = model.replace("::bit(3)::varbit END", "::bit(3)::varbit] END").replace(
+            "ELSE (s.n", "ELSE ARRAY[(s.n"
+        )
+    source, target, spec = _world(cluster, tmp_path, f"bits_{kind[:6]}", table, model)
+    migrate(source, target, spec)
+    fates = dict(
+        _sql(
+            target,
+            "SELECT source_key::int, concat_ws(':', status, reason, sqlstate, message) "
+            "FROM ferry.ledger WHERE model = 'rows'",
+        )
+    )
+    assert {k: v for k, v in fates.items() if k > 10} == dict.fromkeys(
+        range(11, 21), f"quarantined:{reason}"
+    )
+    assert {v for k, v in fates.items() if k <= 10} == {"migrated"}
+    shown = "n::text" if not kind.endswith("[]") else "n[1]::text"
+    assert _sql(target, f"SELECT {shown} FROM dst WHERE legacy_id = '3'") == [("110",)]
+    assert verify(target, spec).ok
+    counts = sync(source, target, spec).counts
+    assert (counts["inserted"], counts["updated"]) == (0, 0)
+
+
 @pytest.mark.parametrize("run", ["migrate", "sync"])
 @pytest.mark.parametrize(
     "column, refused, fix",
@@ -527,7 +576,8 @@ def test_the_target_rules_digest_sees_enum_labels_and_domain_constraints(
 
     def digest() -> str:
         with psycopg.connect(target) as conn:
-            return predict.refusals(conn, "public.dst", ["kind", "other"], set()).digest
+            written = dict.fromkeys(["kind", "other"])
+            return predict.refusals(conn, "public.dst", written, set()).digest
 
     first = digest()
     _sql(target, "ALTER TYPE mood ADD VALUE 'meh'")

@@ -16,6 +16,7 @@ value up).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import psycopg
@@ -24,9 +25,12 @@ from psycopg import sql
 from ferry import catalog
 
 NOT_NULL, CHECK, UNIQUE, EXCLUSION = "23502", "23514", "23505", "23P01"
-TOO_LONG = "22001"
+TOO_LONG, LENGTH_MISMATCH = "22001", "22026"
 NOT_NULL_REASON = "not_null_violation"
 TOO_LONG_REASON = "string_data_right_truncation"
+# The type OIDs of bit, bit[], varbit and varbit[]: a value of theirs is cut or padded to a
+# bit(n) or varbit(n) column's length by ferry's cast (a text is refused by it).
+BIT_TYPES = frozenset({1560, 1561, 1562, 1563})
 BLOCKED = "blocked"
 
 
@@ -39,6 +43,47 @@ def not_null_message(table: str, column: str) -> str:
 def too_long_message(typ: str) -> str:
     """The server's message for a value longer than its varchar(n) or char(n) column."""
     return f"value too long for type {typ}"
+
+
+@dataclass(frozen=True)
+class Length:
+    """A column whose type has a length (under a domain, or an array's elements): ferry
+    casts a value to its column's type, and that cast cuts a longer value, and pads a
+    shorter bit string, without a word, where the INSERT it stands for refuses it."""
+
+    column: str
+    n: int
+    type: str  # as the server names it in its message
+    array: bool
+    kind: str  # "char" (varchar(n), char(n)), "bit" (bit(n)) or "varbit" (varbit(n))
+
+    def refusal(self) -> tuple[str, str, str]:
+        """The condition name, SQLSTATE and message of the server's refusal (a bit
+        string's own length, which its message gives, left out)."""
+        if self.kind == "bit":
+            message = f"bit string length does not match type {self.type}"
+            return "string_data_length_mismatch", LENGTH_MISMATCH, message
+        if self.kind == "varbit":
+            return TOO_LONG_REASON, TOO_LONG, f"bit string too long for type {self.type}"
+        return TOO_LONG_REASON, TOO_LONG, too_long_message(self.type)
+
+    def refuses(self, value: sql.Composable) -> sql.Composed:
+        """Whether the INSERT refuses ``value``: for text, more than n characters but for
+        spaces past n (those it cuts, as the cast does); for a bit string, another length
+        than n (bit) or a longer one (varbit)."""
+        one = {
+            "char": "char_length(rtrim({}, ' ')) > {}",
+            "bit": "length({}) <> {}",
+            "varbit": "length({}) > {}",
+        }[self.kind]
+        n = sql.Literal(self.n)
+        if self.kind == "char":
+            value = sql.SQL("({})::text[]" if self.array else "({})::text").format(value)
+        if self.array:
+            return sql.SQL("EXISTS (SELECT FROM unnest({}) e WHERE {})").format(
+                value, sql.SQL(one).format(sql.SQL("e"), n)
+            )
+        return sql.SQL(one).format(value, n)
 
 
 @dataclass
@@ -84,11 +129,8 @@ class Refusals:
     # types): a row it refused is sent again only once it changed.
     digest: str = ""
     not_null: list[str] = field(default_factory=list)
-    # The varchar(n) and char(n) columns, a domain over one, or an array of either: (name,
-    # n, the type as the server names it, whether an array). ferry casts a value to its
-    # column's type, and that cast cuts a longer value without a word, where the INSERT it
-    # stands for refuses it.
-    lengths: list[tuple[str, int, str, bool]] = field(default_factory=list)
+    # The written columns whose type has a length, whose cast would cut or pad a value.
+    lengths: list[Length] = field(default_factory=list)
     checks: list[tuple[str, str]] = field(default_factory=list)  # (name, expression)
     uniques: list[Unique] = field(default_factory=list)
 
@@ -102,12 +144,13 @@ class Refusals:
 
 
 def refusals(
-    conn: psycopg.Connection, table: str, written: list[str], skip_unique: set[str]
-) -> Refusals:
-    """The NOT NULL and length-limited columns among ``written``, the CHECKs that read
-    only ``written`` columns, and the unique indexes over them (but those on
-    ``skip_unique`` alone: the primary key and the legacy key, which only ferry fills from
-    keys that are unique).
+    conn: psycopg.Connection, table: str, written: Mapping[str, int | None],
+    skip_unique: set[str],
+) -> Refusals:  # fmt: skip
+    """The NOT NULL and length-limited columns among ``written`` (each with the type OID of
+    the value that fills it, if known), the CHECKs that read only ``written`` columns, and
+    the unique indexes over them (but those on ``skip_unique`` alone: the primary key and
+    the legacy key, which only ferry fills from keys that are unique).
     Read in one statement: a sync plans each model it runs, and 7 + 2 per unique index
     round trips were most of a plan's cost."""
     row = conn.execute(_REFUSALS, {"t": catalog.regclass(table)}).fetchone()
@@ -117,7 +160,11 @@ def refusals(
     out = Refusals(table, digest=digest or "")
     ours = set(written)
     out.not_null = [c for c in not_null or [] if c in ours]
-    out.lengths = [(c, n, typ, arr) for c, n, typ, arr in lengths or [] if c in ours]
+    out.lengths = [
+        Length(c, n, typ, arr, kind)
+        for c, n, typ, arr, kind in lengths or []
+        if c in ours and (kind == "char" or written[c] in BIT_TYPES)
+    ]
     # PostgreSQL checks them in name order; the first that fails names the refusal.
     for name, cols, expr in checks or []:
         if cols and all(c in ours for c in cols):
@@ -196,8 +243,12 @@ SELECT
      UNION ALL SELECT d.num, d.name, p.typbasetype,
             CASE WHEN p.typtypmod >= 0 THEN p.typtypmod ELSE d.mod END, d.arr
      FROM d JOIN pg_type p ON p.oid = d.typ WHERE p.typtype = 'd')
-   SELECT json_agg(json_build_array(name, mod - 4, format_type(typ, mod), arr) ORDER BY num)
-   FROM d WHERE typ IN ('varchar'::regtype, 'bpchar'::regtype) AND mod >= 4),
+   SELECT json_agg(json_build_array(name, CASE WHEN typ IN ('varchar'::regtype,
+       'bpchar'::regtype) THEN mod - 4 ELSE mod END, format_type(typ, mod), arr,
+       CASE typ WHEN 'bit'::regtype THEN 'bit' WHEN 'varbit'::regtype THEN 'varbit'
+       ELSE 'char' END) ORDER BY num)
+   FROM d WHERE (typ IN ('varchar'::regtype, 'bpchar'::regtype) AND mod >= 4)
+   OR (typ IN ('bit'::regtype, 'varbit'::regtype) AND mod >= 0)),
   (SELECT json_agg(json_build_array(conname::text,
      ARRAY(SELECT a.attname::text FROM unnest(c.conkey) k JOIN pg_attribute a
            ON a.attrelid = c.conrelid AND a.attnum = k AND NOT a.attisdropped),

@@ -148,7 +148,7 @@ class Shape:
             _parallel_safe(conn, model),
             # What the target would refuse, checked before the write (``predict``).
             predict.refusals(
-                conn, model.target, [n for n, _ in written],
+                conn, model.target, {n: out.get(n) for n, _ in written},
                 {model.key_column, model.legacy_column or model.key_column},
             ),
             # Rows of one model are read from its partition (ledger.table_of): the planner's
@@ -423,11 +423,12 @@ class Plan:
         # NULL column empty: refused, as the server would refuse it (in that order: the
         # length as the row is formed, then its constraints), in the CASE that decides the
         # fate (``predict`` for the rest).
-        for _, _, typ, _ in self.refusals.lengths:
+        for length in self.refusals.lengths:
+            reason, state, message = length.refusal()
             st.append("quarantined")
-            rs.append(predict.TOO_LONG_REASON)
-            states.append(predict.TOO_LONG)
-            messages.append(predict.too_long_message(typ))
+            rs.append(reason)
+            states.append(state)
+            messages.append(message)
         for col in self.refusals.not_null:
             st.append("quarantined")
             rs.append(predict.NOT_NULL_REASON)
@@ -495,16 +496,9 @@ class Plan:
             ]
         else:
             whens += [sql.SQL("false")] * 5
-        # Of a row to be written, the first value longer than its column's n characters
-        # (or an element of an array): the INSERT refuses it, unless what is past n is
-        # spaces (those it cuts, as the cast to the column's type does).
-        for col, n, _, arr in self.refusals.lengths:
-            longer = (
-                "EXISTS (SELECT FROM unnest(({})::text[]) e WHERE char_length(rtrim(e, ' ')) > {})"
-                if arr
-                else "char_length(rtrim(({})::text, ' ')) > {}"
-            )
-            whens.append(sql.SQL(longer).format(self._filled_by(col), sql.Literal(n)))
+        # Of a row to be written, the first value its column's length refuses.
+        for length in self.refusals.lengths:
+            whens.append(length.refuses(self._filled_by(length.column)))
         # Then the first NOT NULL column left empty (in column order, as the server checks
         # them): a written column's value is NULL exactly when what fills it is, a cast of a
         # value being a value.
