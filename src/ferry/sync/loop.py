@@ -375,7 +375,8 @@ def _sync(
             result.counts["rules_changed"] = sorted(ruled)
             result.notes.append(
                 f"model {', '.join(sorted(ruled))}: its target's constraints, indexes, "
-                "triggers or types changed since it last ran; computed whole"
+                "triggers or types are not those it last ran under (changed, or forgotten "
+                "by a rollback); computed whole"
             )
         whole |= ruled
         work = settle.Work(
