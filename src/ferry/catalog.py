@@ -58,10 +58,10 @@ _PATHLESS = (
     "WHERE l.lanname NOT IN ('c', 'internal') "
     "AND NOT EXISTS (SELECT FROM unnest(p.proconfig) c WHERE c LIKE 'search\\_path=%%') "
 )
-# The table ``r.oid`` and its partitions, where a row written to it may go.
-_RELATIONS = "(SELECT r.oid UNION SELECT p.relid FROM pg_partition_tree(r.oid) p)"
+#: The table ``r.oid`` and its partitions, where a row written to it may go.
+RELATIONS = "(SELECT r.oid UNION SELECT p.relid FROM pg_partition_tree(r.oid) p)"
 _TRIGGERS = (
-    f"SELECT t.tgfoid AS fn FROM pg_trigger t WHERE t.tgrelid IN {_RELATIONS} "
+    f"SELECT t.tgfoid AS fn FROM pg_trigger t WHERE t.tgrelid IN {RELATIONS} "
     "AND NOT t.tgisinternal AND t.tgenabled IN ('O', 'A')"
 )
 #: The functions (``fn``) a write to the table ``r.oid`` runs: beside its triggers, those of
@@ -71,13 +71,13 @@ _TRIGGERS = (
 WRITE_FUNCTIONS = (
     _TRIGGERS + " UNION SELECT d.refobjid FROM ("
     "SELECT 'pg_constraint'::regclass, c.oid FROM pg_constraint c "
-    f"WHERE c.conrelid IN {_RELATIONS} "
+    f"WHERE c.conrelid IN {RELATIONS} "
     "UNION ALL SELECT 'pg_constraint'::regclass, c.oid FROM pg_constraint c "
     "JOIN pg_attribute a ON a.atttypid = c.contypid WHERE a.attrelid = r.oid "
     "UNION ALL SELECT 'pg_attrdef'::regclass, ad.oid FROM pg_attrdef ad "
-    f"WHERE ad.adrelid IN {_RELATIONS} "
+    f"WHERE ad.adrelid IN {RELATIONS} "
     "UNION ALL SELECT 'pg_class'::regclass, i.indexrelid FROM pg_index i "
-    f"WHERE i.indrelid IN {_RELATIONS}) o (cls, obj) "
+    f"WHERE i.indrelid IN {RELATIONS}) o (cls, obj) "
     "JOIN pg_depend d ON d.classid = o.cls AND d.objid = o.obj "
     "WHERE d.refclassid = 'pg_proc'::regclass"
 )

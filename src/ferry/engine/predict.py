@@ -187,15 +187,19 @@ def refusals(
 # (``catalog.WRITE_FUNCTIONS``: CREATE OR REPLACE keeps a function's OID, so a trigger
 # fixed to take a row it refused changed nothing else). The parts a plain table without
 # such functions has none of are NULL, which concat_ws leaves out: its digest is as it was.
-RULES_DIGEST = (
-    """
-  md5(concat_ws('|',
+# A relation's own constraints, indexes and triggers (``{rel}``): the table's, and each of
+# its partitions'.
+_OWN_RULES = """
     (SELECT string_agg(conname || pg_get_constraintdef(c.oid), ',' ORDER BY conname)
-     FROM pg_constraint c WHERE conrelid = t.oid),
+     FROM pg_constraint c WHERE conrelid = {rel}),
     (SELECT string_agg(pg_get_indexdef(indexrelid), ',' ORDER BY indexrelid::regclass::text)
-     FROM pg_index WHERE indrelid = t.oid),
+     FROM pg_index WHERE indrelid = {rel}),
     (SELECT string_agg(tgname || tgfoid::regprocedure::text || tgenabled::text, ','
-     ORDER BY tgname) FROM pg_trigger WHERE tgrelid = t.oid AND NOT tgisinternal),
+     ORDER BY tgname) FROM pg_trigger WHERE tgrelid = {rel} AND NOT tgisinternal)"""
+RULES_DIGEST = (
+    "\n  md5(concat_ws('|',"
+    + _OWN_RULES.format(rel="t.oid")
+    + """,
     (SELECT string_agg(attname || format_type(atttypid, atttypmod) || attnotnull::text
        -- an enum's labels and a domain's constraints: a value added, a CHECK relaxed
        || coalesce((SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum
@@ -205,14 +209,9 @@ RULES_DIGEST = (
      ORDER BY attnum) FROM pg_attribute WHERE attrelid = t.oid AND attnum > 0
      AND NOT attisdropped),
     (SELECT pg_get_partkeydef(t.oid) || ':' || string_agg(concat_ws(' ', r.relname,
-       pg_get_expr(r.relpartbound, r.oid),
-       (SELECT string_agg(conname || pg_get_constraintdef(c.oid), ',' ORDER BY conname)
-        FROM pg_constraint c WHERE conrelid = p.relid),
-       (SELECT string_agg(pg_get_indexdef(indexrelid), ',' ORDER BY indexrelid::regclass::text)
-        FROM pg_index WHERE indrelid = p.relid),
-       (SELECT string_agg(tgname || tgfoid::regprocedure::text || tgenabled::text, ','
-        ORDER BY tgname) FROM pg_trigger WHERE tgrelid = p.relid AND NOT tgisinternal)),
-       ',' ORDER BY r.relnamespace, r.relname)
+       pg_get_expr(r.relpartbound, r.oid),"""
+    + _OWN_RULES.format(rel="p.relid")
+    + """), ',' ORDER BY r.relnamespace, r.relname)
      FROM pg_partition_tree(t.oid) p JOIN pg_class r ON r.oid = p.relid
      WHERE p.relid <> t.oid),
     (SELECT string_agg(a.attname || pg_get_expr(d.adbin, d.adrelid), ',' ORDER BY a.attnum)

@@ -344,11 +344,11 @@ def rewrites(conn: psycopg.Connection, table: str) -> bool:
     (``session_replication_role`` origin): it may write other values than ferry's, whose
     hash then is not the row's (``chunk.Runner._record_as_stored``)."""
     row = conn.execute(
-        "SELECT EXISTS (SELECT FROM pg_trigger WHERE (tgrelid = to_regclass(%(t)s) OR tgrelid "
-        "IN (SELECT relid FROM pg_partition_tree(to_regclass(%(t)s)))) "
+        "SELECT EXISTS (SELECT FROM (SELECT to_regclass(%s) AS oid) r, pg_trigger "
+        f"WHERE tgrelid IN {catalog.RELATIONS} "
         "AND NOT tgisinternal AND tgenabled IN ('O', 'A') AND tgtype & 3 = 3 "
         "AND tgtype & 20 <> 0)",
-        {"t": catalog.regclass(table)},
+        [catalog.regclass(table)],
     ).fetchone()
     conn.commit()
     return bool(row and row[0])
