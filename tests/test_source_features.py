@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ferry import SpecError, load_spec, migrate
+from ferry import FerryError, SpecError, load_spec, migrate
 from ferry.embedded import LocalCluster
 from ferry.ledger import runs
 from ferry.ops.verify import verify
@@ -262,3 +262,66 @@ def test_a_key_changed_to_an_equal_value_of_another_text_is_a_new_key(
     )  # fmt: skip
     changes = [f"UPDATE src SET id = '{after}' WHERE id = '{before}'"]
     assert w.history(changes, capture) == w.fresh()
+
+
+READER = (
+    "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rls_reader') THEN "
+    "CREATE ROLE rls_reader LOGIN REPLICATION; END IF; END $$; "
+)
+
+
+@pytest.mark.parametrize("capture", CAPTURES, ids=["diff", "wal"])
+def test_rows_a_sources_row_level_security_hides_are_not_taken_for_deleted(
+    cluster: LocalCluster, tmp_path: Path, capture: str | None
+) -> None:
+    """A role a source table's policies apply to sees the rows they show as the whole
+    table: a migrate staged a part of it and said all was well, and a policy tightened
+    later made the next sync delete from the target every row it hid."""
+    w = World(
+        cluster, tmp_path, "rls",
+        READER + "CREATE TABLE src (id int PRIMARY KEY, v text); "
+        "INSERT INTO src SELECT i, 'v' || i FROM generate_series(1, 20) i; "
+        "GRANT SELECT ON src TO rls_reader;",
+        ["v"],
+    )  # fmt: skip
+    reader = cluster.conninfo("rls_src", user="rls_reader")
+    target = w.target(capture or "diff")
+    try:
+        migrate(reader, target, w.spec, changes=capture)
+        before = w.state(target)
+        assert len(before[1]) == 20
+        w.sql(
+            w.source,
+            "ALTER TABLE src ENABLE ROW LEVEL SECURITY; "
+            "CREATE POLICY few ON src FOR SELECT USING (id <= 12); "
+            "UPDATE src SET v = 'changed' WHERE id = 1",
+        )
+        with pytest.raises(FerryError, match=r"row-level security hides rows of public\.src"):
+            sync(reader, target, w.spec)
+        assert w.state(target) == before
+        with pytest.raises(FerryError, match=r"row-level security hides rows of public\.src"):
+            migrate(reader, w.target("fresh"), w.spec)
+    finally:
+        if capture == "wal":
+            with runs.opened(target, w.spec, "ferry-cleanup") as conn:
+                wal.drop_slot(w.source, conn, w.spec)
+
+
+def test_a_source_view_whose_owner_a_policy_applies_to_fails_instead_of_showing_a_part(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """A view reads its tables as its owner: a policy that applies to the owner filters
+    the view for everyone, where no check of the view itself can see it. Every ferry
+    session runs with ``row_security = off``, so the read fails instead."""
+    w = World(
+        cluster, tmp_path, "rlsview",
+        READER + "CREATE TABLE base (id int PRIMARY KEY, v text); "
+        "INSERT INTO base SELECT i, 'v' || i FROM generate_series(1, 20) i; "
+        "ALTER TABLE base ENABLE ROW LEVEL SECURITY; "
+        "CREATE POLICY few ON base FOR SELECT USING (id <= 12); "
+        "GRANT SELECT ON base TO rls_reader; "
+        "CREATE VIEW src AS SELECT * FROM base; ALTER VIEW src OWNER TO rls_reader;",
+        ["v"],
+    )  # fmt: skip
+    with pytest.raises(psycopg.Error, match='row-level security policy for table "base"'):
+        w.fresh()

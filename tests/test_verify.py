@@ -213,26 +213,32 @@ def test_a_merged_row_pointing_nowhere_is_found(world: World) -> None:
 
 
 def test_each_of_a_tables_foreign_keys_is_checked_on_its_own(world: World) -> None:
-    """One scan checks all of a table's FKs: each one's orphans are its own, MATCH FULL
-    too, and an intact FK beside a broken one reports nothing."""
+    """One scan checks all of a table's FKs, over their columns' distinct values: each
+    one's orphans are its own, MATCH FULL too, two FKs of the same column to two tables
+    apart, and an intact FK beside a broken one reports nothing."""
     world.run(
         "CREATE TABLE members AS SELECT DISTINCT member AS name FROM loans; "
         "ALTER TABLE members ADD PRIMARY KEY (name); "
         "CREATE TABLE shelves AS SELECT DISTINCT book_id, member FROM loans; "
         "ALTER TABLE shelves ADD PRIMARY KEY (book_id, member); "
+        "CREATE TABLE catalogue AS SELECT id FROM books; "
+        "ALTER TABLE catalogue ADD PRIMARY KEY (id); "
         "CREATE TABLE branches (code text PRIMARY KEY); "
         "ALTER TABLE loans ADD COLUMN branch text REFERENCES branches (code), "
         "ADD CONSTRAINT loans_member_fkey FOREIGN KEY (member) REFERENCES members (name), "
+        "ADD CONSTRAINT loans_catalogue_fkey FOREIGN KEY (book_id) REFERENCES catalogue (id), "
         "ADD CONSTRAINT loans_shelf_fkey FOREIGN KEY (book_id, member) "
         "REFERENCES shelves (book_id, member) MATCH FULL"
     )
     world.run("DELETE FROM shelves WHERE book_id = (SELECT book_id FROM loans "
               "WHERE legacy_loan_id = 'L-2') AND member = (SELECT member FROM loans "
               "WHERE legacy_loan_id = 'L-2')", superuser=True)  # fmt: skip
+    world.run("DELETE FROM catalogue WHERE id = (SELECT book_id FROM loans "
+              "WHERE legacy_loan_id = 'L-1')", superuser=True)  # fmt: skip
     report = verify(world.target, world.spec)
-    assert report.checked["foreign_keys"] == 5, report.summary()
-    p = only(report, "fk")
-    assert p.keys == ["L-2"] and p.count == 1 and "loans_shelf_fkey" in p.detail
+    assert report.checked["foreign_keys"] == 6, report.summary()
+    found = {p.detail.split("[constraint ")[1]: (p.keys, p.count) for p in report.problems}
+    assert found == {"loans_shelf_fkey]": (["L-2"], 1), "loans_catalogue_fkey]": (["L-1"], 1)}
 
 
 def test_an_operators_decision_keeps_the_fast_comparison(

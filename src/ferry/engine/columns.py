@@ -27,6 +27,14 @@ from psycopg import sql
 from ferry import catalog
 from ferry.errors import FerryError
 
+# What a role subject to a source's row-level security would see: the rows its policies
+# show, taken for the whole table, and every row they hide later taken for deleted. (Every
+# ferry session also runs with ``row_security = off``, so a query they would filter fails.)
+SOURCE_RLS = (
+    "row-level security hides rows of {tables} from this role: ferry would stage only what "
+    "it sees; read them as their owner or a role with BYPASSRLS"
+)
+
 # Type categories (pg_type.typcategory) whose text output is ASCII whatever the encoding:
 # boolean, date/time, geometric, network, numeric, timespan, bit string.
 _ASCII_CATEGORIES = "BDGINTV"
@@ -141,6 +149,8 @@ def source_columns(
     rows = conn.execute(_COLUMNS, {"rel": catalog.regclass(table)}).fetchall()
     if not rows:
         raise FerryError(f"source table {table} does not exist or has no columns")
+    if catalog.rls_applies(conn, table):
+        raise FerryError(SOURCE_RLS.format(tables=table))
     out = []
     for row in rows:
         name, own, base, typname, builtin, typtype, category, is_array, elem_ok = row[:9]

@@ -17,6 +17,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ferry.catalog import functions_naming, pathless_triggers, regclass, rls_applies, write_rules
 from ferry.conninfo import connect
+from ferry.engine.columns import SOURCE_RLS
 from ferry.engine.query import RLS_FORCED, RULES_REWRITE, STAGE_NAMED, rewrites
 from ferry.errors import FerryError
 from ferry.ledger import privileges
@@ -224,11 +225,7 @@ def _source(conn: psycopg.Connection, spec: Spec | None) -> Check:
     if unreadable:
         yield _error("source_tables", f"this role cannot SELECT from {_names(unreadable)}")
     if hidden:
-        yield _error(
-            "source_tables",
-            f"row-level security hides rows of {_names(hidden)} from this role: ferry would "
-            "stage only what it sees; read them as their owner or a role with BYPASSRLS",
-        )
+        yield _error("source_tables", SOURCE_RLS.format(tables=_names(hidden)))
     tables = sum(src.table is not None for src in spec.sources)
     if not (missing or unreadable or hidden):
         yield _info("source_tables", f"this role reads all {tables} source tables of the spec")

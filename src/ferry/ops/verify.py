@@ -1191,8 +1191,92 @@ def _orphans(
     conn: psycopg.Connection, child: sql.Identifier, key: sql.Identifier, fks: Sequence[tuple]
 ) -> list[tuple[int, list[str] | None]]:
     """For each FK (a row of ``_FKS``): how many rows of ``child`` reference no parent row,
-    and a sample of their ``key``s. A left join to each parent: the referenced columns are
-    unique, so it adds no rows, and a row it matched has them set."""
+    and a sample of their ``key``s. Counted first over the distinct values (``_orphan_counts``);
+    only where some are missing, the rows are joined to name them."""
+    try:
+        with conn.transaction():
+            counted = _orphan_counts(conn, child, fks)
+    except psycopg.Error:  # a column type that cannot be grouped: the rows are joined
+        counted = None
+    if counted is not None and not any(counted):
+        return [(0, None)] * len(fks)
+    return _named_orphans(conn, child, key, fks)
+
+
+def _orphan(match: str, cols: Sequence[sql.Composable], missing: sql.Composable) -> sql.Composable:
+    """A child row is an orphan: its FK columns set as the FK's MATCH requires, no parent."""
+    all_set = sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(c) for c in cols)
+    if match == "f":  # MATCH FULL: all null, or all set and present
+        any_set = sql.SQL(" OR ").join(sql.SQL("{} IS NOT NULL").format(c) for c in cols)
+        return sql.SQL("({}) AND (NOT ({}) OR {})").format(any_set, all_set, missing)
+    return sql.SQL("{} AND {}").format(all_set, missing)  # MATCH SIMPLE: a NULL exempts
+
+
+def _orphan_counts(
+    conn: psycopg.Connection, child: sql.Identifier, fks: Sequence[tuple]
+) -> list[int] | None:
+    """Each FK's orphan rows, counted by one scan of ``child`` that groups its FK columns
+    (one grouping set per FK's columns) and joins only the distinct values to the parents:
+    on the demo's 2M messages with three FKs, 0.7 s where joining every row took 2.0 s."""
+    sets = list(dict.fromkeys(tuple(fk[4]) for fk in fks))
+    names = list(dict.fromkeys(c for s in sets for c in s))
+    if len(names) > 31:  # more columns than GROUPING() takes: the rows are joined instead
+        return None
+    col = {c: sql.Identifier("g", f"c{j}") for j, c in enumerate(names)}
+
+    def grouping(s: tuple[str, ...]) -> sql.Literal:
+        """What ``GROUPING()`` of every FK column gives in set ``s``: a bit per column left
+        out, the first column's highest."""
+        return sql.Literal(
+            sum(1 << (len(names) - 1 - j) for j, c in enumerate(names) if c not in s)
+        )
+
+    joins: list[sql.Composable] = []
+    counts: list[sql.Composable] = []
+    for i, (_, match, pschema, pname, cols, pcols) in enumerate(fks):
+        p, s = sql.Identifier(f"p{i}"), grouping(tuple(cols))
+        joins.append(
+            sql.SQL("LEFT JOIN {} {} ON g.s = {} AND {}").format(
+                sql.Identifier(pschema, pname),
+                p,
+                s,
+                sql.SQL(" AND ").join(
+                    sql.SQL("{}.{} = {}").format(p, sql.Identifier(pc), col[cc])
+                    for pc, cc in zip(pcols, cols, strict=True)
+                ),
+            )
+        )
+        missing = sql.SQL("{}.{} IS NULL").format(p, sql.Identifier(pcols[0]))
+        counts.append(
+            sql.SQL("coalesce(sum(g.n) FILTER (WHERE g.s = {} AND {}), 0)").format(
+                s, _orphan(match, [col[c] for c in cols], missing)
+            )
+        )
+    plain = sql.SQL(", ").join(map(sql.Identifier, names))
+    row = _one(
+        conn,
+        sql.SQL(
+            "SELECT {counts} FROM (SELECT {plain}, GROUPING({plain}), count(*) FROM {child} "
+            "GROUP BY GROUPING SETS ({sets})) g({aliases}, s, n) {joins}"
+        ).format(
+            counts=sql.SQL(", ").join(counts),
+            plain=plain,
+            child=child,
+            sets=sql.SQL(", ").join(
+                sql.SQL("({})").format(sql.SQL(", ").join(map(sql.Identifier, s))) for s in sets
+            ),
+            aliases=sql.SQL(", ").join(sql.Identifier(f"c{j}") for j in range(len(names))),
+            joins=sql.SQL(" ").join(joins),
+        ),
+    )
+    return [int(n) for n in row]
+
+
+def _named_orphans(
+    conn: psycopg.Connection, child: sql.Identifier, key: sql.Identifier, fks: Sequence[tuple]
+) -> list[tuple[int, list[str] | None]]:
+    """``_orphans`` row by row: a left join to each parent (the referenced columns are
+    unique, so it adds no rows, and a row it matched has them set)."""
     joins: list[sql.Composable] = []
     counts: list[sql.Composable] = []
     for i, (_, match, pschema, pname, cols, pcols) in enumerate(fks):
@@ -1208,13 +1292,9 @@ def _orphans(
                 ),
             )
         )
-        missing = sql.SQL("{}.{} IS NULL").format(p, sql.Identifier(pcols[0]))
-        all_set = sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(c) for c in ccols)
-        if match == "f":  # MATCH FULL: all null, or all set and present
-            any_set = sql.SQL(" OR ").join(sql.SQL("{} IS NOT NULL").format(c) for c in ccols)
-            orphan = sql.SQL("({}) AND (NOT ({}) OR {})").format(any_set, all_set, missing)
-        else:  # MATCH SIMPLE: any null column exempts the row
-            orphan = sql.SQL("{} AND {}").format(all_set, missing)
+        orphan = _orphan(
+            match, ccols, missing=sql.SQL("{}.{} IS NULL").format(p, sql.Identifier(pcols[0]))
+        )
         counts.append(
             sql.SQL(
                 "count(*) FILTER (WHERE {o}), "
