@@ -325,3 +325,47 @@ def test_a_source_view_whose_owner_a_policy_applies_to_fails_instead_of_showing_
     )  # fmt: skip
     with pytest.raises(psycopg.Error, match='row-level security policy for table "base"'):
         w.fresh()
+
+
+@pytest.mark.parametrize("capture", CAPTURES, ids=["diff", "wal"])
+def test_a_value_staged_as_text_reads_alike_whatever_the_roles_settings(
+    cluster: LocalCluster, tmp_path: Path, capture: str | None
+) -> None:
+    """A composite is staged as its text, which the source printed in its session's forms:
+    read by a role whose settings were 'SQL, DMY', an Indian time zone and fewer float
+    digits, the 2nd of January came out as the 1st of February, the time zone IST was
+    read as Israel's, and 0.1 lost its last digits. A sync by checksums wrote the rows
+    again; one from the WAL kept them, and verify (recomputing from the stage) agreed."""
+    w = World(
+        cluster, tmp_path, "styles",
+        "CREATE TYPE pt AS (d date, t timestamptz, i interval, f float8, m money, b bytea); "
+        "CREATE TABLE src (id int PRIMARY KEY, c pt, a pt[]); "
+        "INSERT INTO src VALUES (1, ROW('2020-01-02', '2020-01-02 03:04:05+00', "
+        "'1 day 02:03:04', 0.1, 12.5, '\\x00ff'), ARRAY[ROW('2021-03-04', "
+        "'2021-03-04 00:00+05', '-1 year 2 mons', 1e-7, 3, NULL)::pt]), (2, NULL, NULL); "
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'styled') THEN "
+        "CREATE ROLE styled LOGIN REPLICATION; END IF; END $$; GRANT SELECT ON src TO styled; "
+        "ALTER ROLE styled SET DateStyle = 'SQL, DMY'; "
+        "ALTER ROLE styled SET TimeZone = 'Asia/Kolkata'; "
+        "ALTER ROLE styled SET IntervalStyle = 'sql_standard'; "
+        "ALTER ROLE styled SET extra_float_digits = -3; "
+        "ALTER ROLE styled SET bytea_output = 'escape';",
+        ["c", "a"],
+    )  # fmt: skip
+    reader = cluster.conninfo("styles_src", user="styled")
+    target = w.target(capture or "diff")
+    try:
+        migrate(reader, target, w.spec, changes=capture)
+        first = w.state(target)
+        w.sql(w.source, "UPDATE src SET c = (SELECT c FROM src WHERE id = 1) WHERE id = 2")
+        sync(reader, target, w.spec)
+        assert verify(target, w.spec).ok
+        got = w.state(target)
+    finally:
+        if capture == "wal":
+            with runs.opened(target, w.spec, "ferry-cleanup") as conn:
+                wal.drop_slot(w.source, conn, w.spec)
+    assert got == w.fresh()
+    one = ("1", '(2020-01-02,"2020-01-02 03:04:05+00","1 day 02:03:04",0.1,$12.50,"\\\\x00ff")',
+           '{"(2021-03-04,\\"2021-03-03 19:00:00+00\\",\\"-10 mons\\",1e-07,$3.00,)"}')  # fmt: skip
+    assert one in first[1] and one in got[1]

@@ -27,6 +27,34 @@ from psycopg import sql
 from ferry import catalog
 from ferry.errors import FerryError
 
+# The forms a value staged as its text (an enum, a composite, a user range, an array of
+# them) prints in from any session, whatever the role's or the database's defaults
+# (``ALTER ROLE ... SET DateStyle``): the stage copy, the diff and the WAL's decoding read
+# the source under them. Under 'SQL, DMY' and an Indian TimeZone, a composite's date and
+# time printed as ``02/01/2020 08:34:05 IST``, which the target read as the 1st of
+# February, in Israel.
+TEXT_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("DateStyle", "ISO, YMD"),
+    ("TimeZone", "UTC"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "1"),
+    ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
+)
+
+
+def print_alike(conn: psycopg.Connection) -> None:
+    """``TEXT_SETTINGS`` for the rest of ``conn``'s transaction (which this may begin)."""
+    conn.execute(
+        sql.SQL("SELECT {}").format(
+            sql.SQL(", ").join(
+                sql.SQL("set_config({}, {}, true)").format(sql.Literal(k), sql.Literal(v))
+                for k, v in TEXT_SETTINGS
+            )
+        )
+    )
+
+
 # What a role subject to a source's row-level security would see: the rows its policies
 # show, taken for the whole table, and every row they hide later taken for deleted. (Every
 # ferry session also runs with ``row_security = off``, so a query they would filter fails.)

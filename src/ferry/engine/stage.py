@@ -396,6 +396,7 @@ def copy_table(
     for key in src.keys:
         if key not in {c.name for c in cols}:
             raise FerryError(f"source {src.name}: key column {key} is not in {src.table}")
+    columns.print_alike(source)
     if read.encoding != encodings.UTF8 or read.raw:
         # the source sends its bytes as they are; the target converts them from this
         encodings.set_client(source, read.encoding, local=True)

@@ -136,12 +136,7 @@ T = TypeVar("T")
 
 # Session settings that fix the text form of every value on both sides.
 SESSION_SETTINGS: tuple[tuple[str, str], ...] = (
-    ("DateStyle", "ISO, YMD"),
-    ("TimeZone", "UTC"),
-    ("IntervalStyle", "postgres"),
-    ("extra_float_digits", "1"),
-    ("bytea_output", "hex"),
-    ("lc_monetary", "C"),
+    *colmod.TEXT_SETTINGS,
     ("jit", "off"),
     # The bucket sums are read through server-side cursors: plan them for all their rows
     # (the default 0.1 favours plans that start fast, a sort of every row over a hash).
