@@ -369,3 +369,65 @@ def test_what_the_source_lacks_is_said() -> None:
     with pytest.raises(ChangeCaptureError, match="no free replication slot"):
         wal.check_source(Reports(("logical", 2, 10, True, 2, "app", "UTF8")))  # type: ignore[arg-type]
     wal.check_source(Reports(("logical", 10, 10, True, 0, "app", "UTF8")))  # type: ignore[arg-type]
+
+
+TWO_SOURCES = """name = "two"
+namespace = "0c7f1a2e-5b4d-4e8f-9a1b-2c3d4e5f6a7b"
+chunk_size = 5
+{sources}{models}"""
+
+
+def test_a_roles_idle_timeout_does_not_close_the_snapshot_the_stage_waits_for(
+    cluster: LocalCluster, tmp_path: Path, decoding: None
+) -> None:
+    """The replication connection that made the slot holds its snapshot, idle, until the
+    last source was staged in it: a role's ``idle_session_timeout`` closed it while the
+    first source was copied, and the migrate failed on an "invalid snapshot identifier"."""
+    source = fresh_db(cluster, "wal_idle")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE a0 (id int PRIMARY KEY, v text); "
+            "INSERT INTO a0 SELECT i, 'v' FROM generate_series(1, 10) i; "
+            "CREATE VIEW a AS SELECT id, v || pg_sleep(0.1)::text AS v FROM a0; "
+            "CREATE TABLE b (id int PRIMARY KEY, v text); "
+            "INSERT INTO b SELECT i, 'w' FROM generate_series(1, 10) i; "
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'idler') THEN "
+            "CREATE ROLE idler LOGIN REPLICATION; END IF; END $$; "
+            "GRANT SELECT ON a, a0, b TO idler; "
+            "ALTER ROLE idler SET idle_session_timeout = '300ms'; "
+            "ALTER ROLE idler SET idle_in_transaction_session_timeout = '300ms'"
+        )
+    (tmp_path / "target.sql").write_text(
+        "CREATE TABLE da (id uuid PRIMARY KEY, legacy_id int UNIQUE, v text); "
+        "CREATE TABLE db (id uuid PRIMARY KEY, legacy_id int UNIQUE, v text);"
+    )
+    (tmp_path / "spec.toml").write_text(
+        TWO_SOURCES.format(
+            sources="".join(
+                f'\n[[sources]]\nname = "{s}"\ntable = "public.{s}"\nkey = "id"\n' for s in "ab"
+            ),
+            models="".join(
+                f'\n[[models]]\nname = "m{s}"\ntarget = "public.d{s}"\nsource = "{s}"\n'
+                f'legacy_column = "legacy_id"\n'
+                f'sql = "SELECT s.id AS _key, s.id AS legacy_id, s.v FROM {s} s"\n'
+                for s in "ab"
+            ),
+        )
+    )
+    spec = load_spec(tmp_path / "spec.toml")
+    fresh_db(cluster, "wal_idle_tgt", tmp_path / "target.sql", owner=OWNER)
+    target = cluster.conninfo("wal_idle_tgt", user=OWNER)
+    reader = cluster.conninfo("wal_idle", user="idler")
+    try:
+        migrate(reader, target, spec, changes="wal", jobs=1)
+        with psycopg.connect(source, autocommit=True) as conn:
+            conn.execute("UPDATE b SET v = 'x' WHERE id = 3")
+        assert sync(reader, target, spec).counts["updated"] == 1
+        with psycopg.connect(target) as conn:
+            assert conn.execute("SELECT count(*) FROM da").fetchone() == (10,)
+            assert conn.execute("SELECT v FROM db WHERE legacy_id = 3").fetchone() == ("x",)
+    finally:
+        with psycopg.connect(source, autocommit=True) as conn:
+            conn.execute("ALTER ROLE idler RESET ALL")
+        with psycopg.connect(target) as conn:
+            wal.drop_slot(source, conn, spec)

@@ -70,6 +70,22 @@ def resolve(value: str | None, env: str, what: str) -> str:
     return conninfo
 
 
+# Every ferry session's own settings, whatever the role's or the database's defaults; one
+# statement, and a setting the server does not have (idle_session_timeout before 14) is
+# skipped. A table whose row-level security hides rows from this role fails the query that
+# reads it, instead of showing a part of it: the rows it hid would be lost rows. A session
+# waits idle while others work (the replication connection whose snapshot every stage
+# session takes, until the last one took it): a role's idle_session_timeout closed it, and
+# the migrate failed on an "invalid snapshot identifier".
+_SESSION = (
+    "SELECT set_config(n, v, false) FROM (VALUES ('row_security', 'off'), "
+    "('statement_timeout', '0'), ('lock_timeout', '60s'), "
+    "('max_parallel_maintenance_workers', '0'), ('idle_session_timeout', '0'), "
+    "('idle_in_transaction_session_timeout', '0')) s(n, v) "
+    "WHERE current_setting(n, true) IS NOT NULL"
+)
+
+
 def connect(conninfo: str, *, autocommit: bool = False, app: str = "ferry") -> psycopg.Connection:
     """Open a connection whose failures never reveal the password.
 
@@ -93,12 +109,7 @@ def connect(conninfo: str, *, autocommit: bool = False, app: str = "ferry") -> p
             # Its default client encoding is SQL_ASCII too, which psycopg cannot decode: every
             # name would come back as bytes. What the data's bytes are, the spec says (stage).
             cur.execute("SET client_encoding = 'UTF8'")
-        # A table whose row-level security hides rows from this role fails the query that
-        # reads it, instead of showing a part of it: the rows it hid would be lost rows.
-        cur.execute("SET row_security = off")
-        cur.execute("SET statement_timeout = 0")
-        cur.execute("SET lock_timeout = '60s'")
-        cur.execute("SET max_parallel_maintenance_workers = 0")
+        cur.execute(_SESSION)
     apply(conn, _PINNED.get(conninfo, ()))
     if not autocommit:
         conn.commit()
