@@ -76,12 +76,15 @@ def resolve(value: str | None, env: str, what: str) -> str:
 # reads it, instead of showing a part of it: the rows it hid would be lost rows. A session
 # waits idle while others work (the replication connection whose snapshot every stage
 # session takes, until the last one took it): a role's idle_session_timeout closed it, and
-# the migrate failed on an "invalid snapshot identifier".
+# the migrate failed on an "invalid snapshot identifier". A role's default isolation of
+# serializable failed ferry's sessions on each other's ledger writes; where ferry needs a
+# snapshot it says so (``SET TRANSACTION``).
 _SESSION = (
     "SELECT set_config(n, v, false) FROM (VALUES ('row_security', 'off'), "
     "('statement_timeout', '0'), ('lock_timeout', '60s'), "
     "('max_parallel_maintenance_workers', '0'), ('idle_session_timeout', '0'), "
-    "('idle_in_transaction_session_timeout', '0')) s(n, v) "
+    "('idle_in_transaction_session_timeout', '0'), "
+    "('default_transaction_isolation', 'read committed')) s(n, v) "
     "WHERE current_setting(n, true) IS NOT NULL"
 )
 
@@ -89,27 +92,26 @@ _SESSION = (
 def connect(conninfo: str, *, autocommit: bool = False, app: str = "ferry") -> psycopg.Connection:
     """Open a connection whose failures never reveal the password.
 
-    A server in ``SQL_ASCII`` is talked to in UTF8 (names, keys); ferry sets its own
-    ``statement_timeout`` because Supabase may set one on the role that
-    would cut a long COPY short. Its ``--jobs`` sessions are all the parallelism it wants:
-    parallel workers building an index on top of them take the cores those sessions use
-    (the demo's 2M-row indexes: 0.3 s sooner on an idle machine, 0.5 s more CPU each).
+    Every server is talked to in UTF8, whatever the role's default (``LATIN1`` made a key
+    in another script fail to encode, a stage copy fail to convert) or the server's
+    (``SQL_ASCII``, which psycopg cannot decode: every name came back as bytes; what the
+    data's bytes are, the spec says). ferry sets its own ``statement_timeout`` because
+    Supabase may set one on the role that would cut a long COPY short. Its ``--jobs``
+    sessions are all the parallelism it wants: parallel workers building an index on top of
+    them take the cores those sessions use (the demo's 2M-row indexes: 0.3 s sooner on an
+    idle machine, 0.5 s more CPU each).
     """
     try:
         conn = psycopg.connect(
-            conninfo, autocommit=autocommit, application_name=app, connect_timeout=15
-        )
+            conninfo, autocommit=autocommit, application_name=app, connect_timeout=15,
+            client_encoding="UTF8",
+        )  # fmt: skip
     except psycopg.OperationalError as exc:
         detail = str(exc).replace(conninfo_to_dict(conninfo).get("password") or "\0", "***")
         raise ConnectionSettingsError(
             f"cannot connect to {redact(conninfo)}: {detail.strip()}"
         ) from None
-    with conn.cursor() as cur:
-        if conn.info.parameter_status("server_encoding") == "SQL_ASCII":
-            # Its default client encoding is SQL_ASCII too, which psycopg cannot decode: every
-            # name would come back as bytes. What the data's bytes are, the spec says (stage).
-            cur.execute("SET client_encoding = 'UTF8'")
-        cur.execute(_SESSION)
+    conn.execute(_SESSION)
     apply(conn, _PINNED.get(conninfo, ()))
     if not autocommit:
         conn.commit()
