@@ -78,13 +78,18 @@ def resolve(value: str | None, env: str, what: str) -> str:
 # session takes, until the last one took it): a role's idle_session_timeout closed it, and
 # the migrate failed on an "invalid snapshot identifier". A role's default isolation of
 # serializable failed ferry's sessions on each other's ledger writes; where ferry needs a
-# snapshot it says so (``SET TRANSACTION``).
+# snapshot it says so (``SET TRANSACTION``). And the SQL ferry writes means what it says:
+# with array_nulls off, '{NULL}'::text[] holds the string NULL, which became the reason of
+# every migrated row; with quote_all_identifiers on, a type's name did not match itself.
+# (pg_dump sets the same, for the same reasons.)
 _SESSION = (
     "SELECT set_config(n, v, false) FROM (VALUES ('row_security', 'off'), "
     "('statement_timeout', '0'), ('lock_timeout', '60s'), "
     "('max_parallel_maintenance_workers', '0'), ('idle_session_timeout', '0'), "
     "('idle_in_transaction_session_timeout', '0'), "
-    "('default_transaction_isolation', 'read committed')) s(n, v) "
+    "('default_transaction_isolation', 'read committed'), ('array_nulls', 'on'), "
+    "('quote_all_identifiers', 'off'), ('standard_conforming_strings', 'on'), "
+    "('xmloption', 'content')) s(n, v) "
     "WHERE current_setting(n, true) IS NOT NULL"
 )
 
