@@ -248,7 +248,10 @@ def test_a_trigger_that_may_change_rows_as_written_is_named(pair: Pair) -> None:
         "CREATE TRIGGER after_row AFTER INSERT ON public.loans "
         "FOR EACH ROW EXECUTE FUNCTION public.same()",
     )
-    assert not _found(pair.check(), "warn", "target_triggers", "")  # after: changes nothing
+    # after: it may write the row again (an UPDATE of it), which changes what is stored too
+    assert _found(pair.check(), "warn", "target_triggers", "public.loans have triggers")
+    pair.admin(pair.admin_target, "ALTER TABLE public.loans DISABLE TRIGGER after_row")
+    assert not _found(pair.check(), "warn", "target_triggers", "")
     pair.admin(
         pair.admin_target,
         "CREATE TRIGGER before_row BEFORE UPDATE ON public.loans "

@@ -559,6 +559,43 @@ def test_a_trigger_on_a_partition_of_the_target_is_one_on_the_target(
     assert [p.kind for p in report.problems] == ["content"] and "triggers" in report.summary()
 
 
+@pytest.mark.parametrize(
+    "trigger",
+    [
+        "CREATE FUNCTION public.low() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "UPDATE public.dst SET name = lower(name) WHERE id = NEW.id AND name <> lower(name); "
+        "RETURN NULL; END $$; CREATE TRIGGER low AFTER INSERT OR UPDATE ON dst "
+        "FOR EACH ROW EXECUTE FUNCTION public.low();",
+        "CREATE FUNCTION public.low() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF pg_trigger_depth() = 1 THEN UPDATE public.dst SET name = lower(name) "
+        "WHERE name <> lower(name); END IF; RETURN NULL; END $$; CREATE TRIGGER low AFTER "
+        "INSERT OR UPDATE ON dst FOR EACH STATEMENT EXECUTE FUNCTION public.low();",
+    ],
+    ids=["after_row", "after_statement"],
+)
+def test_a_trigger_that_changes_a_row_after_it_is_written_keeps_its_changes_coming(
+    cluster: LocalCluster, tmp_path: Path, trigger: str
+) -> None:
+    """A trigger that runs after the write and updates the row (or a statement's, the
+    rows) changes what is stored as one before each row does; ferry looked for the latter
+    only, kept the hash of the row it wrote, and took every such row for one the
+    application had edited: each change of its source row was withheld as a conflict."""
+    source, target, spec = _world(cluster, tmp_path, "after_trigger", TABLE.format(
+        kind="kind text") + trigger)  # fmt: skip
+    migrate(source, target, spec)
+    _sql(source, "UPDATE src SET name = 'Other' || id WHERE id IN (2, 3); DELETE FROM src "
+                 "WHERE id = 4; INSERT INTO src VALUES (30, 'New', 'a', 1)")  # fmt: skip
+    counts = sync(source, target, spec).counts
+    assert (counts["updated"], counts["inserted"], counts["conflicts"]) == (2, 1, 0)
+    fresh = _fresh(cluster, tmp_path, "after_trigger")
+    migrate(source, fresh, spec)
+    assert _rows(target) == _rows(fresh)
+    assert {("3", "other3", "a", 30), ("30", "new", "a", 1)} <= _rows(target)
+    assert _fates(target) == _fates(fresh)
+    counts = sync(source, target, spec).counts
+    assert (counts["inserted"], counts["updated"], counts["conflicts"]) == (0, 0, 0)
+
+
 def test_the_target_rules_digest_sees_enum_labels_and_domain_constraints(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:

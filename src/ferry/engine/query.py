@@ -102,8 +102,9 @@ class Shape:
     # How each target column enters the row hash (``hash_kinds``); a column not named
     # enters as its own value.
     hashed_as: dict[str, str] | None = None
-    # Whether the target's triggers may change a row as it is written (``rewrites``).
-    rewrites: bool = False
+    # Whether the target's triggers may change a row as it is written, and when
+    # (``rewrites``: None, "before" or "after").
+    rewrites: str | None = None
 
     @classmethod
     def read(cls, conn: psycopg.Connection, spec: Spec, model: Model) -> Shape:
@@ -338,20 +339,23 @@ def hash_kinds(conn: psycopg.Connection, table: str) -> dict[str, str]:
     return kinds
 
 
-def rewrites(conn: psycopg.Connection, table: str) -> bool:
+def rewrites(conn: psycopg.Connection, table: str) -> str | None:
     """Whether ``table`` (or a partition of it, where a row routed there is written) has a
-    trigger that fires before each row is inserted or updated in ferry's sessions
-    (``session_replication_role`` origin): it may write other values than ferry's, whose
-    hash then is not the row's (``chunk.Runner._record_as_stored``)."""
+    trigger on insert or update that fires in ferry's sessions (``session_replication_role``
+    origin): it may write other values than ferry's, whose hash then is not the row's
+    (``chunk.Runner._record_as_stored``). ``"before"``: only triggers before each row, so
+    the row a write returns is the row stored; ``"after"``: others too (an AFTER trigger's
+    ``UPDATE`` of the row just written, a statement's), which only reading it back shows."""
     row = conn.execute(
-        "SELECT EXISTS (SELECT FROM (SELECT to_regclass(%s) AS oid) r, pg_trigger "
+        "SELECT bool_and(tgtype & 3 = 3) FROM (SELECT to_regclass(%s) AS oid) r, pg_trigger "
         f"WHERE tgrelid IN {catalog.RELATIONS} "
-        "AND NOT tgisinternal AND tgenabled IN ('O', 'A') AND tgtype & 3 = 3 "
-        "AND tgtype & 20 <> 0)",
+        "AND NOT tgisinternal AND tgenabled IN ('O', 'A') AND tgtype & 20 <> 0",
         [catalog.regclass(table)],
     ).fetchone()
     conn.commit()
-    return bool(row and row[0])
+    if row is None or row[0] is None:
+        return None
+    return "before" if row[0] else "after"
 
 
 class Plan:

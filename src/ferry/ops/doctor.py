@@ -394,7 +394,7 @@ def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
     if rewritten:
         yield _warn(
             "target_triggers",
-            f"{_names(rewritten)} have triggers that run before each row is written and may "
+            f"{_names(rewritten)} have triggers that run as each row is written and may "
             "change it: ferry keeps what they store, but verify compares with what the spec "
             "yields and names every row they changed",
         )

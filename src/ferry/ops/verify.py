@@ -1058,7 +1058,7 @@ def _compare_rows(conn: psycopg.Connection, spec: Spec, plan: Plan, report: Veri
             what = "in the target with content that differs from what the spec yields"
             if plan.shape.rewrites:
                 what += (
-                    " (the table has triggers that run before each row is written and may "
+                    " (the table has triggers that run as each row is written and may "
                     "change it: verify compares with what the spec yields, not with what "
                     "they made of it)"
                 )
