@@ -6,6 +6,8 @@ a fresh copy of the target, for both change sources.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -65,15 +67,22 @@ class World:
 
     def history(self, changes: list[str], capture: str | None) -> tuple[dict, set]:
         """migrate, then each change and a sync; the state at the end, which verify holds."""
-        target = self.target(capture or "diff")
-        migrate(self.source, target, self.spec, changes=capture)
-        try:
+        with self.migrated(self.source, capture) as target:
             for change in changes:
                 self.sql(self.source, change)
                 sync(self.source, target, self.spec)
             report = verify(target, self.spec)
             assert report.ok, report.summary()
             return self.state(target)
+
+    @contextmanager
+    def migrated(self, source: str, capture: str | None) -> Iterator[str]:
+        """A target migrated from ``source`` (the source as some role reads it); its
+        replication slot, if any, dropped after."""
+        target = self.target(capture or "diff")
+        try:
+            migrate(source, target, self.spec, changes=capture)
+            yield target
         finally:
             if capture == "wal":
                 with runs.opened(target, self.spec, "ferry-cleanup") as conn:
@@ -285,9 +294,7 @@ def test_rows_a_sources_row_level_security_hides_are_not_taken_for_deleted(
         ["v"],
     )  # fmt: skip
     reader = cluster.conninfo("rls_src", user="rls_reader")
-    target = w.target(capture or "diff")
-    try:
-        migrate(reader, target, w.spec, changes=capture)
+    with w.migrated(reader, capture) as target:
         before = w.state(target)
         assert len(before[1]) == 20
         w.sql(
@@ -301,10 +308,6 @@ def test_rows_a_sources_row_level_security_hides_are_not_taken_for_deleted(
         assert w.state(target) == before
         with pytest.raises(FerryError, match=r"row-level security hides rows of public\.src"):
             migrate(reader, w.target("fresh"), w.spec)
-    finally:
-        if capture == "wal":
-            with runs.opened(target, w.spec, "ferry-cleanup") as conn:
-                wal.drop_slot(w.source, conn, w.spec)
 
 
 def test_a_source_view_whose_owner_a_policy_applies_to_fails_instead_of_showing_a_part(
@@ -353,18 +356,12 @@ def test_a_value_staged_as_text_reads_alike_whatever_the_roles_settings(
         ["c", "a"],
     )  # fmt: skip
     reader = cluster.conninfo("styles_src", user="styled")
-    target = w.target(capture or "diff")
-    try:
-        migrate(reader, target, w.spec, changes=capture)
+    with w.migrated(reader, capture) as target:
         first = w.state(target)
         w.sql(w.source, "UPDATE src SET c = (SELECT c FROM src WHERE id = 1) WHERE id = 2")
         sync(reader, target, w.spec)
         assert verify(target, w.spec).ok
         got = w.state(target)
-    finally:
-        if capture == "wal":
-            with runs.opened(target, w.spec, "ferry-cleanup") as conn:
-                wal.drop_slot(w.source, conn, w.spec)
     assert got == w.fresh()
     one = ("1", '(2020-01-02,"2020-01-02 03:04:05+00","1 day 02:03:04",0.1,$12.50,"\\\\x00ff")',
            '{"(2021-03-04,\\"2021-03-03 19:00:00+00\\",\\"-10 mons\\",1e-07,$3.00,)"}')  # fmt: skip

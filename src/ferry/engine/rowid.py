@@ -19,35 +19,14 @@ from collections.abc import Sequence
 import psycopg
 from psycopg import sql
 
+from ferry.engine.columns import print_alike
 from ferry.spec import COMPOSITE_KEY
-
-# Settings that fix the text form of every value (as the range diff fixes them).
-SETTINGS: tuple[tuple[str, str], ...] = (
-    ("DateStyle", "ISO, YMD"),
-    ("TimeZone", "UTC"),
-    ("IntervalStyle", "postgres"),
-    ("extra_float_digits", "1"),
-    ("bytea_output", "hex"),
-    ("lc_monetary", "C"),
-)
-
-
-def _fix_settings(conn: psycopg.Connection) -> None:
-    """For the rest of the transaction (``SET LOCAL``)."""
-    conn.execute(
-        sql.SQL("SELECT {}").format(
-            sql.SQL(", ").join(
-                sql.SQL("set_config({}, {}, true)").format(sql.Literal(k), sql.Literal(v))
-                for k, v in SETTINGS
-            )
-        )
-    )
 
 
 def add(conn: psycopg.Connection, table: sql.Composable, columns: Sequence[str]) -> None:
     """Give every row of ``table`` (its ``columns``) its identity, in a new column
     ``_ferry_key``; in the caller's transaction."""
-    _fix_settings(conn)
+    print_alike(conn)  # the text form of every value, as the range diff reads it
     key = sql.Identifier(COMPOSITE_KEY)
     conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} text").format(table, key))
     text = sql.SQL("ROW({})::text").format(
