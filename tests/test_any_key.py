@@ -9,9 +9,10 @@ range diff's key buckets, and hashed buckets past 2**63), text keys in any scrip
 dates and composite keys (hashed buckets), and values at the edges of their types (NaN,
 infinities, -0, empty and odd text, nested JSON, bytes). Bulk tables of a few thousand rows
 take the diff below its first level. The target table may have a trigger that changes every
-row as it is written. Profiles as ``test_convergence.py``'s: ``ci`` (the default,
-derandomized) and ``long``. Below them, targets the application's schema makes harder:
-triggers that change, skip or re-key rows, row-level security forced on ferry's role.
+row as it is written, and the databases defaults a DBA set (``DEFAULTS``). Profiles as
+``test_convergence.py``'s: ``ci`` (the default, derandomized) and ``long``. Below them,
+targets the application's schema makes harder: triggers that change, skip or re-key rows,
+row-level security forced on ferry's role.
 """
 
 from __future__ import annotations
@@ -127,6 +128,15 @@ STAMP = (
 
 SHELLS = (None, ("Asia/Tokyo", "ISO, DMY"), ("America/New_York", "SQL, DMY"),
           ("Pacific/Chatham", "Postgres, MDY"))  # fmt: skip
+# Defaults a DBA gave the databases (``ALTER DATABASE ... SET``), which every session there
+# starts with, ferry's among them: the same on the source and on both targets, so that the
+# test's own reads compare alike.
+DEFAULTS = (
+    "DateStyle = 'SQL, DMY'", "TimeZone = 'Asia/Kolkata'", "IntervalStyle = 'sql_standard'",
+    "extra_float_digits = -3", "bytea_output = 'escape'", "array_nulls = off",
+    "quote_all_identifiers = on", "default_transaction_isolation = 'serializable'",
+    "standard_conforming_strings = off", "xmloption = document",
+)  # fmt: skip
 
 
 @st.composite
@@ -144,6 +154,7 @@ def worlds(draw: st.DrawFn) -> dict[str, Any]:
     shell = draw(st.sampled_from(SHELLS))
     # Whether a trigger of the target's changes each row as it is written (``STAMP``).
     rewrite = draw(st.booleans())
+    defaults = draw(st.lists(st.sampled_from(DEFAULTS), max_size=3, unique=True))
     if bulk:  # thousands of rows from one statement: ids i * step + offset
         n, step, offset = (
             draw(st.integers(1500, 4000)),
@@ -160,7 +171,7 @@ def worlds(draw: st.DrawFn) -> dict[str, Any]:
             "kind": kind, "key_types": key_types, "names": names, "rows": rows,
             "bulk": (n, step, offset), "updates": updates, "deletes": deletes,
             "inserts": {k: v for k, v in inserts.items() if k not in set(ids)}, "defer": defer,
-            "shell": shell, "rewrite": rewrite,
+            "shell": shell, "rewrite": rewrite, "defaults": defaults,
         }  # fmt: skip
     rows = draw(st.dictionaries(key, value, max_size=40))
     existing = sorted(rows, key=repr)
@@ -173,7 +184,7 @@ def worlds(draw: st.DrawFn) -> dict[str, Any]:
         "kind": kind, "key_types": key_types, "names": names, "rows": rows, "bulk": None,
         "updates": {k: v for k, v in updates.items() if k not in deletes},
         "deletes": deletes, "inserts": {k: v for k, v in inserts.items() if k not in rows},
-        "defer": defer, "shell": shell, "rewrite": rewrite,
+        "defer": defer, "shell": shell, "rewrite": rewrite, "defaults": defaults,
     }  # fmt: skip
 
 
@@ -223,7 +234,16 @@ def _build(cluster: LocalCluster, tmp: Path, w: dict[str, Any]) -> tuple[str, st
         f'{stamp}{", ".join(f"s.{c}" for c in cols)} FROM src s"\n'
     )
     fresh_db(cluster, "anykey_tgt", tmp / "target.sql", owner=OWNER)
+    _set_defaults(source, ["anykey_src", "anykey_tgt"], w)
     return source, cluster.conninfo("anykey_tgt", user=OWNER), tmp / "spec.toml"
+
+
+def _set_defaults(superuser: str, databases: list[str], w: dict[str, Any]) -> None:
+    """The world's ``DEFAULTS`` for every later session in ``databases``."""
+    with psycopg.connect(superuser, autocommit=True) as conn:
+        for db in databases:
+            for setting in w.get("defaults", ()):
+                conn.execute(f"ALTER DATABASE {db} SET {setting}")
 
 
 def _write(conn: psycopg.Connection, keys: list[str], cols: list[str], rows: dict) -> None:
@@ -242,6 +262,7 @@ def _write(conn: psycopg.Connection, keys: list[str], cols: list[str], rows: dic
 def _change(source: str, w: dict[str, Any]) -> None:
     keys, cols = _columns(w)
     with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("SET array_nulls = on")  # psycopg sends [None] as '{NULL}'
         _write(conn, keys, cols, {**w["updates"], **w["inserts"]})
         with conn.cursor() as cur:
             match = " AND ".join(f"{k} = %s" for k in keys)
@@ -328,6 +349,7 @@ def test_any_table_migrates_exactly_and_syncs_as_a_fresh_migrate(
     assert _target_rows(target, w) == want
     _verified(report, w, len(want))
     fresh_db(cluster, "anykey_fresh", tmp / "target.sql", owner=OWNER)
+    _set_defaults(source, ["anykey_fresh"], w)
     fresh = cluster.conninfo("anykey_fresh", user=OWNER)
     migrate(source, fresh, spec)
     assert _ledger(target) == _ledger(fresh)
