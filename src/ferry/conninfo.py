@@ -70,18 +70,11 @@ def resolve(value: str | None, env: str, what: str) -> str:
     return conninfo
 
 
-# Every ferry session's own settings, whatever the role's or the database's defaults; one
-# statement, and a setting the server does not have (idle_session_timeout before 14) is
-# skipped. A table whose row-level security hides rows from this role fails the query that
-# reads it, instead of showing a part of it: the rows it hid would be lost rows. A session
-# waits idle while others work (the replication connection whose snapshot every stage
-# session takes, until the last one took it): a role's idle_session_timeout closed it, and
-# the migrate failed on an "invalid snapshot identifier". A role's default isolation of
-# serializable failed ferry's sessions on each other's ledger writes; where ferry needs a
-# snapshot it says so (``SET TRANSACTION``). And the SQL ferry writes means what it says:
-# with array_nulls off, '{NULL}'::text[] holds the string NULL, which became the reason of
-# every migrated row; with quote_all_identifiers on, a type's name did not match itself.
-# (pg_dump sets the same, for the same reasons.)
+# Every ferry session's own settings, whatever the role's or the database's defaults, in one
+# statement (one the server lacks is skipped): a policy that would filter a read fails it;
+# no idle timeout closes a session that waits while others work (the slot's snapshot);
+# read committed unless a snapshot is asked for; and ferry's SQL means what it says
+# (array_nulls, quote_all_identifiers, ...), as pg_dump sets them. Why each: docs/spec.md.
 _SESSION = (
     "SELECT set_config(n, v, false) FROM (VALUES ('row_security', 'off'), "
     "('statement_timeout', '0'), ('lock_timeout', '60s'), "
