@@ -37,12 +37,15 @@ def pinned(conninfo: str, settings: Sequence[tuple[str, str]]) -> Iterator[None]
             _PINNED[conninfo] = before
 
 
-def apply(conn: psycopg.Connection, settings: Sequence[tuple[str, str]]) -> None:
-    """Set ``settings`` for the rest of the session (the caller commits)."""
+def apply(
+    conn: psycopg.Connection, settings: Sequence[tuple[str, str]], local: bool = False
+) -> None:
+    """Set ``settings`` for the rest of the session (the caller commits), or with ``local``
+    for the rest of the transaction (which this may begin)."""
     if settings:
         conn.execute(
-            "SELECT set_config(n, v, false) FROM unnest(%s::text[], %s::text[]) s(n, v)",
-            [[n for n, _ in settings], [v for _, v in settings]],
+            "SELECT set_config(n, v, %s) FROM unnest(%s::text[], %s::text[]) s(n, v)",
+            [local, [n for n, _ in settings], [v for _, v in settings]],
         )
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ferry.conninfo import apply
 from ferry.errors import DemoError
 
 log = logging.getLogger(__name__)
@@ -323,8 +324,7 @@ def _run(conn: psycopg.Connection[Any], name: str, only: set[str] | None = None)
 def _connect(conninfo: str) -> psycopg.Connection[Any]:
     conn = psycopg.connect(conninfo, autocommit=True)
     try:
-        for name, value in _SESSION_SETTINGS.items():
-            conn.execute("SELECT set_config(%s, %s, false)", [name, value])
+        apply(conn, list(_SESSION_SETTINGS.items()))
     except BaseException:
         conn.close()
         raise

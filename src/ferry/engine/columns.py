@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 
 from ferry import catalog
+from ferry.conninfo import apply
 from ferry.errors import FerryError
 
 # The forms a value staged as its text (an enum, a composite, a user range, an array of
@@ -45,14 +46,7 @@ TEXT_SETTINGS: tuple[tuple[str, str], ...] = (
 
 def print_alike(conn: psycopg.Connection) -> None:
     """``TEXT_SETTINGS`` for the rest of ``conn``'s transaction (which this may begin)."""
-    conn.execute(
-        sql.SQL("SELECT {}").format(
-            sql.SQL(", ").join(
-                sql.SQL("set_config({}, {}, true)").format(sql.Literal(k), sql.Literal(v))
-                for k, v in TEXT_SETTINGS
-            )
-        )
-    )
+    apply(conn, TEXT_SETTINGS, local=True)
 
 
 # What a role subject to a source's row-level security would see: the rows its policies

@@ -114,6 +114,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from ferry.conninfo import apply
 from ferry.engine import columns as colmod
 from ferry.engine import encodings, keyarray
 from ferry.engine.stage import allow_repeats, relay
@@ -459,11 +460,7 @@ def _session(conn: psycopg.Connection[Any], *, snapshot: bool) -> Iterator[None]
     with _db_errors("starting the range diff transaction"), conn.transaction():
         if snapshot and idle:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        calls = sql.SQL(", ").join(
-            sql.SQL("set_config({}, {}, true)").format(sql.Literal(k), sql.Literal(v))
-            for k, v in SESSION_SETTINGS
-        )
-        conn.execute(sql.SQL("SELECT {}").format(calls))
+        apply(conn, SESSION_SETTINGS, local=True)
         yield
 
 

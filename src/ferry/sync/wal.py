@@ -76,7 +76,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from ferry import catalog, ledger
-from ferry.conninfo import connect
+from ferry.conninfo import apply, connect
 from ferry.engine import stage
 from ferry.errors import ChangeCaptureError, describe
 from ferry.spec import Source, Spec
@@ -518,8 +518,7 @@ def _peek(
     """Read the slot's changes up to the WAL flushed now, keep the keys; cut at the first
     transaction not yet visible (see the module docstring)."""
     # Values are printed by the session that decodes: the forms the diff's session reads back.
-    for name, value in diff.SESSION_SETTINGS:
-        conn.execute("SELECT set_config(%s, %s, false)", [name, value])
+    apply(conn, diff.SESSION_SETTINGS)
     conn.commit()
     with conn.transaction():
         # Every commit acknowledged before now is flushed once this one is: the slot can only
