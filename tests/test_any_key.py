@@ -117,14 +117,25 @@ PREAMBLE = "CREATE DOMAIN dfloat AS double precision;"
 CI = "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);"
 
 
-# A column the model writes and a trigger of the target's sets to another value, before
-# every insert and update.
-STAMP = (
-    "ALTER TABLE dst ADD COLUMN stamp text; "
-    "CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS "
-    "$$ BEGIN NEW.stamp = 'trigger'; RETURN NEW; END $$; "
-    "CREATE TRIGGER stamp BEFORE INSERT OR UPDATE ON dst FOR EACH ROW EXECUTE FUNCTION stamp();"
-)
+# A column the model writes and a trigger of the target's sets to another value at every
+# insert and update: before it (``NEW``), or after it, by writing the row again.
+STAMP = {
+    "before": (
+        "ALTER TABLE dst ADD COLUMN stamp text; "
+        "CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN NEW.stamp = 'trigger'; RETURN NEW; END $$; "
+        "CREATE TRIGGER stamp BEFORE INSERT OR UPDATE ON dst "
+        "FOR EACH ROW EXECUTE FUNCTION stamp();"
+    ),
+    "after": (
+        "ALTER TABLE dst ADD COLUMN stamp text; "
+        "CREATE FUNCTION public.stamp() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN UPDATE public.dst SET stamp = 'trigger' WHERE id = NEW.id "
+        "AND stamp IS DISTINCT FROM 'trigger'; RETURN NULL; END $$; "
+        "CREATE TRIGGER stamp AFTER INSERT OR UPDATE ON dst "
+        "FOR EACH ROW EXECUTE FUNCTION public.stamp();"
+    ),
+}
 
 SHELLS = (None, ("Asia/Tokyo", "ISO, DMY"), ("America/New_York", "SQL, DMY"),
           ("Pacific/Chatham", "Postgres, MDY"))  # fmt: skip
@@ -152,8 +163,9 @@ def worlds(draw: st.DrawFn) -> dict[str, Any]:
     defer = draw(st.booleans())
     # The shell the sync runs from: its PGTZ and PGDATESTYLE (the migrate's are the server's).
     shell = draw(st.sampled_from(SHELLS))
-    # Whether a trigger of the target's changes each row as it is written (``STAMP``).
-    rewrite = draw(st.booleans())
+    # Whether a trigger of the target's changes each row as it is written, and when
+    # (``STAMP``).
+    rewrite = draw(st.sampled_from([None, *STAMP]))
     defaults = draw(st.lists(st.sampled_from(DEFAULTS), max_size=3, unique=True))
     if bulk:  # thousands of rows from one statement: ids i * step + offset
         n, step, offset = (
@@ -221,7 +233,7 @@ def _build(cluster: LocalCluster, tmp: Path, w: dict[str, Any]) -> tuple[str, st
     )
     stamp = ""
     if w.get("rewrite"):
-        ddl += STAMP
+        ddl += STAMP[w["rewrite"]]
         stamp = "'ferry' AS stamp, "
     (tmp / "target.sql").write_text(ddl)
     key_line = f"key = {json.dumps(keys if composite else keys[0])}\n"
