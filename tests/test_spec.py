@@ -158,11 +158,10 @@ def test_the_server_refuses_a_second_statement_too(
             "CREATE TABLE ferry_stage.lib_book (id integer PRIMARY KEY, author_id integer, "
             "title text, status text, isbn text, price numeric(8,2), published timestamp)"
         )
-        conn.execute("SET search_path = ferry_stage, pg_catalog")
         conn.commit()
         model = spec.model("books")
         # What load keeps of a model ending in a comment runs inside ferry's statements.
-        assert "_author_id" in query.output_columns(conn, model, spec.model_sql(model))
+        assert "_author_id" in query.output_columns(conn, spec, model)
         monkeypatch.setattr(ferry.spec, "one_query", lambda text: text)
         (tmp_path / "books.sql").write_text(INJECTED)
         with pytest.raises(SpecError, match="model books: its SQL does not run"):

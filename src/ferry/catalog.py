@@ -83,17 +83,6 @@ WRITE_FUNCTIONS = (
 )
 
 
-def pathless_triggers(conn: psycopg.Connection, relation: str) -> list[str]:
-    """Functions of the enabled triggers on ``relation`` that resolve names on the
-    session's search_path (ferry's: its stage schema and pg_catalog)."""
-    rows = conn.execute(
-        "SELECT DISTINCT p.oid::regprocedure::text FROM (SELECT to_regclass(%s) AS oid) r, "
-        f"LATERAL ({_TRIGGERS}) f {_PATHLESS}ORDER BY 1",
-        [regclass(relation)],
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
 def functions_naming(
     conn: psycopg.Connection, relation: str, names: Sequence[str]
 ) -> list[tuple[str, list[str]]]:

@@ -328,12 +328,6 @@ class Runner:
 
     def _chunk(self, lo: Any, hi: Any, keys: Sequence[str] | None) -> None:
         with self.slots:
-            # Model SQL names stage tables plainly, as dbt models name their sources.
-            self.conn.execute(
-                sql.SQL("SET LOCAL search_path = {}, pg_catalog").format(
-                    sql.Identifier(self.plan.spec.stage_schema)
-                )
-            )
             # A deferred constraint (or constraint trigger) of the target's refuses a row at
             # COMMIT, where no statement names it and the whole run failed: checked at each
             # statement's end instead, it refuses the rows that break it, as any other does.

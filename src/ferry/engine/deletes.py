@@ -6,7 +6,7 @@ import psycopg
 from psycopg import sql
 
 from ferry import catalog, ledger
-from ferry.engine.query import Plan
+from ferry.engine.query import Plan, use_stage
 from ferry.spec import Model, Spec
 
 
@@ -53,9 +53,7 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
     pend = ledger.table(spec, "pending_deletes")
     led = ledger.table(spec, "ledger")
     deleted = conflicts = 0
-    conn.execute(
-        sql.SQL("SET search_path = {}, pg_catalog").format(sql.Identifier(spec.stage_schema))
-    )
+    use_stage(conn, spec.stage_schema, writes=True)
     # The models with rows queued, asked once: a pass deletes rows of its model only.
     queued = {r[0] for r in conn.execute(sql.SQL("SELECT DISTINCT model FROM {}").format(pend))}
     for model in reversed(spec.order()):

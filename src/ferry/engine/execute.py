@@ -37,11 +37,10 @@ class Progress:
 
 
 def session(target: str, spec: Spec) -> psycopg.Connection:
-    """A target session that reads stage tables by their plain names, as model SQL does."""
+    """A target session that reads stage tables by their plain names, as model SQL does, and
+    writes with its own path after them, as the application does (``query.use_stage``)."""
     conn = connect(target, app="ferry-transform")
-    conn.execute(
-        sql.SQL("SET search_path = {}, pg_catalog").format(sql.Identifier(spec.stage_schema))
-    )
+    query.use_stage(conn, spec.stage_schema, writes=True)
     conn.commit()
     return conn
 

@@ -122,7 +122,7 @@ class Shape:
                     names=", ".join(sorted({n for _, ns in named for n in ns})),
                 )
             )
-        out = output_columns(conn, model, spec.model_sql(model))
+        out = output_columns(conn, spec, model)
         attrs = conn.execute(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
             "a.attgenerated <> '' OR a.attidentity = 'a' FROM pg_attribute a "
@@ -196,15 +196,42 @@ def _named(conn: psycopg.Connection, spec: Spec, model: Model) -> sql.Composable
     )
 
 
-def output_columns(conn: psycopg.Connection, model: Model, body: str) -> dict[str, int]:
-    """The model's output columns, in order, with their type OIDs."""
+# The search_path model SQL is read on: the stage schema, then pg_catalog. A session that
+# writes the target (``writes``) has the path it started with (its role's or database's
+# default) after them: the application's trigger functions find its tables there, as they
+# do for the application; model SQL resolves nothing there (``output_columns``).
+_STAGE_PATH = (
+    "SELECT set_config('search_path', concat_ws(', ', quote_ident(%s), 'pg_catalog', "
+    "CASE WHEN %s THEN nullif(reset_val, '') END), %s) FROM pg_settings "
+    "WHERE name = 'search_path'"
+)
+
+
+def use_stage(
+    conn: psycopg.Connection, schema: str, *, writes: bool = False, local: bool = False
+) -> None:
+    """Put the stage schema ``schema`` first on the search_path, for the session (the caller
+    commits) or, with ``local``, the transaction (see ``_STAGE_PATH``)."""
+    conn.execute(_STAGE_PATH, [schema, writes, local])
+
+
+def output_columns(conn: psycopg.Connection, spec: Spec, model: Model) -> dict[str, int]:
+    """The model's output columns, in order, with their type OIDs. Its SQL and rules are
+    read on the stage's path alone: a name they use that only a writing session's path has
+    (a target table named as a source that is not declared) fails here, and then does not
+    read the target in the run."""
+    rules = len(model.rules)
     try:
         with conn.transaction(), conn.cursor() as cur:
+            use_stage(conn, spec.stage_schema, local=True)
             cur.execute(
-                sql.SQL("SELECT * FROM ({}) m LIMIT 0").format(sql.SQL(body)),  # type: ignore[arg-type]
+                sql.SQL("SELECT * FROM ({}) m LIMIT 0").format(
+                    with_rules(model, spec.model_sql(model))
+                ),
                 binary=True,  # the extended protocol: the server refuses a second statement
             )
-            return {d.name: d.type_code for d in cur.description or []}
+            described = cur.description or []
+            return {d.name: d.type_code for d in described[: len(described) - rules]}
     except psycopg.Error as exc:
         raise SpecError(f"model {model.name}: its SQL does not run: {safe_message(exc)}") from None
 

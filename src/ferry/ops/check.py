@@ -30,7 +30,7 @@ from ferry import catalog, ledger
 from ferry.conninfo import connect
 from ferry.engine import columns
 from ferry.engine.keys import text_sql
-from ferry.engine.query import GENERATED, RULES_REWRITE
+from ferry.engine.query import GENERATED, RULES_REWRITE, use_stage
 from ferry.errors import SpecError, describe
 from ferry.spec import COMPOSITE_KEY, Model, Source, Spec, load_spec
 from ferry.sqltext import tokens
@@ -168,9 +168,7 @@ def check(
                 result.findings += _source_csv(lines, i, src, data_dir or spec.base_dir, shapes)
         conn.rollback()
     with connect(target, app="ferry-check") as conn:
-        conn.execute(
-            sql.SQL("SET search_path = {}, pg_catalog").format(sql.Identifier(spec.stage_schema))
-        )
+        use_stage(conn, spec.stage_schema)
         conn.commit()  # the setting outlives the transactions the checks end
         calls = any(
             move_helpers(text, spec.ledger_schema, "pg_temp")[1]

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from ferry.catalog import functions_naming, pathless_triggers, regclass, rls_applies, write_rules
+from ferry.catalog import functions_naming, regclass, rls_applies, write_rules
 from ferry.conninfo import connect
 from ferry.engine.columns import SOURCE_RLS
 from ferry.engine.query import RLS_FORCED, RULES_REWRITE, STAGE_NAMED, rewrites
@@ -334,7 +334,6 @@ def _ferry_schemas(conn: psycopg.Connection, schemas: tuple[str, ...]) -> Check:
 def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
     """ferry runs as the owner of the tables it writes (it sets keys aside, it analyzes)."""
     missing, foreign, hidden, rewritten, ruled = [], [], [], [], []
-    pathless: list[str] = []
     staged = [s.stage_table for s in spec.sources]
     named: list[tuple[str, list[tuple[str, list[str]]]]] = []  # per table (``Shape``)
     for target in dict.fromkeys(m.target for m in spec.models):
@@ -356,7 +355,6 @@ def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
             rules = write_rules(conn, target)
             if rules:
                 ruled.append((target, rules))
-            pathless += pathless_triggers(conn, target)
             functions = functions_naming(conn, target, staged)
             if functions:
                 named.append((target, functions))
@@ -382,14 +380,6 @@ def _target_tables(conn: psycopg.Connection, spec: Spec) -> Check:
                 functions=_names([f for f, _ in functions]),
                 names=_names(sorted({n for _, ns in functions for n in ns})),
             ),
-        )
-    if pathless:
-        yield _warn(
-            "trigger_search_path",
-            f"the trigger functions {_names(sorted(set(pathless)))} take the session's "
-            "search_path, and ferry writes with only its stage schema and pg_catalog on it: a "
-            "table they name without its schema is not found and the run stops; fix each "
-            "with ALTER FUNCTION ... SET search_path = public (Supabase's linter asks the same)",
         )
     if rewritten:
         yield _warn(

@@ -186,9 +186,7 @@ def _rollback(
     runs = [r for r in todo.runs if r.run_id != result.run_id]
     # Plans compile the model SQL (against the stage) and commit: all of them before the
     # one transaction that does the work.
-    conn.execute(
-        sql.SQL("SET search_path = {}, pg_catalog").format(sql.Identifier(spec.stage_schema))
-    )
+    query.use_stage(conn, spec.stage_schema, writes=True)
     conn.commit()
     touched = _touched_models(conn, spec, min((r.run_id for r in runs), default=result.run_id))
     known = {m.name for m in spec.models}

@@ -40,7 +40,7 @@ from ferry.conninfo import apply, connect, pinned
 from ferry.engine import chunk, stage
 from ferry.engine.dependencies import own_dependencies
 from ferry.engine.keys import uuid_sql
-from ferry.engine.query import Plan
+from ferry.engine.query import Plan, use_stage
 from ferry.errors import FerryError, InvariantError, VerifyError, safe_message
 from ferry.spec import Model, Spec
 
@@ -148,9 +148,7 @@ def verify(target: str, spec: Spec, truth: Path | None = None, jobs: int = 2) ->
         settings = ledger.session_settings(conn, spec, record=False)
         apply(conn, settings)
         # Model SQL names stage tables plainly; temp tables are still found first (pg_temp).
-        conn.execute(
-            sql.SQL("SET search_path = {}, pg_catalog").format(sql.Identifier(spec.stage_schema))
-        )
+        use_stage(conn, spec.stage_schema)
         # The fates verify recomputes, model by model: its children and merged rows take
         # their parents' and survivors' fates from here, not from the ledger it checks.
         conn.execute(
@@ -285,11 +283,7 @@ class _Sessions:
             conn = connect(self.target, app="ferry-verify")
             with self._lock:
                 self._conns.append(conn)
-            conn.execute(
-                sql.SQL("SET search_path = {}, pg_catalog").format(
-                    sql.Identifier(self.spec.stage_schema)
-                )
-            )
+            use_stage(conn, self.spec.stage_schema)
             if self.serial:
                 conn.execute("SET max_parallel_workers_per_gather = 0")
             conn.commit()
