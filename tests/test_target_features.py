@@ -685,3 +685,25 @@ def test_a_sync_that_gives_a_lower_key_a_value_a_later_one_holds_keeps_the_lower
     }
     assert _rows(target) == _rows(fresh)
     assert verify(target, spec).ok
+
+def test_the_target_rules_digest_does_not_follow_the_roles_search_path(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The digest of the target's rules is catalog text (a type's name, a CHECK's, an
+    index's), which names a schema only where it is not on the search_path; a writing
+    session has its role's own path, so a DBA's ALTER ROLE ... SET search_path changed the
+    digest of every model, and the next sync computed them all whole (the demo: 48 s)."""
+    target_sql = (
+        "CREATE TYPE mood AS ENUM ('a', 'b', 'c'); "
+        "CREATE FUNCTION ok(n int) RETURNS boolean LANGUAGE sql IMMUTABLE AS $$ SELECT n >= 0 $$; "
+        + TABLE.format(kind="kind mood CHECK (ok(n))")
+        + "CREATE INDEX dst_mood ON dst (kind) WHERE ok(n);"
+    )
+    source, target, spec = _world(cluster, tmp_path, "digest_path", target_sql)
+    migrate(source, target, spec)
+    assert "rules_changed" not in sync(source, target, spec).counts
+    _sql(target, f"ALTER ROLE {OWNER} SET search_path = pg_catalog")
+    try:
+        assert "rules_changed" not in sync(source, target, spec).counts
+    finally:
+        _sql(target, f"ALTER ROLE {OWNER} RESET search_path")

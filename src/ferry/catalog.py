@@ -12,6 +12,13 @@ from psycopg import sql
 _PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
 
+def print_qualified(conn: psycopg.Connection) -> None:
+    """Until the transaction ends (the caller commits), only pg_catalog is on the search_path:
+    a constraint's, an index's, a type's text then names every schema, and reads alike
+    whatever path the session has (a digest of it, ``predict.RULES_DIGEST``, is kept)."""
+    conn.execute("SELECT set_config('search_path', 'pg_catalog', true)")
+
+
 def regclass(name: str) -> str:
     """A spec's ``schema.table`` as ``to_regclass`` and ``::regclass`` read it: quoted, so
     that ``public.Visits`` (Prisma's and EF Core's tables are named so) is that table and not

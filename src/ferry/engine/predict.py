@@ -153,6 +153,7 @@ def refusals(
     the legacy key, which only ferry fills from keys that are unique).
     Read in one statement: a sync plans each model it runs, and 7 + 2 per unique index
     round trips were most of a plan's cost."""
+    catalog.print_qualified(conn)
     row = conn.execute(_REFUSALS, {"t": catalog.regclass(table)}).fetchone()
     conn.commit()
     assert row is not None

@@ -394,6 +394,7 @@ def rules_changed(conn: psycopg.Connection, spec: Spec) -> set[str]:
     again (their hash holds the digest), and their rows the rules ferry reads now refuse
     leave the target. What a trigger added since refuses, only a row written again shows
     (docs/spec.md)."""
+    catalog.print_qualified(conn)
     rows = conn.execute(
         sql.SQL(
             "SELECT m.model FROM unnest(%s::text[], %s::text[]) m(model, tbl) "
