@@ -686,6 +686,7 @@ def test_a_sync_that_gives_a_lower_key_a_value_a_later_one_holds_keeps_the_lower
     assert _rows(target) == _rows(fresh)
     assert verify(target, spec).ok
 
+
 def test_the_target_rules_digest_does_not_follow_the_roles_search_path(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
