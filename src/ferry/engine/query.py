@@ -197,13 +197,13 @@ def _named(conn: psycopg.Connection, spec: Spec, model: Model) -> sql.Composable
 
 
 # The search_path model SQL is read on: the stage schema, then pg_catalog. A session that
-# writes the target (``writes``) has the path it started with (its role's or database's
-# default) after them: the application's trigger functions find its tables there, as they
-# do for the application; model SQL resolves nothing there (``output_columns``).
-_STAGE_PATH = (
+# writes the target has the path it started with (its role's or database's default) after
+# them: the application's trigger functions find its tables there, as they do for the
+# application; model SQL resolves nothing there (``output_columns``).
+_STAGE_PATH = "SELECT set_config('search_path', quote_ident(%s) || ', pg_catalog', %s)"
+_WRITING_PATH = (
     "SELECT set_config('search_path', concat_ws(', ', quote_ident(%s), 'pg_catalog', "
-    "CASE WHEN %s THEN nullif(reset_val, '') END), %s) FROM pg_settings "
-    "WHERE name = 'search_path'"
+    "nullif(reset_val, '')), %s) FROM pg_settings WHERE name = 'search_path'"
 )
 
 
@@ -211,8 +211,9 @@ def use_stage(
     conn: psycopg.Connection, schema: str, *, writes: bool = False, local: bool = False
 ) -> None:
     """Put the stage schema ``schema`` first on the search_path, for the session (the caller
-    commits) or, with ``local``, the transaction (see ``_STAGE_PATH``)."""
-    conn.execute(_STAGE_PATH, [schema, writes, local])
+    commits) or, with ``local``, the transaction; with ``writes``, the session's own path
+    after it."""
+    conn.execute(_WRITING_PATH if writes else _STAGE_PATH, [schema, local])
 
 
 def output_columns(conn: psycopg.Connection, spec: Spec, model: Model) -> dict[str, int]:
