@@ -118,7 +118,8 @@ CI = "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', determini
 
 
 # A column the model writes and a trigger of the target's sets to another value at every
-# insert and update: before it (``NEW``), or after it, by writing the row again.
+# insert and update: before it (``NEW``), or after it, by writing the row again (its table
+# named unqualified: found on the path ferry's writing sessions keep from their role).
 STAMP = {
     "before": (
         "ALTER TABLE dst ADD COLUMN stamp text; "
@@ -130,7 +131,7 @@ STAMP = {
     "after": (
         "ALTER TABLE dst ADD COLUMN stamp text; "
         "CREATE FUNCTION public.stamp() RETURNS trigger LANGUAGE plpgsql AS "
-        "$$ BEGIN UPDATE public.dst SET stamp = 'trigger' WHERE id = NEW.id "
+        "$$ BEGIN UPDATE dst SET stamp = 'trigger' WHERE id = NEW.id "
         "AND stamp IS DISTINCT FROM 'trigger'; RETURN NULL; END $$; "
         "CREATE TRIGGER stamp AFTER INSERT OR UPDATE ON dst "
         "FOR EACH ROW EXECUTE FUNCTION public.stamp();"
@@ -147,6 +148,7 @@ DEFAULTS = (
     "extra_float_digits = -3", "bytea_output = 'escape'", "array_nulls = off",
     "quote_all_identifiers = on", "default_transaction_isolation = 'serializable'",
     "standard_conforming_strings = off", "xmloption = document",
+    "search_path = public, \"$user\"",
 )  # fmt: skip
 
 
