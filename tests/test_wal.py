@@ -2,8 +2,8 @@
 ``wal_level = logical``: one legacy database, two targets, one syncing from a replication
 slot and one by the checksum diff, must end identical (target rows and ledger) after the
 same changes, and equal to a fresh migrate of the source; through inserts, updates, deletes,
-key changes of composite keys, a TRUNCATE, a sync that dies, and a slot dropped behind
-ferry's back."""
+key changes of composite keys, a TRUNCATE, an unlogged table, a sync that dies, and a slot
+dropped behind ferry's back."""
 
 from __future__ import annotations
 
@@ -173,6 +173,30 @@ def test_truncate_falls_back_to_a_full_diff_of_that_table(shop: Shop) -> None:
     assert any("line_note" in n and "TRUNCATE" in n for n in by_wal["notes"])
     assert by_wal["wal"]["keys"]["shop_order"] == 1
     shop.assert_same()
+
+
+def test_an_unlogged_table_is_compared_by_checksums(shop: Shop) -> None:
+    """An unlogged table writes no WAL, so no change of it is ever decoded: a sync from the
+    slot found nothing there, every time, and the target kept the table as it was staged."""
+    shop.change("ALTER TABLE line_note SET UNLOGGED")
+    shop.sync_both()
+    shop.change(
+        "UPDATE line_note SET body = 'edited' WHERE order_id = 1 AND line_no = 2",
+        "INSERT INTO line_note VALUES (1, 1, 'new', 'written unlogged')",
+        "UPDATE shop_order SET customer = 'Anne' WHERE id = 1",
+    )
+    by_wal, _ = shop.sync_both()
+    full = by_wal["wal"]["full"]
+    assert set(full) == {"line_note"} and "unlogged" in full["line_note"]
+    assert by_wal["wal"]["keys"]["shop_order"] == 1
+    shop.assert_same(fresh=True)
+    # Logged again: the changes made before are in no WAL either; the table was rewritten.
+    shop.change(
+        "DELETE FROM line_note WHERE tag = 'new'", "ALTER TABLE line_note SET LOGGED"
+    )  # fmt: skip
+    by_wal, _ = shop.sync_both()
+    assert set(by_wal["wal"]["full"]) == {"line_note"}
+    shop.assert_same(fresh=True)
 
 
 def test_a_sync_that_dies_after_reading_loses_nothing(

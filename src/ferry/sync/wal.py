@@ -48,8 +48,10 @@ resync queue (``sync.py``).
 Falling back to the checksum diff
 ---------------------------------
 A TRUNCATE, a delete or key change whose old key the WAL does not carry (the table's replica
-identity does not cover the spec's key), a table without a key, a view: that source's whole
-table is compared by the diff, and the sync says so. A slot gone from the source (dropped,
+identity does not cover the spec's key), a table without a key, a view, an unlogged table (it
+writes no WAL): that source's whole table is compared by the diff, and the sync says so. A
+table rewritten (SET LOGGED, VACUUM FULL: a new relfilenode, ``_redefined``) is compared
+whole once. A slot gone from the source (dropped,
 or invalidated by ``max_slot_wal_keep_size``): every table is compared by the diff, with a
 warning, and a new slot is made for the next sync, before the diff's snapshots, which read
 the snapshot it exports. ``ferry sync --full`` compares every table by the diff and still
@@ -470,7 +472,7 @@ def _tables(
             SELECT t.n, i.inhrelid FROM tree t JOIN pg_inherits i ON i.inhparent = t.relid
         )
         SELECT t.n, n.nspname, c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname),
-               c.relkind::text, c.relreplident::text,
+               c.relkind::text, c.relreplident::text, c.relpersistence = 'u',
                coalesce((SELECT array_agg(a.attname::text) FROM pg_index i
                          JOIN pg_attribute a ON a.attrelid = i.indrelid
                           AND a.attnum = ANY(i.indkey)
@@ -483,10 +485,15 @@ def _tables(
     ).fetchall()
     conn.commit()
     found: dict[tuple[str, str], _Table] = {}
-    for n, schema, rel, printed, kind, ident, ident_cols in rows:
+    for n, schema, rel, printed, kind, ident, unlogged, ident_cols in rows:
         src = sources[int(n) - 1]
         if kind not in ("r", "p"):
             changes.full[src.name] = "not a table (a view?): compared by checksums"
+            continue
+        if unlogged:  # written to no WAL: no change of it is ever decoded
+            changes.full[src.name] = (
+                f"{printed} is unlogged, so its changes are not in the WAL: compared by checksums"
+            )
             continue
         covered = ident == "f" or (ident in ("d", "i") and set(src.keys) <= set(ident_cols))
         found[(schema, rel)] = _Table(src, covered and bool(src.keys), printed)
