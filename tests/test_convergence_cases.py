@@ -181,6 +181,30 @@ def test_a_sync_after_the_stage_was_emptied(world: World) -> None:
     world.assert_converged()
 
 
+def test_a_crash_empties_a_stage_whose_source_was_emptied_too(world: World) -> None:
+    """History (found by the long profile, shrunk by hand): group 1, item 1, two tags;
+    migrate; the tags file and the groups table emptied; the server crashes (the stage
+    empties); sync.
+
+    The sync copied the emptied stages again and found them alike their sources (empty
+    both), so it left their staging records as they were: two tags, one group. Verify then
+    took the empty stage for one a crash had emptied and checked none of its models."""
+    world.src(
+        "INSERT INTO src_group VALUES (1, 'a')",
+        "INSERT INTO src_item VALUES (1, NULL, 's1', '1', 'ok')",
+    )
+    write_csv(world.data_dir / "tags.csv", {"T1": (1, "x"), "T2": (1, "y")})
+    world.migrate()
+    write_csv(world.data_dir / "tags.csv", {})
+    world.src("DELETE FROM src_group")
+    world.crash()
+    world.sync()
+    with psycopg.connect(world.target) as conn:
+        records = dict(conn.execute("SELECT source, rows FROM ferry.staged").fetchall())
+    assert (records["tags.csv"], records["src_group"], records["src_item"]) == (0, 0, 1)
+    world.assert_converged()
+
+
 def test_a_retry_after_the_stage_was_emptied(world: World) -> None:
     """History: item 1 with qty '-1' (quarantined by the reject rule negative_qty), item 2
     fine; migrate; the server crashes (the unlogged stage is emptied); quarantine retry.

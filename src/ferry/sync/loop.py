@@ -173,7 +173,9 @@ def _restage(
             t, spec, [m.name for m in spec.models if m.source == src.name], changed + gone, run_id
         )
         texts[src.name] = (set(changed), set(gone))
-        if result.changed:
+        # A stage a crash emptied holds the source as it is now even when the diff found it
+        # alike (the source is empty too): its record counted the rows it held before.
+        if result.changed or src.name in emptied:
             rows = _staged_rows(t, spec, src, result, whole)
             stage.record(
                 t, spec, stage.StageResult(src.name, rows, result.bytes_from_source,
