@@ -9,13 +9,16 @@ with a fresh migrate of the source as it is at its end, into a fresh copy of the
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from ferry import FerryError, SpecError, load_spec, migrate
 from ferry.embedded import LocalCluster
+from ferry.engine import chunk
 from ferry.ops.check import check
 from ferry.ops.doctor import diagnose
 from ferry.ops.rollback import rollback
@@ -708,3 +711,108 @@ def test_the_target_rules_digest_does_not_follow_the_roles_search_path(
         assert "rules_changed" not in sync(source, target, spec).counts
     finally:
         _sql(target, f"ALTER ROLE {OWNER} RESET search_path")
+
+
+def test_an_application_edit_racing_a_sync_write_is_kept_and_flagged(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ferry checks that a row it is about to change is still as it wrote it, then changes
+    it; an edit the application committed between the two was overwritten, unflagged. The
+    rows are locked before the check now: the edit waits for the write and is kept, and the
+    next change of the source row is withheld as a conflict."""
+    source, target, spec = _world(cluster, tmp_path, "race", TABLE.format(kind="kind text"))
+    migrate(source, target, spec)
+    _sql(source, "UPDATE src SET n = 7 WHERE id = 2")
+    check = chunk.Runner._flag_conflicts
+    edits: list[threading.Thread] = []
+
+    def racing(self: chunk.Runner, w: Any) -> None:
+        check(self, w)
+        edit = "UPDATE dst SET name = 'app' WHERE legacy_id = '2'"
+        edits.append(threading.Thread(target=_sql, args=(target, edit)))
+        edits[-1].start()
+        edits[-1].join(0.5)  # committed by now, unless it waits for ferry's lock
+
+    monkeypatch.setattr(chunk.Runner, "_flag_conflicts", racing)
+    assert sync(source, target, spec).counts["updated"] == 1
+    for edit in edits:
+        edit.join()
+    assert len(edits) == 1
+    monkeypatch.undo()
+    assert _sql(target, "SELECT name, n FROM dst WHERE legacy_id = '2'") == [("app", 7)]
+    _sql(source, "UPDATE src SET n = 8 WHERE id = 2")
+    assert sync(source, target, spec).counts["conflicts"] == 1
+    assert _sql(target, "SELECT name, n FROM dst WHERE legacy_id = '2'") == [("app", 7)]
+
+
+def test_an_application_edit_racing_a_rollback_is_kept(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollback checks that each row it restores is still as ferry wrote it, then
+    restores it: the rows are locked before the check, so an edit the application commits
+    meanwhile waits for the rollback and is kept, not overwritten by the before-image."""
+    import ferry.ops.rollback as undo
+
+    source, target, spec = _world(cluster, tmp_path, "race_undo", TABLE.format(kind="kind text"))
+    migrate(source, target, spec)
+    _sql(source, "UPDATE src SET n = 7 WHERE id = 2")
+    synced = sync(source, target, spec)
+    scalar = undo._scalar
+    edits: list[threading.Thread] = []
+
+    def racing(*args: Any) -> int:
+        n = scalar(*args)
+        if not edits:
+            edit = "UPDATE dst SET name = 'app' WHERE legacy_id = '2'"
+            edits.append(threading.Thread(target=_sql, args=(target, edit)))
+            edits[-1].start()
+            edits[-1].join(0.5)  # committed by now, unless it waits for the rollback's lock
+        return n
+
+    monkeypatch.setattr(undo, "_scalar", racing)
+    rollback(target, spec, run=synced.run_id)
+    for edit in edits:
+        edit.join()
+    assert _sql(target, "SELECT name, n FROM dst WHERE legacy_id = '2'") == [("app", 20)]
+
+
+def test_an_application_row_racing_a_delete_is_not_cascaded_away(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ferry deletes a row whose source row went only if no row of the application's
+    references it; one the application wrote between that look and the delete went with it,
+    by the foreign key's ON DELETE CASCADE. The rows are locked before the look now: the
+    application's insert waits, then fails on its foreign key, as had it come after."""
+    from ferry.engine import deletes
+
+    target_sql = TABLE.format(kind="kind text") + (
+        "CREATE TABLE note (id serial PRIMARY KEY, dst_id uuid REFERENCES dst ON DELETE CASCADE);"
+    )
+    source, target, spec = _world(cluster, tmp_path, "race_delete", target_sql)
+    migrate(source, target, spec)
+    _sql(source, "DELETE FROM src WHERE id = 4")
+    look = deletes._referenced
+    outcome: list[str] = []
+    edits: list[threading.Thread] = []
+
+    def insert() -> None:
+        try:
+            _sql(target, "INSERT INTO note (dst_id) SELECT id FROM dst WHERE legacy_id = '4'")
+            outcome.append("written")
+        except psycopg.errors.ForeignKeyViolation:
+            outcome.append("refused")
+
+    def racing(*args: Any) -> Any:
+        found = look(*args)
+        edit = threading.Thread(target=insert)
+        edit.start()
+        edit.join(0.5)  # committed by now, unless it waits for ferry's lock
+        edits.append(edit)
+        return found
+
+    monkeypatch.setattr(deletes, "_referenced", racing)
+    counts = sync(source, target, spec).counts
+    for edit in edits:
+        edit.join()
+    notes = _sql(target, "SELECT count(*) FROM note")[0][0]
+    assert (outcome, counts["deleted"], notes) == (["refused"], 1, 0)

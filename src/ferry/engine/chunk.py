@@ -746,8 +746,17 @@ class Runner:
         return w
 
     def _flag_conflicts(self, w: _Window) -> None:
-        """Rows ferry wrote earlier and now changes: the application may have edited them."""
+        """Rows ferry wrote earlier and now changes: the application may have edited them.
+        Locked first, in key order, until the write commits: an edit the application
+        commits after the check would else be overwritten by the write, unflagged."""
         plan = self.plan
+        key = sql.Identifier(plan.model.key_column)
+        self.conn.execute(
+            sql.SQL(
+                "SELECT count(*) FROM (SELECT FROM {t} t JOIN _ferry_c c ON t.{key} = "
+                "c._old_uuid WHERE {rng} AND {held} ORDER BY t.{key} FOR NO KEY UPDATE OF t) s"
+            ).format(t=plan.target, key=key, rng=w.rng, held=HELD)
+        )
         self.conn.execute(
             sql.SQL(
                 "UPDATE _ferry_c c SET _conflict = true "
