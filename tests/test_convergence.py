@@ -18,7 +18,9 @@ same application rows; after anything else only what must hold at every moment.
 
 What is compared, and what is history: run ids, timestamps, tries, first_seen, the history
 table, ledger rows with status ``deleted`` and target rows ferry no longer owns (kept or
-flagged rows of deleted source rows) are history. Ledger rows are compared on model, key,
+flagged rows of deleted source rows, and the item rows they keep there) are history; the
+fresh target is given those item rows, as it is given the application's, whose values they
+hold as much. Ledger rows are compared on model, key,
 status, reason, repairs, target_uuid, row_hash and conflict; ferry's rows (the target rows
 of ``migrated`` ledger rows) in full. An operator's decision (``quarantine exclude``) is a
 fact the fresh migrate cannot know: it is given to it as an exclude rule named
@@ -287,6 +289,14 @@ def fresh_differences(
         real = ledger_rows(conn)
         real_rows = ferry_rows(conn, spec)
         kept = kept_for_history(conn)
+        # Item rows ferry wrote and no longer owns, held in the target by a row that
+        # references them (``kept_for_history``): the target's history holds their values
+        # (unique, excluded), as the application's rows do; the fresh target gets them too.
+        disowned = conn.execute(
+            "SELECT id, legacy_item_id, sku, qty FROM items i WHERE legacy_item_id IS NOT NULL "
+            "AND NOT EXISTS (SELECT FROM ferry.ledger l WHERE l.status = 'migrated' "
+            "AND l.target_uuid = i.id)"
+        ).fetchall()
     decided: dict[str, set[str]] = {}
     for (model, key), v in real.items():
         if v[-1]:
@@ -294,6 +304,10 @@ def fresh_differences(
     fresh_db(cluster, fresh_name, SPEC_DIR / "target.sql", owner=OWNER)
     fresh = cluster.conninfo(fresh_name, user=OWNER)
     with psycopg.connect(fresh, autocommit=True) as conn:
+        for row in disowned:  # written before the schema changed, as they were
+            conn.execute(
+                "INSERT INTO items (id, legacy_item_id, sku, qty) VALUES (%s, %s, %s, %s)", row
+            )
         for ddl in target_ddl:
             conn.execute(ddl)
         for uid, sku in app_skus.items():

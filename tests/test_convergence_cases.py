@@ -205,6 +205,40 @@ def test_a_crash_empties_a_stage_whose_source_was_emptied_too(world: World) -> N
     world.assert_converged()
 
 
+def test_a_row_a_kept_note_holds_keeps_its_value_from_a_lower_key(world: World) -> None:
+    """History (found by the long profile, shrunk by hand): items 2 (retired) and 4 (qty 2),
+    note 1 of item 4; migrate; note 1 gone from the source (notes are flagged: its row
+    stays), item 2 back with qty 2, which the exclusion constraint lets one row hold; sync.
+
+    Item 2, the lower key, takes qty 2 as a migrate would give it: item 4 gives it up,
+    but its row cannot go, since the kept note references it. The row stays, ferry's no
+    longer, and keeps the value: item 2 is refused, and item 4, its UUID taken by its old
+    row, too. A fact of the target's history, which the convergence test gives the fresh
+    target as it gives it the application's rows (``fresh_differences``)."""
+    world.src(
+        "INSERT INTO src_item VALUES (2, NULL, NULL, '1', 'retired'), (4, NULL, NULL, '2', 'ok')",
+        "INSERT INTO src_note VALUES (1, 4, 'hi')",
+    )
+    world.migrate()
+    world.src(
+        "DELETE FROM src_note WHERE id = 1",
+        "UPDATE src_item SET qty = '2', state = 'ok' WHERE id = 2",
+    )
+    world.sync()
+    assert world.fate("items", "2") == ("quarantined", "exclusion_violation")
+    assert world.fate("items", "4") == ("quarantined", "unique_violation")
+    with psycopg.connect(world.target) as conn:
+        assert kept_for_history(conn) == {("items", "4")}
+        ledger.check_invariant(conn, world.spec)
+    report = verify(world.target, world.spec)
+    assert [(p.kind, p.keys) for p in report.problems] == [("conflict", ["4"])]
+    diffs = fresh_differences(
+        world.cluster, world.source, world.target, world.spec, world.data_dir, {},
+        "conv_case_fresh",
+    )  # fmt: skip
+    assert not diffs, diffs
+
+
 def test_a_retry_after_the_stage_was_emptied(world: World) -> None:
     """History: item 1 with qty '-1' (quarantined by the reject rule negative_qty), item 2
     fine; migrate; the server crashes (the unlogged stage is emptied); quarantine retry.
