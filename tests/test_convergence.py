@@ -75,7 +75,7 @@ _SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filte
 # histories: each starts migrated and half its changes are synced (``change``), some 2 s
 # each; 16 brought the suite to its 10 minutes on a slow day (the long profile goes further).
 settings.register_profile(
-    "ci", max_examples=12, stateful_step_count=10, deadline=None, derandomize=True,
+    "ci", max_examples=9, stateful_step_count=10, deadline=None, derandomize=True,
     database=None, suppress_health_check=_SUPPRESS,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
 )  # fmt: skip

@@ -731,7 +731,7 @@ def test_an_application_edit_racing_a_sync_write_is_kept_and_flagged(
         edit = "UPDATE dst SET name = 'app' WHERE legacy_id = '2'"
         edits.append(threading.Thread(target=_sql, args=(target, edit)))
         edits[-1].start()
-        edits[-1].join(0.5)  # committed by now, unless it waits for ferry's lock
+        edits[-1].join(0.3)  # committed by now, unless it waits for ferry's lock
 
     monkeypatch.setattr(chunk.Runner, "_flag_conflicts", racing)
     assert sync(source, target, spec).counts["updated"] == 1
@@ -766,7 +766,7 @@ def test_an_application_edit_racing_a_rollback_is_kept(
             edit = "UPDATE dst SET name = 'app' WHERE legacy_id = '2'"
             edits.append(threading.Thread(target=_sql, args=(target, edit)))
             edits[-1].start()
-            edits[-1].join(0.5)  # committed by now, unless it waits for the rollback's lock
+            edits[-1].join(0.3)  # committed by now, unless it waits for the rollback's lock
         return n
 
     monkeypatch.setattr(undo, "_scalar", racing)
@@ -806,7 +806,7 @@ def test_an_application_row_racing_a_delete_is_not_cascaded_away(
         found = look(*args)
         edit = threading.Thread(target=insert)
         edit.start()
-        edit.join(0.5)  # committed by now, unless it waits for ferry's lock
+        edit.join(0.3)  # committed by now, unless it waits for ferry's lock
         edits.append(edit)
         return found
 
