@@ -161,17 +161,23 @@ def test_wal_and_checksums_give_the_same_target_and_ledger(shop: Shop) -> None:
     assert recorded is not None and recorded[0] == again.counts["wal"]["upto"]
 
 
-def test_truncate_falls_back_to_a_full_diff_of_that_table(shop: Shop) -> None:
-    shop.change(
-        "TRUNCATE line_note",
-        "INSERT INTO line_note VALUES (1, 1, 'fresh', 'after the truncate')",
-        "UPDATE shop_order SET customer = 'Anne' WHERE id = 1",
-    )
+def line_notes_whole(shop: Shop, why: str, *changes: str) -> dict:
+    """``changes`` to line_note and a change of order 1, synced: the WAL's sync takes order 1
+    from the slot and compares line_note whole, saying ``why``."""
+    shop.change(*changes, "UPDATE shop_order SET customer = 'Anne' WHERE id = 1")
     by_wal, _ = shop.sync_both()
     full = by_wal["wal"]["full"]
-    assert set(full) == {"line_note"} and "TRUNCATE" in full["line_note"]
-    assert any("line_note" in n and "TRUNCATE" in n for n in by_wal["notes"])
+    assert set(full) == {"line_note"} and why in full["line_note"]
     assert by_wal["wal"]["keys"]["shop_order"] == 1
+    return by_wal
+
+
+def test_truncate_falls_back_to_a_full_diff_of_that_table(shop: Shop) -> None:
+    by_wal = line_notes_whole(
+        shop, "TRUNCATE", "TRUNCATE line_note",
+        "INSERT INTO line_note VALUES (1, 1, 'fresh', 'after the truncate')",
+    )  # fmt: skip
+    assert any("line_note" in n and "TRUNCATE" in n for n in by_wal["notes"])
     shop.assert_same()
 
 
@@ -180,15 +186,10 @@ def test_an_unlogged_table_is_compared_by_checksums(shop: Shop) -> None:
     slot found nothing there, every time, and the target kept the table as it was staged."""
     shop.change("ALTER TABLE line_note SET UNLOGGED")
     shop.sync_both()
-    shop.change(
-        "UPDATE line_note SET body = 'edited' WHERE order_id = 1 AND line_no = 2",
+    line_notes_whole(
+        shop, "unlogged", "UPDATE line_note SET body = 'edited' WHERE order_id = 1 AND line_no = 2",
         "INSERT INTO line_note VALUES (1, 1, 'new', 'written unlogged')",
-        "UPDATE shop_order SET customer = 'Anne' WHERE id = 1",
-    )
-    by_wal, _ = shop.sync_both()
-    full = by_wal["wal"]["full"]
-    assert set(full) == {"line_note"} and "unlogged" in full["line_note"]
-    assert by_wal["wal"]["keys"]["shop_order"] == 1
+    )  # fmt: skip
     shop.assert_same(fresh=True)
     # Logged again: the changes made before are in no WAL either; the table was rewritten.
     shop.change(
