@@ -204,6 +204,7 @@ class Runner:
         # Rows refused for a unique value a later key of ferry's held: that row gives it up
         # (``_evict``), and these run again once its deletion is done.
         self.blocked: set[str] = set()
+        self._refused = 0  # rows the database refused that the prediction let through
         # Whether an index leads with the target's key (see _insert_new): once, at the first
         # write, which comes after any keys were set aside for the load.
         self._keyed: bool | None = None
@@ -517,8 +518,11 @@ class Runner:
                     self._give_up(holder, predict.UNIQUE, message)
                 n = self._count("SELECT count(*) FROM _ferry_c")
                 seen = self._seen(lo, hi, keys)
+                refused = self._refused
                 if n:
                     self._write(1, self._count("SELECT max(_ferry_n) FROM _ferry_c"))
+                if self._refused > refused:
+                    self._again_for_values()
                 conn.execute("DROP TABLE _ferry_c")
             self.rows += seen
             if self.progress:
@@ -933,7 +937,24 @@ class Runner:
             )
         )
 
+    def _again_for_values(self) -> None:
+        """A row of the chunk was refused by the database, which the prediction had not
+        seen coming: rows refused because they wanted a unique value it wanted (a lower
+        key) may find that value free after all. They run again in a later pass, as a
+        migrate writing in key order would have written them; else where chunks fall
+        decided their fate. Found in the ledger: an unchanged refusal never reaches
+        ``_ferry_c``."""
+        rows = self.conn.execute(
+            sql.SQL(
+                "SELECT source_key FROM {} WHERE model = %s AND status = 'quarantined' "
+                "AND sqlstate = %s AND decided_by IS NULL"
+            ).format(self.led),
+            [self.plan.model.name, predict.UNIQUE],
+        ).fetchall()
+        self.blocked.update(r[0] for r in rows)
+
     def _quarantine_row(self, n: int, exc: psycopg.Error) -> None:
+        self._refused += 1
         row = self.conn.execute(
             sql.SQL("SELECT _ferry_key, {} FROM _ferry_c c WHERE _ferry_n = %s").format(
                 self.plan.refused_hash("c")
