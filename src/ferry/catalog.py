@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from ferry.conninfo import apply
+
 _PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
 
@@ -16,7 +18,7 @@ def print_qualified(conn: psycopg.Connection) -> None:
     """Until the transaction ends (the caller commits), only pg_catalog is on the search_path:
     a constraint's, an index's, a type's text then names every schema, and reads alike
     whatever path the session has (a digest of it, ``predict.RULES_DIGEST``, is kept)."""
-    conn.execute("SELECT set_config('search_path', 'pg_catalog', true)")
+    apply(conn, [("search_path", "pg_catalog")], local=True)
 
 
 def regclass(name: str) -> str:

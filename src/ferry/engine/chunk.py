@@ -204,7 +204,8 @@ class Runner:
         # Rows refused for a unique value a later key of ferry's held: that row gives it up
         # (``_evict``), and these run again once its deletion is done.
         self.blocked: set[str] = set()
-        self._refused = 0  # rows the database refused that the prediction let through
+        # A row the database refused that the prediction let through (``_again_for_values``).
+        self._unpredicted = False
         # Whether an index leads with the target's key (see _insert_new): once, at the first
         # write, which comes after any keys were set aside for the load.
         self._keyed: bool | None = None
@@ -321,6 +322,8 @@ class Runner:
         t0 = time.perf_counter()
         for lo, hi, keys in self.chunks() if chunks is None else chunks:
             self._chunk(lo, hi, keys)
+        if self._unpredicted:
+            self._again_for_values()
         return ModelResult(
             self.plan.model.name, self.rows, self.written, self.errors,
             time.perf_counter() - t0, self.transitions, self.changed_keys, self.pending,
@@ -518,11 +521,8 @@ class Runner:
                     self._give_up(holder, predict.UNIQUE, message)
                 n = self._count("SELECT count(*) FROM _ferry_c")
                 seen = self._seen(lo, hi, keys)
-                refused = self._refused
                 if n:
                     self._write(1, self._count("SELECT max(_ferry_n) FROM _ferry_c"))
-                if self._refused > refused:
-                    self._again_for_values()
                 conn.execute("DROP TABLE _ferry_c")
             self.rows += seen
             if self.progress:
@@ -750,16 +750,16 @@ class Runner:
         return w
 
     def _flag_conflicts(self, w: _Window) -> None:
-        """Rows ferry wrote earlier and now changes: the application may have edited them.
-        Locked first, in key order, until the write commits: an edit the application
-        commits after the check would else be overwritten by the write, unflagged."""
+        """Rows ferry wrote earlier and now changes: the application may have edited them
+        (locked first: ``Plan.lock``)."""
         plan = self.plan
-        key = sql.Identifier(plan.model.key_column)
-        self.conn.execute(
+        plan.lock(
+            self.conn,
             sql.SQL(
-                "SELECT count(*) FROM (SELECT FROM {t} t JOIN _ferry_c c ON t.{key} = "
-                "c._old_uuid WHERE {rng} AND {held} ORDER BY t.{key} FOR NO KEY UPDATE OF t) s"
-            ).format(t=plan.target, key=key, rng=w.rng, held=HELD)
+                "FROM {t} t JOIN _ferry_c c ON t.{key} = c._old_uuid WHERE {rng} AND {held}"
+            ).format(
+                t=plan.target, key=sql.Identifier(plan.model.key_column), rng=w.rng, held=HELD
+            ),
         )
         self.conn.execute(
             sql.SQL(
@@ -938,12 +938,12 @@ class Runner:
         )
 
     def _again_for_values(self) -> None:
-        """A row of the chunk was refused by the database, which the prediction had not
-        seen coming: rows refused because they wanted a unique value it wanted (a lower
-        key) may find that value free after all. They run again in a later pass, as a
+        """A row was refused by the database, which the prediction had not seen coming:
+        rows refused because they wanted a unique value it wanted (a lower key of their
+        chunk) may find that value free after all. They run again in a later pass, as a
         migrate writing in key order would have written them; else where chunks fall
-        decided their fate. Found in the ledger: an unchanged refusal never reaches
-        ``_ferry_c``."""
+        decided their fate. Found in the ledger, once the chunks are done: an unchanged
+        refusal never reaches ``_ferry_c``."""
         rows = self.conn.execute(
             sql.SQL(
                 "SELECT source_key FROM {} WHERE model = %s AND status = 'quarantined' "
@@ -951,10 +951,12 @@ class Runner:
             ).format(self.led),
             [self.plan.model.name, predict.UNIQUE],
         ).fetchall()
+        self.conn.commit()
         self.blocked.update(r[0] for r in rows)
+        self._unpredicted = False
 
     def _quarantine_row(self, n: int, exc: psycopg.Error) -> None:
-        self._refused += 1
+        self._unpredicted = True
         row = self.conn.execute(
             sql.SQL("SELECT _ferry_key, {} FROM _ferry_c c WHERE _ferry_n = %s").format(
                 self.plan.refused_hash("c")

@@ -62,15 +62,13 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
         plan = Plan(conn, spec, model)
         key = sql.Identifier(model.key_column)
         guarded: list[sql.Composable] = [plan.holds_hash("t", sql.SQL("p.row_hash"))]
-        # Locked first, in key order, until the pass commits: a row the application writes
-        # meanwhile that references one (a FOREIGN KEY's share lock) waits, instead of
-        # coming between the look below and the delete and going with it by a CASCADE.
-        conn.execute(
+        plan.lock(
+            conn,
             sql.SQL(
-                "SELECT count(*) FROM (SELECT FROM {t} t JOIN {pend} p ON t.{key} = "
-                "p.target_uuid WHERE p.model = %s ORDER BY t.{key} FOR UPDATE OF t) s"
+                "FROM {t} t JOIN {pend} p ON t.{key} = p.target_uuid WHERE p.model = %s"
             ).format(t=plan.target, pend=pend, key=key),
             [model.name],
+            delete=True,
         )
         protected, held = _referenced(conn, spec, model)
         if protected | held:

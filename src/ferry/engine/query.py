@@ -6,7 +6,7 @@ model (``Shape``), so the SQL a spec yields can be read and tested without a dat
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -835,6 +835,25 @@ class Plan:
                     )
                 )
         return sql.SQL(" # ").join(terms) if terms else None
+
+    def lock(
+        self, conn: psycopg.Connection, rows: sql.Composable, params: Sequence[object] = (),
+        *, delete: bool = False,
+    ) -> None:  # fmt: skip
+        """Lock the target rows ``rows`` names (``FROM ... WHERE ...``, the target as ``t``),
+        in key order, until the transaction ends, before ferry looks whether they are still
+        as it wrote them: an edit the application commits meanwhile waits for ferry's write,
+        where it came between the look and the write and was overwritten. ``delete``: a row
+        the application writes that references one waits too (its foreign key's share
+        lock), where it went with ferry's delete by an ON DELETE CASCADE."""
+        conn.execute(
+            sql.SQL("SELECT count(*) FROM (SELECT {} ORDER BY t.{} FOR {} OF t) s").format(
+                rows,
+                sql.Identifier(self.model.key_column),
+                sql.SQL("UPDATE" if delete else "NO KEY UPDATE"),
+            ),
+            params,
+        )
 
     def holds_hash(self, alias: str, stored: sql.Composable) -> sql.Composable:
         """Whether row ``alias`` is the one whose hash the ledger stored (``stored``), in the

@@ -399,13 +399,11 @@ def _restore(conn: psycopg.Connection, spec: Spec, model: Model, plan: query.Pla
         "AND {ht} IS DISTINCT FROM {hr}"
     ).format(m=sql.Literal(model.name), key=key, ht=plan.target_hash("t"),
              hr=plan.target_hash("r"))  # fmt: skip
-    # Locked first, in key order: an edit the application commits between the check below
-    # and the restore would else be overwritten by it.
-    conn.execute(
-        sql.SQL(
-            "SELECT count(*) FROM (SELECT FROM {image} JOIN {t} t ON t.{key} = r.{key} "
-            "WHERE b.model = {m} ORDER BY t.{key} FOR NO KEY UPDATE OF t) s"
-        ).format(image=_image(model), t=target, key=key, m=sql.Literal(model.name))
+    plan.lock(
+        conn,
+        sql.SQL("FROM {image} JOIN {t} t ON t.{key} = r.{key} WHERE b.model = {m}").format(
+            image=_image(model), t=target, key=key, m=sql.Literal(model.name)
+        ),
     )
     # The row must be the one the ledger says ferry wrote, as ferry wrote it.
     blocked = _scalar(
@@ -483,13 +481,7 @@ def _delete(
         if refs
         else sql.SQL("false")
     )
-    # Locked first, as in ``_restore``: an edit, or a row referencing one (with an ON DELETE
-    # CASCADE), that the application commits after the check would else go with the delete.
-    conn.execute(
-        sql.SQL("SELECT count(*) FROM (SELECT {going} ORDER BY t.{key} FOR UPDATE OF t) s").format(
-            going=going, key=key
-        )
-    )
+    plan.lock(conn, going, delete=True)
     edited, held = conn.execute(
         sql.SQL(
             "SELECT count(*) FILTER (WHERE NOT coalesce({ht}, false)), "
