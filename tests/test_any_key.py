@@ -45,7 +45,7 @@ _SUPPRESS = [
     HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture,
 ]  # fmt: skip
 settings.register_profile(
-    "anykey_ci", max_examples=8, deadline=None, derandomize=True, database=None,
+    "anykey_ci", max_examples=10, deadline=None, derandomize=True, database=None,
     suppress_health_check=_SUPPRESS,
 )  # fmt: skip
 settings.register_profile(

@@ -73,9 +73,9 @@ _SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filte
 # ci: reproducible and bounded; no shrinking (a step costs about a second, and shrinking a
 # failure took over five minutes): it reports the history as found, at most 10 steps. 12
 # histories: each starts migrated and half its changes are synced (``change``), some 2 s
-# each; 16 brought the suite to its 10 minutes on a slow day (the long profile goes further).
+# each; it runs in one of the suite's two workers (the long profile goes further).
 settings.register_profile(
-    "ci", max_examples=9, stateful_step_count=10, deadline=None, derandomize=True,
+    "ci", max_examples=12, stateful_step_count=10, deadline=None, derandomize=True,
     database=None, suppress_health_check=_SUPPRESS,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
 )  # fmt: skip

@@ -659,6 +659,41 @@ def test_an_item_a_kept_tag_references_is_kept_with_a_conflict(world: World) -> 
     assert not diffs, diffs
 
 
+def test_an_item_kept_for_a_tag_goes_when_the_tag_no_longer_references_it(world: World) -> None:
+    """History (found by the long profile, shrunk by hand): as above, item 8's row stays for
+    the kept tag T4; then T4 comes back to the export, for item 3.
+
+    T4's row is ferry's again and references item 3 now. Nothing references item 8's row
+    any more, and a migrate of the current source has no such row, but it stayed, flagged,
+    for good: the deletion it was queued for had been given up. It now stays queued while
+    it is referenced, and goes (its flag with it) at the first run after."""
+    world.src(
+        "INSERT INTO src_group VALUES (1, 'a')",
+        "INSERT INTO src_item VALUES (3, 1, NULL, '1', 'ok'), (8, 1, NULL, '2', 'ok')",
+    )
+    write_csv(world.data_dir / "tags.csv", {"T4": (8, "x")})
+    world.migrate()
+    world.src("UPDATE src_item SET state = 'retired' WHERE id = 8")
+    write_csv(world.data_dir / "tags.csv", {})
+    world.sync()
+    with psycopg.connect(world.target) as conn:
+        assert kept_for_history(conn) == {("items", "8")}
+    write_csv(world.data_dir / "tags.csv", {"T4": (3, "x")})
+    world.sync()
+    assert world.fate("tags", "T4") == ("migrated", None)
+    with psycopg.connect(world.target) as conn:
+        left = conn.execute("SELECT count(*) FROM items WHERE legacy_item_id = 8").fetchone()
+        flagged = conn.execute("SELECT count(*) FROM ferry.ledger WHERE conflict").fetchone()
+    assert left == (0,) and flagged == (0,)
+    assert verify(world.target, world.spec).ok
+    world.assert_converged()
+    diffs = fresh_differences(
+        world.cluster, world.source, world.target, world.spec, world.data_dir, {},
+        "conv_case_fresh",
+    )  # fmt: skip
+    assert not diffs, diffs
+
+
 def test_a_crash_empties_a_stage_whose_rows_a_rollback_left_without_fates(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:

@@ -398,6 +398,8 @@ def test_orphan_resolved_when_parent_arrives(library: tuple[str, str, Path]) -> 
 def test_row_referenced_by_the_application_is_not_deleted(
     library: tuple[str, str, Path],
 ) -> None:
+    """Kept, flagged, while the application's row references it; deleted by the first sync
+    after the application deletes its row, with nothing changed in the source."""
     source, target, tmp = library
     spec = load_spec(_spec(tmp, "delete"))
     migrate(source, target, spec)
@@ -421,6 +423,16 @@ def test_row_referenced_by_the_application_is_not_deleted(
         assert conn.execute(
             "SELECT status, conflict FROM ferry.ledger WHERE model = 'books' AND source_key = '17'"
         ).fetchone() == ("deleted", True)
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("DELETE FROM loans WHERE legacy_loan_id IS NULL")
+    assert sync(source, target, spec).counts["deleted"] == 1
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM books WHERE legacy_book_id = 17").fetchone() == (
+            0,
+        )
+        assert conn.execute(
+            "SELECT status, conflict FROM ferry.ledger WHERE model = 'books' AND source_key = '17'"
+        ).fetchone() == ("deleted", False)
 
 
 def test_ferry_schemas_are_closed_to_the_api_roles(synced: dict, cluster: LocalCluster) -> None:

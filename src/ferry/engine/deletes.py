@@ -46,9 +46,12 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
 
     A queued row is deleted only if it is still what ferry wrote (its hash matches) and no row
     references it any more: the application's own rows are never touched, not even through an
-    ON DELETE CASCADE. A row edited, or referenced by the application's, is kept and its
-    ledger row flagged as a conflict; one still referenced by a row of ferry's that a later
-    pass of the run rewrites (a row blocked on a unique value) stays queued for that pass.
+    ON DELETE CASCADE. A row edited is the application's now: kept, its ledger row flagged
+    as a conflict. A row referenced by rows ferry does not own is flagged too, and stays
+    queued: it goes (and its flag) at the first run after they no longer reference it, as it
+    would not be there in a migrate of the current source. One referenced only by a row of
+    ferry's that a later pass of the run rewrites (a row blocked on a unique value) stays
+    queued for that pass. A row whose key a migrated ledger row holds again is ferry's.
     """
     pend = ledger.table(spec, "pending_deletes")
     led = ledger.table(spec, "ledger")
@@ -61,7 +64,15 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
             continue
         plan = Plan(conn, spec, model)
         key = sql.Identifier(model.key_column)
-        guarded: list[sql.Composable] = [plan.holds_hash("t", sql.SQL("p.row_hash"))]
+        ours = sql.SQL(
+            "EXISTS (SELECT FROM {led} l WHERE l.model = p.model AND l.source_key = p.source_key "
+            "AND l.status = 'migrated' AND l.target_uuid = p.target_uuid)"
+        ).format(led=led)
+        conn.execute(
+            sql.SQL("DELETE FROM {} p WHERE p.model = %s AND {}").format(pend, ours), [model.name]
+        )
+        holds = plan.holds_hash("t", sql.SQL("p.row_hash"))
+        guarded: list[sql.Composable] = [holds]
         plan.lock(
             conn,
             sql.SQL(
@@ -78,28 +89,44 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
                 )
             )
         later = sql.SQL("NOT p.target_uuid = ANY({}::uuid[])").format(sql.Literal(sorted(held)))
+        waits = sql.SQL(
+            "p.target_uuid = ANY({}::uuid[]) AND EXISTS (SELECT FROM {t} t "
+            "WHERE t.{key} = p.target_uuid AND {holds})"
+        ).format(sql.Literal(sorted(protected)), t=plan.target, key=key, holds=holds)
         with conn.transaction():
-            cur = conn.execute(
+            gone = conn.execute(
                 sql.SQL(
                     "DELETE FROM {t} t USING {pend} p WHERE p.model = %s "
-                    "AND t.{key} = p.target_uuid "
-                    "AND {ok}"
+                    "AND t.{key} = p.target_uuid AND {ok} RETURNING p.source_key, p.target_uuid"
                 ).format(t=plan.target, pend=pend, key=key, ok=sql.SQL(" AND ").join(guarded)),
                 [model.name],
+            ).fetchall()
+            deleted += len(gone)
+            # A flag a row kept for its references raised goes with the row.
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {led} l SET conflict = false, updated_at = clock_timestamp() "
+                    "FROM unnest(%s::text[], %s::uuid[]) g(k, u) WHERE l.model = %s "
+                    "AND l.source_key = g.k AND l.conflict "
+                    "AND (l.target_uuid IS NULL OR l.target_uuid = g.u)"
+                ).format(led=led),
+                [[g[0] for g in gone], [g[1] for g in gone], model.name],
             )
-            deleted += max(cur.rowcount, 0)
             # Whatever is left was edited or is referenced by the application: keep it, say so.
             cur = conn.execute(
                 sql.SQL(
                     "UPDATE {led} l SET conflict = true, updated_at = clock_timestamp() "
                     "FROM {pend} p, {t} t WHERE p.model = %s AND l.model = p.model "
-                    "AND l.source_key = p.source_key AND t.{key} = p.target_uuid AND {later}"
+                    "AND l.source_key = p.source_key AND t.{key} = p.target_uuid AND {later} "
+                    "AND NOT l.conflict"
                 ).format(led=led, pend=pend, t=plan.target, key=key, later=later),
                 [model.name],
             )
             conflicts += max(cur.rowcount, 0)
             conn.execute(
-                sql.SQL("DELETE FROM {} p WHERE p.model = %s AND {}").format(pend, later),
+                sql.SQL("DELETE FROM {} p WHERE p.model = %s AND {} AND NOT ({})").format(
+                    pend, later, waits
+                ),
                 [model.name],
             )
     conn.commit()
