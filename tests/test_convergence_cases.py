@@ -629,15 +629,7 @@ def test_an_item_a_kept_tag_references_is_kept_with_a_conflict(world: World) -> 
     which it was not). A fresh migrate has no kept tag, so the flag is history: the
     convergence test expects it exactly where a row ferry no longer owns references the
     item (``kept_for_history``)."""
-    world.src(
-        "INSERT INTO src_group VALUES (1, 'a')",
-        "INSERT INTO src_item VALUES (8, 1, NULL, '1', 'ok')",
-    )
-    write_csv(world.data_dir / "tags.csv", {"T4": (8, "x")})
-    world.migrate()
-    world.src("UPDATE src_item SET state = 'retired' WHERE id = 8")
-    write_csv(world.data_dir / "tags.csv", {})
-    world.sync()
+    _retire_item_8_as_its_tag_goes(world, "(8, 1, NULL, '1', 'ok')")
     assert world.fate("items", "8") == ("excluded", "retired")
     assert world.fate("tags", "T4") == ("deleted", "kept")
     with psycopg.connect(world.target) as conn:
@@ -667,15 +659,7 @@ def test_an_item_kept_for_a_tag_goes_when_the_tag_no_longer_references_it(world:
     any more, and a migrate of the current source has no such row, but it stayed, flagged,
     for good: the deletion it was queued for had been given up. It now stays queued while
     it is referenced, and goes (its flag with it) at the first run after."""
-    world.src(
-        "INSERT INTO src_group VALUES (1, 'a')",
-        "INSERT INTO src_item VALUES (3, 1, NULL, '1', 'ok'), (8, 1, NULL, '2', 'ok')",
-    )
-    write_csv(world.data_dir / "tags.csv", {"T4": (8, "x")})
-    world.migrate()
-    world.src("UPDATE src_item SET state = 'retired' WHERE id = 8")
-    write_csv(world.data_dir / "tags.csv", {})
-    world.sync()
+    _retire_item_8_as_its_tag_goes(world, "(3, 1, NULL, '1', 'ok'), (8, 1, NULL, '2', 'ok')")
     with psycopg.connect(world.target) as conn:
         assert kept_for_history(conn) == {("items", "8")}
     write_csv(world.data_dir / "tags.csv", {"T4": (3, "x")})
@@ -692,6 +676,17 @@ def test_an_item_kept_for_a_tag_goes_when_the_tag_no_longer_references_it(world:
         "conv_case_fresh",
     )  # fmt: skip
     assert not diffs, diffs
+
+
+def _retire_item_8_as_its_tag_goes(world: World, items: str) -> None:
+    """Items (item 8 among them) and tag T4 of item 8; migrate; item 8 retired and T4 gone
+    from the export; sync."""
+    world.src("INSERT INTO src_group VALUES (1, 'a')", f"INSERT INTO src_item VALUES {items}")
+    write_csv(world.data_dir / "tags.csv", {"T4": (8, "x")})
+    world.migrate()
+    world.src("UPDATE src_item SET state = 'retired' WHERE id = 8")
+    write_csv(world.data_dir / "tags.csv", {})
+    world.sync()
 
 
 def test_a_crash_empties_a_stage_whose_rows_a_rollback_left_without_fates(
