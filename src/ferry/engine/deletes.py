@@ -51,7 +51,7 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
     queued: it goes (and its flag) at the first run after they no longer reference it, as it
     would not be there in a migrate of the current source. One referenced only by a row of
     ferry's that a later pass of the run rewrites (a row blocked on a unique value) stays
-    queued for that pass. A row whose key a migrated ledger row holds again is ferry's.
+    queued for that pass.
     """
     pend = ledger.table(spec, "pending_deletes")
     led = ledger.table(spec, "ledger")
@@ -64,13 +64,6 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
             continue
         plan = Plan(conn, spec, model)
         key = sql.Identifier(model.key_column)
-        ours = sql.SQL(
-            "EXISTS (SELECT FROM {led} l WHERE l.model = p.model AND l.source_key = p.source_key "
-            "AND l.status = 'migrated' AND l.target_uuid = p.target_uuid)"
-        ).format(led=led)
-        conn.execute(
-            sql.SQL("DELETE FROM {} p WHERE p.model = %s AND {}").format(pend, ours), [model.name]
-        )
         holds = plan.holds_hash("t", sql.SQL("p.row_hash"))
         guarded: list[sql.Composable] = [holds]
         plan.lock(
