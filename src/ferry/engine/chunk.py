@@ -944,15 +944,9 @@ class Runner:
         migrate writing in key order would have written them; else where chunks fall
         decided their fate. Found in the ledger, once the chunks are done: an unchanged
         refusal never reaches ``_ferry_c``."""
-        rows = self.conn.execute(
-            sql.SQL(
-                "SELECT source_key FROM {} WHERE model = %s AND status = 'quarantined' "
-                "AND sqlstate = %s AND decided_by IS NULL"
-            ).format(self.led),
-            [self.plan.model.name, predict.UNIQUE],
-        ).fetchall()
-        self.conn.commit()
-        self.blocked.update(r[0] for r in rows)
+        name = self.plan.model.name
+        refused = ledger.refused_keys(self.conn, self.plan.spec, [name], [predict.UNIQUE])
+        self.blocked.update(refused.get(name, ()))
         self._unpredicted = False
 
     def _quarantine_row(self, n: int, exc: psycopg.Error) -> None:

@@ -41,8 +41,8 @@ def undo_first_load(conn: psycopg.Connection, plan: Plan) -> int:
     return max(deleted, 0)
 
 
-def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> tuple[int, int]:
-    """Delete the queued target rows, children's tables first; return (deleted, conflicts).
+def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> int:
+    """Delete the queued target rows, children's tables first; return how many went.
 
     A queued row is deleted only if it is still what ferry wrote (its hash matches) and no row
     references it any more: the application's own rows are never touched, not even through an
@@ -55,7 +55,7 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
     """
     pend = ledger.table(spec, "pending_deletes")
     led = ledger.table(spec, "ledger")
-    deleted = conflicts = 0
+    deleted = 0
     use_stage(conn, spec.stage_schema, writes=True)
     # The models with rows queued, asked once: a pass deletes rows of its model only.
     queued = {r[0] for r in conn.execute(sql.SQL("SELECT DISTINCT model FROM {}").format(pend))}
@@ -106,7 +106,7 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
                 [[g[0] for g in gone], [g[1] for g in gone], model.name],
             )
             # Whatever is left was edited or is referenced by the application: keep it, say so.
-            cur = conn.execute(
+            conn.execute(
                 sql.SQL(
                     "UPDATE {led} l SET conflict = true, updated_at = clock_timestamp() "
                     "FROM {pend} p, {t} t WHERE p.model = %s AND l.model = p.model "
@@ -115,7 +115,6 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
                 ).format(led=led, pend=pend, t=plan.target, key=key, later=later),
                 [model.name],
             )
-            conflicts += max(cur.rowcount, 0)
             conn.execute(
                 sql.SQL("DELETE FROM {} p WHERE p.model = %s AND {} AND NOT ({})").format(
                     pend, later, waits
@@ -123,7 +122,7 @@ def apply_pending_deletes(conn: psycopg.Connection, spec: Spec, run_id: int) -> 
                 [model.name],
             )
     conn.commit()
-    return deleted, conflicts
+    return deleted
 
 
 def _referenced(conn: psycopg.Connection, spec: Spec, model: Model) -> tuple[set[str], set[str]]:

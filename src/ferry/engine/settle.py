@@ -279,7 +279,7 @@ def delete_pending(
     rows just left: their value may be free now, as in a migrate of the current source,
     which never saw the rows. A migrate and a sync's settle both end their passes here."""
     freed = _pending_tables(conn, spec)
-    deleted, _ = deletes.apply_pending_deletes(conn, spec, run_id)
+    deleted = deletes.apply_pending_deletes(conn, spec, run_id)
     if not deleted:
         return 0, {}
     return deleted, _quarantined(
@@ -367,23 +367,10 @@ def _quarantined(
     because its target's rules changed (``rules_changed``)."""
     if which is None or not models:
         return {}
-    rows = conn.execute(
-        sql.SQL(
-            "SELECT model, source_key FROM {} WHERE model = ANY(%(models)s) "
-            "AND status = 'quarantined' AND decided_by IS NULL "
-            "AND ((%(by_rule)s AND sqlstate IS NULL) OR sqlstate = ANY(%(states)s))"
-        ).format(ledger.table(spec, "ledger")),
-        {
-            "models": [m.name for m in models],
-            "by_rule": which == "all" and sqlstates is None,
-            "states": list(sqlstates or OTHER_ROWS),
-        },
-    ).fetchall()
-    conn.commit()
-    found: dict[str, set[str]] = defaultdict(set)
-    for model, key in rows:
-        found[model].add(key)
-    return dict(found)
+    return ledger.refused_keys(
+        conn, spec, [m.name for m in models], sqlstates or OTHER_ROWS,
+        by_rule=which == "all" and sqlstates is None,
+    )  # fmt: skip
 
 
 def rules_changed(conn: psycopg.Connection, spec: Spec) -> set[str]:

@@ -1100,6 +1100,28 @@ def clear_resync(conn: psycopg.Connection, spec: Spec) -> None:
         conn.execute(sql.SQL("DELETE FROM {}").format(tbl))
 
 
+def refused_keys(
+    conn: psycopg.Connection, spec: Spec, models: Sequence[str], sqlstates: Sequence[str],
+    *, by_rule: bool = False,
+) -> dict[str, set[str]]:  # fmt: skip
+    """Keys of ``models`` the database refused with one of ``sqlstates`` (and, ``by_rule``,
+    those a rule quarantined), per model, less those an operator decided: rows to try again
+    once what refused them may have changed. Commits."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT model, source_key FROM {} WHERE model = ANY(%(models)s) "
+            "AND status = 'quarantined' AND decided_by IS NULL "
+            "AND ((%(by_rule)s AND sqlstate IS NULL) OR sqlstate = ANY(%(states)s))"
+        ).format(table(spec, "ledger")),
+        {"models": list(models), "by_rule": by_rule, "states": list(sqlstates)},
+    ).fetchall()
+    conn.commit()
+    found: dict[str, set[str]] = defaultdict(set)
+    for model, key in rows:
+        found[model].add(key)
+    return dict(found)
+
+
 def queue_deletes(
     conn: psycopg.Connection, spec: Spec, model: str, keys: list[str], run_id: int
 ) -> None:
